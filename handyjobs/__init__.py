@@ -1,0 +1,24 @@
+"""handyjobs: PyTorch training jobs in tmux, and one trainer for CPU, one GPU or DDP.
+
+Importing the package loads no torch: ``ParallelTrainer`` (and its seed alias
+``Parallel_Trainer``) are resolved lazily from :mod:`handyjobs.trainer` on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["ParallelTrainer", "Parallel_Trainer", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from handyjobs.trainer import Parallel_Trainer, ParallelTrainer
+
+
+def __getattr__(name: str) -> Any:
+    """Import the trainer (and torch) only when a trainer name is asked for."""
+    if name in ("ParallelTrainer", "Parallel_Trainer"):
+        from handyjobs import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'handyjobs' has no attribute {name!r}")

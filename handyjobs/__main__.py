@@ -1,0 +1,5 @@
+"""Run the CLI with ``python -m handyjobs``."""
+
+from handyjobs.cli import main
+
+main()

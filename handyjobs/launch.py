@@ -1,0 +1,106 @@
+"""Pure: a job spec and the run's choices -> the ``(argv, env)`` that starts it.
+
+One process runs ``python SCRIPT ARGS`` (as the seed README does for one GPU); more run under
+``python -m torch.distributed.run --standalone``, whose c10d rendezvous binds a port the OS
+picks, so two jobs on one machine never collide on 29500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from handyjobs.records import JobSpec
+
+#: How the rendezvous of a multi-process run is recorded.
+STANDALONE = "standalone (c10d on a free localhost port)"
+
+# Variables of the caller that describe *its* terminal or tmux client, not the job's pane.
+_PANE_VARS = ("TMUX", "TMUX_PANE")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run knows beyond its spec: its identity, the GPUs it got, and where it logs."""
+
+    name: str
+    run: int
+    run_id: str
+    gpus: tuple[int, ...] | None
+    log_path: str
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The command and environment of one run."""
+
+    argv: list[str]
+    env: dict[str, str]
+    rendezvous: str | None
+
+
+def build(
+    spec: JobSpec,
+    ctx: RunContext,
+    base_env: Mapping[str, str],
+    pane_env: Mapping[str, str] | None = None,
+) -> Launch:
+    """Build the run's argv and environment from the spec, the caller's env and the context.
+
+    ``base_env`` is the environment of the shell that ran ``handyjobs start`` (like nohup);
+    ``pane_env`` supplies the tmux variables of the pane the job really runs in.
+    """
+    nproc = spec.procs
+    target: list[str] = ["-m", spec.script] if spec.module else [spec.script]
+    if nproc > 1:
+        argv = [
+            spec.python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            *(["--module"] if spec.module else []),
+            spec.script,
+            *spec.args,
+        ]
+        rendezvous: str | None = STANDALONE
+    else:
+        argv = [spec.python, *target, *spec.args]
+        rendezvous = None
+
+    env = {k: v for k, v in base_env.items() if k not in _PANE_VARS}
+    for key in _PANE_VARS:
+        if pane_env and key in pane_env:
+            env[key] = pane_env[key]
+    env.update(dict(spec.env))
+    env.update(handyjobs_vars(spec, ctx))
+    if spec.cpu:
+        # Hide every GPU so that nothing in the job can land on a colleague's card by accident.
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif ctx.gpus is not None:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # numbers as nvidia-smi shows them
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in ctx.gpus)
+    return Launch(argv, env, rendezvous)
+
+
+def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
+    """The ``HANDYJOBS_*`` variables through which the CLI tells the job what it chose."""
+    out = {
+        "HANDYJOBS_JOB": ctx.name,
+        "HANDYJOBS_RUN": str(ctx.run),
+        "HANDYJOBS_RUN_ID": ctx.run_id,
+        "HANDYJOBS_LOG": ctx.log_path,
+        "HANDYJOBS_NPROC": str(spec.procs),
+    }
+    if spec.cpu:
+        out["HANDYJOBS_DEVICE"] = "cpu"
+    if ctx.gpus is not None and not spec.cpu:
+        out["HANDYJOBS_GPU_IDS"] = ",".join(str(g) for g in ctx.gpus)
+    return out
+
+
+def display(argv: Sequence[str]) -> str:
+    """A copy-pasteable rendering of argv for headers and ``show``."""
+    import shlex
+
+    return shlex.join(argv)

@@ -1,0 +1,183 @@
+"""Tail and follow over log files."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Callable
+from typing import TypeAlias
+
+__all__ = ["follow", "tail", "tail_bytes"]
+
+StrPath: TypeAlias = "str | os.PathLike[str]"
+
+# Read backwards in blocks of this size when looking for the last lines of a log.
+_BLOCK = 64 * 1024
+# Copy at most this much per read while following (keeps memory flat on a 1 GB backlog).
+_CHUNK = 1024 * 1024
+# is_done may read the registry: ask it at most this often.
+_DONE_INTERVAL_S = 0.5
+
+
+def tail(path: StrPath, lines: int) -> tuple[bytes, int]:
+    """Return the last `lines` lines of path and the offset they end at (for follow)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return b"", 0
+    try:
+        # A snapshot of the size: bytes appended from now on belong to follow(start_offset=end).
+        end = os.fstat(fd).st_size
+        start = _start_of_last_lines(fd, end, lines)
+        return _pread_all(fd, start, end - start), end
+    finally:
+        os.close(fd)
+
+
+def tail_bytes(path: StrPath, lines: int) -> bytes:
+    """Return the last `lines` lines of path (all of it when shorter, b"" when missing)."""
+    return tail(path, lines)[0]
+
+
+def _start_of_last_lines(fd: int, end: int, lines: int) -> int:
+    """Offset where the last `lines` lines before `end` start, found by reading backwards."""
+    if lines <= 0 or end == 0:
+        return end
+    # A final "\n" ends the last line rather than starting an empty one.
+    wanted = lines + (1 if os.pread(fd, 1, end - 1) == b"\n" else 0)
+    pos = end
+    while pos > 0:
+        size = min(_BLOCK, pos)
+        pos -= size
+        block = os.pread(fd, size, pos)
+        count = block.count(b"\n")
+        if count >= wanted:
+            cut = len(block)
+            for _ in range(wanted):
+                cut = block.rindex(b"\n", 0, cut)
+            return pos + cut + 1
+        wanted -= count
+    return 0
+
+
+def _pread_all(fd: int, offset: int, size: int) -> bytes:
+    """Read size bytes at offset, fewer only if the file shrank meanwhile."""
+    parts: list[bytes] = []
+    while size > 0:
+        data = os.pread(fd, min(size, _CHUNK), offset)
+        if not data:
+            break
+        parts.append(data)
+        offset += len(data)
+        size -= len(data)
+    return b"".join(parts)
+
+
+def follow(
+    path: StrPath,
+    out_fd: int,
+    is_done: Callable[[], bool],
+    start_offset: int | None = None,
+    poll_s: float = 0.05,
+) -> None:
+    """Copy bytes appended to path to out_fd as they arrive, until is_done() and drained."""
+    follower = _Follower(path, out_fd, start_offset)
+    next_check = time.monotonic()
+    try:
+        while True:
+            copied = follower.step()
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + _DONE_INTERVAL_S
+                if is_done():
+                    # Everything written before is_done() said so is on disk now: copy it all.
+                    while follower.step():
+                        pass
+                    return
+            if not copied:
+                time.sleep(poll_s)
+    except BrokenPipeError:
+        # The reader went away (`handyjobs logs -f x | head`): that ends following, quietly.
+        return
+    finally:
+        follower.close()
+
+
+class _Follower:
+    """An open log, the offset copied so far, and the checks for a log truncated or replaced."""
+
+    def __init__(self, path: StrPath, out_fd: int, start_offset: int | None) -> None:
+        """Remember where to start; the file is opened on the first step that finds it."""
+        self.path = path
+        self.out_fd = out_fd
+        self.offset = start_offset
+        self.fd = -1
+
+    def close(self) -> None:
+        """Close the log if it is open."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def step(self) -> bool:
+        """Copy what is new; return whether anything was copied."""
+        if self.fd < 0 and not self._open():
+            return False
+        copied = self._copy()
+        if not copied and self._replaced():
+            # A new file under the same name (a restarted job's log): what the old one had is
+            # copied, so start the new one from its beginning.
+            self.close()
+            self.offset = 0
+            if self._open():
+                copied = self._copy()
+        return copied
+
+    def _open(self) -> bool:
+        """Open the log if it exists yet."""
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            # Whatever the file holds once it appears was written after we started: all new.
+            if self.offset is None:
+                self.offset = 0
+            return False
+        if self.offset is None:
+            self.offset = os.fstat(self.fd).st_size
+        return True
+
+    def _copy(self) -> bool:
+        """Copy from the offset to the current end of the open log."""
+        assert self.offset is not None
+        if os.fstat(self.fd).st_size < self.offset:
+            self.offset = 0  # truncated in place: follow the new content from its start
+        copied = False
+        while True:
+            data = os.pread(self.fd, _CHUNK, self.offset)
+            if not data:
+                return copied
+            _write_all(self.out_fd, data)
+            self.offset += len(data)
+            copied = True
+
+    def _replaced(self) -> bool:
+        """Whether path now names a different file than the one open."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        was = os.fstat(self.fd)
+        return (now.st_dev, now.st_ino) != (was.st_dev, was.st_ino)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of data, through partial writes and a non-blocking fd."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[n:]

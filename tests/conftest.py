@@ -1,0 +1,124 @@
+"""Fixtures: every test gets its own HANDYJOBS_HOME, HOME and tmux socket, and leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(
+    cond: Callable[[], object],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> object:
+    """Poll ``cond`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Sandbox:
+    """An isolated handyjobs world: state folder, home, tmux socket, and a CLI runner."""
+
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def home(self) -> Path:
+        """The HANDYJOBS_HOME of this sandbox."""
+        return Path(self.env["HANDYJOBS_HOME"])
+
+    def cli(
+        self,
+        *args: str,
+        check: bool | None = None,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI (``python -m handyjobs``) in a subprocess."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "handyjobs", *args],
+            env={**self.env, **(env or {})},
+            cwd=cwd or self.root,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check is None:
+            return proc
+        if check and proc.returncode != 0:
+            pytest.fail(
+                f"handyjobs {' '.join(args)} exited {proc.returncode}:\n"
+                f"{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run tmux on this sandbox's socket."""
+        return subprocess.run(
+            ["tmux", "-L", self.env["HANDYJOBS_TMUX_SOCKET"], *args], capture_output=True, text=True
+        )
+
+    def write(self, name: str, text: str) -> Path:
+        """Write a file (a test script) into the sandbox and return its path."""
+        path = self.root / name
+        path.write_text(text)
+        return path
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    """A throwaway HANDYJOBS_HOME and tmux socket; kills the tmux server and strays at the end."""
+    sock = f"hj-test-{uuid.uuid4().hex[:10]}"
+    env = dict(os.environ)
+    for key in list(env):
+        if key.startswith("HANDYJOBS_") or key in ("TMUX", "TMUX_PANE"):
+            del env[key]
+    env.update(
+        HANDYJOBS_HOME=str(tmp_path / "state"),
+        HANDYJOBS_TMUX_SOCKET=sock,
+        HOME=str(tmp_path / "home"),
+        NO_COLOR="1",
+        OMP_NUM_THREADS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    (tmp_path / "home").mkdir()
+    for key in ("HANDYJOBS_HOME", "HANDYJOBS_TMUX_SOCKET", "HOME"):
+        monkeypatch.setenv(key, env[key])
+    for key in ("HANDYJOBS_FAKE_GPUS", "HANDYJOBS_GPUS", "TMUX", "TMUX_PANE"):
+        monkeypatch.delenv(key, raising=False)
+    box = Sandbox(tmp_path, env)
+    yield box
+    _reap(box)
+
+
+def _reap(box: Sandbox) -> None:
+    """Kill every process a test's jobs left behind, then the tmux server."""
+    from handyjobs import procs
+
+    state = box.home / "jobs"
+    run_ids = [p.name[4:-5] for p in state.glob("*/run-*.json") if not p.name.endswith(".env.json")]
+    for run_id in run_ids:
+        procs.signal_all(procs.job_pids(run_id), 9)
+    box.tmux("kill-server")
