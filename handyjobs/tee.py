@@ -345,37 +345,39 @@ class _Pump:
                 events = poller.poll(max(1, int(timeout * 1000) + 1))
             except InterruptedError:  # pragma: no cover - poll retries EINTR itself (PEP 475)
                 continue
+            # One fd may serve several roles (stdin and stdout on one terminal): check each.
+            gone = select.POLLHUP | select.POLLERR
             for fd, mask in events:
                 if fd == self.master:
-                    if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    if mask & (select.POLLIN | gone):
                         got, master_open = self._drain_master()
                         if got:
                             last_data = time.monotonic()
                     if mask & select.POLLOUT and master_open:
                         self._flush_input()
-                elif fd == self.input_fd:
+                if fd == self.input_fd and mask & (select.POLLIN | gone):
                     self._read_input()
-                elif fd == self.echo_fd:
+                if fd == self.echo_fd and mask & (select.POLLOUT | gone):
                     self._flush_echo()
-                elif fd == self.winch_r:
+                if fd == self.winch_r:
                     self._resize()
         self._flush_echo()
         return status
 
     def _poller(self, master_open: bool) -> select.poll:
         """A poll set for what the loop can make progress on right now."""
-        poller = select.poll()
+        masks: dict[int, int] = {}
         if master_open:
-            mask = select.POLLIN
-            if self.input_backlog:
-                mask |= select.POLLOUT
-            poller.register(self.master, mask)
-        if self.input_fd is not None and master_open:
-            poller.register(self.input_fd, select.POLLIN)
+            masks[self.master] = select.POLLIN | (select.POLLOUT if self.input_backlog else 0)
+            if self.input_fd is not None:
+                masks[self.input_fd] = masks.get(self.input_fd, 0) | select.POLLIN
         if self.echo_fd is not None and self.echo_backlog:
-            poller.register(self.echo_fd, select.POLLOUT)
+            masks[self.echo_fd] = masks.get(self.echo_fd, 0) | select.POLLOUT
         if self.winch_r >= 0:
-            poller.register(self.winch_r, select.POLLIN)
+            masks[self.winch_r] = select.POLLIN
+        poller = select.poll()
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
         return poller
 
     def _drain_master(self) -> tuple[bool, bool]:

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -149,7 +149,7 @@ def _numpy_rng_state() -> list[Any] | None:
 
 
 class _AutoEpochSampler(DistributedSampler):  # type: ignore[type-arg]
-    """A DistributedSampler whose epoch advances on every pass, unless ``set_epoch`` says otherwise."""
+    """A DistributedSampler whose epoch advances on every pass unless ``set_epoch`` is called."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -214,7 +214,8 @@ class ParallelTrainer:
         self._seed: int | None = None
         self._samplers: list[_AutoEpochSampler] = []
         self._generators: list[torch.Generator] = []
-        self._pending_loader_state: list[dict[str, Any]] = []
+        self._pending_samplers: list[dict[str, Any]] = []
+        self._pending_generators: list[torch.Tensor] = []
         self._seed_samplers: list[tuple[Any, _AutoEpochSampler]] = []
         self._micro_steps: dict[int, int] = {}
         self._loss_scale = 1.0
@@ -239,8 +240,7 @@ class ParallelTrainer:
             device = torch.device(requested)
         except (RuntimeError, TypeError) as exc:
             raise TrainerError(
-                f"{source}={requested!r} is not a device torch knows; use 'cpu', 'cuda' or "
-                "'cuda:N'"
+                f"{source}={requested!r} is not a device torch knows; use 'cpu', 'cuda' or 'cuda:N'"
             ) from exc
         if device.type != "cuda":
             return device
@@ -382,7 +382,7 @@ class ParallelTrainer:
         if not self.synch:
             return model
         if _config_value(self.config, "sync_batchnorm", False):
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
         bucket_cap_mb = _config_value(self.config, "bucket_cap_mb")
         kwargs: dict[str, Any] = {
             "device_ids": [self._device.index] if self._device.type == "cuda" else None,
@@ -414,7 +414,7 @@ class ParallelTrainer:
         num_workers: int,
         train_sampler: DistributedSampler[Any] | None = None,
     ) -> DataLoader[Any]:
-        """A shuffled DataLoader for ``epoch``; under DDP each rank gets its own shard (seed API)."""
+        """A shuffled DataLoader for ``epoch``; under DDP each rank reads its shard (seed API)."""
         if not self.synch and train_sampler is None:
             return DataLoader(dataset, bsz, num_workers=num_workers, shuffle=True, drop_last=False)
         if train_sampler is None:
@@ -438,7 +438,9 @@ class ParallelTrainer:
         self._seed_samplers.append((dataset, sampler))
         return sampler
 
-    def save_model(self, ckpt: Mapping[str, Any], model: nn.Module, path: str | os.PathLike[str]) -> None:
+    def save_model(
+        self, ckpt: Mapping[str, Any], model: nn.Module, path: str | os.PathLike[str]
+    ) -> None:
         """Save ``{**ckpt, 'state_dict': ...}`` atomically on global rank 0, then wait for it."""
         if self.is_main:
             payload = dict(ckpt)
@@ -504,7 +506,7 @@ class ParallelTrainer:
         is_int = isinstance(value, int) and op != "mean"
         tensor = torch.tensor(value, dtype=torch.int64 if is_int else torch.float64)
         result = self._all_reduce_tensor(tensor, op).item()
-        return (int(result) if is_int else float(result))  # type: ignore[return-value]
+        return int(result) if is_int else float(result)  # type: ignore[return-value]
 
     def _all_reduce_tensor(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
         """All-reduce a private tensor; mean is sum / world size (gloo has no AVG)."""
@@ -591,7 +593,10 @@ class ParallelTrainer:
             drop_last=drop_last,
         )
         self._samplers.append(sampler)
-        self._apply_pending_loader_state()
+        index = len(self._samplers) - 1
+        if index < len(self._pending_samplers):
+            # load() ran before this loader existed: give it the epoch it had when saved.
+            sampler.next_epoch = int(self._pending_samplers[index]["epoch"])
         return sampler
 
     def loader(
@@ -618,6 +623,9 @@ class ParallelTrainer:
             generator.manual_seed((base * 1_000_003 + self.rank) % 2**63)
             kwargs["generator"] = generator
             self._generators.append(generator)
+            index = len(self._generators) - 1
+            if index < len(self._pending_generators):
+                generator.set_state(self._pending_generators[index])
         if isinstance(dataset, IterableDataset):
             # No sampler can shard an iterable dataset; the dataset must shard itself by rank.
             return DataLoader(dataset, batch_size, num_workers=num_workers, **kwargs)
@@ -642,7 +650,7 @@ class ParallelTrainer:
         if isinstance(data, Mapping):
             items = {k: self._to_device(v, non_blocking) for k, v in data.items()}
             try:
-                return type(data)(items)
+                return type(data)(items)  # type: ignore[call-arg]
             except TypeError:
                 return items
         if isinstance(data, tuple) and hasattr(data, "_fields"):
@@ -667,7 +675,7 @@ class ParallelTrainer:
             loss = loss * self._loss_scale
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        loss.backward(**kwargs)
+        loss.backward(**kwargs)  # type: ignore[no-untyped-call]
 
     @contextlib.contextmanager
     def accumulate(self, model: nn.Module, steps: int) -> Iterator[bool]:
@@ -741,7 +749,7 @@ class ParallelTrainer:
         return {"rng": rng, "samplers": samplers, "generators": generators}
 
     def save(self, path: str | os.PathLike[str], **state: Any) -> None:
-        """Save models, optimizers, schedulers, numbers... plus RNG and loader state; call on all ranks.
+        """Save models, optimizers, schedulers, numbers, RNG and loader state; call on all ranks.
 
         Modules are saved without their DDP wrapper (no ``module.`` prefix). Global rank 0
         writes through a temp file and a rename; everyone waits until the file is in place.
@@ -819,20 +827,15 @@ class ParallelTrainer:
         if ranks:
             mine = ranks[self.rank % len(ranks)]
             self._restore_rng(mine.get("rng", {}))
-            self._pending_loader_state = [
-                {"epoch": s["epoch"]} for s in mine.get("samplers", [])
-            ]
-            for generator, gstate in zip(self._generators, mine.get("generators", []), strict=False):
+            self._pending_samplers = list(mine.get("samplers", []))
+            self._pending_generators = list(mine.get("generators", []))
+            for sampler, saved in zip(self._samplers, self._pending_samplers, strict=False):
+                sampler.next_epoch = int(saved["epoch"])
+            for generator, gstate in zip(self._generators, self._pending_generators, strict=False):
                 generator.set_state(gstate)
-            self._apply_pending_loader_state()
         scaler_state = own.get("scaler")
         if self.scaler is not None and scaler_state:
             self.scaler.load_state_dict(scaler_state)
-
-    def _apply_pending_loader_state(self) -> None:
-        """Give loaders created before or after ``load`` the epoch they had when saved."""
-        for sampler, saved in zip(self._samplers, self._pending_loader_state, strict=False):
-            sampler.next_epoch = int(saved["epoch"])
 
     def _restore_rng(self, rng: Mapping[str, Any]) -> None:
         """Restore the python, numpy, torch and CUDA RNG states saved for this rank."""
@@ -873,10 +876,8 @@ class ParallelTrainer:
         total: int | None = None,
         interval: float = 30.0,
     ) -> Iterator[T]:
-        """Iterate with a rich progress bar on rank 0 (plain lines when not a TTY); silent elsewhere."""
-        if total is None and isinstance(iterable, Sequence | DataLoader):
-            total = len(iterable)
-        elif total is None and hasattr(iterable, "__len__"):
+        """Iterate with a rich bar on rank 0 (plain lines when not a TTY); silent elsewhere."""
+        if total is None and hasattr(iterable, "__len__"):
             with contextlib.suppress(TypeError):
                 total = len(iterable)  # type: ignore[arg-type]
         if not self.is_main:
@@ -937,19 +938,18 @@ def _plain_progress(
     label = f"{desc}: " if desc else ""
     start = last = time.monotonic()
     next_tenth = 1
-    done = 0
+    done = shown = 0
     for item in iterable:
         yield item
         done += 1
         now = time.monotonic()
-        crossed = total is not None and total > 0 and done * 10 >= next_tenth * total
+        crossed = bool(total) and done * 10 >= next_tenth * (total or 1)
         if crossed or now - last >= interval:
-            if total:
-                while done * 10 >= next_tenth * total:
-                    next_tenth += 1
-            last = now
+            while total and done * 10 >= next_tenth * total:
+                next_tenth += 1
+            last, shown = now, done
             builtins.print(_progress_line(label, done, total, now - start), flush=True)
-    if total is None or done * 10 < total * 10 and done != total:
+    if shown != done or done == 0:
         builtins.print(_progress_line(label, done, total, time.monotonic() - start), flush=True)
 
 

@@ -10,7 +10,6 @@ import struct
 import subprocess
 import sys
 import termios
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -62,15 +61,6 @@ def run(
 def open_fds() -> set[str]:
     """The fds this process holds now."""
     return set(os.listdir("/proc/self/fd"))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll condition until it holds, failing after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -303,10 +293,12 @@ def test_input_is_forwarded_and_the_pane_is_restored(
     set_size(pane, 30, 100)
     before = termios.tcgetattr(pane)
     code = "import os; print(*os.get_terminal_size()); print('got', input())"
-    # The pane is in raw mode by now: Enter arrives as "\r", as from a real keyboard.
-    outcome, log = run(
-        tmp_path, [PY, "-c", code], input_fd=pane, on_start=lambda pid: os.write(master, b"hi\r")
-    )
+
+    def type_line(pid: int) -> None:
+        # The pane is in raw mode by now: Enter arrives as "\r", as from a real keyboard.
+        os.write(master, b"hi\r")
+
+    outcome, log = run(tmp_path, [PY, "-c", code], input_fd=pane, on_start=type_line)
     assert outcome.returncode == 0
     # The job's terminal echoes the line as it arrives (maybe before the job's first print),
     # then the job prints what it read.
@@ -399,3 +391,43 @@ def test_outcome_needs_exactly_one_of_code_and_signal() -> None:
         Outcome(exit_code=None, signal=None)
     with pytest.raises(ValueError):
         Outcome(exit_code=1, signal=9)
+
+
+def read_available(fd: int) -> bytes:
+    """What the terminal master fd has to read right now."""
+    os.set_blocking(fd, False)
+    parts = []
+    try:
+        while True:
+            parts.append(os.read(fd, 65536))
+    except (BlockingIOError, OSError):
+        pass
+    finally:
+        os.set_blocking(fd, True)
+    return b"".join(parts)
+
+
+def test_one_terminal_as_pane_input_and_output(tmp_path: Path, tty_pair: tuple[int, int]) -> None:
+    # As in the runner: the pane's terminal is both stdin and stdout.
+    master, pane = tty_pair
+    outcome, log = run(tmp_path, [PY, "-c", "print('a'); print('b')"], input_fd=pane, echo_fd=pane)
+    assert outcome.returncode == 0
+    assert log == b"a\nb\n"
+    # Raw input mode keeps output processing: the pane still starts each line at column 0.
+    assert read_available(master) == b"a\r\nb\r\n"
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_terminal_pane_still_takes_keystrokes(
+    tmp_path: Path, tty_pair: tuple[int, int]
+) -> None:
+    master, pane = tty_pair  # nobody reads master: the pane stalls once its buffer is full
+    code = FLOOD + "print('got', input())\n"
+
+    def type_line(pid: int) -> None:
+        os.write(master, b"hi\r")
+
+    outcome, log = run(tmp_path, [PY, "-c", code], input_fd=pane, echo_fd=pane, on_start=type_line)
+    assert outcome.returncode == 0
+    # The job's terminal echoes "hi" whenever it arrives, maybe amid the flood: take it out.
+    assert log.replace(b"hi\n", b"", 1) == CHUNK * CHUNKS + b"got hi\n"

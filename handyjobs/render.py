@@ -1,0 +1,233 @@
+"""Turn records and GPUs into text: rich tables on a terminal, plain columns elsewhere.
+
+Plain output does not import rich, which keeps ``handyjobs list | grep`` fast; colour follows
+``NO_COLOR`` and TTY detection (rich's own rules).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from handyjobs.records import JobRecord, JobState, exit_summary, parse_time
+
+if TYPE_CHECKING:
+    from handyjobs.gpus import Discovery
+
+_STATE_STYLE = {
+    JobState.QUEUED: "yellow",
+    JobState.RUNNING: "bold cyan",
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "bold red",
+    JobState.STOPPED: "magenta",
+    JobState.LOST: "red",
+}
+
+
+def fancy() -> bool:
+    """True when stdout is a terminal (rich tables); False for pipes and files."""
+    return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def duration(seconds: float | None) -> str:
+    """``4.2s``, ``3m12s``, ``1h02m``, ``2d03h``."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def when(stamp: str | None, now: datetime | None = None) -> str:
+    """A timestamp in local time: ``23:08:55`` today, ``11-20 23:08`` this year, else a date."""
+    if not stamp:
+        return ""
+    moment = parse_time(stamp).astimezone()
+    today = (now or datetime.now(timezone.utc)).astimezone()
+    if moment.date() == today.date():
+        return moment.strftime("%H:%M:%S")
+    if moment.year == today.year:
+        return moment.strftime("%m-%d %H:%M")
+    return moment.strftime("%Y-%m-%d")
+
+
+def gpu_text(record: JobRecord) -> str:
+    """The GPUs of a run, or what it waits for, or ``cpu``."""
+    run = record.current
+    if run.gpus:
+        return ",".join(map(str, run.gpus))
+    if run.state is JobState.QUEUED:
+        spec = record.spec
+        return f"wait {','.join(map(str, spec.gpus))}" if spec.gpus else f"wait any {spec.ngpus}"
+    return "cpu" if record.spec.cpu else "-"
+
+
+def job_rows(records: Sequence[JobRecord]) -> list[list[str]]:
+    """One row of strings per record, in the list's column order."""
+    now = datetime.now(timezone.utc)
+    rows = []
+    for r in records:
+        command = r.spec.command
+        home = os.path.expanduser("~")
+        if command.startswith(home + "/"):
+            command = "~" + command[len(home) :]
+        rows.append(
+            [
+                r.name,
+                r.state.value,
+                gpu_text(r),
+                str(r.current.nproc),
+                when(r.current.started_at or r.created_at, now),
+                duration(r.duration_s(now)),
+                exit_summary(r.current),
+                command,
+            ]
+        )
+    return rows
+
+
+JOB_COLUMNS = ["NAME", "STATE", "GPUS", "NPROC", "STARTED", "DURATION", "EXIT", "COMMAND"]
+
+
+def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, the last one left ragged."""
+    widths = [
+        max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+        for i, h in enumerate(header)
+    ]
+    lines = []
+    for row in [list(header), *rows]:
+        cells = [c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> None:
+    """The ``list`` table, and a hint when some records are not shown."""
+    rows = job_rows(records)
+    note = ""
+    if not all_shown and total > len(records):
+        note = f"{len(records)} of {total} jobs shown; `handyjobs list --all` shows every one"
+    if not records:
+        print("no jobs yet; start one with `handyjobs start SCRIPT`" if total == 0 else note)
+        return
+    if not fancy():
+        print(plain_table(JOB_COLUMNS, rows))
+        if note:
+            print(note, file=sys.stderr)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in JOB_COLUMNS:
+        table.add_column(
+            col,
+            no_wrap=col != "COMMAND",
+            justify="right" if col in ("NPROC", "DURATION", "EXIT") else "left",
+        )
+    for record, row in zip(records, rows, strict=True):
+        row[1] = f"[{_STATE_STYLE[record.state]}]{row[1]}[/]"
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    if note:
+        console.print(f"[dim]{note}[/]")
+
+
+def record_fields(record: JobRecord) -> list[tuple[str, str]]:
+    """``show``'s key/value lines."""
+    run, spec = record.current, record.spec
+    git = record.git or {}
+    fields = [
+        ("name", record.name),
+        ("state", run.state.value + (f" ({run.waiting_for})" if run.waiting_for else "")),
+        ("exit", exit_summary(run) or "-"),
+        ("command", spec.command),
+        ("cwd", spec.cwd),
+        ("python", spec.python),
+        ("gpus", gpu_text(record)),
+        ("nproc", str(run.nproc)),
+        ("rendezvous", run.rendezvous or "-"),
+        ("tmux session", record.session),
+        ("pids", " ".join(f"{k}={v}" for k, v in sorted(run.pids.items())) or "-"),
+        ("created", record.created_at),
+        ("started", run.started_at or "-"),
+        ("ended", run.ended_at or "-"),
+        ("duration", duration(record.duration_s()) or "-"),
+        ("log", record.log_path),
+        (
+            "git",
+            f"{git.get('commit', '')[:12]}{' (dirty)' if git.get('dirty') else ''}" if git else "-",
+        ),
+        ("env", " ".join(f"{k}=..." for k, _ in spec.env) or "-"),
+        ("runs", str(len(record.runs))),
+    ]
+    for old in record.runs[:-1]:
+        fields.append(
+            (
+                f"  run {old.run}",
+                f"{old.state.value} {exit_summary(old)} "
+                f"{old.started_at or old.created_at} -> {old.ended_at or '-'}",
+            )
+        )
+    return fields
+
+
+def print_record(record: JobRecord) -> None:
+    """``show``: one field a line."""
+    fields = record_fields(record)
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        print(f"{key.ljust(width)}  {value}")
+
+
+def gpu_rows(discovery: Discovery, held: dict[int, str]) -> list[list[str]]:
+    """One row per GPU for ``handyjobs gpus``."""
+    rows = []
+    for g in discovery.gpus:
+        procs = ", ".join(f"{p.pid}{'/' + p.user if p.user else ''}" for p in g.processes)
+        util = "" if g.utilization_pct is None else f"{g.utilization_pct}%"
+        rows.append(
+            [
+                str(g.index),
+                g.name,
+                f"{g.memory_used_mib}/{g.memory_total_mib} MiB",
+                util,
+                held.get(g.index, "-"),
+                procs or "-",
+            ]
+        )
+    return rows
+
+
+GPU_COLUMNS = ["GPU", "NAME", "MEMORY", "UTIL", "JOB", "PROCESSES (pid/user)"]
+
+
+def print_gpus(discovery: Discovery, held: dict[int, str]) -> None:
+    """``handyjobs gpus`` as a table."""
+    if not discovery.gpus:
+        print(
+            f"no NVIDIA GPU found ({discovery.note or 'nothing detected'}); "
+            "jobs can still run with --cpu"
+        )
+        return
+    print(plain_table(GPU_COLUMNS, gpu_rows(discovery, held)))
+
+
+def gpus_json(discovery: Discovery, held: dict[int, str]) -> dict[str, Any]:
+    """``handyjobs gpus --json``: discovery plus the holding job of each GPU."""
+    doc = discovery.to_dict()
+    for entry in doc["gpus"]:
+        entry["job"] = held.get(entry["index"])
+    return doc
