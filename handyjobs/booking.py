@@ -38,14 +38,33 @@ def held_gpus(reg: Registry, exclude: str | None = None) -> dict[int, str]:
     return held
 
 
-def queued_wants(reg: Registry, exclude: str | None = None) -> dict[int, str]:
-    """GPU index -> name of the queued job that asked for it by number."""
-    wants: dict[int, str] = {}
-    for record in reg.jobs.values():
-        if record.name != exclude and record.state is JobState.QUEUED and record.spec.gpus:
-            for gpu in record.spec.gpus:
-                wants.setdefault(gpu, record.name)
-    return wants
+def _queue_order(reg: Registry) -> list[JobRecord]:
+    """The queued jobs, first queued first."""
+    return sorted(
+        (r for r in reg.jobs.values() if r.state is JobState.QUEUED),
+        key=lambda r: r.current.created_at,
+    )
+
+
+def queued_ahead(
+    reg: Registry, discovery: gpus.Discovery, policy: Policy, name: str
+) -> dict[int, str]:
+    """GPU index -> name of a job queued before ``name`` that keeps it (as :func:`plan` does).
+
+    A job queued by number keeps every GPU it asked for; one queued by count keeps the free
+    GPUs it would take, even while it waits for more.
+    """
+    free = free_set(reg, discovery, policy)
+    kept: dict[int, str] = {}
+    for record in _queue_order(reg):
+        if record.name == name:
+            break
+        spec = record.spec
+        mine = list(spec.gpus) if spec.gpus is not None else sorted(free)[: spec.ngpus or 0]
+        for gpu in mine:
+            kept.setdefault(gpu, record.name)
+        free -= set(mine)
+    return kept
 
 
 def check_allowed(indices: tuple[int, ...], policy: Policy) -> None:
@@ -80,12 +99,8 @@ def plan(reg: Registry, discovery: gpus.Discovery, policy: Policy) -> dict[str, 
     an earlier one on the GPUs that one needs: queued jobs start in the order they queued.
     """
     free = free_set(reg, discovery, policy)
-    queued = sorted(
-        (r for r in reg.jobs.values() if r.state is JobState.QUEUED),
-        key=lambda r: r.current.created_at,
-    )
     starts: dict[str, tuple[int, ...]] = {}
-    for record in queued:
+    for record in _queue_order(reg):
         spec = record.spec
         if spec.gpus is not None:
             want = set(spec.gpus)
@@ -105,7 +120,7 @@ def explain(
 ) -> str:
     """Why the GPUs a job asks for are not free now, in one line."""
     held = held_gpus(reg, exclude=name)
-    wanted = queued_wants(reg, exclude=name)
+    wanted = queued_ahead(reg, discovery, policy, name)
     by_index = {g.index: g for g in discovery.gpus}
     candidates = spec.gpus if spec.gpus is not None else sorted(by_index)
     reasons = []
@@ -121,7 +136,8 @@ def explain(
             if why:
                 reasons.append(f"GPU {index} is busy: {why}")
     if spec.ngpus:
-        free = len(free_set(reg, discovery, policy))
+        # GPUs that jobs queued earlier keep are not free for this one
+        free = len(free_set(reg, discovery, policy) - set(wanted))
         head = f"only {free} of the {spec.ngpus} GPUs asked for are free"
         return head + (f" ({'; '.join(reasons)})" if reasons else "")
     return "; ".join(reasons) or "the GPUs asked for are not free"

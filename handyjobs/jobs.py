@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,9 +115,21 @@ def _git_info(directory: Path) -> dict[str, object] | None:
     return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
+def _caller_cwd(env: Mapping[str, str]) -> str:
+    """The caller's directory, spelled as its shell does ($PWD keeps symlinks) when it is one."""
+    here = os.getcwd()
+    pwd = env.get("PWD")
+    try:
+        if pwd and os.path.samefile(pwd, here):
+            return pwd
+    except OSError:
+        pass
+    return here
+
+
 def make_spec(req: StartRequest) -> JobSpec:
     """Check a start request and turn it into a spec; every problem is a one-line UsageError."""
-    cwd = Path(req.cwd or req.caller_env.get("PWD") or os.getcwd()).expanduser()
+    cwd = Path(req.cwd or _caller_cwd(req.caller_env)).expanduser()
     if not cwd.is_absolute():
         cwd = Path(os.getcwd()) / cwd
     if not cwd.is_dir():
@@ -185,7 +196,7 @@ def start_job(req: StartRequest) -> JobRecord:
             raise UsageError(f"a tmux session named {name} exists already; pick another --name")
         run = Run(
             run=1,
-            run_id=secrets.token_hex(6),
+            run_id=_new_run_id(),
             state=JobState.QUEUED,
             created_at=utcnow(),
             nproc=spec.procs,
@@ -201,6 +212,12 @@ def start_job(req: StartRequest) -> JobRecord:
         )
         _launch(reg, record, req.caller_env, root)
     return record
+
+
+def _new_run_id() -> str:
+    import secrets  # only start and restart need it; list should not pay for the import
+
+    return secrets.token_hex(6)
 
 
 def _unique_name(reg: registry.Registry, stem: str) -> str:
@@ -314,10 +331,25 @@ def list_jobs(
 def get_job(name: str) -> JobRecord:
     """One job's record, reconciled with what really runs."""
     root = paths.home()
-    record = registry.load(root).jobs.get(name)
+    record = registry.load_one(name, root)
     if record is None:
         raise JobNotFound(f"no job named {name}; see `handyjobs list --all`")
     return _refresh([record], root)[0]
+
+
+def ended_check(record: JobRecord) -> Callable[[], bool]:
+    """A cheap "has this run ended?" for ``logs -f``: the runner's status file, then the record."""
+    root = paths.home()
+
+    def ended() -> bool:
+        status = registry.read_status(record, root)
+        if status and status.get("ended_at"):
+            return True
+        if status and registry.runner_alive(status.get("pids", {}).get("runner")):
+            return False
+        return not get_job(record.name).state.active
+
+    return ended
 
 
 # ---- stop, wait, restart, remove ---------------------------------------------------------------
@@ -434,7 +466,7 @@ def restart_job(
             raise JobStateError(f"job {name} started again meanwhile; nothing to do")
         run = Run(
             run=record.current.run + 1,
-            run_id=secrets.token_hex(6),
+            run_id=_new_run_id(),
             state=JobState.QUEUED,
             created_at=utcnow(),
             nproc=record.spec.procs,

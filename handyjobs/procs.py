@@ -45,6 +45,11 @@ def _is_zombie(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 :][:1] in (b"Z", b"X")
 
 
+def is_running(pid: int) -> bool:
+    """True for a live process; False for a gone one or a zombie waiting to be reaped."""
+    return pid_alive(pid) and not _is_zombie(pid)
+
+
 def _has_marker(pid: int, marker: bytes) -> bool:
     try:
         environ = (_PROC / str(pid) / "environ").read_bytes()

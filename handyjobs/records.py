@@ -73,7 +73,10 @@ class JobSpec:
         """The command as the user would read it: ``train.py --lr 3e-4`` or ``-m pkg.train``."""
         import shlex
 
-        head = ["-m", self.script] if self.module else [self.script]
+        script = self.script
+        if not self.module and script.startswith(self.cwd.rstrip("/") + "/"):
+            script = script[len(self.cwd.rstrip("/")) + 1 :]  # as typed, relative to cwd
+        head = ["-m", script] if self.module else [script]
         return shlex.join([*head, *self.args])
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from handyjobs.records import SCHEMA_VERSION, JobRecord, JobState, Run, utcnow
 _HEAD = b'{"schema_version": '
 _JOBS_OPEN = b'"jobs": ['
 _ACTIVE_MARKS = (b'"state": "running"', b'"state": "queued"')
+# "state" is a record's second key, after a name of at most 64 characters.
+_STATE_WITHIN = 120
 
 
 @dataclass
@@ -103,46 +105,92 @@ def load(root: Path | None = None) -> Registry:
     return _decode(data, path)
 
 
+def _body(data: bytes) -> tuple[int, int] | None:
+    """Offsets of the record lines in a file laid out by :meth:`Registry.to_bytes`, else None."""
+    first = data.find(b"\n") + 1
+    last = data.rfind(b"\n]}")
+    header = data[: first - 1]
+    if first <= 0 or last < first - 1 or not header.startswith(_HEAD):
+        return None
+    if not header.endswith(_JOBS_OPEN) or data[last:].strip() != b"]}":
+        return None
+    return first, last
+
+
+def _line_at(data: bytes, first: int, last: int, pos: int) -> tuple[int, int]:
+    """The (start, end) of the record line holding offset ``pos``."""
+    start = data.rfind(b"\n", first, pos) + 1 or first
+    end = data.find(b"\n", pos, last)
+    return max(start, first), last if end == -1 else end
+
+
+def _parse_lines(data: bytes, spans: list[tuple[int, int]], path: Path) -> list[JobRecord]:
+    try:
+        return [JobRecord.from_dict(json.loads(data[a:b].rstrip(b","))) for a, b in spans]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(
+            f"the registry {path} is not valid ({exc}); move it aside to start afresh"
+        ) from exc
+
+
 def load_recent(root: Path | None = None, finished: int = 20) -> tuple[list[JobRecord], int]:
     """The active records plus the ``finished`` most recent finished ones, and the total count.
 
-    Only those lines are parsed, so ``handyjobs list`` stays fast with 10,000 records.
-    Falls back to a full parse when the file is not in the layout :class:`Registry` writes.
+    Only those lines are parsed (found with ``bytes.find``, no split of the whole file), so
+    ``handyjobs list`` stays fast with 10,000 records. Falls back to a full parse when the
+    file is not in the layout :class:`Registry` writes (edited by hand, say).
     """
     path = paths.registry_path(root)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return [], 0
-    lines = data.rstrip(b"\n").split(b"\n")
-    if not (
-        len(lines) >= 2
-        and lines[0].startswith(_HEAD)
-        and lines[0].endswith(_JOBS_OPEN)
-        and lines[-1] == b"]}"
-    ):
+    body = _body(data)
+    if body is None:
         reg = _decode(data, path)
         picked = [r for r in reversed(reg.jobs.values()) if r.state.active]
         done = [r for r in reversed(reg.jobs.values()) if not r.state.active][:finished]
         return picked + done, len(reg.jobs)
-    body = lines[1:-1]
-    picked_lines: list[bytes] = []
-    done_count = 0
-    for line in reversed(body):
-        prefix = line[:120]
-        active = any(mark in prefix for mark in _ACTIVE_MARKS)
-        if active:
-            picked_lines.append(line)
-        elif done_count < finished:
-            picked_lines.append(line)
-            done_count += 1
+    first, last = body
+    if last <= first:
+        return [], 0
+    total = data.count(b"\n", first, last) + 1
+    spans: dict[int, int] = {}
+    for mark in _ACTIVE_MARKS:  # active records can be anywhere: find them by their state
+        pos = data.find(mark, first, last)
+        while pos != -1:
+            start, end = _line_at(data, first, last, pos)
+            if pos - start < _STATE_WITHIN:
+                spans[start] = end
+            pos = data.find(mark, end, last)
+    end, done = last, 0
+    while done < finished and end > first:  # the newest finished ones are at the end
+        start = data.rfind(b"\n", first, end) + 1 or first
+        start = max(start, first)
+        if not any(data.find(m, start, start + _STATE_WITHIN) != -1 for m in _ACTIVE_MARKS):
+            spans[start] = end
+            done += 1
+        end = start - 1
+    return _parse_lines(data, sorted(spans.items()), path), total
+
+
+def load_one(name: str, root: Path | None = None) -> JobRecord | None:
+    """One record by name, parsing only its line when the file has the usual layout."""
+    path = paths.registry_path(root)
     try:
-        records = [JobRecord.from_dict(json.loads(line.rstrip(b","))) for line in picked_lines]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RegistryError(
-            f"the registry {path} is not valid ({exc}); move it aside to start afresh"
-        ) from exc
-    return records, len(body)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    body = _body(data)
+    if body is None:
+        return _decode(data, path).jobs.get(name)
+    first, last = body
+    needle = b'{"name": ' + json.dumps(name).encode() + b", "
+    pos = data.find(b"\n" + needle, first - 1, last)
+    if pos == -1:
+        return None
+    start, end = _line_at(data, first, last, pos + 1)
+    return _parse_lines(data, [(start, end)], path)[0]
 
 
 @contextlib.contextmanager

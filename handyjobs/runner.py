@@ -98,6 +98,17 @@ def _fold(root: Path, name: str, run_id: str, status: dict[str, Any]) -> None:
             reg.put(record)
 
 
+def _reap_orphans() -> None:
+    """Collect exit statuses of re-parented workers (we are their subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def run(root: Path, name: str, run_id: str) -> int:
     """The runner's whole life; returns the job's shell-style exit code."""
     from handyjobs.tee import run_on_pty
@@ -139,6 +150,7 @@ def run(root: Path, name: str, run_id: str) -> int:
         )
 
     outcome = run_on_pty(job.argv, job.env, spec.cwd, log_fd, on_start=on_start)
+    _reap_orphans()
     ended = utcnow()
     how = f"exit code {outcome.exit_code}" if outcome.signal is None else f"signal {outcome.signal}"
     status.update(ended_at=ended, exit_code=outcome.exit_code, signal=outcome.signal)

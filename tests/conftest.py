@@ -102,6 +102,8 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
         NO_COLOR="1",
         OMP_NUM_THREADS="1",
         PYTHONDONTWRITEBYTECODE="1",
+        # the python that runs the tests is the one on the user's PATH (an activated venv)
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
     )
     (tmp_path / "home").mkdir()
     for key in ("HANDYJOBS_HOME", "HANDYJOBS_TMUX_SOCKET", "HOME"):

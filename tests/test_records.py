@@ -51,7 +51,7 @@ def test_record_round_trips_through_json() -> None:
     assert again == record
     d = record.to_dict()
     assert list(d)[:2] == ["name", "state"]  # the registry's fast reader relies on this order
-    assert d["command"] == "/w/train.py --lr 3e-4 'a b'"
+    assert d["command"] == "train.py --lr 3e-4 'a b'"  # relative to cwd, as typed
     assert d["gpus"] == [2, 4]
 
 
