@@ -163,13 +163,13 @@ def load_recent(root: Path | None = None, finished: int = 20) -> tuple[list[JobR
             if pos - start < _STATE_WITHIN:
                 spans[start] = end
             pos = data.find(mark, end, last)
-    end, done = last, 0
-    while done < finished and end > first:  # the newest finished ones are at the end
+    end, found = last, 0
+    while found < finished and end > first:  # the newest finished ones are at the end
         start = data.rfind(b"\n", first, end) + 1 or first
         start = max(start, first)
         if not any(data.find(m, start, start + _STATE_WITHIN) != -1 for m in _ACTIVE_MARKS):
             spans[start] = end
-            done += 1
+            found += 1
         end = start - 1
     return _parse_lines(data, sorted(spans.items()), path), total
 

@@ -4,7 +4,7 @@ Measured, each as the median of ``--runs`` runs and as a ratio to ``python -c pa
 same run (cases are interleaved round by round, so drift and noise hit them alike):
 
 * ``handyjobs list`` with 0, 1,000 and 10,000 records, its output read from a pipe (as a script
-  reads it) and from a pseudo-terminal (as a person sees it: the rich table);
+  reads it) and from a pseudo-terminal (as a person sees it: the coloured table);
 * ``list`` with 1,000 records of which a few jobs really run, so reconciling them is included;
 * ``list --json`` and ``list --all`` with 10,000 records (informational);
 * ``handyjobs start`` of a one-line script until the line it prints is in the job's log;
@@ -636,7 +636,7 @@ class Bench:
                 print(f"note: {row.label}: {row.note}")
         print()
         print("pipe: stdout read from a pipe (plain columns); tty: from a pseudo-terminal")
-        print(f"({PTY_SIZE[1]}x{PTY_SIZE[0]}), the rich table a person sees.")
+        print(f"({PTY_SIZE[1]}x{PTY_SIZE[0]}), the coloured table a person sees.")
         sys.stdout.flush()
 
 

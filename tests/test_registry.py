@@ -199,3 +199,16 @@ def test_reconcile_marks_lost_when_runner_and_session_are_gone(tmp_path: Path) -
     assert gone in changed
     assert gone.state is JobState.LOST and gone.current.ended_at
     assert alive.state is JobState.RUNNING
+
+
+def test_load_one_finds_exactly_that_name(tmp_path: Path) -> None:
+    reg = registry.Registry()
+    for name in ("exp", "exp1", "exp10", "x-exp1"):
+        reg.put(make_record(name))
+    registry.save(reg, tmp_path)
+    one = registry.load_one("exp1", tmp_path)
+    assert one is not None and one.name == "exp1"
+    assert registry.load_one("ex", tmp_path) is None
+    shutil.copy(DATA / "registry-v1.json", paths.registry_path(tmp_path))  # hand-formatted
+    got = registry.load_one("exp1", tmp_path)
+    assert got is not None and got.spec.module
