@@ -209,6 +209,17 @@ def locked(root: Path | None = None) -> Iterator[Registry]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+@contextlib.contextmanager
+def shared(root: Path | None = None) -> Iterator[None]:
+    """Hold the lock shared: wait for a writer in the middle of its read-modify-write."""
+    fd = os.open(paths.lock_path(root), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def save(reg: Registry, root: Path | None = None) -> None:
     """Replace the registry file atomically (callers hold the lock)."""
     path = paths.registry_path(root)

@@ -122,6 +122,13 @@ def run(root: Path, name: str, run_id: str) -> int:
     # Settings such as the tmux socket and a fake GPU file are the caller's, not tmux's.
     os.environ.update({k: v for k, v in env.items() if k.startswith("HANDYJOBS_")})
     spec = JobSpec.from_dict(doc["spec"])
+    # `start` holds the registry lock from before it made this session until its record is
+    # saved; if it died in between (SIGKILL), there is no record and nothing must start.
+    with registry.shared(root):
+        record = registry.load_one(name, root)
+    if record is None or record.current.run_id != run_id:
+        status.path.unlink(missing_ok=True)
+        return 1
     log_fd = os.open(doc["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     gpu_ids = None if doc["gpus"] is None else tuple(doc["gpus"])
     if gpu_ids is None and doc.get("booked_gpus"):

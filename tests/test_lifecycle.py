@@ -50,7 +50,8 @@ import os, sys
 print("argv", sys.argv[1:])
 print("tty", sys.stdout.isatty())
 print("env", os.environ.get("MY_SECRET"), os.environ.get("STALE"), os.environ.get("EXTRA"))
-print("hj", os.environ["HANDYJOBS_JOB"], os.environ.get("HANDYJOBS_DEVICE"), "TORCHELASTIC_RUN_ID" in os.environ)
+print("hj", os.environ["HANDYJOBS_JOB"], os.environ.get("HANDYJOBS_DEVICE"),
+      "TORCHELASTIC_RUN_ID" in os.environ)
 print("exe", sys.executable)
 """,
     )
@@ -430,8 +431,11 @@ def test_attach_puts_a_terminal_into_the_session_and_refuses_finished_jobs(
 
     wait_until(screen_has_banner, 20, what="the job's screen through attach")
     sandbox.tmux("detach-client", "-s", "att")  # as Ctrl-b d would; the job keeps running
-    waited = wait_until(lambda: [r for r in [os.waitpid(pid, os.WNOHANG)] if r[0] == pid],
-                        20, what="attach to return after detach")
+    waited = wait_until(
+        lambda: [r for r in [os.waitpid(pid, os.WNOHANG)] if r[0] == pid],
+        20,
+        what="attach to return after detach",
+    )
     os.close(fd)
     assert os.waitstatus_to_exitcode(waited[0][1]) == 0  # type: ignore[index]
     assert show(sandbox, "att")["state"] == "running"
@@ -548,3 +552,55 @@ def test_twenty_starts_at_once_give_twenty_jobs(sandbox: Sandbox) -> None:
     del flag
     sandbox.cli("stop", *sorted(names), check=True)
     assert all(j["state"] == "stopped" for j in json.loads(sandbox.cli("list", "--json").stdout))
+
+
+def test_start_killed_mid_write_leaves_a_valid_registry_and_no_orphan_session(
+    sandbox: Sandbox,
+) -> None:
+    from test_registry import make_record
+
+    from handyjobs import paths, registry
+
+    reg = registry.Registry()
+    for i in range(3000):  # a registry big enough that saving it takes a while
+        reg.put(make_record(f"old-{i}"))
+    paths.ensure_private_dir(sandbox.home)
+    registry.save(reg, sandbox.home)
+    sandbox.write("sleep.py", SLEEPER)
+    import random
+    import signal
+    import time
+
+    rng = random.Random(7)
+    for i in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "handyjobs", "start", "sleep.py", "--name", f"k{i}"],
+            env=sandbox.env,
+            cwd=sandbox.root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.1, 0.6))  # somewhere between start-up and the final rename
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        loaded = registry.load(sandbox.home)  # always a whole file, never half of one
+        assert len(loaded.jobs) >= 3000
+
+    def sessions_match_records() -> bool:
+        names = set(registry.load(sandbox.home).jobs)
+        live = set(sandbox.tmux("list-sessions", "-F", "#{session_name}").stdout.split())
+        return live <= names  # a session whose start died before saving ends by itself
+
+    wait_until(sessions_match_records, 30, what="orphan sessions to end")
+    for name, record in registry.load(sandbox.home).jobs.items():
+        if name.startswith("k") and record.state.value == "running":
+            sandbox.cli("stop", name, check=True)
+
+
+def test_start_follow_streams_the_log_and_exits_with_the_jobs_code(sandbox: Sandbox) -> None:
+    sandbox.write("three.py", "import time\nprint('working', flush=True)\ntime.sleep(0.5)\n"
+                              "print('giving up')\nraise SystemExit(3)\n")
+    proc = sandbox.cli("start", "three.py", "--name", "f3", "--follow")
+    assert proc.returncode == 3
+    assert "working" in proc.stdout and "giving up" in proc.stdout
+    assert proc.stdout.index("started f3") < proc.stdout.index("working")
