@@ -6,10 +6,13 @@ Each process writes ``OUTDIR/<mode>_rank<R>.json``; the tests compare and assert
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import io
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -212,6 +216,40 @@ def resume_epoch(
     return losses
 
 
+class WorkerSeed(Dataset[int]):
+    """Sample i is the torch seed of the DataLoader worker that made it."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        return int(torch.initial_seed())
+
+
+def check_seeding(trainer: ParallelTrainer) -> dict[str, Any]:
+    """seed_everything: torch alike on every rank; python and DataLoader workers per rank."""
+    trainer.seed_everything(42)
+    init = trainer.gather(flat_params(make_model()))
+    python_draw = trainer.gather(random.random())
+    loader = trainer.loader(WorkerSeed(), batch_size=2, num_workers=1)
+    worker_seeds = trainer.gather(sorted({int(s) for batch in loader for s in batch}))
+    return {
+        "same_init": init[0] == init[-1],
+        "python_differs": python_draw[0] != python_draw[-1],
+        "worker_seeds": worker_seeds,
+    }
+
+
+def check_output(trainer: ParallelTrainer) -> str:
+    """What print and progress write to stdout on this rank (stdout is not a TTY here)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        trainer.print("hello from print")
+        for _ in trainer.progress(range(8), desc="steps"):
+            pass
+    return buffer.getvalue()
+
+
 def mode_main(out: Path) -> dict[str, Any]:
     """Most checks in one launch, since every torchrun start costs seconds."""
     trainer = ParallelTrainer(config=RunConfig())
@@ -230,6 +268,8 @@ def mode_main(out: Path) -> dict[str, Any]:
     result["collectives"] = check_collectives(trainer)
     result["seed_api"] = check_seed_api(trainer, out)
     result["atomic_saves"] = check_atomic_save(trainer, out)
+    result["seeding"] = check_seeding(trainer)
+    result["output"] = check_output(trainer)
 
     # A second trainer reuses the process group, with its own loader registry, so the
     # resume run (a fresh process) sees the same loader as its first one.
@@ -240,7 +280,9 @@ def mode_main(out: Path) -> dict[str, Any]:
     result["resume_next_losses"] = resume_epoch(second, model, opt, sched, loader)
     result["resume_final"] = flat_params(model)
     second.close()
+    result["group_alive_after_second_close"] = dist.is_initialized()
     trainer.close()
+    result["group_alive_after_close"] = dist.is_initialized()
     return result
 
 
@@ -253,12 +295,19 @@ def mode_single(out: Path) -> dict[str, Any]:
 
 
 def mode_resume(out: Path) -> dict[str, Any]:
-    """A new run that resumes from resume.pt and trains the next epoch."""
-    with ParallelTrainer(True, {"device": "cpu"}) as trainer:
-        model, opt, sched, loader = resume_setup(trainer)
-        saved = trainer.load(out / "resume.pt", model=model, optimizer=opt, scheduler=sched)
-        losses = resume_epoch(trainer, model, opt, sched, loader)
-        return {"epoch": saved["epoch"], "losses": losses, "final": flat_params(model)}
+    """A new run that resumes from resume.pt; it never calls close(), to check the exit hook."""
+    rank = os.environ.get("RANK", "0")
+
+    def probe() -> None:
+        # Registered before the trainer's hook, so it runs after it (atexit is LIFO).
+        (out / f"resume_group_at_exit_rank{rank}").write_text(str(dist.is_initialized()))
+
+    atexit.register(probe)
+    trainer = ParallelTrainer(True, {"device": "cpu"})
+    model, opt, sched, loader = resume_setup(trainer)
+    saved = trainer.load(out / "resume.pt", model=model, optimizer=opt, scheduler=sched)
+    losses = resume_epoch(trainer, model, opt, sched, loader)
+    return {"epoch": saved["epoch"], "losses": losses, "final": flat_params(model)}
 
 
 def mode_fail(out: Path) -> dict[str, Any]:
@@ -281,19 +330,56 @@ def mode_multinode(out: Path) -> dict[str, Any]:
         model = trainer.model_parallel(make_model())
         trainer.save_model({"tag": "seed"}, model, node_dir / "seed_ckpt.pt")
         trainer.save(node_dir / "ckpt.pt", model=model, step=5)
-        with open(node_dir / "log.txt", "a") as log_file:
+        # Seed style: every rank opens the file, only global rank 0 writes a line.
+        with open(node_dir / "seed_log.txt", "a") as log_file:
             trainer.write_log(log_file, f"rank {trainer.rank}")
+        trainer.write_log(node_dir / "log.txt", f"rank {trainer.rank}")
         trainer.call_func(lambda: (node_dir / "called.txt").write_text("x"))
         # The checkpoint is on one node's disk only; load must still work on every rank.
         loaded = trainer.load(node_dir / "ckpt.pt", model=model)
-        return {
+        result = {
             "rank": trainer.rank,
             "world_size": trainer.world_size,
             "local_rank": trainer.local_rank,
             "local_world_size": trainer.local_world_size,
+            "node_rank": trainer.node_rank,
             "node_dir": str(node_dir),
             "loaded_step": loaded["step"],
         }
+    result["group_alive_after_with"] = dist.is_initialized()
+    return result
+
+
+def mode_gpu(out: Path) -> dict[str, Any]:
+    """NCCL on cuda:LOCAL_RANK, with bf16 autocast and an fp16 step through the grad scaler."""
+    result: dict[str, Any] = {}
+    with ParallelTrainer(config={"precision": "fp16"}) as trainer:
+        result.update(
+            rank=trainer.rank,
+            local_rank=trainer.local_rank,
+            device=str(trainer.device),
+            current=torch.cuda.current_device(),
+            backend=trainer.backend,
+            summed=trainer.all_reduce(torch.ones(2, device=trainer.device), "sum").tolist(),
+        )
+        model = trainer.model_parallel(make_model())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, y = trainer.to_device(make_data()[:8])
+        with trainer.autocast():
+            out_fp16 = model(x)
+            loss = nn.functional.mse_loss(out_fp16.float(), y)
+        trainer.backward(loss)
+        trainer.clip_grad_norm(model, 1.0, optimizer=optimizer)
+        trainer.step(optimizer)
+        result["fp16_dtype"] = str(out_fp16.dtype)
+        result["scaler"] = trainer.scaler is not None
+        trainer.save(out / "gpu.pt", model=model, optimizer=optimizer)
+        # A second trainer reuses the live process group; only its precision differs.
+        bf16 = ParallelTrainer(config={"precision": "bf16"})
+        ones = torch.ones(4, 4, device=bf16.device)
+        with bf16.autocast():
+            result["bf16_dtype"] = str((ones @ ones).dtype)
+    return result
 
 
 def main() -> None:
@@ -305,6 +391,7 @@ def main() -> None:
         "resume": mode_resume,
         "fail": mode_fail,
         "multinode": mode_multinode,
+        "gpu": mode_gpu,
     }
     try:
         result = modes[mode](out)
