@@ -41,7 +41,8 @@ tag = job if rank is None else f"{job}.{rank}"
 (here / f"ran-{tag}").write_text(str(os.getpid()))
 for key in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HANDYJOBS_GPU_IDS",
             "HANDYJOBS_NPROC", "LOCAL_RANK", "WORLD_SIZE"):
-    print(f"{key}={os.environ.get(key, '<unset>')}", flush=True)
+    # one write per line: torchrun's workers share the terminal, and print() may split a line
+    os.write(1, f"{key}={os.environ.get(key, '<unset>')}\\n".encode())
 deadline = time.monotonic() + 120
 while not (here / f"done-{job}").exists() and time.monotonic() < deadline:
     time.sleep(0.05)
@@ -186,10 +187,20 @@ def _log(box: Sandbox, name: str) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def _log_shows(box: Sandbox, name: str, text: str, count: int = 1) -> bool:
+    """True once the job's log holds ``text`` ``count`` times; fails at once if the job ended."""
+    log = _log(box, name)
+    if log.count(text) >= count:
+        return True
+    if re.search(rf"\[handyjobs\] run \d+ of {name} ended", log):
+        pytest.fail(f"job {name} ended before it printed {text!r}:\n{log}")
+    return False
+
+
 def _printed(box: Sandbox, name: str, key: str) -> list[str]:
     """Values of ``KEY=value`` lines the job printed (once per process), waiting for them."""
     wait_until(
-        lambda: "WORLD_SIZE=" in _log(box, name), timeout=20, what=f"{name} to print its env"
+        lambda: _log_shows(box, name, "WORLD_SIZE="), timeout=20, what=f"{name} to print its env"
     )
     return re.findall(rf"^{key}=(.*?)\r?$", _log(box, name), re.MULTILINE)
 
@@ -316,7 +327,7 @@ def test_one_process_per_pinned_gpu_by_default(sandbox: Sandbox) -> None:
     assert "on GPUs 0,2, 2 processes" in out
     assert _show(sandbox, "ddp")["nproc"] == 2
     wait_until(
-        lambda: _log(sandbox, "ddp").count("WORLD_SIZE=") == 2,
+        lambda: _log_shows(sandbox, "ddp", "WORLD_SIZE=", count=2),
         timeout=60,
         what="both torchrun workers to print their env",
     )
