@@ -144,6 +144,8 @@ def make_spec(req: StartRequest) -> JobSpec:
         raise UsageError("--cpu cannot be combined with --gpus/--ngpus; pick one")
     if req.gpus is not None and req.ngpus is not None:
         raise UsageError("--gpus and --ngpus both given; pick GPUs by number or by count")
+    if req.force and req.gpus is None:
+        raise UsageError("--force overrides checks on GPUs you name: use it with --gpus")
     if req.wait and req.gpus is None and req.ngpus is None:
         raise UsageError("--wait queues for GPUs: give --gpus or --ngpus with it")
     if req.module:
@@ -391,8 +393,14 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
     if not was_queued or main_pid:
         seen, left = procs.terminate(run.run_id, runner_pid, main_pid, grace_s=grace_s)
     # The runner records the outcome and exits, which ends the session; give it a moment.
+    # A queued job that got its GPUs just as we stopped it may start its process meanwhile:
+    # end that too.
     deadline = time.monotonic() + 5.0
     while registry.runner_alive(runner_pid) and time.monotonic() < deadline:
+        if procs.job_pids(run.run_id, runner_pid):
+            more, still = procs.terminate(run.run_id, runner_pid, None, grace_s=grace_s)
+            seen |= more
+            left |= still
         time.sleep(0.02)
     tmux.kill_session(record.session)  # a queued job's runner, or one that hung
     with registry.locked(root) as reg:

@@ -217,6 +217,7 @@ class JobRecord:
             "command": self.spec.command,
             "gpus": list(run.gpus),
             "nproc": run.nproc,
+            "waiting_for": run.waiting_for,
             "created_at": self.created_at,
             "started_at": run.started_at,
             "ended_at": run.ended_at,

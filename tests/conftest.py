@@ -57,7 +57,7 @@ class Sandbox:
         """Run the real CLI (``python -m handyjobs``) in a subprocess."""
         proc = subprocess.run(
             [sys.executable, "-m", "handyjobs", *args],
-            env={**self.env, **(env or {})},
+            env={**self.env, "PWD": str(cwd or self.root), **(env or {})},
             cwd=cwd or self.root,
             text=True,
             capture_output=True,

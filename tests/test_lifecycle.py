@@ -491,6 +491,7 @@ def test_cli_import_does_not_import_torch() -> None:
         (["start", "ok.py", "--nproc", "0"], "--nproc"),
         (["start", "ok.py", "--cpu", "--gpus", "0"], "--cpu"),
         (["start", "ok.py", "--wait"], "--wait"),
+        (["start", "ok.py", "--ngpus", "1", "--force"], "--force"),
         (["start", "ok.py", "--env", "NOEQUALS"], "KEY=VALUE"),
         (["start", "ok.py", "--cwd", "/nonexistent/dir"], "no such directory"),
         (["start", "ok.py", "--python", "/nonexistent/python"], "--python"),
@@ -598,8 +599,11 @@ def test_start_killed_mid_write_leaves_a_valid_registry_and_no_orphan_session(
 
 
 def test_start_follow_streams_the_log_and_exits_with_the_jobs_code(sandbox: Sandbox) -> None:
-    sandbox.write("three.py", "import time\nprint('working', flush=True)\ntime.sleep(0.5)\n"
-                              "print('giving up')\nraise SystemExit(3)\n")
+    sandbox.write(
+        "three.py",
+        "import time\nprint('working', flush=True)\ntime.sleep(0.5)\n"
+        "print('giving up')\nraise SystemExit(3)\n",
+    )
     proc = sandbox.cli("start", "three.py", "--name", "f3", "--follow")
     assert proc.returncode == 3
     assert "working" in proc.stdout and "giving up" in proc.stdout
