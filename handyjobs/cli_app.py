@@ -111,7 +111,8 @@ def stop(
     for name in names:
         result = jobs.stop_job(name, grace_s=timeout)
         what = "queued job" if result.was_queued else "job"
-        print(f"stopped {what} {name} ({len(result.pids)} processes ended)")
+        n = len(result.pids)
+        print(f"stopped {what} {name} ({n} process{'' if n == 1 else 'es'} ended)")
 
 
 @app.command()

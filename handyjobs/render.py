@@ -119,7 +119,10 @@ def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> Non
     if not all_shown and total > len(records):
         note = f"{len(records)} of {total} jobs shown; `handyjobs list --all` shows every one"
     if not records:
-        print("no jobs yet; start one with `handyjobs start SCRIPT`" if total == 0 else note)
+        if total == 0:
+            print("no jobs yet; start one with `handyjobs start SCRIPT`")
+        else:
+            print(f"no job matches ({total} in the registry; `handyjobs list --all` shows them)")
         return
     if not fancy():
         print(plain_table(JOB_COLUMNS, rows))

@@ -12,7 +12,6 @@ import os
 import random
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
+from handyjobs import progress as progress_bars
 from handyjobs.errors import HandyjobsError
 
 __all__ = [
@@ -903,8 +903,8 @@ class ParallelTrainer:
         if not self.is_main:
             return iter(iterable)
         if sys.stdout.isatty():
-            return _rich_progress(iterable, desc, total)
-        return _plain_progress(iterable, desc, total, interval)
+            return progress_bars.rich_progress(iterable, desc, total)
+        return progress_bars.plain_progress(iterable, desc, total, interval)
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -983,61 +983,6 @@ class _CrashFlag:
 
 _crash = _CrashFlag()
 _exit_barrier_generation = [0]
-
-
-def _rich_progress(iterable: Iterable[T], desc: str, total: int | None) -> Iterator[T]:
-    """A rich progress bar around ``iterable`` (rich is imported only when one is shown)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns) as bar:
-        task = bar.add_task(desc or "progress", total=total)
-        for item in iterable:
-            yield item
-            bar.advance(task)
-
-
-def _plain_progress(
-    iterable: Iterable[T], desc: str, total: int | None, interval: float
-) -> Iterator[T]:
-    """Plain lines for logs: at each quarter of the way (or every ``interval`` s) and at the end."""
-    label = f"{desc}: " if desc else ""
-    start = last = time.monotonic()
-    next_quarter = 1
-    done = shown = 0
-    for item in iterable:
-        yield item
-        done += 1
-        now = time.monotonic()
-        crossed = bool(total) and done * 4 >= next_quarter * (total or 1)
-        if crossed or now - last >= interval:
-            while total and done * 4 >= next_quarter * total:
-                next_quarter += 1
-            last, shown = now, done
-            builtins.print(_progress_line(label, done, total, now - start), flush=True)
-    if shown != done or done == 0:
-        builtins.print(_progress_line(label, done, total, time.monotonic() - start), flush=True)
-
-
-def _progress_line(label: str, done: int, total: int | None, elapsed: float) -> str:
-    """One progress line: count, percentage, elapsed time and rate."""
-    rate = done / elapsed if elapsed > 0 else 0.0
-    if total:
-        return f"{label}{done}/{total} ({100 * done // total}%) {elapsed:.1f}s {rate:.1f} it/s"
-    return f"{label}{done} {elapsed:.1f}s {rate:.1f} it/s"
 
 
 #: The seed's name (TorchHandy's ``Parallel_Trainer``), kept so its scripts run unchanged.

@@ -151,25 +151,25 @@ def test_options_after_script_module_cwd(sandbox: Sandbox) -> None:
     assert f"mod ['--synch', '--lr', '3e-4'] {sandbox.root / 'proj'}" in log
 
 
-def test_two_process_cpu_training_job_succeeds_with_torchrun(sandbox: Sandbox) -> None:
-    sandbox.cli(
-        "start",
-        str(REPO / "examples" / "train.py"),
-        "--cpu",
-        "--nproc",
-        "2",
-        "--name",
-        "ddp",
-        "--",
-        "--epochs",
-        "1",
-        check=True,
-    )
+@pytest.mark.parametrize(
+    ("example", "args", "script_args"),
+    [
+        ("train.py", ["--", "--epochs", "1"], ["--epochs", "1"]),
+        # the seed's own flag, after SCRIPT with no `--`, goes to the script
+        ("seed_style.py", ["--synch"], ["--synch"]),
+    ],
+)
+def test_two_process_cpu_example_succeeds_with_torchrun(
+    sandbox: Sandbox, example: str, args: list[str], script_args: list[str]
+) -> None:
+    script = str(REPO / "examples" / example)
+    sandbox.cli("start", script, "--cpu", "--nproc", "2", "--name", "ddp", *args, check=True)
     rec = wait_state(sandbox, "ddp", "succeeded", "failed", timeout=120)
     log = log_of(sandbox, "ddp")
     assert rec["state"] == "succeeded", log
     assert "torch.distributed.run" in log and "--nproc-per-node=2" in log
     assert rec["nproc"] == 2 and rec["exit_code"] == 0
+    assert rec["spec"]["args"] == script_args
     assert rec["runs"][0]["rendezvous"].startswith("standalone")
 
 
