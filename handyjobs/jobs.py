@@ -45,6 +45,10 @@ class StartRequest:
     caller_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
+def _not_found(*names: str) -> JobNotFound:
+    return JobNotFound(f"no job named {', '.join(names)}; see `handyjobs list --all`")
+
+
 # ---- start -----------------------------------------------------------------------------------
 
 
@@ -335,7 +339,7 @@ def get_job(name: str) -> JobRecord:
     root = paths.home()
     record = registry.load_one(name, root)
     if record is None:
-        raise JobNotFound(f"no job named {name}; see `handyjobs list --all`")
+        raise _not_found(name)
     return _refresh([record], root)[0]
 
 
@@ -374,7 +378,7 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
     with registry.locked(root) as reg:
         record = reg.jobs.get(name)
         if record is None:
-            raise JobNotFound(f"no job named {name}; see `handyjobs list --all`")
+            raise _not_found(name)
         refresh_locked(reg, root)
         record = reg.jobs[name]
         if not record.state.active:
@@ -469,7 +473,7 @@ def restart_job(
     with registry.locked(root) as reg:
         record = reg.jobs.get(name)
         if record is None:
-            raise JobNotFound(f"no job named {name}; see `handyjobs list --all`")
+            raise _not_found(name)
         if record.state.active:
             raise JobStateError(f"job {name} started again meanwhile; nothing to do")
         run = Run(
@@ -490,7 +494,7 @@ def remove_jobs(names: Sequence[str], force: bool = False, logs: bool = False) -
     reg = registry.load(root)
     missing = [n for n in names if n not in reg.jobs]
     if missing:
-        raise JobNotFound(f"no job named {', '.join(missing)}; see `handyjobs list --all`")
+        raise _not_found(*missing)
     records = _refresh([reg.jobs[n] for n in names], root)
     active = [r.name for r in records if r.state.active]
     if active and not force:

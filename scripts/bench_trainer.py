@@ -160,11 +160,26 @@ def run_trainer(args: argparse.Namespace) -> float:
         return timed(args.steps, args.warmup, step, lambda: sync_all(trainer.device))
 
 
+def framework_step(
+    batches: Iterator[Any], model: Any, optimizer: Any, backward: Callable[[Any], None]
+) -> Callable[[], None]:
+    """One step of the loop for a framework that prepared model, optimizer and data itself."""
+    from torch.nn import functional
+
+    def step() -> None:
+        x, y = next(batches)
+        optimizer.zero_grad()
+        loss = functional.cross_entropy(model(x), y)
+        backward(loss)
+        optimizer.step()
+
+    return step
+
+
 def run_accelerate(args: argparse.Namespace) -> float:
     """The same loop through Hugging Face Accelerate."""
     import torch
     from accelerate import Accelerator
-    from torch.nn import functional
     from torch.utils.data import DataLoader
 
     accelerator = Accelerator(cpu=args.device == "cpu")
@@ -174,13 +189,7 @@ def run_accelerate(args: argparse.Namespace) -> float:
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     batches = endless(loader)
 
-    def step() -> None:
-        x, y = next(batches)
-        optimizer.zero_grad()
-        loss = functional.cross_entropy(model(x), y)
-        accelerator.backward(loss)
-        optimizer.step()
-
+    step = framework_step(batches, model, optimizer, accelerator.backward)
     seconds = timed(args.steps, args.warmup, step, lambda: sync_all(accelerator.device))
     accelerator.end_training()
     return seconds
@@ -189,7 +198,6 @@ def run_accelerate(args: argparse.Namespace) -> float:
 def run_fabric(args: argparse.Namespace) -> float:
     """The same loop through Lightning Fabric."""
     import torch
-    from torch.nn import functional
     from torch.utils.data import DataLoader
 
     try:
@@ -205,13 +213,7 @@ def run_fabric(args: argparse.Namespace) -> float:
     model, optimizer = fabric.setup(model, optimizer)
     batches = endless(fabric.setup_dataloaders(DataLoader(data, args.batch_size, shuffle=True)))
 
-    def step() -> None:
-        x, y = next(batches)
-        optimizer.zero_grad()
-        loss = functional.cross_entropy(model(x), y)
-        fabric.backward(loss)
-        optimizer.step()
-
+    step = framework_step(batches, model, optimizer, fabric.backward)
     seconds = timed(args.steps, args.warmup, step, lambda: sync_all(fabric.device))
     import torch.distributed as dist
 
