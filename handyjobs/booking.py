@@ -82,14 +82,7 @@ def check_allowed(indices: tuple[int, ...], policy: Policy) -> None:
 
 def free_set(reg: Registry, discovery: gpus.Discovery, policy: Policy) -> set[int]:
     """GPUs no running job holds, allowed, with no compute process and memory under threshold."""
-    held = held_gpus(reg)
-    return {
-        g.index
-        for g in discovery.gpus
-        if g.index not in held
-        and (policy.allowed is None or g.index in policy.allowed)
-        and gpus.busy_reason(g, policy.threshold_mib) is None
-    }
+    return set(gpus.free_indices(discovery, held_gpus(reg), policy.threshold_mib, policy.allowed))
 
 
 def plan(reg: Registry, discovery: gpus.Discovery, policy: Policy) -> dict[str, tuple[int, ...]]:

@@ -636,6 +636,24 @@ def _describe(proc: GpuProcess) -> str:
     return text
 
 
+def free_indices(
+    discovery: Discovery,
+    held: Collection[int],
+    threshold_mib: int,
+    allowed: Collection[int] | None,
+) -> list[int]:
+    """Indices of the free GPUs (allowed, not held by a job, idle), lowest first."""
+    held_set = set(held)
+    allowed_set = None if allowed is None else set(allowed)
+    return [
+        g.index
+        for g in sorted(discovery.gpus, key=lambda g: g.index)
+        if (allowed_set is None or g.index in allowed_set)
+        and g.index not in held_set
+        and busy_reason(g, threshold_mib) is None
+    ]
+
+
 def choose_free(
     discovery: Discovery,
     n: int,
@@ -646,15 +664,7 @@ def choose_free(
     """Return the n lowest-index free GPUs (allowed, not held, idle), or None if too few."""
     if n < 1:
         raise UsageError(f"asked for {n} GPUs; ask for at least 1, or use --cpu")
-    held_set = set(held)
-    allowed_set = None if allowed is None else set(allowed)
-    free = [
-        g.index
-        for g in sorted(discovery.gpus, key=lambda g: g.index)
-        if (allowed_set is None or g.index in allowed_set)
-        and g.index not in held_set
-        and busy_reason(g, threshold_mib) is None
-    ]
+    free = free_indices(discovery, held, threshold_mib, allowed)
     return free[:n] if len(free) >= n else None
 
 

@@ -505,12 +505,7 @@ def remove_jobs(names: Sequence[str], force: bool = False, logs: bool = False) -
         with contextlib.suppress(JobStateError):  # it may have ended meanwhile
             stop_job(name)
     with registry.locked(root) as reg:
-        for name in names:
-            if name in reg.jobs:
-                reg.remove(name)
-    if logs:
-        for name in names:
-            shutil.rmtree(paths.job_dir(name, root), ignore_errors=True)
+        _forget(reg, root, [n for n in names if n in reg.jobs], logs)
     return list(names)
 
 
@@ -523,12 +518,16 @@ def clean_jobs(logs: bool = False, states: Sequence[JobState] = ()) -> list[str]
         return []
     with registry.locked(root) as reg:
         names = [n for n in names if n in reg.jobs and not reg.jobs[n].state.active]
-        for name in names:
-            reg.remove(name)
-    if logs:
-        for name in names:
-            shutil.rmtree(paths.job_dir(name, root), ignore_errors=True)
+        _forget(reg, root, names, logs)
     return names
+
+
+def _forget(reg: registry.Registry, root: Path, names: Sequence[str], logs: bool) -> None:
+    """Drop records from a locked registry; with ``logs``, their folders too."""
+    for name in names:
+        reg.remove(name)
+        if logs:
+            shutil.rmtree(paths.job_dir(name, root), ignore_errors=True)
 
 
 def attach_argv(name: str) -> list[str]:

@@ -110,8 +110,3 @@ def inside_same_server() -> bool:
         return False
     proc = _run(["list-sessions", "-F", "#{socket_path}"], check=False)
     return proc.returncode == 0 and proc.stdout.split("\n")[0].strip() == current
-
-
-def kill_server() -> None:
-    """Kill the tmux server on our socket (tests use it to see jobs become ``lost``)."""
-    _run(["kill-server"], check=False)
