@@ -1,73 +1,78 @@
-"""Which GPUs a job may take: conflicts with other jobs and users, free choice, the queue.
+"""Who may take which GPU: the machine's policy, what is busy, free choice and the queue.
 
-Every decision here is made by a caller that holds the registry lock, so the choice and the
-reservation are one step: two jobs can never book the same GPU.
+:mod:`handyjobs.gpus` only discovers; every judgement about a GPU lives here, as data
+(:class:`~handyjobs.records.Blocker`, :class:`~handyjobs.records.Wait`) that
+:mod:`handyjobs.render` puts into words. Callers that book hold the registry lock, so a choice
+and its reservation are one step: two jobs never book the same GPU. Nothing here discovers or
+touches the disk: every function takes the records and a discovery it is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
-from handyjobs import gpus
-from handyjobs.errors import GpuError, UsageError
-from handyjobs.records import JobRecord, JobSpec, JobState
-from handyjobs.registry import Registry
+from handyjobs.errors import GpuBusy, UsageError
+from handyjobs.gpus import Discovery, GpuInfo, parse_gpu_spec
+from handyjobs.records import (
+    Blocker,
+    BlockKind,
+    GpuPolicy,
+    GpuUser,
+    JobRecord,
+    JobSpec,
+    JobState,
+    Wait,
+)
 
+ALLOWED_ENV = "HANDYJOBS_GPUS"
+THRESHOLD_ENV = "HANDYJOBS_GPU_MEM_THRESHOLD_MIB"
+DEFAULT_THRESHOLD_MIB = 1024
 
-@dataclass(frozen=True)
-class Policy:
-    """What the machine's settings allow: the GPUs handyjobs may use, the busy threshold."""
-
-    allowed: frozenset[int] | None
-    threshold_mib: int
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Policy:
-        """Read ``HANDYJOBS_GPUS`` and ``HANDYJOBS_GPU_MEM_THRESHOLD_MIB``."""
-        return cls(gpus.allowed_indices(env), gpus.memory_threshold_mib(env))
-
-
-def held_gpus(reg: Registry, exclude: str | None = None) -> dict[int, str]:
-    """GPU index -> name of the running job that holds it."""
-    held: dict[int, str] = {}
-    for record in reg.jobs.values():
-        if record.name != exclude and record.state is JobState.RUNNING:
-            for gpu in record.current.gpus:
-                held.setdefault(gpu, record.name)
-    return held
+_INDEX_RE = re.compile(r"[0-9]+")
 
 
-def _queue_order(reg: Registry) -> list[JobRecord]:
-    """The queued jobs, first queued first."""
-    return sorted(
-        (r for r in reg.jobs.values() if r.state is JobState.QUEUED),
-        key=lambda r: r.current.created_at,
+# ---- the machine's policy ---------------------------------------------------------------------
+
+
+def allowed_indices(env: Mapping[str, str] | None = None) -> frozenset[int] | None:
+    """The GPU indices ``HANDYJOBS_GPUS`` allows, or None when it is unset or empty."""
+    env = os.environ if env is None else env
+    text = env.get(ALLOWED_ENV, "")
+    if not text.strip():
+        return None
+    tokens = parse_gpu_spec(text, source=ALLOWED_ENV)
+    if not all(_INDEX_RE.fullmatch(t) for t in tokens):
+        raise UsageError(
+            f"{ALLOWED_ENV}={text!r}: list GPU indices, not UUIDs, such as 0,1,3; or unset it"
+        )
+    return frozenset(int(t) for t in tokens)
+
+
+def memory_threshold_mib(env: Mapping[str, str] | None = None) -> int:
+    """``HANDYJOBS_GPU_MEM_THRESHOLD_MIB`` (default 1024): memory use above it means busy."""
+    env = os.environ if env is None else env
+    text = env.get(THRESHOLD_ENV, "").strip()
+    if not text:
+        return DEFAULT_THRESHOLD_MIB
+    if not _INDEX_RE.fullmatch(text):
+        raise UsageError(
+            f"{THRESHOLD_ENV}={text!r} is not a whole number of MiB; "
+            f"set it to e.g. {DEFAULT_THRESHOLD_MIB} or unset it"
+        )
+    return int(text)
+
+
+def policy_from_env(env: Mapping[str, str] | None = None) -> GpuPolicy:
+    """The policy a job starts under, read from the caller's environment."""
+    allowed = allowed_indices(env)
+    return GpuPolicy(
+        None if allowed is None else tuple(sorted(allowed)), memory_threshold_mib(env)
     )
 
 
-def queued_ahead(
-    reg: Registry, discovery: gpus.Discovery, policy: Policy, name: str
-) -> dict[int, str]:
-    """GPU index -> name of a job queued before ``name`` that keeps it (as :func:`plan` does).
-
-    A job queued by number keeps every GPU it asked for; one queued by count keeps the free
-    GPUs it would take, even while it waits for more.
-    """
-    free = free_set(reg, discovery, policy)
-    kept: dict[int, str] = {}
-    for record in _queue_order(reg):
-        if record.name == name:
-            break
-        spec = record.spec
-        mine = list(spec.gpus) if spec.gpus is not None else sorted(free)[: spec.ngpus or 0]
-        for gpu in mine:
-            kept.setdefault(gpu, record.name)
-        free -= set(mine)
-    return kept
-
-
-def check_allowed(indices: tuple[int, ...], policy: Policy) -> None:
+def check_allowed(indices: Sequence[int], policy: GpuPolicy) -> None:
     """Refuse GPUs outside ``HANDYJOBS_GPUS`` (bad input: it can never work)."""
     if policy.allowed is None:
         return
@@ -75,95 +80,188 @@ def check_allowed(indices: tuple[int, ...], policy: Policy) -> None:
     if outside:
         allowed = ",".join(str(g) for g in sorted(policy.allowed)) or "none"
         raise UsageError(
-            f"GPU {','.join(map(str, outside))} is outside HANDYJOBS_GPUS={allowed}; "
-            "pick GPUs from that list or change HANDYJOBS_GPUS"
+            f"GPU {','.join(map(str, outside))} is outside {ALLOWED_ENV}={allowed}; "
+            f"pick GPUs from that list or change {ALLOWED_ENV}"
         )
 
 
-def free_set(reg: Registry, discovery: gpus.Discovery, policy: Policy) -> set[int]:
-    """GPUs no running job holds, allowed, with no compute process and memory under threshold."""
-    return set(gpus.free_indices(discovery, held_gpus(reg), policy.threshold_mib, policy.allowed))
+# ---- one GPU ----------------------------------------------------------------------------------
 
 
-def plan(reg: Registry, discovery: gpus.Discovery, policy: Policy) -> dict[str, tuple[int, ...]]:
-    """Which queued jobs can start now, and on which GPUs, in queue order.
+def blocker(gpu: GpuInfo, threshold_mib: int, ignore_pids: Iterable[int] = ()) -> Blocker | None:
+    """Why this GPU is busy for anyone (not counting our own bookings), or None when idle.
 
-    A job that cannot start still reserves what it waits for, so a later job never overtakes
-    an earlier one on the GPUs that one needs: queued jobs start in the order they queued.
+    ``ignore_pids`` are processes that do not count (a job's own, when it checks itself).
     """
-    free = free_set(reg, discovery, policy)
+    if gpu.error is not None:
+        return Blocker(gpu.index, BlockKind.UNREADABLE, detail=gpu.error)
+    if gpu.mig:
+        return Blocker(gpu.index, BlockKind.MIG)
+    ignored = set(ignore_pids)
+    procs = [p for p in gpu.processes if p.pid not in ignored]
+    if procs:
+        users = tuple(GpuUser(p.pid, p.user, p.name) for p in procs)
+        return Blocker(gpu.index, BlockKind.PROCESSES, processes=users)
+    # The ignored processes' own memory is not someone else's use of the GPU.
+    used = gpu.memory_used_mib - sum(
+        p.used_memory_mib or 0 for p in gpu.processes if p.pid in ignored
+    )
+    if used > threshold_mib:
+        return Blocker(gpu.index, BlockKind.MEMORY, used_mib=used, threshold_mib=threshold_mib)
+    return None
+
+
+def held_gpus(records: Iterable[JobRecord], exclude: str | None = None) -> dict[int, str]:
+    """GPU index -> name of the running job of ours that holds it."""
+    held: dict[int, str] = {}
+    for record in records:
+        if record.name != exclude and record.state is JobState.RUNNING:
+            for gpu in record.current.gpus:
+                held.setdefault(gpu, record.name)
+    return held
+
+
+def free_gpus(discovery: Discovery, held: Mapping[int, str], policy: GpuPolicy) -> list[int]:
+    """GPUs allowed by ``policy``, held by no job of ours and idle, lowest index first."""
+    allowed = None if policy.allowed is None else set(policy.allowed)
+    return [
+        g.index
+        for g in sorted(discovery.gpus, key=lambda g: g.index)
+        if (allowed is None or g.index in allowed)
+        and g.index not in held
+        and blocker(g, policy.threshold_mib) is None
+    ]
+
+
+def choose_free(
+    discovery: Discovery, n: int, held: Mapping[int, str], policy: GpuPolicy
+) -> list[int] | None:
+    """The ``n`` lowest-index free GPUs, or None when there are fewer."""
+    if n < 1:
+        raise UsageError(f"asked for {n} GPUs; ask for at least 1, or use --cpu")
+    free = free_gpus(discovery, held, policy)
+    return free[:n] if len(free) >= n else None
+
+
+# ---- the queue --------------------------------------------------------------------------------
+
+
+def queue_order(records: Iterable[JobRecord]) -> list[JobRecord]:
+    """Queued runs that book GPUs, first queued first."""
+    return sorted(
+        (r for r in records if r.state is JobState.QUEUED and r.spec.books_gpus),
+        key=lambda r: (r.current.created_at, r.name),
+    )
+
+
+def _mine(spec: JobSpec, free: list[int]) -> list[int]:
+    """The GPUs a queued job keeps from the free ones: all it named, or the lowest it would take."""
+    if spec.gpus is not None:
+        return list(spec.gpus)
+    return free[: spec.ngpus or 0]
+
+
+def plan(
+    records: Sequence[JobRecord], discovery: Discovery
+) -> tuple[dict[str, tuple[int, ...]], dict[str, Wait]]:
+    """One scheduling pass: which queued jobs start now on which GPUs, and why the rest wait.
+
+    Jobs are taken in queue order. A job that cannot start still keeps what it waits for, so a
+    later job never overtakes an earlier one on the GPUs that one needs. Each job is judged by
+    the policy it was started under.
+    """
+    held = held_gpus(records)
+    kept: dict[int, str] = {}
     starts: dict[str, tuple[int, ...]] = {}
-    for record in _queue_order(reg):
+    waits: dict[str, Wait] = {}
+    for record in queue_order(records):
         spec = record.spec
-        if spec.gpus is not None:
-            want = set(spec.gpus)
-            if want <= free:
-                starts[record.name] = tuple(spec.gpus)
-            free -= want
-        elif spec.ngpus:
-            pick = sorted(free)[: spec.ngpus]
-            if len(pick) == spec.ngpus:
-                starts[record.name] = tuple(pick)
-            free -= set(pick)
-    return starts
+        taken = {**held, **kept}
+        free = free_gpus(discovery, taken, spec.policy)
+        if spec.force and spec.gpus is not None:
+            # --force: the user knows better than our checks (another job's, another user's).
+            ok, chosen = True, list(spec.gpus)
+        else:
+            chosen = _mine(spec, free)
+            ok = set(chosen) <= set(free) and len(chosen) == (
+                len(spec.gpus) if spec.gpus is not None else spec.ngpus
+            )
+        if ok:
+            starts[record.name] = tuple(chosen)
+            for g in chosen:
+                held[g] = record.name
+        else:
+            # The position counts only the runs that still wait after this pass.
+            waits[record.name] = wait_reason(
+                spec, discovery, held, kept, free, position=len(waits) + 1
+            )
+            for g in _mine(spec, free):
+                kept.setdefault(g, record.name)
+    return starts, waits
 
 
-def explain(
-    reg: Registry, discovery: gpus.Discovery, policy: Policy, spec: JobSpec, name: str
-) -> str:
-    """Why the GPUs a job asks for are not free now, in one line."""
-    held = held_gpus(reg, exclude=name)
-    wanted = queued_ahead(reg, discovery, policy, name)
-    by_index = {g.index: g for g in discovery.gpus}
-    candidates = spec.gpus if spec.gpus is not None else sorted(by_index)
-    reasons = []
+def wait_reason(
+    spec: JobSpec,
+    discovery: Discovery,
+    held: Mapping[int, str],
+    kept: Mapping[int, str],
+    free: Sequence[int],
+    position: int | None = None,
+) -> Wait:
+    """Why ``spec`` cannot have its GPUs now, as data: per GPU, what keeps it."""
+    by_index = discovery.by_index()
+    allowed = None if spec.policy.allowed is None else set(spec.policy.allowed)
+    if spec.gpus is not None:
+        candidates = list(spec.gpus)
+    else:
+        candidates = sorted(g for g in by_index if allowed is None or g in allowed)
+    blockers: list[Blocker] = []
     for index in candidates:
-        if policy.allowed is not None and index not in policy.allowed:
-            continue
         if index in held:
-            reasons.append(f"GPU {index} is held by job {held[index]}")
-        elif index in wanted:
-            reasons.append(f"GPU {index} is wanted by queued job {wanted[index]}")
-        elif index in by_index:
-            why = gpus.busy_reason(by_index[index], policy.threshold_mib)
-            if why:
-                reasons.append(f"GPU {index} is busy: {why}")
-    if spec.ngpus:
-        # GPUs that jobs queued earlier keep are not free for this one
-        free = len(free_set(reg, discovery, policy) - set(wanted))
-        head = f"only {free} of the {spec.ngpus} GPUs asked for are free"
-        return head + (f" ({'; '.join(reasons)})" if reasons else "")
-    return "; ".join(reasons) or "the GPUs asked for are not free"
+            blockers.append(Blocker(index, BlockKind.HELD, job=held[index]))
+        elif index in kept:
+            blockers.append(Blocker(index, BlockKind.WANTED, job=kept[index]))
+        elif index not in by_index:
+            blockers.append(Blocker(index, BlockKind.MISSING))
+        else:
+            why = blocker(by_index[index], spec.policy.threshold_mib)
+            if why is not None and not (spec.force and spec.gpus is not None):
+                blockers.append(why)
+    needed = len(spec.gpus) if spec.gpus is not None else spec.ngpus or 0
+    free_set = set(free)
+    have = sum(1 for g in candidates if g in free_set)
+    return Wait(
+        needed=needed,
+        free=min(have, needed) if spec.gpus is not None else have,
+        blockers=tuple(blockers),
+        by_count=spec.gpus is None,
+        position=position,
+    )
 
 
-def book(
-    reg: Registry, discovery: gpus.Discovery, policy: Policy, record: JobRecord
-) -> tuple[int, ...] | None:
-    """GPUs for a new job (already in ``reg`` as queued), or None when it must wait.
+def book(record: JobRecord, records: Sequence[JobRecord], discovery: Discovery) -> Wait | None:
+    """Decide a new job's GPUs (it is already among ``records`` as queued).
 
-    Raises :class:`GpuError` when the GPUs are not free and the job may not wait.
+    Returns None when it may start now (its GPUs are then in ``plan``'s answer), or the
+    :class:`Wait` when it must queue. Raises :class:`GpuBusy` when it may not wait, and
+    :class:`UsageError` when it can never start here.
     """
     spec = record.spec
-    if spec.gpus is not None and spec.force:
-        return spec.gpus  # --force: the user knows better than our checks
     if spec.ngpus is not None:
         usable = [
-            g.index for g in discovery.gpus if policy.allowed is None or g.index in policy.allowed
+            g.index
+            for g in discovery.gpus
+            if spec.policy.allowed is None or g.index in spec.policy.allowed
         ]
         if spec.ngpus > len(usable):
             raise UsageError(
                 f"--ngpus {spec.ngpus} asks for more GPUs than handyjobs may use here "
                 f"({len(usable)}); ask for fewer"
             )
-    got = plan(reg, discovery, policy).get(record.name)
-    if got is not None:
-        return got
-    if spec.wait:
+    starts, waits = plan(records, discovery)
+    if record.name in starts:
         return None
-    why = explain(reg, discovery, policy, spec, record.name)
-    hint = (
-        "add --wait to queue for them"
-        if spec.ngpus
-        else "pick other GPUs, add --wait to queue, or pass --force"
-    )
-    raise GpuError(f"{why}; {hint} (see `handyjobs gpus`)")
+    wait = waits[record.name]
+    if spec.wait:
+        return wait
+    raise GpuBusy(wait, by_count=spec.gpus is None)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from handyjobs.records import Wait
+
 
 class HandyjobsError(Exception):
     """Root of every expected handyjobs error; the CLI prints it as one line and exits."""
@@ -28,9 +35,57 @@ class GpuError(HandyjobsError):
     """GPUs are busy, held by another job, or cannot be discovered."""
 
 
+class GpuBusy(GpuError):
+    """The GPUs a job asks for are not free and it may not wait; carries why, as data."""
+
+    def __init__(self, wait: Wait, by_count: bool) -> None:
+        """Keep the reason and make the one-line message from it."""
+        from handyjobs import render
+
+        self.wait = wait
+        hint = (
+            "add --wait to queue for them"
+            if by_count
+            else "pick other GPUs, add --wait to queue, or pass --force"
+        )
+        super().__init__(f"{render.wait_text(wait)}; {hint} (see `handyjobs gpus`)")
+
+
 class TmuxError(HandyjobsError):
     """tmux is missing or refused a command."""
 
 
 class RegistryError(HandyjobsError):
-    """The registry file cannot be read or written."""
+    """The registry file cannot be read (corrupt, or from a newer handyjobs)."""
+
+
+class StorageError(HandyjobsError):
+    """A file or folder of handyjobs could not be read or written (disk full, read-only, ...)."""
+
+
+class TimeoutExpired(HandyjobsError):
+    """``wait --timeout`` ran out; exit code 124 as timeout(1), never a job's own code."""
+
+    exit_code = 124
+
+
+# What to do about each kind of storage failure, in the words a user acts on.
+_HINTS = {
+    errno.ENOSPC: "free some space on that disk, then try again",
+    errno.EDQUOT: "free some space in your quota, then try again",
+    errno.EROFS: "that file system is read-only; point HANDYJOBS_HOME at a writable folder",
+    errno.EACCES: "check the folder's owner and permissions, or point HANDYJOBS_HOME elsewhere",
+    errno.EPERM: "check the folder's owner and permissions, or point HANDYJOBS_HOME elsewhere",
+    errno.ENOTDIR: "a path component is a file, not a folder; fix HANDYJOBS_HOME",
+    errno.ENOENT: "the folder is missing; check HANDYJOBS_HOME",
+    errno.ELOOP: "it is a symbolic link loop; fix HANDYJOBS_HOME",
+    errno.EIO: "the disk reported an I/O error; check it",
+}
+
+
+def storage_error(exc: OSError, action: str) -> StorageError:
+    """Turn an OSError from the state folder into one line: what failed, why, what to do."""
+    why = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
+    where = f" {exc.filename}" if exc.filename else ""
+    hint = _HINTS.get(exc.errno or 0, "check that path, then try again")
+    return StorageError(f"cannot {action}{where}: {why}; {hint}")

@@ -1,4 +1,4 @@
-"""GPU discovery (NVML, then nvidia-smi), GPU spec parsing, and the choice of free GPUs.
+"""GPU discovery (NVML, then nvidia-smi) and GPU spec parsing; no policy (see booking.py).
 
 Discovery goes through one function, :func:`discover`, which tries in order:
 
@@ -22,6 +22,8 @@ the same shape, ``{"gpus": [<gpu>, ...]}``::
       "memory_used_mib": 3,                # int
       "memory_total_mib": 81920,           # int
       "utilization_pct": 0,                # int or null (unknown, e.g. in MIG mode)
+      "mig": false,                        # bool: MIG mode is on (a fake may leave it out)
+      "error": null,                       # str or null: why this GPU could not be read
       "processes": [                       # compute processes; a fake may leave it out: []
         {"pid": 4242,                      # int
          "used_memory_mib": 5000,          # int or null (unknown)
@@ -32,9 +34,7 @@ the same shape, ``{"gpus": [<gpu>, ...]}``::
 
 :meth:`Discovery.to_dict` wraps these as ``{"source": ..., "note": ..., "gpus": [<gpu>, ...]}``.
 
-``HANDYJOBS_GPUS`` (e.g. ``0,1,3``) limits the GPUs handyjobs may ever use (empty means unset);
-``HANDYJOBS_GPU_MEM_THRESHOLD_MIB`` (default 1024) is the memory use above which a GPU with no
-compute process still counts as busy (another user's process may be invisible from here).
+Which GPU counts as busy, allowed or free for a job is decided in :mod:`handyjobs.booking`.
 """
 
 from __future__ import annotations
@@ -46,17 +46,13 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from handyjobs.errors import UsageError
 
 FAKE_ENV = "HANDYJOBS_FAKE_GPUS"
-ALLOWED_ENV = "HANDYJOBS_GPUS"
-THRESHOLD_ENV = "HANDYJOBS_GPU_MEM_THRESHOLD_MIB"
-DEFAULT_THRESHOLD_MIB = 1024
-
 #: Seconds one nvidia-smi query may take; a hung driver must not hang ``handyjobs list``.
 SMI_TIMEOUT_S = 10.0
 
@@ -99,6 +95,10 @@ class GpuInfo:
     memory_total_mib: int
     utilization_pct: int | None
     processes: tuple[GpuProcess, ...] = field(default=())
+    #: MIG mode is on: CUDA_VISIBLE_DEVICES=<index> then exposes at most one instance.
+    mig: bool = False
+    #: Why part of this GPU could not be read (it then never counts as free), else None.
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the GPU as JSON-ready data (schema in the module docstring)."""
@@ -110,6 +110,8 @@ class GpuInfo:
             "memory_total_mib": self.memory_total_mib,
             "utilization_pct": self.utilization_pct,
             "processes": [p.to_dict() for p in self.processes],
+            "mig": self.mig,
+            "error": self.error,
         }
 
 
@@ -213,8 +215,18 @@ def _fake_gpus(data: object) -> tuple[GpuInfo, ...]:
             memory_total_mib=_req_int(raw, "memory_total_mib", where),
             utilization_pct=_opt_int(raw, "utilization_pct", where),
             processes=tuple(procs),
+            mig=_opt_bool(raw, "mig", where),
+            error=_opt_str(raw, "error", where),
         )
     return tuple(gpus[k] for k in sorted(gpus))
+
+
+def _opt_bool(raw: Mapping[str, object], key: str, where: str) -> bool:
+    """Return an optional boolean field of a fake-file object (absent: False)."""
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}.{key} must be true or false, not {value!r}")
+    return value
 
 
 def _req_int(raw: Mapping[str, object], key: str, where: str) -> int:
@@ -577,95 +589,6 @@ def format_indices(indices: Sequence[int]) -> str:
         parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
         i = j + 1
     return ",".join(parts)
-
-
-def allowed_indices(env: Mapping[str, str] | None = None) -> frozenset[int] | None:
-    """Return the GPU indices HANDYJOBS_GPUS allows, or None when it is unset or empty."""
-    env = os.environ if env is None else env
-    text = env.get(ALLOWED_ENV, "")
-    if not text.strip():
-        return None
-    tokens = parse_gpu_spec(text, source=ALLOWED_ENV)
-    if not all(_INDEX_RE.fullmatch(t) for t in tokens):
-        raise UsageError(
-            f"{ALLOWED_ENV}={text!r}: list GPU indices, not UUIDs, such as 0,1,3; or unset it"
-        )
-    return frozenset(int(t) for t in tokens)
-
-
-def memory_threshold_mib(env: Mapping[str, str] | None = None) -> int:
-    """Return HANDYJOBS_GPU_MEM_THRESHOLD_MIB (default 1024): memory use above it means busy."""
-    env = os.environ if env is None else env
-    text = env.get(THRESHOLD_ENV, "").strip()
-    if not text:
-        return DEFAULT_THRESHOLD_MIB
-    if not _INDEX_RE.fullmatch(text):
-        raise UsageError(
-            f"{THRESHOLD_ENV}={text!r} is not a whole number of MiB; "
-            f"set it to e.g. {DEFAULT_THRESHOLD_MIB} or unset it"
-        )
-    return int(text)
-
-
-# --------------------------------------------------------------------------- free GPUs
-
-
-def busy_reason(gpu: GpuInfo, threshold_mib: int, ignore_pids: Collection[int] = ()) -> str | None:
-    """Return why a GPU is busy (its compute processes, or its memory use), or None when free."""
-    ignored = set(ignore_pids)
-    procs = [p for p in gpu.processes if p.pid not in ignored]
-    if procs:
-        noun = "process" if len(procs) == 1 else "processes"
-        return f"{len(procs)} {noun} ({', '.join(_describe(p) for p in procs)})"
-    # The ignored processes' own memory is not someone else's use of the GPU.
-    used = gpu.memory_used_mib - sum(
-        p.used_memory_mib or 0 for p in gpu.processes if p.pid in ignored
-    )
-    if used > threshold_mib:
-        return f"{used} MiB of memory in use (threshold {threshold_mib} MiB)"
-    return None
-
-
-def _describe(proc: GpuProcess) -> str:
-    """Return "pid 4242 python by alice", leaving out what is unknown."""
-    text = f"pid {proc.pid}"
-    if proc.name:
-        text += f" {proc.name}"
-    if proc.user:
-        text += f" by {proc.user}"
-    return text
-
-
-def free_indices(
-    discovery: Discovery,
-    held: Collection[int],
-    threshold_mib: int,
-    allowed: Collection[int] | None,
-) -> list[int]:
-    """Indices of the free GPUs (allowed, not held by a job, idle), lowest first."""
-    held_set = set(held)
-    allowed_set = None if allowed is None else set(allowed)
-    return [
-        g.index
-        for g in sorted(discovery.gpus, key=lambda g: g.index)
-        if (allowed_set is None or g.index in allowed_set)
-        and g.index not in held_set
-        and busy_reason(g, threshold_mib) is None
-    ]
-
-
-def choose_free(
-    discovery: Discovery,
-    n: int,
-    held: Collection[int],
-    threshold_mib: int,
-    allowed: Collection[int] | None,
-) -> list[int] | None:
-    """Return the n lowest-index free GPUs (allowed, not held, idle), or None if too few."""
-    if n < 1:
-        raise UsageError(f"asked for {n} GPUs; ask for at least 1, or use --cpu")
-    free = free_indices(discovery, held, threshold_mib, allowed)
-    return free[:n] if len(free) >= n else None
 
 
 def compute_pids(discovery: Discovery) -> dict[int, list[int]]:

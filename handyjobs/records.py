@@ -1,21 +1,31 @@
-"""Job states, specs and records as data, with their JSON form and schema version."""
+"""Job states, specs, runs, outcomes and reasons as typed data, with their JSON form.
+
+Everything the registry, the runner's status file and the launch file hold is one of these
+dataclasses, written by hand-made ``to_dict`` / ``from_dict`` with a schema version. Reasons
+(why a run waits, why it was lost) are data here; :mod:`handyjobs.render` turns them into words.
+"""
 
 from __future__ import annotations
 
 import enum
 import re
+import shlex
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-#: Bumped whenever the registry's JSON layout changes; older files are migrated on load.
-SCHEMA_VERSION = 1
+#: Bumped whenever a JSON layout changes; older files are migrated on load (see registry.py).
+SCHEMA_VERSION = 2
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Names of new jobs: they start with a letter or digit, so that no printed hint such as
+#: ``handyjobs stop NAME`` can be read as an option.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: Names the first release accepted; records that carry one still load and can be addressed.
+LEGACY_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class JobState(str, enum.Enum):
-    """Where a job is in its life; the last four are end states."""
+    """Where a run is in its life; the last four are end states."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -26,8 +36,145 @@ class JobState(str, enum.Enum):
 
     @property
     def active(self) -> bool:
-        """True while the job waits for GPUs or runs."""
+        """True while the run waits for GPUs or runs."""
         return self in (JobState.QUEUED, JobState.RUNNING)
+
+
+class LostKind(str, enum.Enum):
+    """Why a run ended with no outcome of its own, or failed before its command started."""
+
+    #: The runner process is gone and wrote no outcome (SIGKILL, OOM killer).
+    RUNNER_DIED = "runner_died"
+    #: The runner's terminal went away (tmux session or server killed); it ended the job.
+    SESSION_GONE = "session_gone"
+    #: The machine rebooted since the run started.
+    REBOOT = "reboot"
+    #: The runner stopped on an unexpected error of its own.
+    RUNNER_ERROR = "runner_error"
+    #: The run could not be started (its session, its environment file, the command).
+    START_FAILED = "start_failed"
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a run was lost or failed to start: a kind, and data (never a sentence) about it."""
+
+    kind: LostKind
+    #: An error as the system gave it ("OSError: [Errno 28] ..."), or a tmux session name.
+    detail: str | None = None
+    #: Processes of the run still alive when it was declared lost.
+    pids: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"kind": self.kind.value, "detail": self.detail, "pids": list(self.pids)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reason:
+        """Inverse of :meth:`to_dict`."""
+        return cls(LostKind(d["kind"]), d.get("detail"), tuple(int(p) for p in d.get("pids", ())))
+
+
+class BlockKind(str, enum.Enum):
+    """What keeps one GPU from a queued run."""
+
+    HELD = "held"  # a running job of ours holds it (job)
+    WANTED = "wanted"  # a job queued earlier keeps it (job)
+    PROCESSES = "processes"  # compute processes run on it (processes)
+    MEMORY = "memory"  # memory in use above the threshold (used_mib, threshold_mib)
+    MIG = "mig"  # MIG mode is on: a plain index cannot address an instance
+    UNREADABLE = "unreadable"  # discovery could not read it (detail)
+    MISSING = "missing"  # it is not there (any more)
+
+
+@dataclass(frozen=True)
+class GpuUser:
+    """A process seen on a GPU, as discovery reported it (user only when /proc vouches)."""
+
+    pid: int
+    user: str | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"pid": self.pid, "user": self.user, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GpuUser:
+        """Inverse of :meth:`to_dict`."""
+        return cls(int(d["pid"]), d.get("user"), d.get("name"))
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Why one GPU is not free for a run."""
+
+    gpu: int
+    kind: BlockKind
+    job: str | None = None
+    processes: tuple[GpuUser, ...] = ()
+    used_mib: int | None = None
+    threshold_mib: int | None = None
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (empty fields left out)."""
+        d: dict[str, Any] = {"gpu": self.gpu, "kind": self.kind.value}
+        if self.job is not None:
+            d["job"] = self.job
+        if self.processes:
+            d["processes"] = [p.to_dict() for p in self.processes]
+        for key in ("used_mib", "threshold_mib", "detail"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Blocker:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            gpu=int(d["gpu"]),
+            kind=BlockKind(d["kind"]),
+            job=d.get("job"),
+            processes=tuple(GpuUser.from_dict(p) for p in d.get("processes", ())),
+            used_mib=d.get("used_mib"),
+            threshold_mib=d.get("threshold_mib"),
+            detail=d.get("detail"),
+        )
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why a queued run cannot start yet: how many GPUs it needs, how many are free, blockers."""
+
+    needed: int
+    free: int
+    blockers: tuple[Blocker, ...] = ()
+    #: True when the run asked for a count (``--ngpus``), not for GPUs by number.
+    by_count: bool = False
+    #: Queue position, 1 for the first queued run.
+    position: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "needed": self.needed,
+            "free": self.free,
+            "by_count": self.by_count,
+            "position": self.position,
+            "blockers": [b.to_dict() for b in self.blockers],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Wait:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            needed=int(d["needed"]),
+            free=int(d["free"]),
+            blockers=tuple(Blocker.from_dict(b) for b in d.get("blockers", ())),
+            by_count=bool(d.get("by_count", False)),
+            position=d.get("position"),
+        )
 
 
 def utcnow() -> str:
@@ -38,6 +185,32 @@ def utcnow() -> str:
 def parse_time(text: str) -> datetime:
     """Parse a timestamp written by :func:`utcnow` (Python 3.10 lacks the ``Z`` suffix)."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class GpuPolicy:
+    """The GPU settings a job was started under: the GPUs it may use, the busy threshold."""
+
+    allowed: tuple[int, ...] | None = None
+    threshold_mib: int = 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "allowed": None if self.allowed is None else list(self.allowed),
+            "threshold_mib": self.threshold_mib,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> GpuPolicy:
+        """Inverse of :meth:`to_dict`; None gives the defaults."""
+        if not d:
+            return cls()
+        allowed = d.get("allowed")
+        return cls(
+            None if allowed is None else tuple(int(g) for g in allowed),
+            int(d.get("threshold_mib", 1024)),
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +229,7 @@ class JobSpec:
     env: tuple[tuple[str, str], ...] = ()
     wait: bool = False
     force: bool = False
+    policy: GpuPolicy = field(default_factory=GpuPolicy)
 
     @property
     def procs(self) -> int:
@@ -69,10 +243,13 @@ class JobSpec:
         return 1
 
     @property
+    def books_gpus(self) -> bool:
+        """True when the job asked for GPUs (by number or by count) and so books them."""
+        return self.gpus is not None or self.ngpus is not None
+
+    @property
     def command(self) -> str:
         """The command as the user would read it: ``train.py --lr 3e-4`` or ``-m pkg.train``."""
-        import shlex
-
         script = self.script
         if not self.module and script.startswith(self.cwd.rstrip("/") + "/"):
             script = script[len(self.cwd.rstrip("/")) + 1 :]  # as typed, relative to cwd
@@ -94,6 +271,7 @@ class JobSpec:
             "env": dict(self.env),
             "wait": self.wait,
             "force": self.force,
+            "policy": self.policy.to_dict(),
         }
 
     @classmethod
@@ -113,12 +291,73 @@ class JobSpec:
             env=tuple(sorted(dict(d.get("env") or {}).items())),
             wait=bool(d.get("wait", False)),
             force=bool(d.get("force", False)),
+            policy=GpuPolicy.from_dict(d.get("policy")),
+        )
+
+
+@dataclass(frozen=True)
+class ProcId:
+    """A process as identity, not just a number: its pid and its start time since boot.
+
+    ``start`` is field 22 of ``/proc/PID/stat`` (clock ticks after boot); a pid that was reused
+    by another process has another start time. None when unknown (records of the first release).
+    """
+
+    pid: int
+    start: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"pid": self.pid, "start": self.start}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ProcId | None:
+        """Inverse of :meth:`to_dict`."""
+        if not d:
+            return None
+        start = d.get("start")
+        return cls(int(d["pid"]), None if start is None else int(start))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run's command ended, as its runner saw it: exit code or signal, and the rest."""
+
+    exit_code: int | None
+    signal: int | None
+    ended_at: str
+    #: Processes of the run the runner had to end after the main one exited.
+    leftovers: int = 0
+    #: Why writing the log failed (disk full, ...), when it did; the job ran on regardless.
+    log_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "ended_at": self.ended_at,
+            "leftovers": self.leftovers,
+            "log_error": self.log_error,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Outcome | None:
+        """Inverse of :meth:`to_dict`."""
+        if not d:
+            return None
+        return cls(
+            d.get("exit_code"),
+            d.get("signal"),
+            d["ended_at"],
+            int(d.get("leftovers", 0)),
+            d.get("log_error"),
         )
 
 
 @dataclass
 class Run:
-    """One run of a job: created by ``start`` or ``restart``, ended by its runner."""
+    """One run of a job: created by ``start`` or ``restart``; its transitions are in lifecycle."""
 
     run: int
     run_id: str
@@ -131,9 +370,28 @@ class Run:
     gpus: tuple[int, ...] = ()
     nproc: int = 1
     rendezvous: str | None = None
-    pids: dict[str, int] = field(default_factory=dict)
+    #: Which backend runs it ("tmux"), and that backend's handle (session name and id, ...).
+    backend: str = "tmux"
+    handle: dict[str, str] = field(default_factory=dict)
+    #: ``/proc/sys/kernel/random/boot_id`` when the run was launched: pids mean nothing after it.
+    boot_id: str | None = None
+    runner: ProcId | None = None
+    main: ProcId | None = None
     stop_requested: bool = False
-    waiting_for: str | None = None
+    wait: Wait | None = None
+    reason: Reason | None = None
+    log_error: str | None = None
+    leftovers: int = 0
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """``{"runner": pid, "main": pid}`` for what is known."""
+        out = {}
+        if self.runner is not None:
+            out["runner"] = self.runner.pid
+        if self.main is not None:
+            out["main"] = self.main.pid
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -149,14 +407,23 @@ class Run:
             "gpus": list(self.gpus),
             "nproc": self.nproc,
             "rendezvous": self.rendezvous,
-            "pids": dict(self.pids),
+            "backend": self.backend,
+            "handle": dict(self.handle),
+            "boot_id": self.boot_id,
+            "runner": None if self.runner is None else self.runner.to_dict(),
+            "main": None if self.main is None else self.main.to_dict(),
+            "pids": self.pids,
             "stop_requested": self.stop_requested,
-            "waiting_for": self.waiting_for,
+            "wait": None if self.wait is None else self.wait.to_dict(),
+            "reason": None if self.reason is None else self.reason.to_dict(),
+            "log_error": self.log_error,
+            "leftovers": self.leftovers,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Run:
         """Inverse of :meth:`to_dict`."""
+        wait, reason = d.get("wait"), d.get("reason")
         return cls(
             run=int(d["run"]),
             run_id=str(d["run_id"]),
@@ -169,9 +436,16 @@ class Run:
             gpus=tuple(int(g) for g in d.get("gpus") or ()),
             nproc=int(d.get("nproc", 1)),
             rendezvous=d.get("rendezvous"),
-            pids={str(k): int(v) for k, v in (d.get("pids") or {}).items()},
+            backend=str(d.get("backend", "tmux")),
+            handle={str(k): str(v) for k, v in (d.get("handle") or {}).items()},
+            boot_id=d.get("boot_id"),
+            runner=ProcId.from_dict(d.get("runner")),
+            main=ProcId.from_dict(d.get("main")),
             stop_requested=bool(d.get("stop_requested", False)),
-            waiting_for=d.get("waiting_for"),
+            wait=None if not wait else Wait.from_dict(wait),
+            reason=None if not reason else Reason.from_dict(reason),
+            log_error=d.get("log_error"),
+            leftovers=int(d.get("leftovers", 0)),
         )
 
 
@@ -181,7 +455,6 @@ class JobRecord:
 
     name: str
     spec: JobSpec
-    session: str
     log_path: str
     created_at: str
     runs: list[Run]
@@ -196,6 +469,18 @@ class JobRecord:
     def state(self) -> JobState:
         """The state of the newest run."""
         return self.current.state
+
+    @property
+    def session(self) -> str:
+        """The tmux session of the current run (the job's name unless that was taken)."""
+        return self.current.handle.get("session", self.name)
+
+    def run_by_id(self, run_id: str) -> Run | None:
+        """The run with this id, current or past."""
+        for run in reversed(self.runs):
+            if run.run_id == run_id:
+                return run
+        return None
 
     def duration_s(self, now: datetime | None = None) -> float | None:
         """Seconds the current run has run (so far, while it runs)."""
@@ -217,14 +502,17 @@ class JobRecord:
             "command": self.spec.command,
             "gpus": list(run.gpus),
             "nproc": run.nproc,
-            "waiting_for": run.waiting_for,
+            "wait": None if run.wait is None else run.wait.to_dict(),
+            "reason": None if run.reason is None else run.reason.to_dict(),
             "created_at": self.created_at,
             "started_at": run.started_at,
             "ended_at": run.ended_at,
             "exit_code": run.exit_code,
             "signal": run.signal,
+            "backend": run.backend,
             "session": self.session,
             "log_path": self.log_path,
+            "log_error": run.log_error,
             "git": self.git,
             "spec": self.spec.to_dict(),
             "runs": [r.to_dict() for r in self.runs],
@@ -236,7 +524,6 @@ class JobRecord:
         return cls(
             name=d["name"],
             spec=JobSpec.from_dict(d["spec"]),
-            session=d.get("session", d["name"]),
             log_path=d["log_path"],
             created_at=d["created_at"],
             runs=[Run.from_dict(r) for r in d["runs"]],
@@ -246,6 +533,97 @@ class JobRecord:
     def with_run(self, run: Run) -> JobRecord:
         """A copy with ``run`` appended as the new current run."""
         return replace(self, runs=[*self.runs, run])
+
+
+@dataclass
+class RunStatus:
+    """The file a run's runner writes (``jobs/NAME/run-RUNID.json``): the job side's truth.
+
+    The runner reserves room for it when the run starts, so a full disk cannot cost the
+    outcome; readers fold it into the registry through the lifecycle.
+    """
+
+    run_id: str
+    runner: ProcId
+    boot_id: str | None = None
+    main: ProcId | None = None
+    started_at: str | None = None
+    gpus: tuple[int, ...] | None = None
+    rendezvous: str | None = None
+    outcome: Outcome | None = None
+    #: Set by a runner that ended the job because its terminal went away.
+    lost: Reason | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "schema_version": self.schema_version,
+            "run_id": self.run_id,
+            "runner": self.runner.to_dict(),
+            "boot_id": self.boot_id,
+            "main": None if self.main is None else self.main.to_dict(),
+            "started_at": self.started_at,
+            "gpus": None if self.gpus is None else list(self.gpus),
+            "rendezvous": self.rendezvous,
+            "outcome": None if self.outcome is None else self.outcome.to_dict(),
+            "lost": None if self.lost is None else self.lost.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunStatus:
+        """Inverse of :meth:`to_dict`; also reads the first release's flat layout."""
+        if "schema_version" not in d:  # first release: {"run_id", "pids", "ended_at", ...}
+            pids = d.get("pids") or {}
+            outcome = None
+            if d.get("ended_at"):
+                outcome = Outcome(d.get("exit_code"), d.get("signal"), d["ended_at"])
+            return cls(
+                run_id=str(d["run_id"]),
+                runner=ProcId(int(pids.get("runner", 0))),
+                main=ProcId(int(pids["main"])) if pids.get("main") else None,
+                started_at=d.get("started_at"),
+                gpus=None if d.get("gpus") is None else tuple(d["gpus"]),
+                rendezvous=d.get("rendezvous"),
+                outcome=outcome,
+                schema_version=1,
+            )
+        gpus, lost = d.get("gpus"), d.get("lost")
+        runner = ProcId.from_dict(d["runner"])
+        assert runner is not None
+        return cls(
+            run_id=str(d["run_id"]),
+            runner=runner,
+            boot_id=d.get("boot_id"),
+            main=ProcId.from_dict(d.get("main")),
+            started_at=d.get("started_at"),
+            gpus=None if gpus is None else tuple(int(g) for g in gpus),
+            rendezvous=d.get("rendezvous"),
+            outcome=Outcome.from_dict(d.get("outcome")),
+            lost=None if not lost else Reason.from_dict(lost),
+            schema_version=int(d["schema_version"]),
+        )
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """The caller's environment for a job (``jobs/NAME/env.json``, 0600), kept for restarts."""
+
+    name: str
+    env: dict[str, str]
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"schema_version": self.schema_version, "name": self.name, "env": dict(self.env)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LaunchEnv:
+        """Inverse of :meth:`to_dict`."""
+        env = d["env"]
+        if not isinstance(env, dict):
+            raise ValueError("env is not an object")
+        return cls(str(d["name"]), {str(k): str(v) for k, v in env.items()})
 
 
 def exit_summary(run: Run) -> str:

@@ -12,7 +12,16 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from handyjobs.records import JobRecord, JobState, exit_summary, parse_time
+from handyjobs.records import (
+    Blocker,
+    BlockKind,
+    GpuUser,
+    JobRecord,
+    JobState,
+    Wait,
+    exit_summary,
+    parse_time,
+)
 
 if TYPE_CHECKING:
     from handyjobs.gpus import Discovery
@@ -261,3 +270,51 @@ def gpus_json(discovery: Discovery, held: dict[int, str]) -> dict[str, Any]:
     for entry in doc["gpus"]:
         entry["job"] = held.get(entry["index"])
     return doc
+
+
+# ---- reasons as words ----------------------------------------------------------------------
+
+
+def _gpu_user(proc: GpuUser) -> str:
+    """``pid 4242 python by alice``, leaving out what is unknown."""
+    text = f"pid {proc.pid}"
+    if proc.name:
+        text += f" {proc.name}"
+    if proc.user:
+        text += f" by {proc.user}"
+    return text
+
+
+def busy_text(b: Blocker) -> str:
+    """What makes a GPU busy, without the GPU: ``2 processes (pid 1 by bob, ...)``."""
+    if b.kind is BlockKind.PROCESSES:
+        n = len(b.processes)
+        noun = "process" if n == 1 else "processes"
+        return f"{n} {noun} ({', '.join(_gpu_user(p) for p in b.processes)})"
+    if b.kind is BlockKind.MEMORY:
+        return f"{b.used_mib} MiB of memory in use (threshold {b.threshold_mib} MiB)"
+    if b.kind is BlockKind.MIG:
+        return "MIG mode is on (a plain index reaches one instance at most; --force to use it)"
+    if b.kind is BlockKind.UNREADABLE:
+        return f"it could not be read ({b.detail})"
+    return b.kind.value
+
+
+def blocker_text(b: Blocker) -> str:
+    """One GPU's blocker as a clause: ``GPU 2 is held by job exp1``."""
+    if b.kind is BlockKind.HELD:
+        return f"GPU {b.gpu} is held by job {b.job}"
+    if b.kind is BlockKind.WANTED:
+        return f"GPU {b.gpu} is wanted by queued job {b.job}"
+    if b.kind is BlockKind.MISSING:
+        return f"GPU {b.gpu} is not there"
+    return f"GPU {b.gpu} is busy: {busy_text(b)}"
+
+
+def wait_text(wait: Wait) -> str:
+    """Why a run waits, in one line."""
+    reasons = "; ".join(blocker_text(b) for b in wait.blockers)
+    if wait.by_count:
+        head = f"only {wait.free} of the {wait.needed} GPUs asked for are free"
+        return head + (f" ({reasons})" if reasons else "")
+    return reasons or "the GPUs asked for are not free"

@@ -1,4 +1,4 @@
-"""Tests of handyjobs.gpus: parsers on captured nvidia-smi output, specs, the free-GPU choice."""
+"""Tests of handyjobs.gpus: parsers on captured nvidia-smi output, specs, discovery."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from handyjobs import gpus
+from handyjobs import booking, gpus
 from handyjobs.errors import UsageError
 from handyjobs.gpus import Discovery, GpuInfo, GpuProcess
+from handyjobs.records import GpuPolicy
 
 DATA = Path(__file__).parent / "data"
 
@@ -224,98 +225,7 @@ def test_format_indices() -> None:
     assert gpus.format_indices([3, 0, 1, 2, 5, 7, 6]) == "0-3,5-7"
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [(None, None), ("", None), ("  ", None), ("0,1,3", frozenset({0, 1, 3})), ("5", {5})],
-)
-def test_allowed_indices(value: str | None, expected: frozenset[int] | None) -> None:
-    env = {} if value is None else {gpus.ALLOWED_ENV: value}
-    assert gpus.allowed_indices(env) == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("0,x", "HANDYJOBS_GPUS '0,x': 'x' is not a GPU index or UUID"),
-        ("GPU-abc", "HANDYJOBS_GPUS='GPU-abc': list GPU indices, not UUIDs"),
-        ("1,1", "names GPU 1 twice"),
-    ],
-)
-def test_allowed_indices_bad(value: str, message: str) -> None:
-    with pytest.raises(UsageError) as err:
-        gpus.allowed_indices({gpus.ALLOWED_ENV: value})
-    assert message in str(err.value)
-
-
-def test_memory_threshold() -> None:
-    assert gpus.memory_threshold_mib({}) == 1024
-    assert gpus.memory_threshold_mib({gpus.THRESHOLD_ENV: " 500 "}) == 500
-    assert gpus.memory_threshold_mib({gpus.THRESHOLD_ENV: "0"}) == 0
-    for bad in ("-1", "1.5", "lots"):
-        with pytest.raises(UsageError, match="HANDYJOBS_GPU_MEM_THRESHOLD_MIB="):
-            gpus.memory_threshold_mib({gpus.THRESHOLD_ENV: bad})
-
-
-# --------------------------------------------------------------------------- free GPUs
-
-
 ALICE = GpuProcess(4242, 5000, "alice", "python")
-BOB = GpuProcess(777, None, "bob", None)
-
-
-def test_busy_reason() -> None:
-    assert gpus.busy_reason(_gpu(0), 1024) is None
-    assert gpus.busy_reason(_gpu(0, used=1024), 1024) is None  # at the threshold: still free
-    assert gpus.busy_reason(_gpu(0, used=8123), 1024) == (
-        "8123 MiB of memory in use (threshold 1024 MiB)"
-    )
-    assert gpus.busy_reason(_gpu(0, used=5000, procs=(ALICE, BOB)), 1024) == (
-        "2 processes (pid 4242 python by alice, pid 777 by bob)"
-    )
-    assert gpus.busy_reason(_gpu(0, procs=(GpuProcess(9, None),)), 1024) == "1 process (pid 9)"
-
-
-def test_busy_reason_ignores_pids_and_their_memory() -> None:
-    gpu = _gpu(0, used=5010, procs=(ALICE, BOB))
-    assert gpus.busy_reason(gpu, 1024, ignore_pids={4242}) == "1 process (pid 777 by bob)"
-    # with every process ignored, only the rest of the memory counts
-    assert gpus.busy_reason(gpu, 1024, ignore_pids=[4242, 777]) is None
-    assert gpus.busy_reason(_gpu(0, used=9000, procs=(ALICE,)), 1024, ignore_pids=[4242]) == (
-        "4000 MiB of memory in use (threshold 1024 MiB)"
-    )
-
-
-def test_choose_free_lowest_first_and_deterministic() -> None:
-    assert gpus.choose_free(EIGHT, 2, held=(), threshold_mib=1024, allowed=None) == [0, 1]
-    assert gpus.choose_free(EIGHT, 8, held=(), threshold_mib=1024, allowed=None) == list(range(8))
-    shuffled = _box(*(_gpu(i) for i in (5, 2, 7, 0)))
-    assert gpus.choose_free(shuffled, 3, held=(), threshold_mib=1024, allowed=None) == [0, 2, 5]
-
-
-def test_choose_free_skips_held_busy_and_disallowed() -> None:
-    box = _box(
-        _gpu(0),  # held by a handyjobs job
-        _gpu(1, used=6000, procs=(ALICE,)),  # busy by process
-        _gpu(2, used=8123),  # busy by memory only
-        _gpu(3),
-        _gpu(4),  # not allowed
-        _gpu(5),
-        _gpu(6, used=1000),  # under the threshold: free
-    )
-    allowed = {0, 1, 2, 3, 5, 6}
-    assert gpus.choose_free(box, 3, held={0}, threshold_mib=1024, allowed=allowed) == [3, 5, 6]
-    assert gpus.choose_free(box, 4, held={0}, threshold_mib=1024, allowed=allowed) is None
-    assert gpus.choose_free(box, 1, held={0}, threshold_mib=1024, allowed=set()) is None
-    # a higher threshold frees GPU 2
-    assert gpus.choose_free(box, 4, held={0}, threshold_mib=9000, allowed=allowed) == [2, 3, 5, 6]
-
-
-def test_choose_free_not_enough_and_no_gpus() -> None:
-    assert gpus.choose_free(EIGHT, 9, held=(), threshold_mib=1024, allowed=None) is None
-    none = Discovery("none", ())
-    assert gpus.choose_free(none, 1, held=(), threshold_mib=1024, allowed=None) is None
-    with pytest.raises(UsageError):
-        gpus.choose_free(EIGHT, 0, held=(), threshold_mib=1024, allowed=None)
 
 
 def test_compute_pids() -> None:
@@ -357,11 +267,11 @@ def test_discover_fake_reads_fresh_each_call(tmp_path: Path) -> None:
     assert first.source == "fake"
     assert [(g.index, g.uuid) for g in first.gpus] == [(0, "GPU-fake-0"), (1, "GPU-fake-1")]
     assert first.gpus[1].processes == (GpuProcess(4242, 5000, "alice", "python"),)
-    assert gpus.choose_free(first, 2, held=(), threshold_mib=1024, allowed=None) is None
+    assert booking.choose_free(first, 2, {}, GpuPolicy()) is None
 
     _write_fake(fake, [_fake_gpu(1), _fake_gpu(0)])  # the job on GPU 1 ended
     second = gpus.discover(env)
-    assert gpus.choose_free(second, 2, held=(), threshold_mib=1024, allowed=None) == [0, 1]
+    assert booking.choose_free(second, 2, {}, GpuPolicy()) == [0, 1]
 
 
 def test_discover_fake_round_trips_to_dict(tmp_path: Path) -> None:
@@ -462,7 +372,7 @@ def test_query_nvidia_smi_runs_the_two_queries(tmp_path: Path) -> None:
     # paths become the short name people know
     assert found.gpus[0].processes[0].name == "python"
     assert gpus.compute_pids(found) == {183422: [0], 183423: [1], 190877: [3], 191002: [3]}
-    assert gpus.choose_free(found, 3, held=(), threshold_mib=1024, allowed=None) == [2, 4, 6]
+    assert booking.choose_free(found, 3, {}, GpuPolicy()) == [2, 4, 6]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX shell")
