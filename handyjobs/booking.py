@@ -239,12 +239,14 @@ def wait_reason(
     )
 
 
-def book(record: JobRecord, records: Sequence[JobRecord], discovery: Discovery) -> Wait | None:
+def book(
+    record: JobRecord, records: Sequence[JobRecord], discovery: Discovery
+) -> tuple[tuple[int, ...] | None, Wait | None]:
     """Decide a new job's GPUs (it is already among ``records`` as queued).
 
-    Returns None when it may start now (its GPUs are then in ``plan``'s answer), or the
-    :class:`Wait` when it must queue. Raises :class:`GpuBusy` when it may not wait, and
-    :class:`UsageError` when it can never start here.
+    Returns ``(gpus, None)`` when it may start now on those GPUs, or ``(None, wait)`` when it
+    must queue. Raises :class:`GpuBusy` when it may not wait, and :class:`UsageError` when it
+    can never start here.
     """
     spec = record.spec
     if spec.ngpus is not None:
@@ -260,8 +262,8 @@ def book(record: JobRecord, records: Sequence[JobRecord], discovery: Discovery) 
             )
     starts, waits = plan(records, discovery)
     if record.name in starts:
-        return None
+        return starts[record.name], None
     wait = waits[record.name]
     if spec.wait:
-        return wait
+        return None, wait
     raise GpuBusy(wait, by_count=spec.gpus is None)

@@ -17,6 +17,8 @@ STANDALONE = "standalone (c10d on a free localhost port)"
 
 # Variables of the caller that describe *its* terminal or tmux client, not the job's pane.
 _PANE_VARS = ("TMUX", "TMUX_PANE")
+# Set on a runner by its backend; a job started from inside another job must not inherit it.
+_RUNNER_VARS = ("HANDYJOBS_RUNNER_OF",)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class RunContext:
     run_id: str
     gpus: tuple[int, ...] | None
     log_path: str
+    #: The job's folder: metrics and progress files live there.
+    job_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def build(
         argv = [spec.python, *target, *spec.args]
         rendezvous = None
 
-    env = {k: v for k, v in base_env.items() if k not in _PANE_VARS}
+    env = {k: v for k, v in base_env.items() if k not in _PANE_VARS and k not in _RUNNER_VARS}
     for key in _PANE_VARS:
         if pane_env and key in pane_env:
             env[key] = pane_env[key]
@@ -92,6 +96,10 @@ def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
         "HANDYJOBS_LOG": ctx.log_path,
         "HANDYJOBS_NPROC": str(spec.procs),
     }
+    if ctx.job_dir:
+        # Where handyjobs.log_metrics appends, and where trainer.progress reports for `top`.
+        out["HANDYJOBS_METRICS_FILE"] = f"{ctx.job_dir}/metrics.jsonl"
+        out["HANDYJOBS_PROGRESS_FILE"] = f"{ctx.job_dir}/progress.json"
     if spec.cpu:
         out["HANDYJOBS_DEVICE"] = "cpu"
     if ctx.gpus is not None and not spec.cpu:

@@ -1,9 +1,30 @@
-"""Where handyjobs keeps its registry and per-job folders (``$HANDYJOBS_HOME``)."""
+"""Where handyjobs keeps its state (``$HANDYJOBS_HOME``), and how it writes files there safely.
+
+Layout::
+
+    $HANDYJOBS_HOME/              0700 when handyjobs makes it; refused if others may write it
+      registry.json               active jobs (queued, running), next id, schema version
+      history.jsonl               finished jobs, one JSON record a line, appended
+      scheduler.lock              held by the one queued runner that schedules the queue
+      pending/RUNID.env.json      a start's environment before its record is saved (swept)
+      jobs/NAME/output.log        every byte the job printed, across restarts
+      jobs/NAME/env.json          the caller's environment, kept for restarts (0600)
+      jobs/NAME/run-RUNID.json    the runner's status: pids, start, outcome (room reserved)
+
+Every folder is 0700 and every file 0600 whatever the umask. Every write that replaces a file
+goes through a temp file and a rename, and a failed write leaves no temp file behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import secrets
+import stat
 from pathlib import Path
+
+from handyjobs.errors import UsageError, storage_error
 
 HOME_ENV = "HANDYJOBS_HOME"
 
@@ -29,26 +50,106 @@ def _is_macos() -> bool:
     return sys.platform == "darwin"
 
 
+def check_home(root: Path) -> None:
+    """Refuse a state folder that is not a folder, or that others could write into.
+
+    A missing folder is fine (writers create it). Nothing is ever chmodded here: a folder the
+    user pointed us at stays as it is, and one that others may write is refused, because they
+    could replace the registry or plant a job's environment.
+    """
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        if root.is_symlink():
+            raise UsageError(
+                f"{HOME_ENV}={root} is a symbolic link to nothing; fix the link or point "
+                f"{HOME_ENV} at a folder"
+            ) from None
+        return
+    except NotADirectoryError:
+        raise UsageError(
+            f"{HOME_ENV}={root}: a part of that path is a file; point {HOME_ENV} at a folder"
+        ) from None
+    except OSError as exc:
+        raise storage_error(exc, "read the state folder") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{HOME_ENV}={root} is a file, not a folder; point {HOME_ENV} at a folder")
+    if st.st_mode & 0o022 or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        raise UsageError(
+            f"{HOME_ENV}={root} is writable by others or not yours (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); point {HOME_ENV} at a private folder "
+            "(mkdir -m 700)"
+        )
+
+
+def ensure_home(root: Path | None = None) -> Path:
+    """The state folder, created 0700 (with any missing parents) if needed, and checked."""
+    base = root or home()
+    check_home(base)
+    if not base.exists():
+        _make_dirs(base)
+    return base
+
+
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each 0700 whatever the umask."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise storage_error(exc, "create the folder") from exc
+        # mkdir's mode is masked by the umask; chmod is not.
+        with contextlib.suppress(OSError):
+            os.chmod(folder, 0o700)
+
+
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) private to the user (0700) and return it."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
+    """Create a folder inside the state folder (and parents) private to the user (0700)."""
+    _make_dirs(path)
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)  # ours (inside our state folder), made by an older release
+    except OSError as exc:
+        raise storage_error(exc, "set up the folder") from exc
     return path
 
 
 def registry_path(root: Path | None = None) -> Path:
-    """The JSON registry of every job."""
+    """The JSON registry of active jobs."""
     return (root or home()) / "registry.json"
 
 
+def history_path(root: Path | None = None) -> Path:
+    """The append-only file of finished jobs."""
+    return (root or home()) / "history.jsonl"
+
+
 def lock_path(root: Path | None = None) -> Path:
-    """The lock file held around every read-modify-write of the registry."""
+    """The lock file used where a folder cannot be locked (some network file systems)."""
     return (root or home()) / "registry.lock"
 
 
+def scheduler_lock_path(root: Path | None = None) -> Path:
+    """The lock a queued runner holds while it schedules the queue for everyone."""
+    return (root or home()) / "scheduler.lock"
+
+
+def pending_dir(root: Path | None = None) -> Path:
+    """Environments of starts whose record is not saved yet (swept when orphaned)."""
+    return (root or home()) / "pending"
+
+
 def job_dir(name: str, root: Path | None = None) -> Path:
-    """The per-job folder: log, run status files, launch environment."""
+    """The per-job folder: log, run status files, environment."""
     return (root or home()) / "jobs" / name
 
 
@@ -57,44 +158,68 @@ def log_path(name: str, root: Path | None = None) -> Path:
     return job_dir(name, root) / "output.log"
 
 
+def env_path(name: str, root: Path | None = None) -> Path:
+    """The caller's environment, kept for restarts (0600)."""
+    return job_dir(name, root) / "env.json"
+
+
 def status_path(name: str, run_id: str, root: Path | None = None) -> Path:
-    """The status file a run's runner writes: pids, start, end, exit code or signal."""
+    """The status file a run's runner writes: pids, start, outcome."""
     return job_dir(name, root) / f"run-{run_id}.json"
 
 
-def launch_env_path(name: str, run_id: str, root: Path | None = None) -> Path:
-    """The caller's environment for one run, read and deleted by its runner (mode 0600)."""
-    return job_dir(name, root) / f"run-{run_id}.env.json"
+def reserve_path(name: str, run_id: str, root: Path | None = None) -> Path:
+    """Room reserved on the disk for a run's outcome, given back when the outcome is written."""
+    return job_dir(name, root) / f"run-{run_id}.reserve"
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` through a temp file and a rename, so readers never see half.
 
     The temp file is fsynced before the rename: a crash (or SIGKILL) at any point leaves either
-    the old file or the new one, never a truncated mix.
+    the old file or the new one. A failed write (disk full) removes its temp file and raises
+    the OSError; the old file is untouched.
     """
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
-def remove_stale_temps(path: Path) -> None:
-    """Remove temp files next to ``path`` left by writers that were killed mid-write."""
-    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (a short write is retried, an error raised)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove temp files in ``folder`` left by writers killed mid-write (their pid is gone)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".") and ".tmp-" in name:
+            pid = name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / name)
 
 
 def pid_alive(pid: int) -> bool:
     """True when a process with this pid exists (zombies included)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -102,3 +227,17 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, but belongs to someone else
         return True
     return True
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux): pids and start times only mean something within one boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """True for the errors that more room on the disk would cure."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+

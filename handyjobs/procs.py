@@ -1,9 +1,13 @@
-"""Find every process of a job and end it, torchrun's workers included.
+"""Find the processes of a run by identity, and end them; never touch one that is not ours.
+
+A process belongs to a run only if, at the moment it is signalled, it carries the run's
+marker (``HANDYJOBS_RUN_ID=<run id>`` in its environment) and has the start time it had when
+it was found. A pid alone is a guess: pids are reused. Signals go through a pidfd where the
+kernel has them (Linux 5.3+), opened before the identity check, so a process that exits and
+whose pid is reused in between is never hit.
 
 torchrun starts each worker in its own session, so signalling the job's process group misses
-them. A job's processes are found two ways: the ``HANDYJOBS_RUN_ID`` marker every process of
-the run inherits in its environment, and descent from the runner (a child subreaper, so
-orphaned workers are re-parented to it rather than to init).
+them; the marker reaches every process the job starts, however it detaches.
 """
 
 from __future__ import annotations
@@ -13,11 +17,84 @@ import os
 import signal
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from handyjobs.paths import pid_alive
+from handyjobs.records import ProcId
+
+MARKER_ENV = "HANDYJOBS_RUN_ID"
+#: Put on the runner itself (through tmux's ``new-session -e``), so the runner is not among
+#: the processes that carry the job's marker, yet can be recognised.
+RUNNER_ENV = "HANDYJOBS_RUNNER_OF"
 
 _PROC = Path("/proc")
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 onwards of ``/proc/PID/stat`` (after the command name), or None."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks after boot (field 22 of stat), or None."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20:
+        return None
+    return int(fields[19])
+
+
+def proc_id(pid: int) -> ProcId | None:
+    """The identity of a live process, or None when it is gone."""
+    start = start_time(pid)
+    return None if start is None else ProcId(pid, start)
+
+
+def _state(pid: int) -> bytes | None:
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def is_running(pid: int) -> bool:
+    """True for a live process; False for a gone one or a zombie waiting to be reaped."""
+    state = _state(pid)
+    return state is not None and state not in (b"Z", b"X")
+
+
+def is_same(ident: ProcId, token: str | None = None) -> bool:
+    """True while the process ``ident`` names still runs (same pid and same start time).
+
+    Records of the first release have no start time; for those the process must at least
+    carry ``token`` (the run id) in its command line or environment.
+    """
+    if not is_running(ident.pid):
+        return False
+    if ident.start is not None:
+        return start_time(ident.pid) == ident.start
+    if token is None:
+        return False
+    needle = token.encode()
+    for part in ("cmdline", "environ"):
+        with contextlib.suppress(OSError):
+            if needle in (_PROC / str(ident.pid) / part).read_bytes():
+                return True
+    return False
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return (_PROC / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or another user's process
+        return []
+
+
+def has_marker(pid: int, run_id: str) -> bool:
+    """True when the process carries ``HANDYJOBS_RUN_ID=<run_id>`` in its environment."""
+    return f"{MARKER_ENV}={run_id}".encode() in _environ(pid)
 
 
 def _all_pids() -> list[int]:
@@ -27,102 +104,92 @@ def _all_pids() -> list[int]:
         return []
 
 
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = (_PROC / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[1]) if len(fields) > 1 else None
+def marked(run_id: str, exclude: Iterable[int] = ()) -> dict[int, int]:
+    """Live processes carrying the run's marker: pid -> start time."""
+    skip = {os.getpid(), *exclude}
+    marker = f"{MARKER_ENV}={run_id}".encode()
+    found: dict[int, int] = {}
+    for pid in _all_pids():
+        if pid in skip or marker not in _environ(pid):
+            continue
+        start = start_time(pid)
+        if start is not None and is_running(pid):
+            found[pid] = start
+    return found
 
 
-def _is_zombie(pid: int) -> bool:
+def signal_verified(pid: int, start: int, run_id: str, sig: int) -> bool:
+    """Send ``sig`` to ``pid`` only if it is still the marked process that started at ``start``.
+
+    Returns True when the signal was sent.
+    """
+    pidfd = -1
+    if hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pidfd = -1  # an old kernel: fall back to kill after the check
     try:
-        stat = (_PROC / str(pid) / "stat").read_bytes()
-    except OSError:
+        # With a pidfd held, the checks read the process the pidfd names (or, if it died and
+        # the pid was reused, a process the pidfd does not name: then the signal fails).
+        if start_time(pid) != start or not has_marker(pid, run_id):
+            return False
+        try:
+            if pidfd >= 0:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
         return True
-    return stat[stat.rfind(b")") + 2 :][:1] in (b"Z", b"X")
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
 
 
-def is_running(pid: int) -> bool:
-    """True for a live process; False for a gone one or a zombie waiting to be reaped."""
-    return pid_alive(pid) and not _is_zombie(pid)
+@dataclass(frozen=True)
+class Ended:
+    """What :func:`terminate` did: every pid it signalled, and the ones still alive after."""
 
-
-def _has_marker(pid: int, marker: bytes) -> bool:
-    try:
-        environ = (_PROC / str(pid) / "environ").read_bytes()
-    except OSError:  # gone, or another user's process
-        return False
-    return marker in environ.split(b"\0")
-
-
-def job_pids(run_id: str, runner_pid: int | None = None) -> set[int]:
-    """Live (non-zombie) processes of one run: marked with its run id or below its runner."""
-    marker = f"HANDYJOBS_RUN_ID={run_id}".encode()
-    me = os.getpid()
-    pids = _all_pids()
-    found = {p for p in pids if p != me and _has_marker(p, marker)}
-    if runner_pid:
-        children: dict[int, list[int]] = {}
-        for p in pids:
-            parent = _ppid(p)
-            if parent is not None:
-                children.setdefault(parent, []).append(p)
-        stack = list(children.get(runner_pid, []))
-        while stack:
-            p = stack.pop()
-            if p not in found and p != me:
-                found.add(p)
-            stack.extend(children.get(p, []))
-    found.discard(runner_pid or -1)
-    return {p for p in found if not _is_zombie(p)}
-
-
-def signal_all(pids: Iterable[int], sig: int, group_leader: int | None = None) -> None:
-    """Send ``sig`` to each pid (and to the job's process group); gone processes are fine."""
-    if group_leader:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group_leader, sig)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+    pids: tuple[int, ...]
+    left: tuple[int, ...]
 
 
 def terminate(
     run_id: str,
-    runner_pid: int | None,
-    main_pid: int | None,
     grace_s: float = 10.0,
+    exclude: Iterable[int] = (),
+    first: int = signal.SIGTERM,
     poll_s: float = 0.05,
-) -> tuple[set[int], set[int]]:
-    """SIGTERM every process of the run, SIGKILL what is left after ``grace_s``.
+) -> Ended:
+    """Signal every process of the run (``first``, SIGKILL after ``grace_s``) until none is left.
 
-    Returns (every pid seen, pids still alive at the end): the second set is empty on success.
+    Processes are found by marker again on every round, so children forked meanwhile are
+    ended too. Returns every pid signalled and those that survived SIGKILL (normally none).
     """
-    seen = job_pids(run_id, runner_pid)
-    if main_pid and pid_alive(main_pid) and not _is_zombie(main_pid):
-        seen.add(main_pid)
-    # The main process leads its own session and process group (the runner made it so).
-    signal_all(seen, signal.SIGTERM, group_leader=main_pid if main_pid in seen else None)
+    skip = tuple(exclude)
+    seen: dict[int, int] = {}
+    sig = first
     deadline = time.monotonic() + grace_s
-    alive = seen
-    while time.monotonic() < deadline:
-        alive = job_pids(run_id, runner_pid)
-        seen |= alive
-        if not alive:
-            return seen, set()
+    while True:
+        found = marked(run_id, skip)
+        if not found:
+            return Ended(tuple(sorted(seen)), ())
+        for pid, start in found.items():
+            if sig == first and seen.get(pid) == start:
+                continue  # asked once already; SIGKILL is sent again every round
+            if signal_verified(pid, start, run_id, sig):
+                seen[pid] = start
+        now = time.monotonic()
+        if sig != signal.SIGKILL and now >= deadline:
+            sig = signal.SIGKILL
+            deadline = now + 5.0
+            continue
+        if sig == signal.SIGKILL and now >= deadline:
+            return Ended(tuple(sorted(seen)), tuple(sorted(found)))
         time.sleep(poll_s)
-    signal_all(alive, signal.SIGKILL, group_leader=main_pid)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        alive = job_pids(run_id, runner_pid)
-        if not alive:
-            return seen, set()
-        signal_all(alive, signal.SIGKILL)
-        time.sleep(poll_s)
-    return seen, alive
 
 
 def set_child_subreaper() -> bool:
@@ -135,3 +202,14 @@ def set_child_subreaper() -> bool:
         return int(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
+
+
+def reap_children() -> None:
+    """Collect the exit statuses of finished children (we are the subreaper of the job's tree)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

@@ -18,10 +18,25 @@ from handyjobs.records import (
     GpuUser,
     JobRecord,
     JobState,
+    LostKind,
+    Reason,
     Wait,
     exit_summary,
     parse_time,
 )
+
+# Control characters (C0, DEL, C1) that a terminal would act on instead of showing.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x1B: "\\x1b"})
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown escaped (``\\n``, ``\\x1b``), never acted on.
+
+    An argument with a newline must not break a table line, and one with an escape sequence
+    must not recolour or clear the user's terminal.
+    """
+    return text.translate(_CONTROL)
 
 if TYPE_CHECKING:
     from handyjobs.gpus import Discovery
@@ -86,7 +101,7 @@ def job_rows(records: Sequence[JobRecord]) -> list[list[str]]:
     now = datetime.now(timezone.utc)
     rows = []
     for r in records:
-        command = r.spec.command
+        command = printable(r.spec.command)
         home = os.path.expanduser("~")
         if command.startswith(home + "/"):
             command = "~" + command[len(home) :]
@@ -184,15 +199,26 @@ def _style_state(line: str, state: JobState, colour: bool) -> str:
     return f"{line[:at]}\x1b[{code}m{line[at:end]}\x1b[0m{line[end:]}"
 
 
+def state_text(record: JobRecord) -> str:
+    """The state with why: ``queued (GPU 2 is held by job exp1)``, ``lost (runner killed)``."""
+    run = record.current
+    if run.state is JobState.QUEUED and run.wait is not None:
+        return f"queued ({wait_text(run.wait)})"
+    if run.reason is not None and run.state in (JobState.LOST, JobState.FAILED):
+        return f"{run.state.value} ({reason_text(run.reason)})"
+    return run.state.value
+
+
 def record_fields(record: JobRecord) -> list[tuple[str, str]]:
     """``show``'s key/value lines."""
     run, spec = record.current, record.spec
     git = record.git or {}
+    log = record.log_path + (f" (not all written: {run.log_error})" if run.log_error else "")
     fields = [
         ("name", record.name),
-        ("state", run.state.value + (f" ({run.waiting_for})" if run.waiting_for else "")),
+        ("state", state_text(record)),
         ("exit", exit_summary(run) or "-"),
-        ("command", spec.command),
+        ("command", printable(spec.command)),
         ("cwd", spec.cwd),
         ("python", spec.python),
         ("gpus", gpu_text(record)),
@@ -200,11 +226,12 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
         ("rendezvous", run.rendezvous or "-"),
         ("tmux session", record.session),
         ("pids", " ".join(f"{k}={v}" for k, v in sorted(run.pids.items())) or "-"),
+        ("leftovers", f"{run.leftovers} ended after the main process" if run.leftovers else "-"),
         ("created", record.created_at),
         ("started", run.started_at or "-"),
         ("ended", run.ended_at or "-"),
         ("duration", duration(record.duration_s()) or "-"),
-        ("log", record.log_path),
+        ("log", log),
         (
             "git",
             f"{git.get('commit', '')[:12]}{' (dirty)' if git.get('dirty') else ''}" if git else "-",
@@ -217,7 +244,8 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
             (
                 f"  run {old.run}",
                 f"{old.state.value} {exit_summary(old)} "
-                f"{old.started_at or old.created_at} -> {old.ended_at or '-'}",
+                f"{old.started_at or old.created_at} -> {old.ended_at or '-'}"
+                + (f" ({reason_text(old.reason)})" if old.reason else ""),
             )
         )
     return fields
@@ -297,7 +325,7 @@ def busy_text(b: Blocker) -> str:
         return "MIG mode is on (a plain index reaches one instance at most; --force to use it)"
     if b.kind is BlockKind.UNREADABLE:
         return f"it could not be read ({b.detail})"
-    return b.kind.value
+    return str(b.kind.value)
 
 
 def blocker_text(b: Blocker) -> str:
@@ -318,3 +346,27 @@ def wait_text(wait: Wait) -> str:
         head = f"only {wait.free} of the {wait.needed} GPUs asked for are free"
         return head + (f" ({reasons})" if reasons else "")
     return reasons or "the GPUs asked for are not free"
+
+
+_LOST = {
+    LostKind.RUNNER_DIED: "its runner ended without recording an outcome (killed?)",
+    LostKind.SESSION_GONE: "its tmux session went away (killed, or the tmux server ended)",
+    LostKind.REBOOT: "the machine restarted while it ran",
+    LostKind.RUNNER_ERROR: "its runner failed",
+    LostKind.START_FAILED: "it could not start",
+}
+
+
+def reason_text(reason: Reason) -> str:
+    """Why a run was lost or failed to start, in words, with what is left of it."""
+    text = _LOST[reason.kind]
+    if reason.detail and reason.kind in (LostKind.RUNNER_ERROR, LostKind.START_FAILED):
+        text += f": {printable(reason.detail)}"
+    if reason.pids:
+        n = len(reason.pids)
+        text += (
+            f"; {n} of its process{'es' if n > 1 else ''} still "
+            f"run{'s' if n == 1 else ''} ({', '.join(map(str, reason.pids))}): "
+            "`handyjobs stop` ends them"
+        )
+    return text

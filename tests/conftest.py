@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -116,11 +117,28 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
 
 
 def _reap(box: Sandbox) -> None:
-    """Kill every process a test's jobs left behind, then the tmux server."""
+    """Kill every process a test's jobs left behind (runners too), then the tmux server."""
+    import signal
+
     from handyjobs import procs
 
     state = box.home / "jobs"
-    run_ids = [p.name[4:-5] for p in state.glob("*/run-*.json") if not p.name.endswith(".env.json")]
+    run_ids = {p.name[4:].split(".")[0] for p in state.glob("*/run-*.json")}
     for run_id in run_ids:
-        procs.signal_all(procs.job_pids(run_id), 9)
+        procs.terminate(run_id, grace_s=0, first=signal.SIGKILL)
+        for pid in _runner_pids(run_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     box.tmux("kill-server")
+
+
+def _runner_pids(run_id: str) -> list[int]:
+    """Runners of a run: they carry HANDYJOBS_RUNNER_OF=<run id>."""
+    marker = f"HANDYJOBS_RUNNER_OF={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+    return found

@@ -247,12 +247,12 @@ def test_book_refuses_with_data_or_queues() -> None:
     assert err.value.wait.blockers == (Blocker(2, BlockKind.HELD, job="exp1"),)
     assert str(err.value).startswith("GPU 2 is held by job exp1; pick other GPUs")
     queued = _job("queued", JobState.QUEUED, gpus=(2,), at=_t(1))
-    wait = booking.book(queued, [running, queued], FOUR)
-    assert wait is not None and wait.blockers[0].job == "exp1"
+    got, wait = booking.book(queued, [running, queued], FOUR)
+    assert got is None and wait is not None and wait.blockers[0].job == "exp1"
     forced = _job("forced", JobState.QUEUED, gpus=(2,), at=_t(1), force=True, wait=False)
-    assert booking.book(forced, [running, forced], FOUR) is None
+    assert booking.book(forced, [running, forced], FOUR) == ((2,), None)
     free = _job("free", JobState.QUEUED, ngpus=2, at=_t(1), wait=False)
-    assert booking.book(free, [running, free], FOUR) is None
+    assert booking.book(free, [running, free], FOUR) == ((0, 1), None)
     too_many = _job("greedy", JobState.QUEUED, ngpus=5, at=_t(1))
     with pytest.raises(UsageError, match="--ngpus 5 asks for more GPUs"):
         booking.book(too_many, [too_many], FOUR)

@@ -178,7 +178,11 @@ def _wait_state(box: Sandbox, name: str, state: str, timeout: float = 20.0) -> d
 
 def _waiting_for(box: Sandbox, name: str) -> str:
     """What a queued job waits for, as its record says."""
-    return str(_show(box, name)["runs"][-1]["waiting_for"] or "")
+    from handyjobs import render
+    from handyjobs.records import Wait
+
+    wait = _show(box, name)["runs"][-1]["wait"]
+    return render.wait_text(Wait.from_dict(wait)) if wait else ""
 
 
 def _log(box: Sandbox, name: str) -> str:
@@ -477,7 +481,7 @@ def test_queued_jobs_start_in_order_as_gpus_free_up(sandbox: Sandbox) -> None:
     for name in ("b", "c"):
         doc = _show(sandbox, name)
         assert doc["state"] == "queued" and doc["gpus"] == []
-        assert "GPU 0 is held by job a" in doc["runs"][-1]["waiting_for"]
+        assert {"gpu": 0, "kind": "held", "job": "a"} in doc["runs"][-1]["wait"]["blockers"]
         row = _list_row(sandbox, name)
         assert row["STATE"] == "queued" and row["GPUS"] == "wait 0"
         assert name in _sessions(sandbox)  # its session waits for the GPU

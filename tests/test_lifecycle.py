@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, Sandbox, wait_until
 
 from handyjobs.procs import is_running as pid_alive
+from handyjobs.records import JobState
 
 SLEEPER = """
 import os, sys, time
@@ -366,13 +367,11 @@ def test_list_show_json_and_filters(sandbox: Sandbox) -> None:
 def test_list_shows_active_and_twenty_recent_unless_all(sandbox: Sandbox) -> None:
     from test_registry import make_record
 
-    from handyjobs import paths, registry
+    from handyjobs import registry
 
-    reg = registry.Registry()
-    for i in range(30):
-        reg.put(make_record(f"old-{i:02d}", created=f"2026-01-01T00:00:{i:02d}.000Z"))
-    paths.ensure_private_dir(sandbox.home)
-    registry.save(reg, sandbox.home)
+    with registry.locked(sandbox.home) as reg:
+        for i in range(30):
+            reg.put(make_record(f"old-{i:02d}", created=f"2026-01-01T00:00:{i:02d}.000Z"))
     out = sandbox.cli("list", check=True)
     names = [row.split()[0] for row in out.stdout.splitlines()[1:]]
     assert names == [f"old-{i:02d}" for i in range(29, 9, -1)]
@@ -560,20 +559,20 @@ def test_start_killed_mid_write_leaves_a_valid_registry_and_no_orphan_session(
 ) -> None:
     from test_registry import make_record
 
-    from handyjobs import paths, registry
+    from handyjobs import registry
 
-    reg = registry.Registry()
-    for i in range(3000):  # a registry big enough that saving it takes a while
-        reg.put(make_record(f"old-{i}"))
-    paths.ensure_private_dir(sandbox.home)
-    registry.save(reg, sandbox.home)
+    with registry.locked(sandbox.home) as reg:
+        for i in range(3000):  # a history big enough that reading it would take a while
+            reg.put(make_record(f"old-{i}"))
+        for i in range(50):
+            reg.put(make_record(f"live-{i}", JobState.RUNNING))  # registry.json rewrites
     sandbox.write("sleep.py", SLEEPER)
     import random
     import signal
     import time
 
     rng = random.Random(7)
-    for i in range(6):
+    for i in range(8):
         proc = subprocess.Popen(
             [sys.executable, "-m", "handyjobs", "start", "sleep.py", "--name", f"k{i}"],
             env=sandbox.env,
@@ -581,21 +580,27 @@ def test_start_killed_mid_write_leaves_a_valid_registry_and_no_orphan_session(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.1, 0.6))  # somewhere between start-up and the final rename
+        time.sleep(rng.uniform(0.05, 0.4))  # somewhere between start-up and the final rename
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        loaded = registry.load(sandbox.home)  # always a whole file, never half of one
-        assert len(loaded.jobs) >= 3000
+        assert len(registry.load_active(sandbox.home)) >= 50  # always whole files
+        assert len(registry.load_all(sandbox.home)) >= 3050
 
     def sessions_match_records() -> bool:
-        names = set(registry.load(sandbox.home).jobs)
+        names = {r.session for r in registry.load_active(sandbox.home)}
         live = set(sandbox.tmux("list-sessions", "-F", "#{session_name}").stdout.split())
         return live <= names  # a session whose start died before saving ends by itself
 
     wait_until(sessions_match_records, 30, what="orphan sessions to end")
-    for name, record in registry.load(sandbox.home).jobs.items():
-        if name.startswith("k") and record.state.value == "running":
-            sandbox.cli("stop", name, check=True)
+    # The next start sweeps environment files that no record owns (the caller's secrets).
+    sandbox.cli("start", "sleep.py", "--name", "sweeper", check=True)
+    assert list((sandbox.home / "pending").iterdir()) == []
+    recorded = {r.name for r in registry.load_all(sandbox.home)}
+    for env_file in (sandbox.home / "jobs").glob("*/env.json"):
+        assert env_file.parent.name in recorded
+    for record in registry.load_active(sandbox.home):
+        if record.name.startswith(("k", "sweeper")) and record.state.value == "running":
+            sandbox.cli("stop", record.name, check=True)
 
 
 def test_start_follow_streams_the_log_and_exits_with_the_jobs_code(sandbox: Sandbox) -> None:

@@ -5,10 +5,21 @@ from __future__ import annotations
 import signal
 
 from handyjobs.records import (
+    Blocker,
+    BlockKind,
+    GpuPolicy,
+    GpuUser,
     JobRecord,
     JobSpec,
     JobState,
+    LaunchEnv,
+    LostKind,
+    Outcome,
+    ProcId,
+    Reason,
     Run,
+    RunStatus,
+    Wait,
     exit_summary,
     parse_time,
     returncode,
@@ -24,6 +35,7 @@ def _record() -> JobRecord:
         python="/usr/bin/python3",
         gpus=(2, 4),
         env=(("A", "1"),),
+        policy=GpuPolicy((0, 2, 4), 2048),
     )
     run = Run(
         run=1,
@@ -32,12 +44,15 @@ def _record() -> JobRecord:
         created_at=utcnow(),
         gpus=(2, 4),
         nproc=2,
-        pids={"runner": 10, "main": 11},
+        handle={"session": "exp1", "session_id": "$3"},
+        runner=ProcId(10, 1234),
+        main=ProcId(11, 1240),
+        wait=Wait(2, 1, (Blocker(4, BlockKind.PROCESSES, processes=(GpuUser(7, "bob"),)),)),
+        reason=Reason(LostKind.RUNNER_DIED, pids=(12, 13)),
     )
     return JobRecord(
         name="exp1",
         spec=spec,
-        session="exp1",
         log_path="/s/jobs/exp1/output.log",
         created_at=run.created_at,
         runs=[run],
@@ -53,6 +68,36 @@ def test_record_round_trips_through_json() -> None:
     assert list(d)[:2] == ["name", "state"]  # the registry's fast reader relies on this order
     assert d["command"] == "train.py --lr 3e-4 'a b'"  # relative to cwd, as typed
     assert d["gpus"] == [2, 4]
+    assert d["session"] == "exp1" and d["runs"][0]["pids"] == {"runner": 10, "main": 11}
+    assert d["wait"]["blockers"][0] == {
+        "gpu": 4,
+        "kind": "processes",
+        "processes": [{"pid": 7, "user": "bob", "name": None}],
+    }
+
+
+def test_status_and_launch_files_round_trip_with_a_schema_version() -> None:
+    status = RunStatus(
+        run_id="abc",
+        runner=ProcId(10, 99),
+        boot_id="b",
+        main=ProcId(11, 100),
+        started_at=utcnow(),
+        gpus=(1,),
+        outcome=Outcome(None, 9, utcnow(), leftovers=2, log_error="disk full"),
+    )
+    d = status.to_dict()
+    assert d["schema_version"] == 2
+    assert RunStatus.from_dict(d) == status
+    env = LaunchEnv("exp1", {"A": "1 2", "B": "$x;y"})
+    assert LaunchEnv.from_dict(env.to_dict()) == env
+
+
+def test_first_release_status_file_still_reads() -> None:
+    old = {"run_id": "abc", "pids": {"runner": 5, "main": 6}, "ended_at": "t", "exit_code": 3}
+    status = RunStatus.from_dict(old)
+    assert status.runner == ProcId(5) and status.main == ProcId(6)
+    assert status.outcome is not None and status.outcome.exit_code == 3
 
 
 def test_spec_procs_defaults_to_one_per_gpu() -> None:

@@ -1,4 +1,4 @@
-"""The registry: layout, fast reads, old files, locking, atomic writes, reconcile."""
+"""The registry: layout, history, migration, locking that cannot be bypassed, atomic writes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from handyjobs import paths, registry
-from handyjobs.errors import RegistryError
-from handyjobs.records import JobRecord, JobSpec, JobState, Run, utcnow
+from handyjobs.errors import RegistryError, UsageError
+from handyjobs.records import SCHEMA_VERSION, JobRecord, JobSpec, JobState, Run, utcnow
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,97 +37,178 @@ def make_record(
         started_at=stamp,
         ended_at=None if state.active else stamp,
         exit_code=None if state.active else 0,
+        handle={"session": name},
     )
     return JobRecord(
         name=name,
         spec=JobSpec(script="/w/train.py", args=("--x", "1"), cwd="/w"),
-        session=name,
         log_path=f"/s/jobs/{name}/output.log",
         created_at=stamp,
         runs=[run],
     )
 
 
-def test_save_writes_valid_private_json_one_record_per_line(tmp_path: Path) -> None:
-    reg = registry.Registry()
-    for i in range(3):
-        reg.put(make_record(f"j{i}"))
-    root = paths.ensure_private_dir(tmp_path / "state")
-    registry.save(reg, root)
-    path = paths.registry_path(root)
-    doc = json.loads(path.read_text())
-    assert doc["schema_version"] == registry.SCHEMA_VERSION
-    assert [j["name"] for j in doc["jobs"]] == ["j0", "j1", "j2"]
-    assert len(path.read_text().splitlines()) == 5  # header, three records, closing line
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert root.stat().st_mode & 0o777 == 0o700
-    assert registry.load(root).jobs == reg.jobs
+def _fill(root: Path, active: int, finished: int) -> None:
+    with registry.locked(root) as reg:
+        for i in range(finished):
+            reg.put(make_record(f"done{i}"))
+        for i in range(active):
+            reg.put(make_record(f"live{i}", JobState.RUNNING))
 
 
-def test_load_recent_parses_only_active_and_latest_finished(tmp_path: Path) -> None:
-    reg = registry.Registry()
-    reg.put(make_record("old-running", JobState.RUNNING))
-    for i in range(50):
-        reg.put(make_record(f"done-{i:02d}"))
-    reg.put(make_record("queued", JobState.QUEUED))
-    registry.save(reg, tmp_path)
-    records, total = registry.load_recent(tmp_path, finished=20)
-    names = {r.name for r in records}
+def test_active_in_the_registry_finished_in_the_history(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    _fill(root, active=2, finished=3)
+    doc = json.loads(paths.registry_path(root).read_text())
+    assert doc["schema_version"] == SCHEMA_VERSION == 2
+    assert [j["name"] for j in doc["jobs"]] == ["live0", "live1"]
+    assert doc["finished"] == 3
+    lines = paths.history_path(root).read_text().splitlines()
+    assert json.loads(lines[0]) == {"schema_version": 2}
+    assert [json.loads(line)["name"] for line in lines[1:]] == ["done0", "done1", "done2"]
+    for path in (paths.registry_path(root), paths.history_path(root)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+def test_ending_moves_a_record_to_the_history_and_restarting_brings_it_back(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "state"
+    _fill(root, active=1, finished=0)
+    with registry.locked(root) as reg:
+        record = reg.get("live0")
+        assert record is not None
+        record.current.state = JobState.FAILED  # as lifecycle.finish would
+        reg.put(record)
+    assert registry.load_active(root) == []
+    got = registry.load_one("live0", root)
+    assert got is not None and got.state is JobState.FAILED
+    with registry.locked(root) as reg:  # a restart: active again, the old line is stale
+        record = reg.get("live0")
+        assert record is not None
+        record.runs.append(Run(2, "run2", JobState.RUNNING, utcnow()))
+        reg.put(record)
+        assert reg.finished_count == 0
+    one = registry.load_one("live0", root)
+    assert one is not None and one.state is JobState.RUNNING and len(one.runs) == 2
+    records, total = registry.load_recent(root)
+    assert [r.name for r in records] == ["live0"] and total == 1
+    assert [r.name for r in registry.load_all(root)] == ["live0"]
+
+
+def test_load_recent_reads_only_the_newest_finished(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    _fill(root, active=2, finished=50)
+    # A line that is not JSON in the middle would break a full parse: the fast path never
+    # reads that far back.
+    data = paths.history_path(root).read_bytes().split(b"\n")
+    data[5] = b'{"name": "done4", "state": "succeeded", BROKEN'
+    paths.history_path(root).write_bytes(b"\n".join(data))
+    records, total = registry.load_recent(root, finished=5)
+    assert [r.name for r in records] == ["live0", "live1", *(f"done{i}" for i in range(49, 44, -1))]
     assert total == 52
-    assert {"old-running", "queued"} <= names
-    assert {f"done-{i:02d}" for i in range(30, 50)} <= names
-    assert len(names) == 22
 
 
-def test_load_recent_falls_back_on_hand_formatted_files(tmp_path: Path) -> None:
-    shutil.copy(DATA / "registry-v1.json", paths.registry_path(tmp_path))
-    records, total = registry.load_recent(tmp_path)
-    assert total == 2 and {r.name for r in records} == {"main-1", "exp1"}
+def test_forget_rewrites_the_history(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    _fill(root, active=1, finished=4)
+    with registry.locked(root) as reg:
+        reg.forget("done1")
+        reg.forget("done3")
+        with pytest.raises(ValueError):
+            reg.forget("live0")
+    names = [r.name for r in registry.load_all(root)]
+    assert names == ["live0", "done0", "done2"]
+    assert json.loads(paths.registry_path(root).read_text())["finished"] == 2
+    assert registry.load_one("done1", root) is None
 
 
-def test_old_registry_file_still_loads(tmp_path: Path) -> None:
-    shutil.copy(DATA / "registry-v1.json", paths.registry_path(tmp_path))
-    reg = registry.load(tmp_path)
-    main = reg.jobs["main-1"]
-    assert main.state is JobState.SUCCEEDED and len(main.runs) == 2
-    assert main.runs[0].exit_code == 1 and main.current.gpus == (2, 4)
-    assert reg.jobs["exp1"].spec.env == (("WANDB_MODE", "offline"),)
-    assert reg.next_id == 3
+def test_a_torn_last_line_is_skipped_and_the_next_append_starts_clean(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    _fill(root, active=0, finished=2)
+    with open(paths.history_path(root), "ab") as f:
+        f.write(b'{"name": "torn", "state": "succ')  # a crash mid-append
+    assert [r.name for r in registry.load_all(root)] == ["done0", "done1"]
+    with registry.locked(root) as reg:
+        reg.put(make_record("after"))
+    assert [r.name for r in registry.load_all(root)] == ["done0", "done1", "after"]
+    assert registry.load_one("after", root) is not None
+
+
+def test_first_release_registry_loads_and_migrates(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    shutil.copy(DATA / "registry-v1.json", paths.registry_path(root))
+    before = {r.name: r for r in registry.load_all(root)}  # readers understand v1 as it is
+    assert before and all(r.runs for r in before.values())
+    with registry.locked(root) as reg:
+        assert set(reg.active) == {n for n, r in before.items() if r.state.active}
+    doc = json.loads(paths.registry_path(root).read_text())
+    assert doc["schema_version"] == 2
+    after = {r.name: r for r in registry.load_all(root)}
+    assert after.keys() == before.keys()
+    for name, record in after.items():
+        assert record.state == before[name].state
+        assert record.session == before[name].session
+        assert record.current.pids == before[name].current.pids
+    assert registry.load_one("exp1", root) is not None
 
 
 def test_newer_or_broken_files_give_a_clear_error(tmp_path: Path) -> None:
-    path = paths.registry_path(tmp_path)
-    path.write_text('{"schema_version": 99, "jobs": []}')
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    path = paths.registry_path(root)
+    path.write_text(json.dumps({"schema_version": 99, "jobs": []}))
     with pytest.raises(RegistryError, match="newer handyjobs"):
-        registry.load(tmp_path)
-    path.write_text('{"schema_version": 1, "jobs": [{"name": ')
+        registry.load_recent(root)
+    path.write_text("{not json")
     with pytest.raises(RegistryError, match="move it aside"):
-        registry.load(tmp_path)
+        registry.load_active(root)
 
 
 _BUMP = """
 import sys
+from pathlib import Path
 from handyjobs import registry
 from handyjobs.records import JobRecord, JobSpec, JobState, Run
-root = sys.argv[1]
+root = Path(sys.argv[1])
 for i in range(int(sys.argv[2])):
-    with registry.locked(__import__("pathlib").Path(root)) as reg:
+    with registry.locked(root) as reg:
         name = f"{sys.argv[3]}-{reg.take_id()}"
-        run = Run(run=1, run_id=name, state=JobState.SUCCEEDED, created_at="2026-01-01T00:00:00Z")
-        reg.put(JobRecord(name=name, spec=JobSpec(script="x.py"), session=name, log_path="l",
+        run = Run(run=1, run_id=name, state=JobState.RUNNING, created_at="2026-01-01T00:00:00Z")
+        reg.put(JobRecord(name=name, spec=JobSpec(script="x.py"), log_path="l",
                           created_at=run.created_at, runs=[run]))
 """
 
 
-def test_lock_serialises_read_modify_write_across_processes(tmp_path: Path) -> None:
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _BUMP, str(tmp_path), "15", f"p{i}"])
-        for i in range(4)
+def _bump(root: Path, writers: int, each: int) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen([sys.executable, "-c", _BUMP, str(root), str(each), f"p{i}"])
+        for i in range(writers)
     ]
+
+
+def test_lock_serialises_read_modify_write_across_processes(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    procs = _bump(root, 4, 15)
     assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
-    reg = registry.load(tmp_path)
-    assert len(reg.jobs) == 60  # no update lost
-    assert reg.next_id == 61
+    assert len(registry.load_active(root)) == 60  # no update lost
+    assert json.loads(paths.registry_path(root).read_text())["next_id"] == 61
+
+
+def test_deleting_lock_files_never_lets_two_writers_in(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    paths.ensure_home(root)
+    procs = _bump(root, 4, 15)
+    # An adversary deletes every lock-looking file as fast as it can while they write.
+    while any(p.poll() is None for p in procs):
+        for name in ("registry.lock", "scheduler.lock"):
+            with __import__("contextlib").suppress(FileNotFoundError):
+                (root / name).unlink()
+        time.sleep(0.001)
+    assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
+    assert len(registry.load_active(root)) == 60
 
 
 _WRITER = """
@@ -135,25 +217,24 @@ from pathlib import Path
 from handyjobs import registry
 sys.path.insert(0, sys.argv[2])
 from test_registry import make_record
+from handyjobs.records import JobState
 root = Path(sys.argv[1])
-reg = registry.load(root)
-n = len(reg.jobs)
+n = 0
 print("ready", flush=True)
 while True:
-    reg.put(make_record(f"extra-{n}"))
+    with registry.locked(root) as reg:
+        reg.put(make_record(f"extra-{n}", JobState.RUNNING))
+        reg.put(make_record(f"done-{n}"))
     n += 1
-    registry.save(reg, root)
 """
 
 
-def test_sigkill_mid_write_leaves_a_whole_registry(tmp_path: Path) -> None:
-    reg = registry.Registry()
-    for i in range(3000):  # big enough that a write takes a while
-        reg.put(make_record(f"j{i}"))
-    registry.save(reg, tmp_path)
+def test_sigkill_mid_write_leaves_whole_files(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    _fill(root, active=300, finished=300)  # big enough that a write takes a while
     for delay in (0.05, 0.13, 0.21, 0.37):
         proc = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(tmp_path), str(Path(__file__).parent)],
+            [sys.executable, "-c", _WRITER, str(root), str(Path(__file__).parent)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -161,54 +242,53 @@ def test_sigkill_mid_write_leaves_a_whole_registry(tmp_path: Path) -> None:
         time.sleep(delay)  # let it get somewhere into a write, then kill it mid-flight
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        loaded = registry.load(tmp_path)  # never a half-written file
-        assert len(loaded.jobs) >= 3000
-    registry.save(registry.load(tmp_path), tmp_path)
-    assert not list(tmp_path.glob("registry.json.tmp-*"))  # the killed writers' temps are gone
-
-
-def _status(root: Path, record: JobRecord, **values: object) -> None:
-    paths.ensure_private_dir(paths.job_dir(record.name, root))
-    doc = {"run_id": record.current.run_id, **values}
-    paths.write_atomic(
-        paths.status_path(record.name, record.current.run_id, root), json.dumps(doc).encode()
-    )
-
-
-def test_reconcile_applies_the_runners_outcome(tmp_path: Path) -> None:
-    record = make_record("j", JobState.RUNNING)
-    _status(
-        tmp_path,
-        record,
-        pids={"runner": 999999999, "main": 999999998},
-        started_at=utcnow(),
-        ended_at=utcnow(),
-        exit_code=3,
-        signal=None,
-    )
-    changed = registry.reconcile([record], lambda: set(), tmp_path)
-    assert changed == [record]
-    assert record.state is JobState.FAILED and record.current.exit_code == 3
-
-
-def test_reconcile_marks_lost_when_runner_and_session_are_gone(tmp_path: Path) -> None:
-    gone, alive = make_record("gone", JobState.RUNNING), make_record("alive", JobState.RUNNING)
-    _status(tmp_path, gone, pids={"runner": 999999999})
-    _status(tmp_path, alive, pids={"runner": os.getpid()})  # not a runner: pid check is strict
-    changed = registry.reconcile([gone, alive], lambda: {"alive"}, tmp_path)
-    assert gone in changed
-    assert gone.state is JobState.LOST and gone.current.ended_at
-    assert alive.state is JobState.RUNNING
+        assert len(registry.load_active(root)) >= 300  # never a half-written file
+        assert len(registry.load_all(root)) >= 600
+    with registry.locked(root) as reg:
+        reg.put(make_record("last"))
+    assert not [p for p in os.listdir(root) if ".tmp-" in p]  # the killed writers' temps went
 
 
 def test_load_one_finds_exactly_that_name(tmp_path: Path) -> None:
-    reg = registry.Registry()
-    for name in ("exp", "exp1", "exp10", "x-exp1"):
-        reg.put(make_record(name))
-    registry.save(reg, tmp_path)
-    one = registry.load_one("exp1", tmp_path)
+    root = tmp_path / "state"
+    with registry.locked(root) as reg:
+        for name in ("exp", "exp1", "exp10", "x-exp1"):
+            reg.put(make_record(name))
+    one = registry.load_one("exp1", root)
     assert one is not None and one.name == "exp1"
-    assert registry.load_one("ex", tmp_path) is None
-    shutil.copy(DATA / "registry-v1.json", paths.registry_path(tmp_path))  # hand-formatted
-    got = registry.load_one("exp1", tmp_path)
-    assert got is not None and got.spec.module
+    assert registry.load_one("ex", root) is None
+
+
+# ---- the state folder ----------------------------------------------------------------------
+
+
+def test_home_is_made_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        root = tmp_path / "a" / "b" / "state"
+        with registry.locked(root) as reg:
+            reg.put(make_record("j"))
+        paths.ensure_private_dir(paths.job_dir("j", root))
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "a", tmp_path / "a" / "b", root, root / "jobs", root / "jobs" / "j"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_a_shared_or_broken_home_is_refused_never_chmodded(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(UsageError, match="writable by others"):
+        paths.ensure_home(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match="symbolic link to nothing"):
+        paths.ensure_home(dangling)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        paths.ensure_home(a_file)
+    with pytest.raises(UsageError, match="a part of that path is a file"):
+        paths.ensure_home(a_file / "sub")

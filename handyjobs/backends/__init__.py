@@ -1,0 +1,89 @@
+"""The backend seam: how the core reaches the sessions and processes that run a job.
+
+The core (``jobs`` and ``lifecycle``) never calls tmux, Slurm or ``kill`` itself; it asks the
+run's backend, named on every run (``run.backend``) with the handle the backend gave back at
+launch (``run.handle``). A backend launches the *runner* (``python -m handyjobs.runner HOME
+NAME RUN_ID``), which is the same everywhere: it starts the job, tees its output and writes
+its outcome. So a backend only has to say how to start a runner somewhere, whether it is
+still there, how to end what it started, and how a person can look at it.
+
+Adding a backend (Slurm, say): write ``backends/<name>.py`` with a class that satisfies
+:class:`Backend`, add it to :func:`get`, and run the shared lifecycle tests against it
+(``tests/test_lifecycle.py`` takes the backend as a parameter). Nothing in the core changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from handyjobs.procs import Ended
+from handyjobs.records import ProcId, Run
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Start a runner: its argv and folder, the run it serves, the session name wanted."""
+
+    name: str
+    run_id: str
+    session: str
+    argv: Sequence[str]
+    cwd: str
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What a backend gives back: its handle for the run, and the runner's identity."""
+
+    handle: dict[str, str]
+    runner: ProcId | None
+
+
+class Backend(Protocol):
+    """The interface every backend implements."""
+
+    name: str
+
+    def check(self) -> None:
+        """Raise a :class:`~handyjobs.errors.HandyjobsError` when the backend cannot be used."""
+
+    def session_name(self, wanted: str, run: int, run_id: str) -> str:
+        """A session name for a new run: ``wanted`` unless something not ours holds it."""
+
+    def launch(self, req: LaunchRequest) -> Launched:
+        """Start the runner; raise (having left nothing behind) when that fails."""
+
+    def runner_alive(self, run: Run) -> bool:
+        """True while the run's runner exists (identity checked, never a bare pid)."""
+
+    def leftover_pids(self, run: Run) -> tuple[int, ...]:
+        """Processes of the run still alive, found by its marker."""
+
+    def terminate(self, run: Run, grace_s: float) -> Ended:
+        """End every process of the run but the runner: SIGTERM, then SIGKILL after grace."""
+
+    def end_runner(self, run: Run) -> None:
+        """End a runner that does not finish by itself, and its session if we tagged it."""
+
+    def session_alive(self, run: Run) -> bool:
+        """True while the session we made for this run (and tagged with its id) exists."""
+
+    def attach_argv(self, run: Run) -> list[str]:
+        """The command that puts the user's terminal into the run's session."""
+
+    def log_path(self, name: str, root: Path) -> Path:
+        """Where the job's log is."""
+
+
+def get(name: str) -> Backend:
+    """The backend of that name (``tmux`` for runs on this machine)."""
+    if name == "tmux":
+        from handyjobs.backends.tmux import TmuxBackend
+
+        return TmuxBackend()
+    from handyjobs.errors import UsageError
+
+    raise UsageError(f"unknown backend {name!r}; this handyjobs knows: tmux")

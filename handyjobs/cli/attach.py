@@ -1,0 +1,29 @@
+"""``handyjobs attach``: put this terminal into the job's tmux session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from handyjobs import jobs
+from handyjobs.errors import JobStateError
+
+
+def exec_attach(name: str) -> NoReturn:
+    """Replace this process with ``tmux attach`` (or ``switch-client`` inside our tmux)."""
+    argv = jobs.attach_argv(name)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise JobStateError(
+            f"attach needs a terminal; follow the output with `handyjobs logs {name} -f`"
+        )
+    env = dict(os.environ)
+    if "switch-client" not in argv:
+        env.pop("TMUX", None)  # nesting into our server from another tmux is deliberate
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)
+
+
+def attach(name: str) -> None:
+    """Put this terminal into the job's tmux session (detach with Ctrl-b d)."""
+    exec_attach(name)

@@ -1,0 +1,76 @@
+"""``handyjobs start``: check, register and launch a job; print where it runs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from handyjobs import jobs
+from handyjobs.records import JobState, returncode
+from handyjobs.spec import StartRequest
+
+
+def start(
+    script: Annotated[str, typer.Argument(help="Script to run (or module with -m).")],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script.")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs by nvidia-smi index or UUID: 2,4")] = None,
+    ngpus: Annotated[int | None, typer.Option(help="Any N free GPUs.")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU (gloo for DDP).")] = False,
+    nproc: Annotated[int | None, typer.Option(help="Processes (default: one per GPU).")] = None,
+    name: Annotated[str | None, typer.Option(help="Job and tmux session name.")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="Extra KEY=VALUE for the job.")] = None,
+    cwd: Annotated[str | None, typer.Option(help="Working directory of the job.")] = None,
+    module: Annotated[bool, typer.Option("-m", "--module", help="SCRIPT is a module.")] = False,
+    python: Annotated[str | None, typer.Option(help="Python to run the job with.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Queue until the GPUs are free.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Use GPUs even if busy.")] = False,
+    attach: Annotated[bool, typer.Option("--attach", help="Attach to it at once.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", help="Follow its log to the end.")] = False,
+) -> None:
+    """Start SCRIPT as a job in its own tmux session (torchrun when several processes)."""
+    req = StartRequest(
+        script=script,
+        args=list(args or []),
+        module=module,
+        name=name,
+        gpus=gpus,
+        ngpus=ngpus,
+        cpu=cpu,
+        nproc=nproc,
+        env=env or [],
+        cwd=cwd,
+        python=python,
+        wait=wait,
+        force=force,
+    )
+    record = jobs.start_job(req)
+    run = record.current
+    from handyjobs import render
+
+    if run.state is JobState.QUEUED:
+        why = render.wait_text(run.wait) if run.wait else "waiting for its GPUs"
+        print(f"queued {record.name} (tmux session {record.session}): {why}")
+    else:
+        where = (
+            f"GPUs {','.join(map(str, run.gpus))}"
+            if run.gpus
+            else "CPU"
+            if record.spec.cpu
+            else "the caller's devices"
+        )
+        procs = f"{run.nproc} process{'es' if run.nproc > 1 else ''}"
+        print(f"started {record.name} in tmux session {record.session} on {where}, {procs}")
+    print(f"  log:    {record.log_path}")
+    print(f"  attach: handyjobs attach {record.name}    follow: handyjobs logs {record.name} -f")
+    sys.stdout.flush()
+    if attach:
+        from handyjobs.cli.attach import exec_attach
+
+        exec_attach(record.name)
+    if follow:
+        from handyjobs.cli.logs import follow_to_end
+
+        follow_to_end(record.name)
+        raise typer.Exit(returncode(jobs.get_job(record.name).current))

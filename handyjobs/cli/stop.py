@@ -1,0 +1,31 @@
+"""``handyjobs stop``: end every process of each job named; go on past a failure."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from handyjobs import jobs
+from handyjobs.cli.common import each_name
+
+
+def stop(
+    names: Annotated[list[str], typer.Argument(help="Jobs to stop.")],
+    timeout: Annotated[
+        float, typer.Option(help="Seconds between SIGTERM and SIGKILL.")
+    ] = jobs.DEFAULT_GRACE_S,
+) -> None:
+    """Stop jobs: every process gone (torchrun workers too), GPUs released."""
+
+    def one(name: str) -> None:
+        result = jobs.stop_job(name, grace_s=timeout)
+        n = len(result.pids)
+        ended = f"{n} process{'' if n == 1 else 'es'} ended"
+        if result.was_lost:
+            print(f"job {name} was lost; ended what was left of it ({ended})")
+        else:
+            what = "queued job" if result.was_queued else "job"
+            print(f"stopped {what} {name} ({ended})")
+
+    raise typer.Exit(each_name(names, one))

@@ -1,0 +1,211 @@
+"""Turn what ``handyjobs start`` was asked into a checked :class:`JobSpec`, or one clear error.
+
+Everything here happens before the registry lock is taken: paths, names, the interpreter, the
+GPU spec, and the one GPU discovery a start needs (used both to resolve ``--gpus`` and to book).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from handyjobs.errors import UsageError
+from handyjobs.records import NAME_RE, JobSpec
+
+if TYPE_CHECKING:
+    from handyjobs.gpus import Discovery
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """What ``handyjobs start`` was asked, before any of it is checked."""
+
+    script: str
+    args: Sequence[str] = ()
+    module: bool = False
+    name: str | None = None
+    gpus: str | None = None
+    ngpus: int | None = None
+    cpu: bool = False
+    nproc: int | None = None
+    env: Sequence[str] = ()
+    cwd: str | None = None
+    python: str | None = None
+    wait: bool = False
+    force: bool = False
+    caller_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A checked start: the spec, the discovery it was resolved against, the git state."""
+
+    spec: JobSpec
+    discovery: Discovery | None
+    git: dict[str, object] | None
+
+
+def check_name(name: str) -> str:
+    """A job name as given, or a usage error that says what names look like."""
+    if not NAME_RE.match(name):
+        from handyjobs import render
+
+        raise UsageError(
+            f"invalid job name {render.printable(repr(name))}: use 1 to 64 of A-Z a-z 0-9 _ -, "
+            "starting with a letter or digit (tmux rewrites . and :)"
+        )
+    return name
+
+
+def default_stem(script: str, module: bool) -> str:
+    """The stem of a default job name: the script's (or module's) last part, cleaned."""
+    stem = script.rsplit(".", 1)[-1] if module else Path(script).stem
+    clean = "".join(c if c.isalnum() or c in "_-" else "-" for c in stem).strip("-_") or "job"
+    return clean[:48]
+
+
+def find_python(requested: str | None, env: Mapping[str, str], cwd: Path) -> str:
+    """The interpreter the job runs with: ``--python``, else ``python`` on the caller's PATH."""
+    path = env.get("PATH", os.defpath)
+    if requested:
+        candidate = Path(requested).expanduser()
+        if "/" in requested:
+            candidate = candidate if candidate.is_absolute() else cwd / candidate
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+        else:
+            found = shutil.which(requested, path=path)
+            if found:
+                return found
+        raise UsageError(f"--python {requested}: no such executable; give a path or a name on PATH")
+    for name in ("python", "python3"):
+        found = shutil.which(name, path=path)
+        if found:
+            return found
+    return sys.executable
+
+
+def parse_env(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--env K=V`` items as sorted pairs; a malformed one is a usage error."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not (key.replace("_", "a").isalnum() and not key[0].isdigit()):
+            from handyjobs import render
+
+            raise UsageError(
+                f"--env {render.printable(repr(item))}: write it as KEY=VALUE, KEY a variable name"
+            )
+        out[key] = value
+    return tuple(sorted(out.items()))
+
+
+def git_info(directory: Path) -> dict[str, object] | None:
+    """Commit and dirty flag of the repository holding the script, when there is one."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def caller_cwd(env: Mapping[str, str]) -> str:
+    """The caller's directory, spelled as its shell does ($PWD keeps symlinks) when it is one."""
+    here = os.getcwd()
+    pwd = env.get("PWD")
+    try:
+        if pwd and os.path.samefile(pwd, here):
+            return pwd
+    except OSError:
+        pass
+    return here
+
+
+def make_spec(req: StartRequest) -> Checked:
+    """Check a start request and turn it into a spec; every problem is a one-line UsageError."""
+    from handyjobs import booking
+
+    cwd = Path(req.cwd or caller_cwd(req.caller_env)).expanduser()
+    if not cwd.is_absolute():
+        cwd = Path(os.getcwd()) / cwd
+    if not cwd.is_dir():
+        raise UsageError(f"--cwd {cwd}: no such directory")
+    if req.name is not None:
+        check_name(req.name)
+    if req.nproc is not None and req.nproc < 1:
+        raise UsageError(f"--nproc {req.nproc}: give at least 1 process")
+    if req.ngpus is not None and req.ngpus < 1:
+        raise UsageError(f"--ngpus {req.ngpus}: ask for at least 1 GPU, or use --cpu")
+    if req.cpu and (req.gpus is not None or req.ngpus is not None):
+        raise UsageError("--cpu cannot be combined with --gpus/--ngpus; pick one")
+    if req.gpus is not None and req.ngpus is not None:
+        raise UsageError("--gpus and --ngpus both given; pick GPUs by number or by count")
+    if req.force and req.gpus is None:
+        raise UsageError("--force overrides checks on GPUs you name: use it with --gpus")
+    if req.wait and req.gpus is None and req.ngpus is None:
+        raise UsageError("--wait queues for GPUs: give --gpus or --ngpus with it")
+    if req.module:
+        script = req.script
+        if not script or not all(part.isidentifier() for part in script.split(".")):
+            from handyjobs import render
+
+            raise UsageError(
+                f"-m {render.printable(repr(script))}: not a module name (like pkg.train)"
+            )
+    else:
+        path = Path(req.script).expanduser()
+        path = path if path.is_absolute() else cwd / path
+        if not path.is_file():
+            from handyjobs import render
+
+            raise UsageError(
+                f"script {render.printable(req.script)} not found in {cwd}; check the path or --cwd"
+            )
+        script = str(path)
+    policy = booking.policy_from_env(req.caller_env)
+    discovery: Discovery | None = None
+    resolved: tuple[int, ...] | None = None
+    if req.gpus is not None or req.ngpus is not None:
+        from handyjobs import gpus as gpumod
+
+        tokens = gpumod.parse_gpu_spec(req.gpus) if req.gpus is not None else None
+        discovery = gpumod.discover(req.caller_env)  # the start's one discovery
+        if tokens is not None:
+            resolved = tuple(gpumod.resolve_gpus(tokens, discovery))
+            booking.check_allowed(resolved, policy)
+    spec = JobSpec(
+        script=script,
+        args=tuple(req.args),
+        module=req.module,
+        cwd=str(cwd),
+        python=find_python(req.python, req.caller_env, cwd),
+        gpus=resolved,
+        ngpus=req.ngpus,
+        cpu=req.cpu,
+        nproc=req.nproc,
+        env=parse_env(req.env),
+        wait=req.wait,
+        force=req.force,
+        policy=policy,
+    )
+    git = git_info(Path(script).parent if not req.module else cwd)
+    return Checked(spec, discovery, git)
