@@ -438,11 +438,16 @@ def _read_env(name: str, root: Path) -> dict[str, str] | None:
 def remove_job(name: str, force: bool = False, logs: bool = False) -> None:
     """Forget a finished job (``force``: stop an active one first); logs kept unless ``logs``."""
     record = get_job(name)
-    if record.state.active:
+    run = record.current
+    leftovers = run.state is JobState.LOST and bool(backends.get(run.backend).leftover_pids(run))
+    if record.state.active or leftovers:
         if not force:
-            raise JobStateError(
-                f"job {name} is still {record.state.value}; stop it first or pass --force"
+            what = (
+                "was lost but some of its processes still run"
+                if leftovers
+                else f"is still {record.state.value}"
             )
+            raise JobStateError(f"job {name} {what}; stop it first or pass --force")
         with contextlib.suppress(JobStateError):
             stop_job(name)
     root = paths.home()

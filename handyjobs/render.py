@@ -364,9 +364,6 @@ def reason_text(reason: Reason) -> str:
         text += f": {printable(reason.detail)}"
     if reason.pids:
         n = len(reason.pids)
-        text += (
-            f"; {n} of its process{'es' if n > 1 else ''} still "
-            f"run{'s' if n == 1 else ''} ({', '.join(map(str, reason.pids))}): "
-            "`handyjobs stop` ends them"
-        )
+        which = "1 of its processes still runs" if n == 1 else f"{n} of its processes still run"
+        text += f"; {which} ({', '.join(map(str, reason.pids))}): `handyjobs stop` ends them"
     return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,34 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+SLEEPER = """
+import os, sys, time
+print("pid", os.getpid(), "rank", os.environ.get("RANK"), flush=True)
+while not os.path.exists(sys.argv[1] if len(sys.argv) > 1 else "/nonexistent-never"):
+    time.sleep(0.05)
+print("done", flush=True)
+"""
+
+
+def show(box: Sandbox, name: str) -> dict[str, Any]:
+    """``handyjobs show NAME --json``."""
+    return json.loads(box.cli("show", name, "--json", check=True).stdout)  # type: ignore[no-any-return]
+
+
+def wait_state(box: Sandbox, name: str, *states: str, timeout: float = 60) -> dict[str, Any]:
+    """Poll ``show`` until the job is in one of ``states``."""
+
+    def probe() -> dict[str, Any] | None:
+        rec = show(box, name)
+        return rec if rec["state"] in states else None
+
+    return wait_until(probe, timeout, 0.1, f"{name} to be {'/'.join(states)}")  # type: ignore[return-value]
+
+
+def log_of(box: Sandbox, name: str) -> str:
+    return box.cli("logs", name, check=True).stdout
 
 
 @dataclass

@@ -7,40 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import REPO, Sandbox, wait_until
+from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_state, wait_until
 
 from handyjobs.procs import is_running as pid_alive
 from handyjobs.records import JobState
-
-SLEEPER = """
-import os, sys, time
-print("pid", os.getpid(), "rank", os.environ.get("RANK"), flush=True)
-while not os.path.exists(sys.argv[1] if len(sys.argv) > 1 else "/nonexistent-never"):
-    time.sleep(0.05)
-print("done", flush=True)
-"""
-
-
-def show(box: Sandbox, name: str) -> dict[str, Any]:
-    """``handyjobs show NAME --json``."""
-    return json.loads(box.cli("show", name, "--json", check=True).stdout)  # type: ignore[no-any-return]
-
-
-def wait_state(box: Sandbox, name: str, *states: str, timeout: float = 60) -> dict[str, Any]:
-    """Poll ``show`` until the job is in one of ``states``."""
-
-    def probe() -> dict[str, Any] | None:
-        rec = show(box, name)
-        return rec if rec["state"] in states else None
-
-    return wait_until(probe, timeout, 0.1, f"{name} to be {'/'.join(states)}")  # type: ignore[return-value]
-
-
-def log_of(box: Sandbox, name: str) -> str:
-    return box.cli("logs", name, check=True).stdout
 
 
 def test_one_process_runs_plain_python_with_the_callers_env_and_a_tty(sandbox: Sandbox) -> None:
@@ -107,8 +79,9 @@ def test_secrets_never_appear_on_a_command_line(sandbox: Sandbox) -> None:
     wait_until(lambda: "pid" in log_of(sandbox, "s"), what="job output")
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "tok-4242-secret" not in ps
-    # the launch file that carried the environment is gone once the runner read it
-    assert not list((sandbox.home / "jobs" / "s").glob("*.env.json"))
+    # the environment is kept for restarts, private to the user; nothing is left pending
+    assert oct((sandbox.home / "jobs" / "s" / "env.json").stat().st_mode & 0o777) == "0o600"
+    assert list((sandbox.home / "pending").iterdir()) == []
     sandbox.cli("stop", "s", check=True)
 
 
