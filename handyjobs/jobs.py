@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from handyjobs import backends, lifecycle, paths, registry, scheduler
+from handyjobs import paths, registry, scheduler
 from handyjobs.errors import (
     GpuError,
     JobNotFound,
@@ -29,13 +28,14 @@ from handyjobs.errors import (
     storage_error,
 )
 from handyjobs.records import JobRecord, JobState, LaunchEnv
-from handyjobs.spec import StartRequest, default_stem, make_spec, parse_env
 
 if TYPE_CHECKING:
     from handyjobs.backends import Backend
     from handyjobs.gpus import Discovery
+    from handyjobs.spec import StartRequest
 
-__all__ = ["DEFAULT_GRACE_S", "StartRequest"]
+# The writers below import backends, lifecycle and spec inside the functions that need them:
+# `handyjobs list` (the command people run in `watch`) must not pay for those imports.
 
 #: Seconds ``stop`` waits after SIGTERM before it SIGKILLs what is left.
 DEFAULT_GRACE_S = 10.0
@@ -55,6 +55,9 @@ def not_found(name: str) -> JobNotFound:
 
 def start_job(req: StartRequest) -> JobRecord:
     """Check, register and launch a job; return once it is registered and its session exists."""
+    from handyjobs import backends, lifecycle
+    from handyjobs.spec import default_stem, make_spec
+
     backend = backends.get("tmux")
     backend.check()
     checked = make_spec(req)
@@ -102,6 +105,8 @@ def _launch(
     Runs under the registry lock. Nothing is saved unless the runner's session exists, and
     the environment file never outlives a start that fails (a killed one is swept later).
     """
+    from handyjobs import backends, lifecycle
+
     name, spec, run = record.name, record.spec, record.current
     reg.put(record)
     if spec.books_gpus:
@@ -239,6 +244,8 @@ def log_file(name: str) -> tuple[JobRecord, Path]:
 
 def ended_check(record: JobRecord) -> Callable[[], bool]:
     """A cheap "has this run ended?" for ``logs -f``: the runner's status file, then the record."""
+    from handyjobs import backends, lifecycle
+
     root = paths.home()
     run = record.current
     backend = backends.get(run.backend)
@@ -276,6 +283,8 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
     Only processes that carry the run's marker are signalled. A lost run's leftovers are
     ended too. The run is addressed by its id: a restart racing with this stop is untouched.
     """
+    from handyjobs import backends, lifecycle
+
     root = paths.home()
     record = get_job(name)
     run = record.current
@@ -388,6 +397,9 @@ def restart_job(
     The run gets the environment captured at the job's first start (``env`` items, K=V,
     change single variables); only a job recorded before that was kept uses the caller's.
     """
+    from handyjobs import backends, lifecycle
+    from handyjobs.spec import parse_env
+
     backend = backends.get("tmux")
     backend.check()
     overrides = parse_env(env)
@@ -437,6 +449,8 @@ def _read_env(name: str, root: Path) -> dict[str, str] | None:
 
 def remove_job(name: str, force: bool = False, logs: bool = False) -> None:
     """Forget a finished job (``force``: stop an active one first); logs kept unless ``logs``."""
+    from handyjobs import backends
+
     record = get_job(name)
     run = record.current
     leftovers = run.state is JobState.LOST and bool(backends.get(run.backend).leftover_pids(run))
@@ -483,6 +497,8 @@ def _remove_files(root: Path, name: str, logs: bool) -> None:
     with contextlib.suppress(OSError):
         paths.env_path(name, root).unlink()
     if logs:
+        import shutil
+
         shutil.rmtree(paths.job_dir(name, root), ignore_errors=True)
 
 
@@ -491,6 +507,8 @@ def _remove_files(root: Path, name: str, logs: bool) -> None:
 
 def attach_argv(name: str) -> list[str]:
     """The command that attaches the caller's terminal to a live job's session."""
+    from handyjobs import backends
+
     record = get_job(name)
     run = record.current
     backend = backends.get(run.backend)

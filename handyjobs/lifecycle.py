@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from handyjobs import booking, paths
-from handyjobs.gpus import Discovery
+from handyjobs import paths
 from handyjobs.records import (
     JobRecord,
     JobState,
@@ -36,6 +35,9 @@ from handyjobs.records import (
     Wait,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from handyjobs.gpus import Discovery
 
 
 class Store(Protocol):
@@ -326,6 +328,8 @@ def schedule(store: Store, records: list[JobRecord], discovery: Discovery) -> li
 
     ``records`` are the active records under the lock. Returns the names granted.
     """
+    from handyjobs import booking  # only writers schedule; `list` should not pay for it
+
     starts, waits = booking.plan(records, discovery)
     by_name = {r.name: r for r in records}
     granted = []

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -180,6 +179,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     the old file or the new one. A failed write (disk full) removes its temp file and raises
     the OSError; the old file is untouched.
     """
+    import secrets  # writers only: `list` should not pay for its import
+
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:

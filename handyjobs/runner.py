@@ -205,6 +205,7 @@ class Runner:
         from handyjobs import scheduler
 
         said = None
+        failed = ""
         sched_fd = -1
         next_pass = 0.0
         try:
@@ -225,7 +226,14 @@ class Runner:
                 if sched_fd < 0:
                     sched_fd = _try_lock(paths.scheduler_lock_path(self.root))
                 if sched_fd >= 0 and time.monotonic() >= next_pass:
-                    scheduler.schedule_pass(self.root, env)
+                    try:
+                        scheduler.schedule_pass(self.root, env)
+                    except HandyjobsError as exc:
+                        # A GPU that cannot be read (or a full disk) must not end the wait:
+                        # say so once, and try again at the next pass.
+                        if str(exc) != failed:
+                            _say(self.log_fd, f"cannot schedule yet: {exc}")
+                            failed = str(exc)
                     next_pass = time.monotonic() + SCHEDULE_EVERY_S
                 time.sleep(QUEUE_POLL_S)
         finally:

@@ -15,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from handyjobs import backends, lifecycle, registry
+from handyjobs import registry
 from handyjobs.records import JobRecord, JobState
 
 
 def refresh_locked(reg: registry.Registry) -> list[JobRecord]:
     """Reconcile every active record of a locked registry; return the ones that changed."""
+    from handyjobs import backends, lifecycle
+
     changed = []
     for record in reg.records():
         probe = backends.get(record.current.backend)
@@ -37,7 +39,9 @@ def refresh(records: list[JobRecord], root: Path) -> list[JobRecord]:
     """
     active = [r for r in records if r.state.active]
     if not active:
-        return records
+        return records  # nothing to reconcile: `list` of finished jobs imports no more
+    from handyjobs import backends, lifecycle
+
     scratch = lifecycle.Scratch(records)
     for record in active:
         lifecycle.reconcile(scratch, record, backends.get(record.current.backend), root)
@@ -60,7 +64,7 @@ def schedule_pass(root: Path, env: Mapping[str, str] | None = None) -> list[str]
         r.state is JobState.QUEUED and r.spec.books_gpus for r in registry.load_active(root)
     ):
         return []
-    from handyjobs import gpus
+    from handyjobs import gpus, lifecycle
 
     discovery = gpus.discover(env)
     with registry.locked(root) as reg:

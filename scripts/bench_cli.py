@@ -8,7 +8,14 @@ same run (cases are interleaved round by round, so drift and noise hit them alik
 * ``list`` with 1,000 records of which a few jobs really run, so reconciling them is included;
 * ``list --json`` and ``list --all`` with 10,000 records (informational);
 * ``handyjobs start`` of a one-line script until the line it prints is in the job's log;
-* the delay from a line printed by a job (it carries ``time.time()``) to ``logs -f`` showing it.
+* the delay from a line printed by a job (it carries ``time.time()``) to ``logs -f`` showing it;
+* the write path with 100 and with 10,000 finished jobs, interleaved, and their ratio (target
+  <= 1.3: writers must not slow down with history): ``start`` until the command returns,
+  ``stop`` of a running job, and one scheduling pass over queued jobs (in-process, on fake GPUs).
+
+Registries are written in the first release's layout (one ``registry.json`` with every record)
+and migrated by an untimed warm-up command, so the same script also measures an older checkout
+(``PYTHONPATH=<old checkout> python scripts/bench_cli.py``) for a before/after comparison.
 
 Everything runs with this interpreter and the ``handyjobs`` console script next to it, in a
 temporary ``HANDYJOBS_HOME`` and on a throwaway tmux socket whose server is killed at the end;
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import random
@@ -46,8 +54,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from handyjobs import paths, registry
-from handyjobs.records import JobRecord, JobSpec, JobState, Run
+from handyjobs import paths
 
 #: Terminal size of the pseudo-terminal ``list`` prints to (rows, columns).
 PTY_SIZE = (40, 160)
@@ -59,6 +66,8 @@ RUNNING_JOBS = 5
 #: The targets from the issue: ratio to ``python -c pass`` for ``list``, absolute ms otherwise.
 TARGET_LIST_1K = 3.5
 TARGET_LIST_10K = 7.0
+#: Writers with 10,000 finished jobs against 100.
+TARGET_WRITE_RATIO = 1.3
 TARGET_START_MS = 500.0
 TARGET_LOGS_MS = 200.0
 
@@ -209,6 +218,11 @@ def log_has(path: Path, marker: bytes) -> bool:
         return False
 
 
+def printed(path: Path, marker: bytes) -> Callable[[], bool]:
+    """A predicate: the log at ``path`` contains ``marker``."""
+    return lambda: log_has(path, marker)
+
+
 # ---- synthetic registries --------------------------------------------------------------------
 
 
@@ -216,8 +230,9 @@ def _stamp(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def make_record(i: int, rng: random.Random, created: datetime, root: Path) -> JobRecord:
-    """A realistic finished job: a training script with arguments, GPUs, git info, a log.
+def make_record(i: int, rng: random.Random, created: datetime, root: Path) -> dict[str, object]:
+    """A realistic finished job, as the first release wrote it: a training script with
+    arguments, GPUs, git info, a log.
 
     About one job in ten was restarted (two or three runs); end states are mostly
     ``succeeded``, then ``failed``, ``stopped`` and a few ``lost``.
@@ -226,80 +241,85 @@ def make_record(i: int, rng: random.Random, created: datetime, root: Path) -> Jo
     stem = rng.choice(["train", "main", "finetune", "eval", "pretrain"])
     name = f"{stem}-{i}" if rng.random() < 0.8 else f"exp{i}-{rng.choice(['lr', 'wd', 'bs'])}"
     ngpus = rng.choice([1, 1, 2, 2, 4, 8])
-    gpus = tuple(sorted(rng.sample(range(8), ngpus)))
+    gpus = sorted(rng.sample(range(8), ngpus))
     base = f"/home/alice/projects/{project}"
-    spec = JobSpec(
-        script=f"{base}/{stem}.py",
-        args=(
-            "--lr",
-            rng.choice(["1e-3", "3e-4", "1e-4"]),
-            "--epochs",
-            str(rng.choice([10, 90, 300])),
-            "--batch-size",
-            str(rng.choice([64, 128, 256])),
-            "--synch",
-        ),
-        cwd=base,
-        python=f"{base}/.venv/bin/python",
-        gpus=gpus if rng.random() < 0.7 else None,
-        ngpus=None if rng.random() < 0.7 else ngpus,
-        nproc=None,
-        env=(("WANDB_PROJECT", project),) if rng.random() < 0.3 else (),
-    )
-    runs: list[Run] = []
+    args = ["--lr", rng.choice(["1e-3", "3e-4", "1e-4"]), "--epochs"]
+    args += [str(rng.choice([10, 90, 300])), "--batch-size", str(rng.choice([64, 128, 256]))]
+    pinned = rng.random() < 0.7
+    spec = {
+        "script": f"{base}/{stem}.py",
+        "args": [*args, "--synch"],
+        "module": False,
+        "cwd": base,
+        "python": f"{base}/.venv/bin/python",
+        "gpus": gpus if pinned else None,
+        "ngpus": None if pinned else ngpus,
+        "cpu": False,
+        "nproc": None,
+        "env": {"WANDB_PROJECT": project} if rng.random() < 0.3 else {},
+        "wait": False,
+        "force": False,
+    }
+    runs: list[dict[str, object]] = []
     moment = created
     for number in range(1, rng.choice([1] * 9 + [2, 3]) + 1):
         started = moment + timedelta(seconds=rng.uniform(0.2, 120))
         ended = started + timedelta(seconds=rng.uniform(5, 36 * 3600))
-        state = rng.choices(
-            [JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST],
-            weights=[70, 20, 7, 3],
-        )[0]
-        exit_code: int | None = {JobState.SUCCEEDED: 0, JobState.FAILED: 1}.get(state)
-        sig = 15 if state is JobState.STOPPED else None
+        state = rng.choices(["succeeded", "failed", "stopped", "lost"], weights=[70, 20, 7, 3])[0]
         runner_pid = rng.randint(1000, 4_000_000)
         runs.append(
-            Run(
-                run=number,
-                run_id=f"{rng.getrandbits(48):012x}",
-                state=state,
-                created_at=_stamp(moment),
-                started_at=_stamp(started),
-                ended_at=_stamp(ended),
-                exit_code=exit_code,
-                signal=sig,
-                gpus=gpus,
-                nproc=ngpus,
-                rendezvous=f"127.0.0.1:{rng.randint(20000, 60000)}" if ngpus > 1 else None,
-                pids={"runner": runner_pid, "main": runner_pid + 7},
-                stop_requested=state is JobState.STOPPED,
-            )
+            {
+                "run": number,
+                "run_id": f"{rng.getrandbits(48):012x}",
+                "state": state,
+                "created_at": _stamp(moment),
+                "started_at": _stamp(started),
+                "ended_at": _stamp(ended),
+                "exit_code": {"succeeded": 0, "failed": 1}.get(state),
+                "signal": 15 if state == "stopped" else None,
+                "gpus": gpus,
+                "nproc": ngpus,
+                "rendezvous": f"127.0.0.1:{rng.randint(20000, 60000)}" if ngpus > 1 else None,
+                "pids": {"runner": runner_pid, "main": runner_pid + 7},
+                "stop_requested": state == "stopped",
+                "waiting_for": None,
+            }
         )
         moment = ended + timedelta(seconds=rng.uniform(1, 600))
-    return JobRecord(
-        name=name,
-        spec=spec,
-        session=name,
-        log_path=str(paths.log_path(name, root)),
-        created_at=_stamp(created),
-        runs=runs,
-        git={"commit": f"{rng.getrandbits(160):040x}", "dirty": rng.random() < 0.4},
-    )
+    last = runs[-1]
+    return {
+        "name": name,
+        "state": last["state"],
+        "command": " ".join([f"{stem}.py", *args, "--synch"]),
+        "gpus": gpus,
+        "nproc": ngpus,
+        "waiting_for": None,
+        "created_at": _stamp(created),
+        "started_at": last["started_at"],
+        "ended_at": last["ended_at"],
+        "exit_code": last["exit_code"],
+        "signal": last["signal"],
+        "session": name,
+        "log_path": str(paths.log_path(name, root)),
+        "git": {"commit": f"{rng.getrandbits(160):040x}", "dirty": rng.random() < 0.4},
+        "spec": spec,
+        "runs": runs,
+    }
 
 
 def build_registry(root: Path, count: int, seed: int = 7) -> Path:
-    """Write a registry of ``count`` finished records, oldest first; return its path."""
+    """Write ``count`` finished records, oldest first, in the first release's layout."""
     paths.ensure_private_dir(root)
     rng = random.Random(seed)
-    reg = registry.Registry()
     moment = datetime.now(timezone.utc) - timedelta(days=400)
     step = timedelta(days=395) / max(count, 1)
-    for i in range(1, count + 1):
-        record = make_record(i, rng, moment + step * i, root)
-        reg.put(record)
-    reg.next_id = count + 1
-    registry.save(reg, root)
-    return paths.registry_path(root)
+    records = [make_record(i, rng, moment + step * i, root) for i in range(1, count + 1)]
+    head = json.dumps({"schema_version": 1, "next_id": count + 1})[:-1] + ', "jobs": ['
+    body = ",\n".join(json.dumps(r) for r in records)
+    path = root / "registry.json"
+    path.write_text(f"{head}\n{body}\n]}}\n")
+    path.chmod(0o600)
+    return path
 
 
 # ---- the benchmark ---------------------------------------------------------------------------
@@ -348,7 +368,9 @@ class Bench:
             path = build_registry(homes[key], count)
             size = path.stat().st_size / 1e6
             self.say(f"{count} records written ({size:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+            self.warm_up(homes[key])
         build_registry(self.running_home, 1_000)
+        self.warm_up(self.running_home)
         env = self.env(self.running_home)
         for i in range(RUNNING_JOBS):
             name = f"bench-running-{i}"
@@ -359,11 +381,19 @@ class Bench:
                 self.running_names.append(name)
         for name in self.running_names:
             log = paths.log_path(name, self.running_home)
-            if not wait_for(lambda log=log: log_has(log, b"bench-sleeping"), 30.0, 0.05):
+            if not wait_for(printed(log, b"bench-sleeping"), 30.0, 0.05):
                 self.say(f"job {name} did not print its first line within 30 s")
         self.say(f"{len(self.running_names)} jobs running next to 1,000 records")
         homes["1k-running"] = self.running_home
         return homes
+
+    def warm_up(self, home: Path) -> None:
+        """One start, wait and rm: a release with a newer layout migrates the registry here."""
+        env = self.env(home)
+        name = f"bench-warm-{secrets.token_hex(2)}"
+        run_quiet([*self.cli, "start", str(self.tmp / "one.py"), "--name", name], env)
+        run_quiet([*self.cli, "wait", name, "--timeout", "20"], env)
+        run_quiet([*self.cli, "rm", name, "--force", "--logs"], env)
 
     # ---- timed phases ----
 
@@ -512,6 +542,81 @@ class Bench:
         run_quiet([*self.cli, "rm", name, "--force", "--logs"], env)
         return delays, errors
 
+    def time_start_stop(self, homes: dict[str, Path]) -> dict[str, dict[str, list[float]]]:
+        """``start`` (until it returns) and ``stop`` in each home, interleaved round by round."""
+        script = str(self.tmp / "sleeper.py")
+        out: dict[str, dict[str, list[float]]] = {k: {"start": [], "stop": []} for k in homes}
+        for number in range(self.runs + 1):
+            for key, home in homes.items():
+                env = self.env(home)
+                name = f"bench-w-{number}"
+                try:
+                    started = time_pipe([*self.cli, "start", script, "--name", name], env)
+                    log = paths.log_path(name, home)
+                    wait_for(printed(log, b"bench-sleeping"), 30.0, 0.01)
+                    stopped = time_pipe([*self.cli, "stop", name, "--timeout", "5"], env)
+                except CommandFailed as exc:
+                    self.say(f"write path, {key}: {exc}")
+                    continue
+                finally:
+                    run_quiet([*self.cli, "rm", name, "--force", "--logs"], env)
+                if number > 0:
+                    out[key]["start"].append(started)
+                    out[key]["stop"].append(stopped)
+        return out
+
+    def time_schedule(self, homes: dict[str, Path]) -> dict[str, list[float]] | None:
+        """One scheduling pass (in this process) over 3 queued jobs waiting for 2 held GPUs."""
+        try:
+            from handyjobs import records, registry, scheduler
+        except ImportError:
+            return None  # a release without the scheduling pass
+        fake = self.tmp / "fake-gpus.json"
+        gpu = {"name": "NVIDIA A100-SXM4-80GB", "memory_used_mib": 4, "memory_total_mib": 81920}
+        fake.write_text(json.dumps({"gpus": [{"index": i, **gpu} for i in range(2)]}))
+        me = records.ProcId(os.getpid(), int(Path("/proc/self/stat").read_text().split()[21]))
+        for home in homes.values():
+            with registry.locked(home) as reg:
+                for i in range(5):
+                    state = records.JobState.RUNNING if i < 2 else records.JobState.QUEUED
+                    spec = records.JobSpec(script="/x/train.py", gpus=(i % 2,), wait=True)
+                    run = records.Run(
+                        1, f"sched{i}", state, records.utcnow(), gpus=(i,) if i < 2 else ()
+                    )
+                    run.runner = me  # looks alive: the pass has nothing to reconcile
+                    reg.put(records.JobRecord(f"sched-{i}", spec, "/l", run.created_at, [run]))
+        env = {**os.environ, "HANDYJOBS_FAKE_GPUS": str(fake)}
+        out: dict[str, list[float]] = {k: [] for k in homes}
+        for number in range(self.runs * 4 + 1):
+            for key, home in homes.items():
+                t0 = time.perf_counter()
+                scheduler.schedule_pass(home, env)
+                if number > 0:
+                    out[key].append(time.perf_counter() - t0)
+        return out
+
+    def write_path_rows(self) -> None:
+        """Rows for the write path: each size, and the ratio of 10,000 to 100."""
+        homes = {"100": self.tmp / "home-w100", "10k": self.tmp / "home-w10k"}
+        build_registry(homes["100"], 100, seed=11)
+        build_registry(homes["10k"], 10_000, seed=11)
+        for home in homes.values():
+            self.warm_up(home)
+        timed = self.time_start_stop(homes)
+        sched = self.time_schedule(homes)
+        series = {verb: (timed["100"][verb], timed["10k"][verb]) for verb in ("start", "stop")}
+        if sched is not None:
+            series["scheduling pass"] = (sched["100"], sched["10k"])
+        for verb, (small, big) in series.items():
+            a, b = _median(small), _median(big)
+            self.rows.append(Row(f"{verb}, 100 finished jobs", a))
+            self.rows.append(Row(f"{verb}, 10,000 finished jobs", b))
+            ok = a is not None and b is not None and b <= TARGET_WRITE_RATIO * a
+            ratio = f"{b / a:.2f}" if a and b else "-"
+            verdict = "pass" if ok else "FAIL"
+            label = f"{verb}: 10,000 / 100 = {ratio}"
+            self.rows.append(Row(label, None, f"<= {TARGET_WRITE_RATIO}", verdict))
+
     # ---- clean-up ----
 
     def cleanup(self) -> None:
@@ -567,8 +672,7 @@ class Bench:
         delays, follow_errors = self.time_follow(start_home, lines)
         self.say("logs -f delay, 10,000 records")
         follow_home = self.tmp / "home-follow-10k"
-        paths.ensure_private_dir(follow_home)
-        shutil.copy2(paths.registry_path(homes["10k"]), paths.registry_path(follow_home))
+        shutil.copytree(homes["10k"], follow_home)
         delays_10k, follow_errors_10k = self.time_follow(follow_home, lines)
 
         for case in cases:
@@ -600,6 +704,8 @@ class Bench:
         absolute("logs -f delay, 10,000 records, median", delays_10k, None, note)
         absolute("logs -f delay, 10,000 records, max", delays_10k, None, note)
 
+        self.say("write path: 100 and 10,000 finished jobs")
+        self.write_path_rows()
         self.print_table(base, len(delays), len(delays_10k))
 
     def print_table(self, base: float | None, ticks: int, ticks_10k: int) -> None:

@@ -262,6 +262,41 @@ print("last", flush=True)
     assert "last" in sandbox.cli("logs", "c", "-n", "3", check=True).stdout
 
 
+def test_logs_follow_and_wait_exit_with_the_jobs_code_and_wait_times_out_with_124(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.write(
+        "seven.py",
+        "import os, sys, time\nprint('up', flush=True)\n"
+        "while not os.path.exists(sys.argv[1]): time.sleep(0.05)\nraise SystemExit(7)\n",
+    )
+    flag = sandbox.root / "go"
+    sandbox.cli("start", "seven.py", "--name", "s7", "--", str(flag), check=True)
+    timed_out = sandbox.cli("wait", "s7", "--timeout", "0.5")
+    assert timed_out.returncode == 124 and "still running after 0.5s" in timed_out.stderr
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "handyjobs", "logs", "s7", "-f"],
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+    )
+    flag.touch()
+    follower.communicate(timeout=30)
+    assert follower.returncode == 7
+    assert sandbox.cli("wait", "s7").returncode == 7
+
+
+def test_restart_runs_with_the_first_starts_environment(sandbox: Sandbox) -> None:
+    sandbox.write("env.py", "import os\nprint('FOO is', os.environ.get('FOO'))\n")
+    sandbox.cli("start", "env.py", "--name", "e", env={"FOO": "first"}, check=True)
+    wait_state(sandbox, "e", "succeeded")
+    sandbox.cli("restart", "e", env={"FOO": "from the restarting shell"}, check=True)
+    wait_until(lambda: log_of(sandbox, "e").count("FOO is") == 2, what="run 2")
+    assert log_of(sandbox, "e").count("FOO is first") == 2
+    sandbox.cli("restart", "e", "--env", "FOO=changed", check=True)
+    wait_until(lambda: "FOO is changed" in log_of(sandbox, "e"), what="run 3")
+    assert show(sandbox, "e")["spec"]["env"] == {"FOO": "changed"}
+
+
 def test_restart_appends_a_new_run_to_the_history_and_the_log(sandbox: Sandbox) -> None:
     sandbox.write("once.py", "import os; print('run', os.environ['HANDYJOBS_RUN'])\n")
     sandbox.cli("start", "once.py", "--name", "r", check=True)
