@@ -1,12 +1,25 @@
-"""GPU discovery (NVML, then nvidia-smi) and GPU spec parsing; no policy (see booking.py).
+"""GPU discovery (fake file, NVML, nvidia-smi) and GPU spec parsing; no policy (see booking.py).
 
-Discovery goes through one function, :func:`discover`, which tries in order:
+Discovery goes through :func:`discover` (one look) or :func:`watch` (many looks with NVML
+started once), which try in order:
 
 1. ``HANDYJOBS_FAKE_GPUS`` (testing seam): the path of a JSON file of canned GPUs, read afresh
-   on every call so a test can rewrite it to free a GPU. Never consulted unless the variable is set.
-2. NVML through ``pynvml`` (package ``nvidia-ml-py``), imported only here, inside the call.
-3. ``nvidia-smi --query-gpu=... --format=csv,noheader,nounits`` and ``--query-compute-apps=...``.
+   on every look so a test can rewrite it to free a GPU. Never consulted unless the variable is set.
+2. NVML through ``pynvml`` (package ``nvidia-ml-py``), imported only inside a look; the reading
+   itself lives in :mod:`handyjobs.nvml` (older-driver fallbacks, per-GPU errors, the deadline).
+3. ``nvidia-smi --query-gpu=... --format=csv,noheader,nounits`` and ``--query-compute-apps=...``,
+   also when NVML cannot list processes at all with this driver.
 4. Nothing: ``Discovery("none", (), note=...)``, where the note says why. "No GPU" never raises.
+
+Each look waits ``HANDYJOBS_GPU_TIMEOUT_S`` (default 5) seconds at most: a GPU that does not
+answer in time is reported with an ``error`` naming the NVML call it hangs in, the other GPUs
+are still reported, and the note says which GPU hangs. A wedged driver never hangs the caller.
+
+Process ids come from the driver. Older drivers report them in the host's pid namespace, which
+inside a container are not this namespace's pids; newer ones translate them and hide what the
+container cannot see. A process's user and name are filled in from /proc only when /proc vouches
+for it (:func:`_vouch`), and :attr:`Discovery.pids_comparable` says whether a job's pid can be
+looked for among the driver's (:func:`leftovers` uses it).
 
 GPU indices are nvidia-smi's (PCI bus order, which is also NVML's index order); jobs get
 ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so CUDA numbers the GPUs the same way. Nothing here imports
@@ -17,22 +30,26 @@ the same shape, ``{"gpus": [<gpu>, ...]}``::
 
     {
       "index": 0,                          # int, nvidia-smi's index
-      "uuid": "GPU-6a1c...",               # str; a fake may leave it out: "GPU-fake-<index>"
+      "uuid": "GPU-6a1c...",               # str ("" when unreadable); a fake may leave it out:
+                                           #   "GPU-fake-<index>"
       "name": "NVIDIA A100-SXM4-80GB",     # str
-      "memory_used_mib": 3,                # int
+      "memory_used_mib": 3,                # int; without what the driver reserves, as nvidia-smi
       "memory_total_mib": 81920,           # int
       "utilization_pct": 0,                # int or null (unknown, e.g. in MIG mode)
       "mig": false,                        # bool: MIG mode is on (a fake may leave it out)
-      "error": null,                       # str or null: why this GPU could not be read
+      "error": null,                       # str or null: why (part of) this GPU could not be read
       "processes": [                       # compute processes; a fake may leave it out: []
-        {"pid": 4242,                      # int
+        {"pid": 4242,                      # int, the driver's pid
          "used_memory_mib": 5000,          # int or null (unknown)
-         "user": "alice",                  # str or null; a fake may leave it out: read from /proc
-         "name": "python"}                 # str or null; a fake may leave it out: read from /proc
+         "user": "alice",                  # str or null (null unless /proc vouches for the pid);
+                                           #   a fake may leave it out: read from /proc
+         "name": "python"}                 # str or null, likewise
       ]
     }
 
-:meth:`Discovery.to_dict` wraps these as ``{"source": ..., "note": ..., "gpus": [<gpu>, ...]}``.
+:meth:`Discovery.to_dict` wraps these as
+``{"source": ..., "note": ..., "pids_comparable": ..., "gpus": [<gpu>, ...]}``; a fake file may
+set ``"pids_comparable": false`` at the top to play a container whose driver reports host pids.
 
 Which GPU counts as busy, allowed or free for a job is decided in :mod:`handyjobs.booking`.
 """
@@ -40,29 +57,43 @@ Which GPU counts as busy, allowed or free for a job is decided in :mod:`handyjob
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from handyjobs.errors import UsageError
 
+if TYPE_CHECKING:
+    from handyjobs import nvml
+
 FAKE_ENV = "HANDYJOBS_FAKE_GPUS"
-#: Seconds one nvidia-smi query may take; a hung driver must not hang ``handyjobs list``.
+TIMEOUT_ENV = "HANDYJOBS_GPU_TIMEOUT_S"
+#: Seconds one look at the GPUs may take (NVML and nvidia-smi together); a wedged driver must
+#: not hang `handyjobs list`, `stop` or a queued runner that looks every second.
+DEFAULT_TIMEOUT_S = 5.0
+#: Seconds nvidia-smi may take when it is asked on its own (:func:`query_nvidia_smi`).
 SMI_TIMEOUT_S = 10.0
+#: Memory above the level from before a job that still counts as given back: the driver's
+#: own bookkeeping moves a few MiB between looks, while a CUDA context left behind is hundreds.
+RELEASE_SLACK_MIB = 128
 
 SMI_GPU_QUERY = "index,uuid,name,memory.used,memory.total,utilization.gpu"
+#: Asked after SMI_GPU_QUERY when nvidia-smi knows it (R450 and later).
+SMI_MIG_FIELD = "mig.mode.current"
 SMI_APPS_QUERY = "gpu_uuid,pid,used_memory,process_name"
 
-_MIB = 1024 * 1024
 _INDEX_RE = re.compile(r"[0-9]+")
 # GPU-<uuid>, MIG-<uuid> and the older MIG-GPU-<uuid>/<gi>/<ci>; fake files use GPU-fake-<n>.
 _UUID_RE = re.compile(r"(GPU|MIG)-[A-Za-z0-9_/-]+")
+# PROC_PID_INIT_INO: the inode of the initial (host) pid namespace, fixed by the kernel.
+_INIT_PID_NS_INO = 0xEFFFFFFC
 
 
 @dataclass(frozen=True)
@@ -122,12 +153,16 @@ class Discovery:
     source: str
     gpus: tuple[GpuInfo, ...]
     note: str | None = None
+    #: The driver's pids are this pid namespace's, so a job's pid can be looked for among them.
+    #: False in a container whose driver reports the host's pids (see :func:`leftovers`).
+    pids_comparable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Return the discovery as JSON-ready data (schema in the module docstring)."""
         return {
             "source": self.source,
             "note": self.note,
+            "pids_comparable": self.pids_comparable,
             "gpus": [g.to_dict() for g in self.gpus],
         }
 
@@ -139,19 +174,101 @@ class Discovery:
 # --------------------------------------------------------------------------- discovery
 
 
-def discover(env: Mapping[str, str] | None = None) -> Discovery:
-    """Find the GPUs: the fake file when set, else NVML, else nvidia-smi, else source "none"."""
+def timeout_from_env(env: Mapping[str, str] | None = None) -> float:
+    """``HANDYJOBS_GPU_TIMEOUT_S`` (default 5): the seconds one look at the GPUs may take."""
     env = os.environ if env is None else env
-    fake = env.get(FAKE_ENV, "")
-    if fake:
-        return read_fake(fake)
-    nvml = query_nvml()
-    if nvml.source == "nvml":
-        return nvml
-    smi = query_nvidia_smi(path=env.get("PATH"))
-    if smi.source == "nvidia-smi":
-        return smi
-    return Discovery("none", (), note=f"{nvml.note} and {smi.note}")
+    text = env.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(
+            f"{TIMEOUT_ENV}={text!r} is not a positive number of seconds; "
+            f"set it to e.g. {DEFAULT_TIMEOUT_S:g} or unset it"
+        )
+    return value
+
+
+def discover(env: Mapping[str, str] | None = None, *, timeout_s: float | None = None) -> Discovery:
+    """Find the GPUs: the fake file when set, else NVML, else nvidia-smi, else source "none".
+
+    Waits ``timeout_s`` (default: ``HANDYJOBS_GPU_TIMEOUT_S``, else 5 s) at most.
+    """
+    with watch(env, timeout_s=timeout_s) as looking:
+        return looking.discover()
+
+
+@contextlib.contextmanager
+def watch(
+    env: Mapping[str, str] | None = None, *, timeout_s: float | None = None
+) -> Iterator[Watch]:
+    """Look at the GPUs repeatedly with NVML started once: ``with watch() as w: w.discover()``."""
+    looking = Watch(env, timeout_s=timeout_s)
+    try:
+        yield looking
+    finally:
+        looking.close()
+
+
+class Watch:
+    """Repeated discovery over one NVML session; each :meth:`discover` has its own deadline."""
+
+    def __init__(
+        self, env: Mapping[str, str] | None = None, *, timeout_s: float | None = None
+    ) -> None:
+        """Read the settings from ``env`` (default: this process's environment); start nothing."""
+        env = os.environ if env is None else env
+        self._fake = env.get(FAKE_ENV, "")
+        self._path = env.get("PATH")
+        self.timeout_s = timeout_from_env(env) if timeout_s is None else timeout_s
+        self._session: nvml.Session | None = None
+
+    def discover(self) -> Discovery:
+        """One look at the GPUs (NVML is started on the first and kept until :meth:`close`)."""
+        if self._fake:
+            return read_fake(self._fake)
+        deadline = time.monotonic() + self.timeout_s
+        if self._session is None:
+            from handyjobs import nvml  # only here: `handyjobs list` never needs it
+
+            self._session = nvml.Session(self.timeout_s)
+        reading = self._session.read()
+        if reading.hung and not reading.ok:
+            # nvidia-smi asks the same wedged driver: it would only hang too
+            return Discovery("none", (), note=reading.note)
+        if reading.ok:
+            found = _nvml_discovery(reading)
+            lacking = next((g.lacks for g in reading.gpus if g.lacks), None)
+            if lacking is None:
+                return found
+            smi = query_nvidia_smi(self._path, timeout_s=_left(deadline))
+            if smi.source == "nvidia-smi" and smi.gpus:
+                return replace(smi, note=_join(f"used nvidia-smi: NVML has {lacking}", smi.note))
+            return found
+        smi = query_nvidia_smi(self._path, timeout_s=_left(deadline))
+        if smi.source == "nvidia-smi":
+            return smi
+        return Discovery("none", (), note=f"{reading.note} and {smi.note}")
+
+    def close(self) -> None:
+        """Shut NVML down (unless a call into it still has not returned)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def _left(deadline: float) -> float:
+    """The seconds left until ``deadline``, but enough for nvidia-smi to answer at all."""
+    return max(0.5, deadline - time.monotonic())
+
+
+def _join(*notes: str | None) -> str | None:
+    """Notes joined with "; ", or None when there are none."""
+    text = "; ".join(n for n in notes if n)
+    return text or None
 
 
 def read_fake(path: str) -> Discovery:
@@ -172,7 +289,13 @@ def read_fake(path: str) -> Discovery:
         gpus = _fake_gpus(data)
     except (TypeError, ValueError) as e:
         raise UsageError(f"{FAKE_ENV}={path}: {e}; fix the file or unset {FAKE_ENV}") from e
-    return Discovery("fake", gpus)
+    comparable = data.get("pids_comparable", True) if isinstance(data, dict) else True
+    if not isinstance(comparable, bool):
+        raise UsageError(
+            f"{FAKE_ENV}={path}: pids_comparable must be true or false, not {comparable!r}; "
+            f"fix the file or unset {FAKE_ENV}"
+        )
+    return Discovery("fake", gpus, pids_comparable=comparable)
 
 
 def _fake_gpus(data: object) -> tuple[GpuInfo, ...]:
@@ -258,137 +381,136 @@ def _opt_str(raw: Mapping[str, object], key: str, where: str) -> str | None:
     return value
 
 
-def query_nvml() -> Discovery:
+def query_nvml(timeout_s: float = DEFAULT_TIMEOUT_S) -> Discovery:
     """Ask NVML for the GPUs; source "nvml", or "none" with a note when NVML is unusable."""
+    from handyjobs import nvml
+
+    session = nvml.Session(timeout_s)
     try:
-        # Imported here: it costs start-up time that `handyjobs list` should not pay.
-        import pynvml
-    except ImportError:
-        return Discovery("none", (), note="nvidia-ml-py (pynvml) is not installed")
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError_LibraryNotFound:
-        return Discovery("none", (), note="no NVIDIA driver (libnvidia-ml not found)")
-    except pynvml.NVMLError_DriverNotLoaded:
-        return Discovery("none", (), note="the NVIDIA driver is not loaded")
-    except pynvml.NVMLError as e:
-        return Discovery("none", (), note=f"NVML failed to start ({e})")
-    try:
-        gpus = tuple(_nvml_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount()))
-    except pynvml.NVMLError as e:
-        return Discovery("none", (), note=f"NVML failed ({e})")
+        reading = session.read()
     finally:
-        # a failed shutdown changes nothing: the answer is already in hand, or already an error
-        with contextlib.suppress(pynvml.NVMLError):
-            pynvml.nvmlShutdown()
-    if not gpus:
-        return Discovery("nvml", (), note="the NVIDIA driver reports no GPUs")
-    return Discovery("nvml", gpus)
+        session.close()
+    if not reading.ok:
+        return Discovery("none", (), note=reading.note)
+    return _nvml_discovery(reading)
 
 
-def _nvml_gpu(pynvml: Any, index: int) -> GpuInfo:
-    """Read one GPU through NVML (NVML's index order is PCI bus order, as nvidia-smi's)."""
-    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-    try:
-        utilization: int | None = int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-    except pynvml.NVMLError:
-        # MIG-enabled and some virtual GPUs report no utilisation; that is not a failure
-        utilization = None
-    try:
-        raw_procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-    except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_NoPermission):
-        # memory use still marks such a GPU busy (see busy_reason)
-        raw_procs = []
-    procs = []
-    for rp in raw_procs:
-        used = rp.usedGpuMemory
-        proc = GpuProcess(
-            pid=int(rp.pid),
-            used_memory_mib=None if used is None else int(used) // _MIB,
+def _nvml_discovery(reading: nvml.Reading) -> Discovery:
+    """Turn NVML's raw reading into GpuInfo, vouching for each process through /proc."""
+    host = host_pid_namespace()
+    vouched: list[bool] = []
+    notes: list[str | None] = [reading.note]
+    found = []
+    for raw in reading.gpus:
+        procs = []
+        for rp in raw.processes:
+            ok = _vouch(rp.pid, raw.asked_at, host)
+            vouched.append(ok)
+            procs.append(_described(rp.pid, rp.used_mib, ok, rp.nvml_name, prefer_proc=True))
+        errors = list(raw.errors)
+        if raw.lacks:
+            errors.append(f"process list: {raw.lacks}")
+        if raw.dropped_pids:
+            # nvidia-ml-py and the driver disagree on the process struct: phantom processes
+            pids = ", ".join(str(p) for p in raw.dropped_pids)
+            notes.append(f"GPU {raw.index}: dropped impossible pids {pids} from {raw.process_func}")
+        found.append(
+            GpuInfo(
+                index=raw.index,
+                uuid=raw.uuid,
+                name=raw.name,
+                memory_used_mib=raw.used_mib,
+                memory_total_mib=raw.total_mib,
+                utilization_pct=raw.utilization_pct,
+                processes=tuple(procs),
+                mig=raw.mig,
+                error="; ".join(errors) or None,
+            )
         )
-        proc = _with_proc_info(proc)
-        if proc.name is None:
-            proc = dataclasses.replace(proc, name=_nvml_name(pynvml, proc.pid))
-        procs.append(proc)
-    return GpuInfo(
-        index=index,
-        uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-        name=_text(pynvml.nvmlDeviceGetName(handle)),
-        memory_used_mib=int(memory.used) // _MIB,
-        memory_total_mib=int(memory.total) // _MIB,
-        utilization_pct=utilization,
-        processes=tuple(procs),
+    if not found:
+        return Discovery("nvml", (), note="the NVIDIA driver reports no GPUs")
+    return Discovery(
+        "nvml", tuple(found), note=_join(*notes), pids_comparable=_comparable(host, vouched)
     )
-
-
-def _nvml_name(pynvml: Any, pid: int) -> str | None:
-    """Return NVML's name for a process (a path; its last part), or None."""
-    try:
-        name = _text(pynvml.nvmlSystemGetProcessName(pid))
-    except pynvml.NVMLError:
-        return None
-    return os.path.basename(name) or None
-
-
-def _text(value: str | bytes) -> str:
-    """Return a string from pynvml, which gives bytes in older releases."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def query_nvidia_smi(path: str | None = None, timeout_s: float = SMI_TIMEOUT_S) -> Discovery:
-    """Ask nvidia-smi for the GPUs; source "nvidia-smi", or "none" with a note when unusable."""
+    """Ask nvidia-smi for the GPUs; source "nvidia-smi", or "none" with a note when unusable.
+
+    ``timeout_s`` covers all of its queries together.
+    """
+    from handyjobs.nvml import boot_clock as nvml_boot_clock
+
     exe = shutil.which("nvidia-smi", path=path)
     if exe is None:
         return Discovery("none", (), note="no nvidia-smi on PATH")
+    deadline = time.monotonic() + timeout_s
     try:
-        gpus_csv = _run_smi(exe, f"--query-gpu={SMI_GPU_QUERY}", timeout_s)
-        apps_csv = _run_smi(exe, f"--query-compute-apps={SMI_APPS_QUERY}", timeout_s)
+        mig_column = True
+        try:
+            gpus_csv = _run_smi(exe, f"--query-gpu={SMI_GPU_QUERY},{SMI_MIG_FIELD}", deadline)
+        except _SmiFieldUnknown:
+            # a driver before R450 knows no MIG: ask without it
+            mig_column = False
+            gpus_csv = _run_smi(exe, f"--query-gpu={SMI_GPU_QUERY}", deadline)
+        asked_at = nvml_boot_clock()
+        apps_csv = _run_smi(exe, f"--query-compute-apps={SMI_APPS_QUERY}", deadline)
     except _SmiFailed as e:
-        return Discovery("none", (), note=str(e))
+        return Discovery("none", (), note=str(e).format(timeout=f"{timeout_s:g}"))
     try:
-        gpus = parse_smi_gpus(gpus_csv)
+        gpus = parse_smi_gpus(gpus_csv, mig_column=mig_column)
         apps = parse_smi_apps(apps_csv)
     except ValueError as e:
         return Discovery("none", (), note=f"cannot read nvidia-smi's output ({e})")
-    found = tuple(
-        GpuInfo(
-            index=g.index,
-            uuid=g.uuid,
-            name=g.name,
-            memory_used_mib=g.memory_used_mib,
-            memory_total_mib=g.memory_total_mib,
-            utilization_pct=g.utilization_pct,
-            processes=tuple(_with_proc_info(p) for p in apps.get(g.uuid, ())),
-        )
-        for g in gpus
-    )
+    host = host_pid_namespace()
+    vouched: list[bool] = []
+    found = []
+    for g in gpus:
+        procs = []
+        for p in apps.get(g.uuid, ()):
+            ok = _vouch(p.pid, asked_at, host)
+            vouched.append(ok)
+            procs.append(_described(p.pid, p.used_memory_mib, ok, p.name, prefer_proc=False))
+        found.append(replace(g, processes=tuple(procs)))
     if not found:
         return Discovery("nvidia-smi", (), note="nvidia-smi reports no GPUs")
-    return Discovery("nvidia-smi", found)
+    return Discovery("nvidia-smi", tuple(found), pids_comparable=_comparable(host, vouched))
 
 
 class _SmiFailed(Exception):
-    """nvidia-smi could not answer; the message is the note for the user."""
+    """nvidia-smi could not answer; the message is the note for the user ({timeout} filled in)."""
 
 
-def _run_smi(exe: str, query: str, timeout_s: float) -> str:
+class _SmiFieldUnknown(_SmiFailed):
+    """This nvidia-smi does not know a field that was asked for."""
+
+
+def _run_smi(exe: str, query: str, deadline: float) -> str:
     """Run one nvidia-smi CSV query and return its stdout."""
     argv = [exe, query, "--format=csv,noheader,nounits"]
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _SmiFailed("nvidia-smi did not answer within {timeout} s")
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=left, check=False)
     except subprocess.TimeoutExpired as e:
-        raise _SmiFailed(f"nvidia-smi did not answer within {timeout_s:g} s") from e
+        raise _SmiFailed("nvidia-smi did not answer within {timeout} s") from e
     except OSError as e:
-        raise _SmiFailed(f"cannot run nvidia-smi ({e.strerror})") from e
+        raise _SmiFailed(f"cannot run nvidia-smi ({e.strerror})".replace("{", "{{")) from e
     if done.returncode != 0:
         text = (done.stdout + done.stderr).strip()
         first = text.splitlines()[0] if text else f"exit code {done.returncode}"
         # "No devices were found" comes with a non-zero exit code: that is simply no GPU
         if first.lower().startswith("no devices were found"):
             return ""
-        raise _SmiFailed(f"nvidia-smi failed ({first})")
+        if "is not a valid field to query" in text:
+            raise _SmiFieldUnknown(first.replace("{", "{{").replace("}", "}}"))
+        raise _SmiFailed(f"nvidia-smi failed ({first})".replace("{", "{{").replace("}", "}}"))
     return done.stdout
+
+
+#: Bracketed nvidia-smi values that only mean "this GPU has no such value".
+_SMI_ABSENT = frozenset({"n/a", "not supported", "not found"})
 
 
 def _smi_value(text: str) -> str | None:
@@ -397,6 +519,16 @@ def _smi_value(text: str) -> str | None:
     if not value or value.startswith("[") or value.upper() == "N/A":
         return None
     return value
+
+
+def _smi_problem(text: str) -> str | None:
+    """The failure a bracketed value reports ("[Insufficient Permissions]"), else None."""
+    value = text.strip()
+    if value.startswith("[") and value.endswith("]"):
+        inner = value[1:-1].strip()
+        if inner.lower() not in _SMI_ABSENT:
+            return inner
+    return None
 
 
 def _smi_int(text: str, what: str) -> int | None:
@@ -421,13 +553,23 @@ def _smi_lines(csv_text: str) -> list[str]:
     return lines
 
 
-def parse_smi_gpus(csv_text: str) -> list[GpuInfo]:
-    """Parse ``nvidia-smi --query-gpu=index,uuid,name,memory.used,memory.total,utilization.gpu``."""
+def parse_smi_gpus(csv_text: str, *, mig_column: bool = False) -> list[GpuInfo]:
+    """Parse ``nvidia-smi --query-gpu=index,uuid,name,memory.used,memory.total,utilization.gpu``.
+
+    With ``mig_column`` the lines end with ``mig.mode.current`` too ("Enabled", "Disabled").
+    """
+    tail = 4 if mig_column else 3
     gpus = []
     for line in _smi_lines(csv_text):
         fields = [f.strip() for f in line.split(",")]
-        if len(fields) < 6:
-            raise ValueError(f"expected 6 fields in {line!r}")
+        if len(fields) < 3 + tail:
+            raise ValueError(f"expected {3 + tail} fields in {line!r}")
+        mig = False
+        if mig_column:
+            mode = _smi_value(fields.pop())
+            if mode is not None and mode.lower() not in ("enabled", "disabled"):
+                raise ValueError(f"mig.mode.current is {mode!r}, not Enabled or Disabled")
+            mig = mode is not None and mode.lower() == "enabled"
         # the name sits in the middle and is the only field that could hold a comma
         index_s, uuid_s = fields[0], fields[1]
         used_s, total_s, util_s = fields[-3:]
@@ -436,6 +578,7 @@ def parse_smi_gpus(csv_text: str) -> list[GpuInfo]:
         uuid = _smi_value(uuid_s)
         if index is None or uuid is None:
             raise ValueError(f"no index or uuid in {line!r}")
+        problem = _smi_problem(used_s) or _smi_problem(total_s)
         gpus.append(
             GpuInfo(
                 index=index,
@@ -445,6 +588,8 @@ def parse_smi_gpus(csv_text: str) -> list[GpuInfo]:
                 memory_used_mib=_smi_int(used_s, "memory.used") or 0,
                 memory_total_mib=_smi_int(total_s, "memory.total") or 0,
                 utilization_pct=_smi_int(util_s, "utilization.gpu"),
+                mig=mig,
+                error=None if problem is None else f"memory use: {problem}",
             )
         )
     return sorted(gpus, key=lambda g: g.index)
@@ -471,12 +616,87 @@ def parse_smi_apps(csv_text: str) -> dict[str, list[GpuProcess]]:
     return apps
 
 
+# --------------------------------------------------------------------------- processes
+
+
+def host_pid_namespace() -> bool:
+    """Whether this process lives in the host's (initial) pid namespace, as the driver does."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == _INIT_PID_NS_INO
+    except OSError:
+        return False  # no /proc/self/ns: cannot tell, so do not assume the pids match
+
+
+def _comparable(host: bool, vouched: Sequence[bool]) -> bool:
+    """Whether the driver's pids are ours: in the host namespace, or /proc vouched for each."""
+    # Outside the host namespace an older driver reports host pids; a newer one translates them,
+    # and then /proc vouches for every pid it lists. With nothing listed, nothing shows which.
+    return host or (bool(vouched) and all(vouched))
+
+
+def _vouch(pid: int, asked_at: float | None, host: bool) -> bool:
+    """Whether /proc vouches that ``pid`` is the process the driver listed under that number.
+
+    It must exist and have started before the driver was asked (else the pid was reused).
+    Outside the host pid namespace, where the driver may speak of another namespace's pids,
+    it must also hold an NVIDIA device open (readable for our own processes, or as root).
+    """
+    started = _proc_start_s(pid)
+    if started is None:
+        return False
+    if asked_at is not None and started > asked_at:
+        return False
+    if host:
+        return True
+    return _holds_nvidia_device(pid) is True
+
+
+def _described(
+    pid: int, used_mib: int | None, vouched: bool, driver_name: str | None, *, prefer_proc: bool
+) -> GpuProcess:
+    """A process with its user and short name when /proc vouches for it, else neither."""
+    if not vouched:
+        # a name or user read for this number would be another process's: say nothing
+        return GpuProcess(pid, used_mib)
+    driver = (os.path.basename(driver_name) or None) if driver_name else None
+    comm = _proc_comm(pid)
+    name = (comm or driver) if prefer_proc else (driver or comm)
+    return GpuProcess(pid, used_mib, _proc_user(pid), name)
+
+
 def _with_proc_info(proc: GpuProcess) -> GpuProcess:
-    """Fill in a process's user and short name from /proc where they are missing and readable."""
+    """Fill in a fake process's user and short name from /proc where they are missing."""
     user = proc.user if proc.user is not None else _proc_user(proc.pid)
     # NVML and nvidia-smi give paths ("/opt/conda/bin/python"); people know the last part
     name = (os.path.basename(proc.name) or None) if proc.name else _proc_comm(proc.pid)
     return GpuProcess(proc.pid, proc.used_memory_mib, user, name)
+
+
+def _proc_start_s(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since boot; None when /proc has no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # the command name in parentheses may hold spaces; the fields after it are plain
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _holds_nvidia_device(pid: int) -> bool | None:
+    """Whether the process has an NVIDIA device file open; None when its fds are not readable."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return None  # another user's process (without root), or gone
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            # every CUDA process holds /dev/nvidiactl and /dev/nvidia<N> (or -caps for MIG)
+            if os.readlink(f"{fd_dir}/{fd}").startswith("/dev/nvidia"):
+                return True
+    return False
 
 
 def _proc_user(pid: int) -> str | None:
@@ -600,3 +820,53 @@ def compute_pids(discovery: Discovery) -> dict[int, list[int]]:
             if gpu.index not in indices:
                 indices.append(gpu.index)
     return pids
+
+
+# --------------------------------------------------------------------------- after a job
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """What a GPU still holds of a job that ended, measured against a look from before it."""
+
+    gpu: int
+    #: pids the driver still lists (the job's own, or, when pids are not comparable, every
+    #: process that was not there before)
+    pids: tuple[int, ...] = ()
+    #: memory in use above the look from before, beyond RELEASE_SLACK_MIB (0: given back)
+    extra_memory_mib: int = 0
+
+
+def leftovers(
+    before: Discovery | None,
+    now: Discovery,
+    indices: Iterable[int],
+    job_pids: Collection[int],
+    *,
+    slack_mib: int = RELEASE_SLACK_MIB,
+) -> list[Leftover]:
+    """What the GPUs ``indices`` still hold of a job, comparing ``now`` with ``before`` it.
+
+    Where the driver's pids are ours (``pids_comparable``) the job's pids are looked for;
+    where they are not (a container on an older driver), every process that ``before`` did not
+    list counts, since the job's pids cannot be recognised there. Memory counts only with a
+    ``before``. GPUs that ``now`` does not list are left out: see ``now.note`` for why.
+    """
+    comparable = now.pids_comparable and (before is None or before.pids_comparable)
+    was = {} if before is None else before.by_index()
+    ours = set(job_pids)
+    found = []
+    for index, gpu in sorted(now.by_index().items()):
+        if index not in set(indices):
+            continue
+        old = was.get(index)
+        if comparable:
+            pids = sorted({p.pid for p in gpu.processes} & ours)
+        else:
+            known = set() if old is None else {p.pid for p in old.processes}
+            pids = sorted({p.pid for p in gpu.processes} - known)
+        extra = 0 if old is None else gpu.memory_used_mib - old.memory_used_mib
+        extra = extra if extra > slack_mib else 0
+        if pids or extra:
+            found.append(Leftover(index, tuple(pids), extra))
+    return found

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Sandbox, wait_until
 
-from handyjobs import booking, gpus
+from handyjobs import booking, gpus, nvml
 from handyjobs.errors import UsageError
 from handyjobs.gpus import Discovery, GpuInfo, GpuProcess
 from handyjobs.records import GpuPolicy
@@ -281,12 +286,28 @@ def test_discover_fake_round_trips_to_dict(tmp_path: Path) -> None:
         uuid="GPU-4a1d3b58-8f2c-6d1e-9a7b-3c5e2f1d0a91",
         utilization_pct=None,
         processes=[{"pid": 1, "used_memory_mib": None, "user": "root", "name": "init"}],
+        mig=True,
+        error="memory use: Insufficient Permissions",
     )
     _write_fake(fake, [gpu])
     found = gpus.discover({gpus.FAKE_ENV: str(fake)})
     assert found.gpus[0].to_dict() == gpu
-    assert found.to_dict() == {"source": "fake", "note": None, "gpus": [gpu]}
+    assert found.to_dict() == {
+        "source": "fake",
+        "note": None,
+        "pids_comparable": True,
+        "gpus": [gpu],
+    }
     json.dumps(found.to_dict())  # JSON-ready
+
+
+def test_discover_fake_can_play_a_container(tmp_path: Path) -> None:
+    fake = tmp_path / "gpus.json"
+    fake.write_text(json.dumps({"pids_comparable": False, "gpus": [_fake_gpu(0)]}))
+    assert gpus.discover({gpus.FAKE_ENV: str(fake)}).pids_comparable is False
+    fake.write_text(json.dumps({"pids_comparable": "no", "gpus": [_fake_gpu(0)]}))
+    with pytest.raises(UsageError, match="pids_comparable must be true or false"):
+        gpus.discover({gpus.FAKE_ENV: str(fake)})
 
 
 @pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="needs Linux /proc")
@@ -348,6 +369,16 @@ def test_discover_without_nvidia_smi_on_path_gives_a_note() -> None:
     assert found == Discovery("none", (), note="no nvidia-smi on PATH")
 
 
+#: A shell `case` arm that answers --query-gpu with a captured file, adding the MIG column
+#: when it is asked for (as nvidia-smi R450 and later do).
+def _smi_gpus_arm(name: str, mig: str = "Disabled") -> str:
+    data = DATA / name
+    return (
+        f"  --query-gpu=*,mig.mode.current) sed '/^ *$/d; s/ *$/, {mig}/' \"{data}\" ;;\n"
+        f'  --query-gpu=*) cat "{data}" ;;\n'
+    )
+
+
 def _fake_smi(bin_dir: Path, body: str) -> str:
     """Write an executable `nvidia-smi` shell script into bin_dir; return bin_dir for PATH."""
     exe = bin_dir / "nvidia-smi"
@@ -360,8 +391,8 @@ def _fake_smi(bin_dir: Path, body: str) -> str:
 def test_query_nvidia_smi_runs_the_two_queries(tmp_path: Path) -> None:
     body = (
         'case "$1" in\n'
-        f'  --query-gpu=*) cat "{DATA}/nvidia-smi-gpus-a100x8.csv" ;;\n'
-        f'  --query-compute-apps=*) cat "{DATA}/nvidia-smi-apps-a100x8.csv" ;;\n'
+        + _smi_gpus_arm("nvidia-smi-gpus-a100x8.csv")
+        + f'  --query-compute-apps=*) cat "{DATA}/nvidia-smi-apps-a100x8.csv" ;;\n'
         "  *) echo bad query >&2; exit 2 ;;\n"
         "esac\n"
     )
@@ -369,8 +400,7 @@ def test_query_nvidia_smi_runs_the_two_queries(tmp_path: Path) -> None:
     assert found.source == "nvidia-smi"
     assert [g.index for g in found.gpus] == list(range(8))
     assert [p.pid for p in found.gpus[3].processes] == [190877, 191002]
-    # paths become the short name people know
-    assert found.gpus[0].processes[0].name == "python"
+    assert not any(g.mig for g in found.gpus)
     assert gpus.compute_pids(found) == {183422: [0], 183423: [1], 190877: [3], 191002: [3]}
     assert booking.choose_free(found, 3, {}, GpuPolicy()) == [2, 4, 6]
 
@@ -403,10 +433,650 @@ def test_query_nvidia_smi_no_devices(tmp_path: Path) -> None:
     assert found == Discovery("nvidia-smi", (), note="nvidia-smi reports no GPUs")
 
 
+# ---------------------------------------------------------------- nvidia-smi: MIG, vouching
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX shell")
+def test_query_nvidia_smi_mig_column_and_its_absence(tmp_path: Path) -> None:
+    apps = f'  --query-compute-apps=*) cat "{DATA}/nvidia-smi-apps-mig.csv" ;;\n'
+    body = 'case "$1" in\n' + _smi_gpus_arm("nvidia-smi-gpus-mig.csv", "Enabled") + apps + "esac\n"
+    found = gpus.query_nvidia_smi(path=_fake_smi(tmp_path, body))
+    assert [(g.index, g.mig, g.utilization_pct) for g in found.gpus] == [
+        (0, True, None),
+        (1, True, None),
+    ]
+    assert booking.free_gpus(found, {}, GpuPolicy()) == []
+
+    # a driver before R450 does not know the field: ask again without it
+    old = tmp_path / "old"
+    old.mkdir()
+    body = (
+        'case "$1" in\n'
+        "  *mig.mode.current*) echo 'Field \"mig.mode.current\" is not a valid field to query.'; "
+        "exit 2 ;;\n"
+        f'  --query-gpu=*) cat "{DATA}/nvidia-smi-gpus-mig.csv" ;;\n' + apps + "esac\n"
+    )
+    found = gpus.query_nvidia_smi(path=_fake_smi(old, body))
+    assert found.source == "nvidia-smi"
+    assert [g.mig for g in found.gpus] == [False, False]  # unknown: judged by memory, processes
+
+
+def test_parse_smi_mig_column_and_unreadable_memory() -> None:
+    text = (
+        "0, GPU-a, NVIDIA A100-PCIE-40GB, [Insufficient Permissions], "
+        "[Insufficient Permissions], [N/A], Enabled\n"
+        "1, GPU-b, Odd, Name, 0, 40960, 3, [N/A]\n"
+    )
+    first, second = gpus.parse_smi_gpus(text, mig_column=True)
+    assert (first.mig, first.error, first.memory_used_mib) == (
+        True,
+        "memory use: Insufficient Permissions",
+        0,
+    )
+    assert (second.name, second.mig, second.error, second.utilization_pct) == (
+        "Odd, Name",
+        False,
+        None,
+        3,
+    )
+    # a 6-column line read as 7 (a name with a comma) is caught, not misread
+    with pytest.raises(ValueError, match=r"mig\.mode\.current is '3'"):
+        gpus.parse_smi_gpus("1, GPU-b, Odd, Name, 0, 40960, 3\n", mig_column=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX shell")
+def test_query_nvidia_smi_names_only_processes_proc_vouches_for(tmp_path: Path) -> None:
+    import pwd
+
+    gone = nvml.PID_MAX_LIMIT - 1  # a possible pid, but above any pid_max but the largest
+    (tmp_path / "apps.csv").write_text(
+        f"GPU-b7e2c9a4-1d3f-4e6a-8b5c-7f9d2e4a6c13, {os.getpid()}, 700, /opt/py/bin/python3.11\n"
+        f"GPU-b7e2c9a4-1d3f-4e6a-8b5c-7f9d2e4a6c13, {gone}, 900, /usr/bin/python3\n"
+    )
+    body = (
+        'case "$1" in\n'
+        + _smi_gpus_arm("nvidia-smi-gpus-a100x8.csv")
+        + f'  --query-compute-apps=*) cat "{tmp_path}/apps.csv" ;;\n'
+        + "esac\n"
+    )
+    found = gpus.query_nvidia_smi(path=_fake_smi(tmp_path, body))
+    me, missing = found.gpus[1].processes
+    if gpus.host_pid_namespace():
+        # the driver's pid is ours: the user from /proc, nvidia-smi's path made short
+        assert me == GpuProcess(os.getpid(), 700, pwd.getpwuid(os.getuid()).pw_name, "python3.11")
+        assert found.pids_comparable
+    else:
+        # in a container this test process holds no NVIDIA device: /proc cannot vouch
+        assert me == GpuProcess(os.getpid(), 700, None, None)
+        assert not found.pids_comparable
+    assert missing == GpuProcess(gone, 900, None, None)  # never a guessed user
+
+
+# ---------------------------------------------------------------- NVML: the stand-in driver
+
+FAKE_NVML = Path(__file__).parent / "fake_nvml"
+A100 = "NVIDIA A100-SXM4-80GB"
+
+
+@dataclass
+class Driver:
+    """The stand-in `pynvml` loaded in this process, and the scenario file that drives it."""
+
+    path: Path
+    log_path: Path
+    module: Any
+    env: dict[str, str]
+
+    def set(self, **scenario: Any) -> None:
+        """Write the scenario (what the driver does from now on)."""
+        self.path.write_text(json.dumps(scenario), encoding="utf-8")
+
+    def calls(self, symbol: str | None = None) -> list[str]:
+        """The C calls made so far, or only those of ``symbol`` (any device)."""
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text(encoding="utf-8").splitlines()
+        return [c for c in lines if symbol is None or c.split()[0] == symbol]
+
+    def discover(self, timeout_s: float = 5.0) -> Discovery:
+        """``gpus.discover`` against this driver, nvidia-smi out of reach unless on env PATH."""
+        return gpus.discover(self.env, timeout_s=timeout_s)
+
+
+def _gpu_spec(index: int, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "uuid": f"GPU-00000000-0000-4000-8000-00000000000{index}",
+        "name": A100,
+        "total_mib": 81920,
+        "used_mib": 3,
+        "reserved_mib": 519,
+        "util": 0,
+        "mig": False,
+        "processes": [],
+    }
+    spec.update(extra)
+    return spec
+
+
+@pytest.fixture
+def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Driver]:
+    """A fresh stand-in `pynvml` as ``sys.modules["pynvml"]``, with an empty scenario."""
+    scenario = tmp_path / "nvml.json"
+    scenario.write_text(json.dumps({"gpus": []}), encoding="utf-8")
+    log = tmp_path / "nvml.log"
+    monkeypatch.setenv("HANDYJOBS_TEST_NVML", str(scenario))
+    monkeypatch.setenv("HANDYJOBS_TEST_NVML_LOG", str(log))
+    spec = importlib.util.spec_from_file_location("pynvml", FAKE_NVML / "pynvml.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    empty = tmp_path / "no-smi"
+    empty.mkdir()
+    box = Driver(scenario, log, module, {"PATH": str(empty)})
+    yield box
+    # end any hang the test left, so that no thread of it reads the next test's driver
+    scenario.write_text(json.dumps({"gpus": []}), encoding="utf-8")
+    wait_until(lambda: not nvml.pending(), 10, what="NVML calls of the test to return")
+
+
+def _me() -> dict[str, Any]:
+    """This test process as a GPU process of the stand-in driver."""
+    return {"pid": os.getpid(), "used_mib": 700}
+
+
+host_only = pytest.mark.skipif(
+    not gpus.host_pid_namespace(), reason="needs the host pid namespace (this is a container)"
+)
+
+
+def test_stand_in_has_the_real_bindings_errors(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, "pynvml")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p) != FAKE_NVML])
+    real = importlib.import_module("pynvml")
+    fake = driver.module
+    assert real.__file__ is not None and Path(real.__file__).parent != FAKE_NVML
+    names = {n for n in dir(fake) if n.startswith("NVMLError")}
+    assert len(names) > 25
+    for name in names:
+        real_cls, fake_cls = getattr(real, name), getattr(fake, name)
+        assert [c.__name__ for c in real_cls.__mro__] == [c.__name__ for c in fake_cls.__mro__]
+        if name != "NVMLError":
+            assert real_cls().value == fake_cls().value
+            assert type(real.NVMLError(real_cls().value)).__name__ == name
+            assert type(fake.NVMLError(fake_cls().value)).__name__ == name
+    assert real.NVMLLibraryMismatchError.__mro__[1] is Exception
+    assert fake.NVMLLibraryMismatchError.__mro__[1] is Exception
+
+    # Both against a driver library that has none of the functions asked for: the real
+    # binding's unversioned call raises NVMLLibraryMismatchError, the versioned ones
+    # NVMLError_FunctionNotFound. (An empty object stands in for libnvidia-ml.so.)
+    monkeypatch.setattr(real, "nvmlLib", object())
+    monkeypatch.setattr(real, "_nvmlGetFunctionPointer_cache", {})
+    driver.set(
+        gpus=[_gpu_spec(0)],
+        missing=["nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetMemoryInfo_v2"],
+    )
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByIndex(0)
+    for module, h in ((real, None), (fake, handle)):
+        with pytest.raises(module.NVMLLibraryMismatchError):
+            module.nvmlDeviceGetComputeRunningProcesses(h)
+        with pytest.raises(module.NVMLError_FunctionNotFound):
+            module.nvmlDeviceGetComputeRunningProcesses_v3(h)
+        with pytest.raises(module.NVMLError_FunctionNotFound):
+            module.nvmlDeviceGetMemoryInfo(h, version=module.nvmlMemory_v2)
+    fake.nvmlShutdown()
+
+
+@host_only
+def test_nvml_reads_gpus_processes_and_memory_without_the_reservation(driver: Driver) -> None:
+    import pwd
+
+    driver.set(
+        gpus=[
+            _gpu_spec(0, reserved_mib=1100),  # idle; v1 would say 1103 MiB used
+            _gpu_spec(1, used_mib=710, util=37, processes=[_me()]),
+        ],
+        process_names={str(os.getpid()): "/opt/py/bin/python3.11"},
+    )
+    found = driver.discover()
+    assert (found.source, found.note, found.pids_comparable) == ("nvml", None, True)
+    idle, busy = found.gpus
+    assert (idle.uuid, idle.name, idle.memory_used_mib, idle.memory_total_mib) == (
+        "GPU-00000000-0000-4000-8000-000000000000",
+        A100,
+        3,
+        81920,
+    )
+    assert (idle.mig, idle.error, idle.processes) == (False, None, ())
+    user = pwd.getpwuid(os.getuid()).pw_name
+    comm = Path("/proc/self/comm").read_text().strip()
+    assert busy.processes == (GpuProcess(os.getpid(), 700, user, comm),)
+    assert busy.utilization_pct == 37
+    assert booking.free_gpus(found, {}, GpuPolicy()) == [0]
+    assert driver.calls("nvmlDeviceGetMemoryInfo") == []  # v1 never asked: v2 answered
+    assert len(driver.calls("nvmlDeviceGetMemoryInfo_v2")) == 2
+
+
+def test_nvml_memory_v1_where_the_driver_or_binding_has_no_v2(
+    driver: Driver, tmp_path: Path
+) -> None:
+    gpu = _gpu_spec(0, reserved_mib=1100)
+    driver.set(gpus=[gpu, _gpu_spec(1)], missing=["nvmlDeviceGetMemoryInfo_v2"])
+    found = driver.discover()
+    # a driver before R510 has no _v2; v1 then counts the reservation, as that driver's
+    # nvidia-smi does
+    assert [g.memory_used_mib for g in found.gpus] == [1103, 522]
+    assert all(g.error is None for g in found.gpus)
+    assert booking.free_gpus(found, {}, GpuPolicy()) == [1]
+    # learnt once per look: the second GPU was not asked for _v2 again
+    assert len(driver.calls("nvmlDeviceGetMemoryInfo_v2")) <= 2
+
+    # an older nvidia-ml-py (no nvmlMemory_v2, no version argument): v1 without trying v2
+    driver.set(gpus=[gpu], binding_lacks=["nvmlMemory_v2"])
+    driver.module = importlib.util.module_from_spec(driver.module.__spec__)
+    driver.module.__spec__.loader.exec_module(driver.module)
+    sys.modules["pynvml"] = driver.module
+    driver.log_path.unlink()
+    assert [g.memory_used_mib for g in driver.discover().gpus] == [1103]
+    assert driver.calls("nvmlDeviceGetMemoryInfo_v2") == []
+
+
+def test_nvml_driver_without_v3_falls_back_to_v2(driver: Driver) -> None:
+    driver.set(
+        gpus=[_gpu_spec(0, processes=[{"pid": 4194303, "used_mib": 5000}])],
+        missing=["nvmlDeviceGetComputeRunningProcesses_v3"],
+        driver="470.57.02",
+    )
+    found = driver.discover()
+    assert found.source == "nvml"
+    (gpu,) = found.gpus
+    assert gpu.error is None
+    assert [(p.pid, p.used_memory_mib) for p in gpu.processes] == [(4194303, 5000)]
+    assert gpu.processes[0].user is None  # no such process here: nobody to name
+    # _v3 is not in this driver (the log has calls that reached it): _v2 answered
+    assert [c.split()[0] for c in driver.calls() if "Processes" in c] == [
+        "nvmlDeviceGetComputeRunningProcesses_v2",
+    ]
+    # the same driver with the binding's own unversioned call would have raised
+    # NVMLLibraryMismatchError (see test_stand_in_has_the_real_bindings_errors)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX shell")
+def test_nvml_without_any_process_function_uses_nvidia_smi(driver: Driver, tmp_path: Path) -> None:
+    driver.set(
+        gpus=[_gpu_spec(0)],
+        missing=[
+            "nvmlDeviceGetComputeRunningProcesses_v3",
+            "nvmlDeviceGetComputeRunningProcesses_v2",
+        ],
+    )
+    # no nvidia-smi either: NVML's answer, with the GPU unreadable (it may be busy)
+    found = driver.discover()
+    assert found.source == "nvml"
+    assert found.gpus[0].error is not None
+    assert "nvmlDeviceGetComputeRunningProcesses" in found.gpus[0].error
+    assert booking.free_gpus(found, {}, GpuPolicy()) == []
+
+    body = (
+        'case "$1" in\n'
+        + _smi_gpus_arm("nvidia-smi-gpus-util-na.csv")
+        + f'  --query-compute-apps=*) cat "{DATA}/nvidia-smi-apps-util-na.csv" ;;\n'
+        + "esac\n"
+    )
+    driver.env["PATH"] = _fake_smi(tmp_path, body)
+    found = driver.discover()
+    assert found.source == "nvidia-smi"
+    assert found.note is not None and "used nvidia-smi" in found.note
+    assert [g.index for g in found.gpus] == [0, 1]
+
+
+def test_nvml_scrambled_pids_are_dropped_or_read_through_an_older_version(
+    driver: Driver,
+) -> None:
+    procs = [{"pid": 4194301, "used_mib": 300}, {"pid": 4194302, "used_mib": 400}]
+    driver.set(
+        gpus=[_gpu_spec(0, used_mib=700, processes=procs)],
+        scramble=["nvmlDeviceGetComputeRunningProcesses_v3"],
+    )
+    found = driver.discover()
+    assert [p.pid for p in found.gpus[0].processes] == [4194301, 4194302]  # through _v2
+    assert found.note is None
+
+    driver.set(
+        gpus=[_gpu_spec(0, used_mib=700, processes=procs)],
+        scramble=[
+            "nvmlDeviceGetComputeRunningProcesses_v3",
+            "nvmlDeviceGetComputeRunningProcesses_v2",
+        ],
+    )
+    found = driver.discover()
+    # no version answers sensibly: the phantom processes are dropped, the memory still counts
+    assert found.gpus[0].processes == ()
+    assert found.note is not None
+    assert "dropped impossible pids 0, 4294967295" in found.note
+    assert booking.free_gpus(found, {}, GpuPolicy()) == [0]  # 700 MiB < 1024 MiB
+    assert booking.free_gpus(found, {}, GpuPolicy(threshold_mib=500)) == []
+
+
+def test_nvml_mig_no_permission_stays_with_its_gpu(driver: Driver) -> None:
+    no_permission = {
+        "nvmlDeviceGetMemoryInfo_v2": "NoPermission",
+        "nvmlDeviceGetMemoryInfo": "NoPermission",
+    }
+    driver.set(
+        gpus=[
+            _gpu_spec(0, mig=True, errors=no_permission),
+            _gpu_spec(1),
+            {k: v for k, v in _gpu_spec(2).items() if k != "mig"},  # a GPU that has no MIG
+        ]
+    )
+    found = driver.discover()
+    assert found.source == "nvml"
+    mig, plain, old = found.gpus
+    assert (mig.mig, mig.error, mig.utilization_pct) == (
+        True,
+        "memory use: Insufficient Permissions",
+        None,
+    )
+    assert (plain.mig, plain.error, old.mig, old.error) == (False, None, False, None)
+    assert booking.free_gpus(found, {}, GpuPolicy()) == [1, 2]
+    why = booking.blocker(mig, 1024)
+    assert why is not None
+
+
+def test_nvml_a_gpu_that_does_not_answer(driver: Driver, tmp_path: Path) -> None:
+    hang = "nvmlDeviceGetComputeRunningProcesses_v3"
+    driver.set(gpus=[_gpu_spec(0), _gpu_spec(1, hang=[hang]), _gpu_spec(2)])
+    found = driver.discover(timeout_s=0.5)  # returns, though GPU 1 never does
+    assert found.source == "nvml"
+    assert found.note is not None
+    assert f"GPU 1 ({hang})" in found.note and "0.5 s" in found.note
+    zero, one, two = found.gpus
+    assert one.error == f"NVML did not answer {hang} within 0.5 s"
+    assert (one.uuid, one.name) == ("GPU-00000000-0000-4000-8000-000000000001", A100)
+    assert zero.error is None and two.error is None
+    assert booking.free_gpus(found, {}, GpuPolicy()) == [0, 2]
+    assert nvml.pending() == {"gpu 1": hang}
+
+    # a second look does not pile another thread onto the same GPU
+    again = driver.discover(timeout_s=0.5)
+    assert again.gpus[1].error is not None
+    assert f"NVML has not answered {hang} for" in again.gpus[1].error
+    assert len([c for c in driver.calls(hang) if c.endswith(" 1")]) == 1
+    assert booking.free_gpus(again, {}, GpuPolicy()) == [0, 2]
+
+    driver.set(gpus=[_gpu_spec(0), _gpu_spec(1), _gpu_spec(2)])  # the driver recovers
+    wait_until(lambda: not nvml.pending(), 10, what="the stuck call to return")
+    assert booking.free_gpus(driver.discover(), {}, GpuPolicy()) == [0, 1, 2]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX shell")
+def test_nvml_init_that_does_not_answer_skips_nvidia_smi(driver: Driver, tmp_path: Path) -> None:
+    asked = tmp_path / "smi-was-run"
+    driver.env["PATH"] = _fake_smi(tmp_path, f'touch "{asked}"\nexit 9\n')
+    driver.set(gpus=[_gpu_spec(0)], hang=["nvmlInitWithFlags"])
+    found = driver.discover(timeout_s=0.3)
+    assert (found.source, found.gpus) == ("none", ())
+    assert found.note is not None and "NVML did not answer nvmlInit within 0.3 s" in found.note
+    again = driver.discover(timeout_s=0.3)
+    assert again.note is not None and "NVML has not answered nvmlInit for" in again.note
+    assert not asked.exists()  # it would ask the same wedged driver
+    assert len(driver.calls("nvmlInitWithFlags")) == 1
+
+
+def test_nvml_errors_at_start_become_notes(driver: Driver) -> None:
+    driver.set(gpus=[_gpu_spec(0)], errors={"nvmlInitWithFlags": "DriverNotLoaded"})
+    found = driver.discover()
+    assert found == Discovery(
+        "none", (), note="the NVIDIA driver is not loaded and no nvidia-smi on PATH"
+    )
+    driver.set(gpus=[_gpu_spec(0)], errors={"nvmlDeviceGetCount_v2": "Unknown"})
+    assert driver.discover().note == "NVML failed (Unknown Error) and no nvidia-smi on PATH"
+    driver.set(gpus=[])
+    assert driver.discover() == Discovery("nvml", (), note="the NVIDIA driver reports no GPUs")
+    driver.set(gpus=[_gpu_spec(0, errors={"nvmlDeviceGetHandleByIndex_v2": "GpuIsLost"})])
+    (lost,) = driver.discover().gpus
+    assert lost.error == "cannot open it: GPU is lost"
+
+
+def test_watch_starts_nvml_once_and_sees_changes(driver: Driver) -> None:
+    driver.set(gpus=[_gpu_spec(0, used_mib=5000, processes=[{"pid": 4194303, "used_mib": 4990}])])
+    with gpus.watch(driver.env) as looking:
+        first = looking.discover()
+        driver.set(gpus=[_gpu_spec(0)])  # the job ended
+        second = looking.discover()
+        third = looking.discover()
+        assert driver.calls("nvmlShutdown") == []
+    assert [len(d.gpus[0].processes) for d in (first, second, third)] == [1, 0, 0]
+    assert len(driver.calls("nvmlInitWithFlags")) == 1
+    assert len(driver.calls("nvmlShutdown")) == 1
+
+    driver.discover()
+    driver.discover()  # a plain discover starts and stops NVML each time
+    assert len(driver.calls("nvmlInitWithFlags")) == 3
+    assert len(driver.calls("nvmlShutdown")) == 3
+
+
+def test_watch_reads_the_fake_file_afresh(tmp_path: Path) -> None:
+    fake = tmp_path / "gpus.json"
+    _write_fake(fake, [_fake_gpu(0, memory_used_mib=9000)])
+    with gpus.watch({gpus.FAKE_ENV: str(fake)}) as looking:
+        assert looking.discover().gpus[0].memory_used_mib == 9000
+        _write_fake(fake, [_fake_gpu(0)])
+        assert looking.discover().gpus[0].memory_used_mib == 3
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "soon", "nan", "inf"])
+def test_timeout_from_env_rejects_nonsense(text: str) -> None:
+    with pytest.raises(UsageError, match=f"HANDYJOBS_GPU_TIMEOUT_S='{text}' is not a positive"):
+        gpus.timeout_from_env({gpus.TIMEOUT_ENV: text})
+
+
+def test_timeout_from_env() -> None:
+    assert gpus.timeout_from_env({}) == gpus.DEFAULT_TIMEOUT_S == 5.0
+    assert gpus.timeout_from_env({gpus.TIMEOUT_ENV: " 0.25 "}) == 0.25
+
+
+def test_discover_takes_its_timeout_from_env(driver: Driver) -> None:
+    driver.set(gpus=[_gpu_spec(0, hang=["nvmlDeviceGetUUID"])])
+    found = gpus.discover({**driver.env, gpus.TIMEOUT_ENV: "0.2"})
+    assert found.gpus[0].error == "NVML did not answer nvmlDeviceGetUUID within 0.2 s"
+    assert found.gpus[0].uuid == ""  # not read yet
+
+
+# --------------------------------------------------------------------------- containers
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_vouch_refuses_a_pid_that_started_after_the_driver_answered() -> None:
+    asked = nvml.boot_clock()
+    assert asked is not None
+    # a process that starts in a later clock tick than the driver's answer is a reused pid
+    wait_until(lambda: (nvml.boot_clock() or 0) > asked + 0.05, 5, 0.01, what="the clock")
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        assert not gpus._vouch(child.pid, asked, host=True)
+        assert gpus._vouch(child.pid, nvml.boot_clock(), host=True)
+        # outside the host namespace a process must hold an NVIDIA device: this one does not
+        assert not gpus._vouch(child.pid, nvml.boot_clock(), host=False)
+    finally:
+        child.communicate(b"")
+    assert not gpus._vouch(nvml.PID_MAX_LIMIT - 1, None, host=True)
+
+
+def _can_unshare() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+CONTAINER_PROBE = """
+import json, os
+from handyjobs import gpus
+found = gpus.discover({"PATH": ""})
+print(json.dumps({"host": gpus.host_pid_namespace(), "me": os.getpid(), **found.to_dict()}))
+"""
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare(1) for a pid namespace")
+def test_in_a_pid_namespace_driver_pids_get_no_user_and_are_not_comparable(
+    tmp_path: Path,
+) -> None:
+    # The driver reports host pids (as before R5xx): this test process's pid, which inside
+    # the new namespace is nobody or someone else, and pid 1, which there is the probe itself.
+    scenario = tmp_path / "nvml.json"
+    host_pid = os.getpid()
+    scenario.write_text(
+        json.dumps(
+            {
+                "gpus": [
+                    _gpu_spec(
+                        0,
+                        used_mib=1400,
+                        processes=[{"pid": host_pid, "used_mib": 700}, {"pid": 1, "used_mib": 700}],
+                    )
+                ],
+                "process_names": {"1": "/usr/bin/python3", str(host_pid): "/usr/bin/python3"},
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(FAKE_NVML), str(Path(gpus.__file__).parent.parent)]),
+        "HANDYJOBS_TEST_NVML": str(scenario),
+    }
+    env.pop(gpus.FAKE_ENV, None)
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", CONTAINER_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert (doc["host"], doc["me"], doc["source"]) == (False, 1, "nvml")
+    assert doc["pids_comparable"] is False
+    assert doc["gpus"][0]["processes"] == [
+        {"pid": host_pid, "used_memory_mib": 700, "user": None, "name": None},
+        {"pid": 1, "used_memory_mib": 700, "user": None, "name": None},
+    ]
+
+
+# --------------------------------------------------------------------------- after a job
+
+
+def _look(*gpu_list: GpuInfo, comparable: bool = True) -> Discovery:
+    return Discovery("nvml", tuple(gpu_list), pids_comparable=comparable)
+
+
+def test_leftovers_by_pid_where_pids_are_ours() -> None:
+    before = _look(_gpu(0, used=3), _gpu(1, used=3, procs=(ALICE,)))
+    job = GpuProcess(777, 900)
+    now = _look(_gpu(0, used=903, procs=(job,)), _gpu(1, used=3, procs=(ALICE,)))
+    assert gpus.leftovers(before, now, [0, 1], {777, 778}) == [gpus.Leftover(0, (777,), 900)]
+    released = _look(_gpu(0, used=60), _gpu(1, used=5000, procs=(ALICE,)))
+    assert gpus.leftovers(before, released, [0], {777}) == []  # 57 MiB: within the slack
+    # without a look from before, only the pids tell
+    assert gpus.leftovers(None, now, [0], {777}) == [gpus.Leftover(0, (777,), 0)]
+    assert gpus.leftovers(None, now, [0], {5}) == []
+
+
+def test_leftovers_where_driver_pids_are_the_hosts() -> None:
+    before = _look(_gpu(0, used=3, procs=(ALICE,)), comparable=False)
+    # the job's pid is 31 here, but the driver lists the host's 90311 for it
+    now = _look(_gpu(0, used=3, procs=(ALICE, GpuProcess(90311, 500))), comparable=False)
+    assert gpus.leftovers(before, now, [0], {31}) == [gpus.Leftover(0, (90311,), 0)]
+    gone = _look(_gpu(0, used=3, procs=(ALICE,)), comparable=False)
+    assert gpus.leftovers(before, gone, [0], {31}) == []
+    # memory that was not given back counts even where no process is listed at all
+    hidden = _look(_gpu(0, used=800, procs=(ALICE,)), comparable=False)
+    assert gpus.leftovers(before, hidden, [0], {31}) == [gpus.Leftover(0, (), 797)]
+
+
+# ---------------------------------------------------------------- the CLI through the stand-in
+
+
+def _cli_env(scenario: Path, **extra: str) -> dict[str, str]:
+    """Environment for `python -m handyjobs` to load the stand-in driver (as a user's would)."""
+    return {
+        "PYTHONPATH": str(FAKE_NVML),
+        "HANDYJOBS_TEST_NVML": str(scenario),
+        **extra,
+    }
+
+
+def test_cli_gpus_json_through_the_stand_in(sandbox: Sandbox, tmp_path: Path) -> None:
+    scenario = tmp_path / "nvml.json"
+    no_permission = {"nvmlDeviceGetMemoryInfo_v2": "NoPermission"}
+    scenario.write_text(
+        json.dumps(
+            {
+                "driver": "470.57.02",
+                "missing": ["nvmlDeviceGetComputeRunningProcesses_v3"],
+                "gpus": [
+                    _gpu_spec(0, mig=True, errors=no_permission),
+                    _gpu_spec(1, reserved_mib=1100),
+                    _gpu_spec(2, used_mib=710, processes=[_me()]),
+                ],
+            }
+        )
+    )
+    done = sandbox.cli("gpus", "--json", env=_cli_env(scenario), check=True)
+    doc = json.loads(done.stdout)
+    assert (doc["source"], doc["note"]) == ("nvml", None)
+    mig, idle, busy = doc["gpus"]
+    assert (mig["mig"], mig["error"], mig["job"]) == (
+        True,
+        "memory use: Insufficient Permissions",
+        None,
+    )
+    assert (idle["memory_used_mib"], idle["error"], idle["processes"]) == (3, None, [])
+    (proc,) = busy["processes"]
+    assert (proc["pid"], proc["used_memory_mib"]) == (os.getpid(), 700)
+    if gpus.host_pid_namespace():
+        assert doc["pids_comparable"] is True
+        assert proc["user"] is not None and proc["name"] is not None
+    table = sandbox.cli("gpus", env=_cli_env(scenario), check=True).stdout
+    assert table.splitlines()[0].split()[:2] == ["GPU", "NAME"]
+    assert len(table.splitlines()) == 4
+
+
+def test_cli_gpus_returns_while_a_gpu_hangs(sandbox: Sandbox, tmp_path: Path) -> None:
+    scenario = tmp_path / "nvml.json"
+    hang = "nvmlDeviceGetMemoryInfo_v2"
+    scenario.write_text(json.dumps({"gpus": [_gpu_spec(0), _gpu_spec(1, hang=[hang])]}))
+    env = _cli_env(scenario, HANDYJOBS_GPU_TIMEOUT_S="0.5")
+    done = sandbox.cli("gpus", "--json", env=env, timeout=60, check=True)
+    doc = json.loads(done.stdout)
+    assert doc["note"] == (
+        f"NVML did not answer for GPU 1 ({hang}) within 0.5 s (the driver may be wedged); "
+        "those GPUs count as busy"
+    )
+    assert [g["error"] for g in doc["gpus"]] == [None, f"NVML did not answer {hang} within 0.5 s"]
+    bad = sandbox.cli("gpus", env={**env, "HANDYJOBS_GPU_TIMEOUT_S": "never"})
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith(
+        "HANDYJOBS_GPU_TIMEOUT_S='never' is not a positive number of seconds; "
+        "set it to e.g. 5 or unset it"
+    )
+
+
 def test_import_is_cheap() -> None:
     code = (
         "import sys, handyjobs.gpus; "
-        "print(sorted(m for m in ('torch', 'pynvml') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'pynvml', 'handyjobs.nvml') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
