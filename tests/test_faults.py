@@ -161,12 +161,18 @@ def _marked_alive(run_id: str) -> bool:
 
 
 def test_stop_and_restart_at_the_same_moment_agree_with_reality(sandbox: Sandbox) -> None:
+    from handyjobs import jobs
+
     sandbox.write("sleep.py", SLEEPER)
     cli = [sys.executable, "-m", "handyjobs"]
+
+    def log(name: str) -> str:  # read directly: this test runs 25 rounds
+        return (sandbox.home / "jobs" / name / "output.log").read_text()
+
     for i in range(25):
         name = f"race{i}"
         sandbox.cli("start", "sleep.py", "--name", name, check=True)
-        _started(sandbox, name)
+        wait_until(lambda n=name: "pid" in log(n), 20, what="the job to start")  # type: ignore[misc]
         order = ("stop", "restart") if i % 2 else ("restart", "stop")
         launched = {
             verb: subprocess.Popen(
@@ -184,20 +190,18 @@ def test_stop_and_restart_at_the_same_moment_agree_with_reality(sandbox: Sandbox
         stop_rc, restart_rc = launched["stop"].returncode, launched["restart"].returncode
         assert stop_rc == 0 or "not running" in stop_err, stop_err
         assert restart_rc == 0, restart_err
-        rec = show(sandbox, name)
-        runs = rec["runs"]
-        assert len(runs) == 2
-        assert runs[0]["state"] == "stopped"
-        # restart said it started run 2: it runs, for real, in a tagged session.
+        record = jobs.get_job(name)
+        run1, run2 = record.runs  # exactly two runs
+        assert run1.state.value == "stopped"
+        # restart said it started run 2: it runs, for real, with its own runner.
         assert "restarted" in restart_out and "run 2" in restart_out
-        run2 = runs[1]
-        wait_until(lambda n=name: "run 2 of" in log_of(sandbox, n), 20, what="run 2 to start")
-        assert rec["state"] == "running"
-        assert procs.is_same(procs.ProcId(run2["runner"]["pid"], run2["runner"]["start"]))
-        assert not _marked_alive(runs[0]["run_id"])
+        wait_until(lambda n=name: "run 2 of" in log(n), 20, what="run 2 to start")  # type: ignore[misc]
+        assert record.state.value == "running"
+        assert run2.runner is not None and procs.is_same(run2.runner)
+        assert not _marked_alive(run1.run_id)
         sandbox.cli("stop", name, check=True)
-        assert show(sandbox, name)["state"] == "stopped"
-        assert not _marked_alive(run2["run_id"])
+        assert jobs.get_job(name).state.value == "stopped"
+        assert not _marked_alive(run2.run_id)
 
 
 # ---- 3. nothing left running ---------------------------------------------------------------
