@@ -12,5 +12,7 @@ export HANDYJOBS_TMUX_SOCKET="handyjobs-test-$$"
 trap 'tmux -L "$HANDYJOBS_TMUX_SOCKET" kill-server 2>/dev/null || true' EXIT
 echo "==> ruff"
 "$VENV/bin/ruff" check .
+echo "==> mypy --strict (package, tests, scripts)"
+"$VENV/bin/mypy" --strict
 echo "==> pytest"
 "$PY" -m pytest "$@"

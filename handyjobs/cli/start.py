@@ -12,6 +12,13 @@ from handyjobs.records import JobState, returncode
 from handyjobs.spec import StartRequest
 
 
+def _has_nvidia_gpu() -> bool:
+    """A cheap look (no driver call): does this machine have an NVIDIA GPU device node?"""
+    import os
+
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+
+
 def start(
     script: Annotated[str, typer.Argument(help="Script to run (or module with -m).")],
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script.")] = None,
@@ -62,6 +69,15 @@ def start(
         )
         procs = f"{run.nproc} process{'es' if run.nproc > 1 else ''}"
         print(f"started {record.name} in tmux session {record.session} on {where}, {procs}")
+        if not record.spec.cpu and not record.spec.books_gpus and _has_nvidia_gpu():
+            visible = req.caller_env.get("CUDA_VISIBLE_DEVICES")
+            if visible is None:
+                sees = "every GPU, cuda:0 being GPU 0"
+            elif not visible.strip():
+                sees = "no GPU (CUDA_VISIBLE_DEVICES is empty)"
+            else:
+                sees = f"CUDA_VISIBLE_DEVICES={visible}"
+            print(f"  note:   no GPU was booked; the job sees {sees}; book with --gpus or --ngpus")
     print(f"  log:    {record.log_path}")
     print(f"  attach: handyjobs attach {record.name}    follow: handyjobs logs {record.name} -f")
     sys.stdout.flush()
