@@ -792,19 +792,20 @@ def test_nvml_mig_no_permission_stays_with_its_gpu(driver: Driver) -> None:
 def test_nvml_a_gpu_that_does_not_answer(driver: Driver, tmp_path: Path) -> None:
     hang = "nvmlDeviceGetComputeRunningProcesses_v3"
     driver.set(gpus=[_gpu_spec(0), _gpu_spec(1, hang=[hang]), _gpu_spec(2)])
-    found = driver.discover(timeout_s=0.5)  # returns, though GPU 1 never does
+    # the deadline leaves a loaded machine time for the GPUs that do answer
+    found = driver.discover(timeout_s=2)  # returns, though GPU 1 never does
     assert found.source == "nvml"
     assert found.note is not None
-    assert f"GPU 1 ({hang})" in found.note and "0.5 s" in found.note
+    assert f"GPU 1 ({hang})" in found.note and "2 s" in found.note
     zero, one, two = found.gpus
-    assert one.error == f"NVML did not answer {hang} within 0.5 s"
+    assert one.error == f"NVML did not answer {hang} within 2 s"
     assert (one.uuid, one.name) == ("GPU-00000000-0000-4000-8000-000000000001", A100)
     assert zero.error is None and two.error is None
     assert booking.free_gpus(found, {}, GpuPolicy()) == [0, 2]
     assert nvml.pending() == {"gpu 1": hang}
 
     # a second look does not pile another thread onto the same GPU
-    again = driver.discover(timeout_s=0.5)
+    again = driver.discover(timeout_s=2)
     assert again.gpus[1].error is not None
     assert f"NVML has not answered {hang} for" in again.gpus[1].error
     assert len([c for c in driver.calls(hang) if c.endswith(" 1")]) == 1
@@ -820,10 +821,10 @@ def test_nvml_init_that_does_not_answer_skips_nvidia_smi(driver: Driver, tmp_pat
     asked = tmp_path / "smi-was-run"
     driver.env["PATH"] = _fake_smi(tmp_path, f'touch "{asked}"\nexit 9\n')
     driver.set(gpus=[_gpu_spec(0)], hang=["nvmlInitWithFlags"])
-    found = driver.discover(timeout_s=0.3)
+    found = driver.discover(timeout_s=1)
     assert (found.source, found.gpus) == ("none", ())
-    assert found.note is not None and "NVML did not answer nvmlInit within 0.3 s" in found.note
-    again = driver.discover(timeout_s=0.3)
+    assert found.note is not None and "NVML did not answer nvmlInit within 1 s" in found.note
+    again = driver.discover(timeout_s=1)
     assert again.note is not None and "NVML has not answered nvmlInit for" in again.note
     assert not asked.exists()  # it would ask the same wedged driver
     assert len(driver.calls("nvmlInitWithFlags")) == 1
@@ -884,8 +885,8 @@ def test_timeout_from_env() -> None:
 
 def test_discover_takes_its_timeout_from_env(driver: Driver) -> None:
     driver.set(gpus=[_gpu_spec(0, hang=["nvmlDeviceGetUUID"])])
-    found = gpus.discover({**driver.env, gpus.TIMEOUT_ENV: "0.2"})
-    assert found.gpus[0].error == "NVML did not answer nvmlDeviceGetUUID within 0.2 s"
+    found = gpus.discover({**driver.env, gpus.TIMEOUT_ENV: "1.5"})
+    assert found.gpus[0].error == "NVML did not answer nvmlDeviceGetUUID within 1.5 s"
     assert found.gpus[0].uuid == ""  # not read yet
 
 
@@ -1057,14 +1058,14 @@ def test_cli_gpus_returns_while_a_gpu_hangs(sandbox: Sandbox, tmp_path: Path) ->
     scenario = tmp_path / "nvml.json"
     hang = "nvmlDeviceGetMemoryInfo_v2"
     scenario.write_text(json.dumps({"gpus": [_gpu_spec(0), _gpu_spec(1, hang=[hang])]}))
-    env = _cli_env(scenario, HANDYJOBS_GPU_TIMEOUT_S="0.5")
+    env = _cli_env(scenario, HANDYJOBS_GPU_TIMEOUT_S="2")
     done = sandbox.cli("gpus", "--json", env=env, timeout=60, check=True)
     doc = json.loads(done.stdout)
     assert doc["note"] == (
-        f"NVML did not answer for GPU 1 ({hang}) within 0.5 s (the driver may be wedged); "
+        f"NVML did not answer for GPU 1 ({hang}) within 2 s (the driver may be wedged); "
         "those GPUs count as busy"
     )
-    assert [g["error"] for g in doc["gpus"]] == [None, f"NVML did not answer {hang} within 0.5 s"]
+    assert [g["error"] for g in doc["gpus"]] == [None, f"NVML did not answer {hang} within 2 s"]
     bad = sandbox.cli("gpus", env={**env, "HANDYJOBS_GPU_TIMEOUT_S": "never"})
     assert bad.returncode == 2
     assert bad.stderr.strip().endswith(
