@@ -246,7 +246,7 @@ class Watch:
                 return found
             smi = query_nvidia_smi(self._path, timeout_s=_left(deadline))
             if smi.source == "nvidia-smi" and smi.gpus:
-                return replace(smi, note=_join(f"used nvidia-smi: NVML has {lacking}", smi.note))
+                return replace(smi, note=_join(f"used nvidia-smi: {lacking}", smi.note))
             return found
         smi = query_nvidia_smi(self._path, timeout_s=_left(deadline))
         if smi.source == "nvidia-smi":
@@ -448,15 +448,17 @@ def query_nvidia_smi(path: str | None = None, timeout_s: float = SMI_TIMEOUT_S) 
     try:
         mig_column = True
         try:
-            gpus_csv = _run_smi(exe, f"--query-gpu={SMI_GPU_QUERY},{SMI_MIG_FIELD}", deadline)
+            gpus_csv = _run_smi(
+                exe, f"--query-gpu={SMI_GPU_QUERY},{SMI_MIG_FIELD}", deadline, timeout_s
+            )
         except _SmiFieldUnknown:
             # a driver before R450 knows no MIG: ask without it
             mig_column = False
-            gpus_csv = _run_smi(exe, f"--query-gpu={SMI_GPU_QUERY}", deadline)
+            gpus_csv = _run_smi(exe, f"--query-gpu={SMI_GPU_QUERY}", deadline, timeout_s)
         asked_at = nvml_boot_clock()
-        apps_csv = _run_smi(exe, f"--query-compute-apps={SMI_APPS_QUERY}", deadline)
+        apps_csv = _run_smi(exe, f"--query-compute-apps={SMI_APPS_QUERY}", deadline, timeout_s)
     except _SmiFailed as e:
-        return Discovery("none", (), note=str(e).format(timeout=f"{timeout_s:g}"))
+        return Discovery("none", (), note=str(e))
     try:
         gpus = parse_smi_gpus(gpus_csv, mig_column=mig_column)
         apps = parse_smi_apps(apps_csv)
@@ -478,25 +480,26 @@ def query_nvidia_smi(path: str | None = None, timeout_s: float = SMI_TIMEOUT_S) 
 
 
 class _SmiFailed(Exception):
-    """nvidia-smi could not answer; the message is the note for the user ({timeout} filled in)."""
+    """nvidia-smi could not answer; the message is the note for the user."""
 
 
 class _SmiFieldUnknown(_SmiFailed):
     """This nvidia-smi does not know a field that was asked for."""
 
 
-def _run_smi(exe: str, query: str, deadline: float) -> str:
-    """Run one nvidia-smi CSV query and return its stdout."""
+def _run_smi(exe: str, query: str, deadline: float, budget_s: float) -> str:
+    """Run one nvidia-smi CSV query before ``deadline`` (of ``budget_s`` in all); its stdout."""
     argv = [exe, query, "--format=csv,noheader,nounits"]
+    late = f"nvidia-smi did not answer within {budget_s:g} s"
     left = deadline - time.monotonic()
     if left <= 0:
-        raise _SmiFailed("nvidia-smi did not answer within {timeout} s")
+        raise _SmiFailed(late)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=left, check=False)
     except subprocess.TimeoutExpired as e:
-        raise _SmiFailed("nvidia-smi did not answer within {timeout} s") from e
+        raise _SmiFailed(late) from e
     except OSError as e:
-        raise _SmiFailed(f"cannot run nvidia-smi ({e.strerror})".replace("{", "{{")) from e
+        raise _SmiFailed(f"cannot run nvidia-smi ({e.strerror})") from e
     if done.returncode != 0:
         text = (done.stdout + done.stderr).strip()
         first = text.splitlines()[0] if text else f"exit code {done.returncode}"
@@ -504,8 +507,8 @@ def _run_smi(exe: str, query: str, deadline: float) -> str:
         if first.lower().startswith("no devices were found"):
             return ""
         if "is not a valid field to query" in text:
-            raise _SmiFieldUnknown(first.replace("{", "{{").replace("}", "}}"))
-        raise _SmiFailed(f"nvidia-smi failed ({first})".replace("{", "{{").replace("}", "}}"))
+            raise _SmiFieldUnknown(first)
+        raise _SmiFailed(f"nvidia-smi failed ({first})")
     return done.stdout
 
 

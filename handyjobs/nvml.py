@@ -430,8 +430,8 @@ class Session:
             self._keep(gpu, *scrambled)
             return
         gpu.lacks = (
-            "no version of nvmlDeviceGetComputeRunningProcesses works with this driver "
-            "(nvidia-ml-py is newer than the driver)"
+            "this driver has no nvmlDeviceGetComputeRunningProcesses that nvidia-ml-py knows "
+            "(the binding is newer than the driver)"
         )
 
     def _keep(self, gpu: RawGpu, func: str, raw: list[Any]) -> None:
