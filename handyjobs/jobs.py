@@ -58,7 +58,7 @@ def start_job(req: StartRequest) -> JobRecord:
     from handyjobs import backends, lifecycle
     from handyjobs.spec import default_stem, make_spec
 
-    backend = backends.get("tmux")
+    backend = backends.get("slurm" if req.on_slurm else "tmux")
     backend.check()
     checked = make_spec(req)
     spec = checked.spec
@@ -73,7 +73,7 @@ def start_job(req: StartRequest) -> JobRecord:
                 f"a job named {name} exists ({existing.state.value}); pick another "
                 f"--name or remove it with `handyjobs rm {name}`"
             )
-        run = lifecycle.new_run(None, spec.procs, backend.name)
+        run = lifecycle.new_run(None, spec.procs, backend.name, local=not backend.queues)
         record = JobRecord(
             name=name,
             spec=spec,
@@ -118,7 +118,7 @@ def _launch(
             lifecycle.grant(reg, name, run.run_id, got)
         elif wait is not None:
             lifecycle.set_wait(reg, name, run.run_id, wait)
-    else:
+    elif not backend.queues:  # a cluster's scheduler grants its runs itself
         lifecycle.grant(reg, name, run.run_id, ())
     job_dir = paths.ensure_private_dir(paths.job_dir(name, reg.root))
     pending = _write_pending(reg.root, name, run.run_id, env)
@@ -127,7 +127,9 @@ def _launch(
         session = backend.session_name(name, run.run, run.run_id)
         argv = [sys.executable, "-m", "handyjobs.runner", str(reg.root), name, run.run_id]
         launched = backend.launch(
-            backends.LaunchRequest(name, run.run_id, session, argv, str(job_dir))
+            backends.LaunchRequest(
+                name, run.run_id, session, argv, str(job_dir), spec, run.run, env
+            )
         )
     except BaseException:
         pending.unlink(missing_ok=True)
@@ -400,10 +402,10 @@ def restart_job(
     from handyjobs import backends, lifecycle
     from handyjobs.spec import parse_env
 
-    backend = backends.get("tmux")
-    backend.check()
     overrides = parse_env(env)
     record = get_job(name)
+    backend = backends.for_spec(record.spec)
+    backend.check()
     if record.state.active:
         with contextlib.suppress(JobStateError):  # it may end by itself meanwhile
             stop_job(name, grace_s)
@@ -429,7 +431,7 @@ def restart_job(
                 f"job {name} was started again meanwhile (run {current.current.run}, "
                 f"{current.state.value}); nothing to do"
             )
-        run = lifecycle.new_run(current, spec.procs, backend.name)
+        run = lifecycle.new_run(current, spec.procs, backend.name, local=not backend.queues)
         fresh = replace(current, spec=spec).with_run(run)
         _launch(reg, fresh, base, discovery, backend)
     return RestartResult(fresh, kept is not None)

@@ -2,7 +2,9 @@
 
 One process runs ``python SCRIPT ARGS`` (as the seed README does for one GPU); more run under
 ``python -m torch.distributed.run --standalone``, whose c10d rendezvous binds a port the OS
-picks, so two jobs on one machine never collide on 29500.
+picks, so two jobs on one machine never collide on 29500. A node of a multi-node job
+(``--nnodes``) runs torchrun with a c10d rendezvous at the endpoint the user gave; a Slurm
+job runs ``srun`` with one torchrun per node (:func:`handyjobs.sbatch.step_argv`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ STANDALONE = "standalone (c10d on a free localhost port)"
 _PANE_VARS = ("TMUX", "TMUX_PANE")
 # Set on a runner by its backend; a job started from inside another job must not inherit it.
 _RUNNER_VARS = ("HANDYJOBS_RUNNER_OF",)
+# Inside a Slurm allocation the runner's own SLURM_* variables describe the job's allocation;
+# the caller's (from a shell inside another allocation, say) must not reach srun. SLURM_CONF
+# says which cluster, and is the caller's to choose.
+_SLURM_PREFIX, _SLURM_KEEP = "SLURM_", ("SLURM_CONF",)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class RunContext:
     log_path: str
     #: The job's folder: metrics and progress files live there.
     job_dir: str = ""
+    #: A Slurm job's rendezvous port, free on the allocation's first node (the runner's).
+    rdzv_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,34 @@ def build(
     """
     nproc = spec.procs
     target: list[str] = ["-m", spec.script] if spec.module else [spec.script]
-    if nproc > 1:
+    rendezvous: str | None
+    if spec.slurm is not None:
+        from handyjobs import sbatch
+
+        alloc = sbatch.Allocation.from_env(pane_env or {})
+        port = ctx.rdzv_port or 29400
+        argv = sbatch.step_argv(spec, alloc, port)
+        rendezvous = sbatch.rendezvous(spec, alloc, port)
+    elif spec.rdzv is not None:
+        rdzv = spec.rdzv
+        argv = [
+            spec.python,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={rdzv.nnodes}",
+            f"--nproc-per-node={nproc}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rdzv.endpoint}",
+            f"--rdzv-id={rdzv.rdzv_id}",
+            # Node 0 hosts the store; said outright, because two "nodes" on one machine (or
+            # a host name that does not match the endpoint) would leave torchrun guessing.
+            f"--rdzv-conf=is_host={int(rdzv.node_rank == 0)}",
+            *(["--module"] if spec.module else []),
+            spec.script,
+            *spec.args,
+        ]
+        rendezvous = f"c10d {rdzv.endpoint} id={rdzv.rdzv_id} node={rdzv.node_rank}/{rdzv.nnodes}"
+    elif nproc > 1:
         argv = [
             spec.python,
             "-m",
@@ -67,7 +102,7 @@ def build(
             spec.script,
             *spec.args,
         ]
-        rendezvous: str | None = STANDALONE
+        rendezvous = STANDALONE
     else:
         argv = [spec.python, *target, *spec.args]
         rendezvous = None
@@ -76,6 +111,13 @@ def build(
     for key in _PANE_VARS:
         if pane_env and key in pane_env:
             env[key] = pane_env[key]
+    if spec.slurm is not None:
+        env = {k: v for k, v in env.items() if not _from_allocation(k)}
+        env.update({k: v for k, v in (pane_env or {}).items() if _from_allocation(k)})
+        # Slurm gives each step the GPUs it allocated; the login node's choice means nothing.
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        # Tasks write to Slurm's pipes, not a terminal: unbuffered, lines arrive as printed.
+        env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(dict(spec.env))
     env.update(handyjobs_vars(spec, ctx))
     if spec.cpu:
@@ -96,6 +138,9 @@ def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
         "HANDYJOBS_LOG": ctx.log_path,
         "HANDYJOBS_NPROC": str(spec.procs),
     }
+    nnodes = spec.slurm.nodes if spec.slurm else spec.rdzv.nnodes if spec.rdzv else 1
+    if nnodes > 1:
+        out["HANDYJOBS_NNODES"] = str(nnodes)
     if ctx.job_dir:
         # Where handyjobs.log_metrics appends, and where trainer.progress reports for `top`.
         out["HANDYJOBS_METRICS_FILE"] = f"{ctx.job_dir}/metrics.jsonl"
@@ -105,6 +150,10 @@ def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
     if ctx.gpus is not None and not spec.cpu:
         out["HANDYJOBS_GPU_IDS"] = ",".join(str(g) for g in ctx.gpus)
     return out
+
+
+def _from_allocation(key: str) -> bool:
+    return key.startswith(_SLURM_PREFIX) and key not in _SLURM_KEEP
 
 
 def display(argv: Sequence[str]) -> str:

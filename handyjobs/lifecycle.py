@@ -12,6 +12,11 @@ nothing and returns False.
        │                 │
        ├──cancel──> stopped     running/queued ──lose──> lost (runner died, session gone,
        └──fail_to_start──> failed                                reboot; with a reason)
+
+A run that a cluster's scheduler queues (Slurm) also moves by that scheduler's view
+(:func:`observe`): queued with its reason, running once it runs, back to queued when it is
+requeued (:func:`requeue`), and ended by the scheduler's verdict when the job side could not
+say (:func:`end_by_cluster`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from handyjobs import paths
 from handyjobs.records import (
+    ClusterState,
     JobRecord,
     JobState,
     LostKind,
@@ -53,6 +59,12 @@ class Store(Protocol):
 class Probe(Protocol):
     """What reconciling asks the run's backend: is the runner there, what of the run is left."""
 
+    #: True when the backend's own scheduler queues runs (its view then decides, not pids).
+    queues: bool
+
+    def observe(self, run: Run) -> ClusterState | None:
+        """The scheduler's view of the run, or None when it cannot be had now."""
+
     def runner_alive(self, run: Run) -> bool:
         """True while the run's runner process (or remote allocation) exists."""
 
@@ -78,8 +90,12 @@ class Scratch:
         self.changed.add(record.name)
 
 
-def new_run(record: JobRecord | None, nproc: int, backend: str) -> Run:
-    """A fresh queued run: run 1 of a new job, or the next run of ``record``."""
+def new_run(record: JobRecord | None, nproc: int, backend: str, local: bool = True) -> Run:
+    """A fresh queued run: run 1 of a new job, or the next run of ``record``.
+
+    ``local``: the run lives on this machine, so this boot's id dates its pids (a run on a
+    cluster does not end when the machine that submitted it reboots).
+    """
     import secrets  # only start and restart need it; list should not pay for the import
 
     if record is not None and record.current.state.active:
@@ -91,7 +107,7 @@ def new_run(record: JobRecord | None, nproc: int, backend: str) -> Run:
         created_at=utcnow(),
         nproc=nproc,
         backend=backend,
-        boot_id=paths.boot_id(),
+        boot_id=paths.boot_id() if local else None,
     )
 
 
@@ -253,6 +269,88 @@ def cleaned(store: Store, name: str, run_id: str, pids: tuple[int, ...]) -> bool
     return True
 
 
+def _scheduler_wait(view: ClusterState) -> Wait:
+    return Wait(needed=0, free=0, scheduler=view.scheduler, reason=view.reason or view.state)
+
+
+def observe(store: Store, name: str, run_id: str, view: ClusterState) -> bool:
+    """Take in a scheduler's view of an active run: why it waits, that it runs, a requeue."""
+
+    def go(run: Run) -> bool:
+        before = run.to_dict()
+        if run.cluster is not None and view.restarts < run.cluster.restarts:
+            return False  # an answer from before the last requeue
+        if view.verdict is JobState.QUEUED and run.state is JobState.RUNNING:
+            # Queued again after it ran: requeued (preempted, its node failed, or our runner
+            # asked after the time-limit warning), which counts a restart. A view without a
+            # new restart is older than the runner's start (answers are kept a moment): skip it.
+            known = run.cluster.restarts if run.cluster else 0
+            if view.restarts <= known:
+                return False
+            run.state = JobState.QUEUED
+        if view.verdict is JobState.QUEUED:
+            run.wait = _scheduler_wait(view)
+        elif view.verdict is JobState.RUNNING and run.state is JobState.QUEUED:
+            run.state, run.wait = JobState.RUNNING, None
+        run.cluster = view
+        return run.to_dict() != before
+
+    return _change(store, name, run_id, go)
+
+
+def requeue(store: Store, name: str, run_id: str) -> bool:
+    """Running -> queued: the job side had the scheduler requeue it; the same run starts again."""
+
+    def go(run: Run) -> bool:
+        if run.state is not JobState.RUNNING:
+            return False
+        run.state = JobState.QUEUED
+        if run.cluster is not None:
+            # A requeue counts one restart: answers given before it are recognised as old.
+            run.cluster = replace(
+                run.cluster,
+                state="REQUEUED",
+                verdict=JobState.QUEUED,
+                reason=None,
+                restarts=run.cluster.restarts + 1,
+            )
+            run.wait = _scheduler_wait(run.cluster)
+        else:
+            run.wait = None
+        return True
+
+    return _change(store, name, run_id, go)
+
+
+def end_by_cluster(
+    store: Store, name: str, run_id: str, view: ClusterState, outcome: Outcome | None
+) -> bool:
+    """The scheduler ended the run: its verdict decides, with the job side's outcome if any.
+
+    ``outcome`` is what the runner saw when the scheduler signalled the job (its exit code or
+    signal); which kind of end it was (a cancel, the time limit) is the scheduler's to say.
+    """
+
+    def go(run: Run) -> bool:
+        run.cluster = view
+        if outcome is not None:
+            _ended(run, outcome)
+        else:
+            if run.started_at is not None:  # one that never started has no exit code
+                run.exit_code, run.signal = view.exit_code, view.signal
+            run.ended_at, run.wait = run.ended_at or utcnow(), None
+        if run.stop_requested:
+            run.state = JobState.STOPPED
+        elif view.verdict in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED):
+            run.state = view.verdict
+        else:
+            run.state = JobState.LOST
+            run.reason = Reason(LostKind.CLUSTER_ENDED, detail=view.state)
+        return True
+
+    return _change(store, name, run_id, go)
+
+
 # ---- the job side's status ---------------------------------------------------------------
 
 
@@ -280,10 +378,15 @@ def read_status(name: str, run_id: str, root: Path) -> RunStatus | None:
 def fold_status(store: Store, record: JobRecord, status: RunStatus) -> bool:
     """Apply what the runner wrote (start, outcome, loss) to its run; True when it changed."""
     name, run_id = record.name, status.run_id
+    if status.requeued and status.outcome is None:
+        return requeue(store, name, run_id)
     changed = begin(store, name, run_id, status)
     if status.lost is not None:
         changed = lose(store, name, run_id, status.lost, status.outcome) or changed
     elif status.outcome is not None:
+        run = (store.get(name) or record).run_by_id(run_id)
+        if status.outcome.by_scheduler and run is not None and not run.stop_requested:
+            return changed  # the scheduler's view says what kind of end it was (reconcile)
         changed = finish(store, name, run_id, status.outcome) or changed
     return changed
 
@@ -302,6 +405,8 @@ def reconcile(store: Store, record: JobRecord, probe: Probe, root: Path) -> bool
     run = (store.get(record.name) or record).current
     if not run.state.active:
         return changed
+    if probe.queues:
+        return _reconcile_cluster(store, record.name, run, probe, root) or changed
     boot = paths.boot_id()
     if run.boot_id and boot and run.boot_id != boot:
         return lose(store, record.name, run.run_id, Reason(LostKind.REBOOT)) or changed
@@ -318,6 +423,26 @@ def reconcile(store: Store, record: JobRecord, probe: Probe, root: Path) -> bool
         return cancel(store, record.name, run.run_id) or changed
     reason = Reason(LostKind.RUNNER_DIED, pids=probe.leftover_pids(run))
     return lose(store, record.name, run.run_id, reason) or changed
+
+
+def _reconcile_cluster(store: Store, name: str, run: Run, probe: Probe, root: Path) -> bool:
+    """A run queued by a cluster's scheduler: its view decides where the job side is silent."""
+    view = probe.observe(run)
+    if view is None:
+        return False  # the scheduler cannot be asked now: keep what we know
+    if view.verdict in (JobState.QUEUED, JobState.RUNNING):
+        return observe(store, name, run.run_id, view)
+    # It ended. The runner may have recorded the outcome just now (a shared file system can
+    # show it late): take it if it is a plain one, else the scheduler's verdict with it.
+    status = read_status(name, run.run_id, root)
+    outcome = None
+    if status is not None and not status.requeued and status.outcome is not None:
+        if not status.outcome.by_scheduler:
+            record = store.get(name)
+            if record is not None and fold_status(store, record, status):
+                return True
+        outcome = status.outcome
+    return end_by_cluster(store, name, run.run_id, view, outcome)
 
 
 # ---- the queue ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def printable(text: str) -> str:
     """
     return text.translate(_CONTROL)
 
+
 if TYPE_CHECKING:
     from handyjobs.gpus import Discovery
 
@@ -88,9 +89,14 @@ def when(stamp: str | None, now: datetime | None = None) -> str:
 def gpu_text(record: JobRecord) -> str:
     """The GPUs of a run, or what it waits for, or ``cpu``."""
     run = record.current
+    slurm = record.spec.slurm
+    if slurm is not None:
+        if slurm.gpus_per_node:
+            return f"{slurm.gpus_per_node}/node"
+        return "cpu" if record.spec.cpu else "-"
     if run.gpus:
         return ",".join(map(str, run.gpus))
-    if run.state is JobState.QUEUED:
+    if run.state is JobState.QUEUED and record.spec.books_gpus:
         spec = record.spec
         return f"wait {','.join(map(str, spec.gpus))}" if spec.gpus else f"wait any {spec.ngpus}"
     return "cpu" if record.spec.cpu else "-"
@@ -110,7 +116,7 @@ def job_rows(records: Sequence[JobRecord]) -> list[list[str]]:
                 r.name,
                 r.state.value,
                 gpu_text(r),
-                str(r.current.nproc),
+                nproc_text(r),
                 when(r.current.started_at or r.created_at, now),
                 duration(r.duration_s(now)),
                 exit_summary(r.current),
@@ -118,6 +124,18 @@ def job_rows(records: Sequence[JobRecord]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def nnodes(record: JobRecord) -> int:
+    """How many machines the job runs on (Slurm nodes, or nodes started by hand)."""
+    spec = record.spec
+    return spec.slurm.nodes if spec.slurm else spec.rdzv.nnodes if spec.rdzv else 1
+
+
+def nproc_text(record: JobRecord) -> str:
+    """Processes: ``2``, or nodes x processes per node (``2x4``) for several machines."""
+    n = nnodes(record)
+    return f"{n}x{record.current.nproc}" if n > 1 else str(record.current.nproc)
 
 
 JOB_COLUMNS = ["NAME", "STATE", "GPUS", "NPROC", "STARTED", "DURATION", "EXIT", "COMMAND"]
@@ -206,7 +224,18 @@ def state_text(record: JobRecord) -> str:
         return f"queued ({wait_text(run.wait)})"
     if run.reason is not None and run.state in (JobState.LOST, JobState.FAILED):
         return f"{run.state.value} ({reason_text(run.reason)})"
+    view = run.cluster
+    if view is not None and not run.state.active and view.state not in _PLAIN_ENDS:
+        return f"{run.state.value} ({_scheduler(view.scheduler)} says {view.state})"
     return run.state.value
+
+
+# Slurm end states that say no more than our own state does.
+_PLAIN_ENDS = ("COMPLETED", "FAILED", "RUNNING", "COMPLETING", "PENDING")
+
+
+def _scheduler(name: str | None) -> str:
+    return {"slurm": "Slurm"}.get(name or "", name or "the scheduler")
 
 
 def record_fields(record: JobRecord) -> list[tuple[str, str]]:
@@ -223,8 +252,9 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
         ("python", spec.python),
         ("gpus", gpu_text(record)),
         ("nproc", str(run.nproc)),
+        *_nodes_fields(record),
         ("rendezvous", run.rendezvous or "-"),
-        ("tmux session", record.session),
+        *_backend_fields(record),
         ("pids", " ".join(f"{k}={v}" for k, v in sorted(run.pids.items())) or "-"),
         ("leftovers", f"{run.leftovers} ended after the main process" if run.leftovers else "-"),
         ("created", record.created_at),
@@ -249,6 +279,81 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
             )
         )
     return fields
+
+
+def _nodes_fields(record: JobRecord) -> list[tuple[str, str]]:
+    rdzv = record.spec.rdzv
+    if rdzv is not None:
+        host = " (hosts the rendezvous store)" if rdzv.node_rank == 0 else ""
+        return [("nodes", f"{rdzv.nnodes}; this is node rank {rdzv.node_rank}{host}")]
+    if record.spec.slurm is not None:
+        return [("nodes", str(record.spec.slurm.nodes))]
+    return []
+
+
+def _backend_fields(record: JobRecord) -> list[tuple[str, str]]:
+    run = record.current
+    if run.backend != "slurm":
+        return [("tmux session", record.session)]
+    view = run.cluster
+    state = "-"
+    if view is not None:
+        state = view.state + (f" ({view.reason})" if view.reason else "")
+        if not run.state.active and view.verdict in (JobState.QUEUED, JobState.RUNNING):
+            # Its last word while the job ran; the job side recorded how it ended.
+            state = f"{view.state} when last asked; the job recorded its own end"
+        if view.restarts:
+            state += f"; requeued {view.restarts}x"
+    fields = [
+        ("slurm job", run.handle.get("job_id", "-")),
+        ("slurm state", state),
+        ("slurm nodes", (view.nodes if view else None) or "-"),
+        ("sbatch script", run.handle.get("script", "-")),
+    ]
+    slurm = record.spec.slurm
+    if slurm is not None:
+        asked = [f"--{k}={getattr(slurm, k)}" for k in _SLURM_OPTS if getattr(slurm, k)]
+        fields.append(("slurm options", " ".join([*asked, *slurm.extra]) or "-"))
+    return fields
+
+
+_SLURM_OPTS = ("partition", "time", "account", "mem", "constraint")
+
+
+def submitted_lines(record: JobRecord) -> list[str]:
+    """What ``start --slurm`` prints: the Slurm job, its size, where its script and log are."""
+    run, slurm = record.current, record.spec.slurm
+    assert slurm is not None
+    nodes = f"{slurm.nodes} node{'s' if slurm.nodes > 1 else ''}"
+    per = f"{run.nproc} process{'es' if run.nproc > 1 else ''}"
+    gpus = (
+        f", {slurm.gpus_per_node} GPUs"
+        if slurm.gpus_per_node
+        else (", CPU" if record.spec.cpu else "")
+    )
+    return [
+        f"submitted {record.name} to Slurm as job {run.handle.get('job_id')}: {nodes}, "
+        f"{per}{gpus} per node ({state_text(record)})",
+        f"  script: {run.handle.get('script')}",
+        f"  log:    {record.log_path}",
+        f"  follow: handyjobs logs {record.name} -f    state: handyjobs show {record.name}",
+    ]
+
+
+def nodes_lines(record: JobRecord) -> list[str]:
+    """What a multi-node start prints: the rendezvous, and the command for the other nodes."""
+    rdzv = record.spec.rdzv
+    assert rdzv is not None
+    lines = [
+        f"  rendezvous: c10d at {rdzv.endpoint}, id {rdzv.rdzv_id}, node rank "
+        f"{rdzv.node_rank} of {rdzv.nnodes}"
+    ]
+    if rdzv.node_rank == 0:
+        lines.append(
+            f"  on node k of the others: handyjobs start ... --nnodes {rdzv.nnodes} "
+            f"--node-rank k --rdzv-endpoint {rdzv.endpoint} --rdzv-id {rdzv.rdzv_id}"
+        )
+    return lines
 
 
 def print_record(record: JobRecord) -> None:
@@ -339,8 +444,43 @@ def blocker_text(b: Blocker) -> str:
     return f"GPU {b.gpu} is busy: {busy_text(b)}"
 
 
+# Slurm's commonest pending reasons (squeue's REASON column), in words.
+_SLURM_REASONS = {
+    "None": "Slurm has not looked at it yet",
+    "Resources": "waiting for free nodes, CPUs or GPUs",
+    "Priority": "jobs of higher priority are ahead of it",
+    "Dependency": "waiting for a job it depends on",
+    "DependencyNeverSatisfied": "a job it depends on failed; it will never start",
+    "JobHeldUser": "held by its user (`scontrol release JOBID` lets it go)",
+    "JobHeldAdmin": "held by an administrator",
+    "BeginTime": "its start time has not come (a requeued job waits a little)",
+    "ReqNodeNotAvail": "a node it needs is not available",
+    "PartitionTimeLimit": "its --time is over the partition's limit",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionDown": "its partition is down",
+    "NodeDown": "a node it needs is down",
+    "Reservation": "waiting for its reservation",
+    "InvalidAccount": "its account is not valid here",
+    "InvalidQOS": "its QOS is not valid here",
+    "CONFIGURING": "its nodes are being set up",
+    "REQUEUED": "it was requeued and will start again",
+}
+
+
+def scheduler_reason(scheduler: str | None, reason: str | None) -> str:
+    """A scheduler's pending reason, as it names it and in words: ``Slurm: Priority (...)``."""
+    word = reason or "None"
+    key = word.split(",", 1)[0]
+    words = _SLURM_REASONS.get(key)
+    if words is None and (key.startswith(("Assoc", "QOS", "MaxCpu", "MaxGRES", "MaxNode"))):
+        words = "a limit of its account or QOS"
+    return f"{_scheduler(scheduler)}: {printable(word)}" + (f" ({words})" if words else "")
+
+
 def wait_text(wait: Wait) -> str:
     """Why a run waits, in one line."""
+    if wait.scheduler is not None:
+        return scheduler_reason(wait.scheduler, wait.reason)
     reasons = "; ".join(blocker_text(b) for b in wait.blockers)
     if wait.by_count:
         head = f"only {wait.free} of the {wait.needed} GPUs asked for are free"
@@ -354,6 +494,7 @@ _LOST = {
     LostKind.REBOOT: "the machine restarted while it ran",
     LostKind.RUNNER_ERROR: "its runner failed",
     LostKind.START_FAILED: "it could not start",
+    LostKind.CLUSTER_ENDED: "the cluster ended it and the job recorded no outcome",
 }
 
 
@@ -362,6 +503,8 @@ def reason_text(reason: Reason) -> str:
     text = _LOST[reason.kind]
     if reason.detail and reason.kind in (LostKind.RUNNER_ERROR, LostKind.START_FAILED):
         text += f": {printable(reason.detail)}"
+    if reason.detail and reason.kind is LostKind.CLUSTER_ENDED:
+        text += f" (its state: {printable(reason.detail)})"
     if reason.pids:
         n = len(reason.pids)
         which = "1 of its processes still runs" if n == 1 else f"{n} of its processes still run"

@@ -16,6 +16,14 @@ Invoked as ``python -m handyjobs.runner HOME NAME RUN_ID``. Its life:
 
 If the runner's own terminal goes away (tmux session or server killed: SIGHUP) or it is told
 to end (SIGTERM), it ends the job's processes and records the run as ``lost`` with why.
+
+Inside a Slurm allocation (the batch script execs the runner) the scheduler grants the run,
+so step 4 is skipped, and the command is ``srun`` with one torchrun per node. SIGTERM there is
+Slurm ending the job (``scancel``, the time limit, preemption): Slurm signals every process of
+the job itself, so the runner keeps copying output until the job ends and records the outcome
+as ended by the scheduler, whose own state says which end it was. SIGUSR1 is Slurm's warning
+before the time limit (``--signal=B:USR1@S``): the runner passes it to ``srun``, which signals
+the job's processes; after the job exits cleanly, a ``--requeue`` job asks Slurm to requeue it.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ STATUS_SIZE = 4096
 RESERVE_SIZE = 64 * 1024
 #: Seconds between two tries to store the outcome while the disk is full.
 DISK_RETRY_S = 2.0
+#: Seconds between repeats of Slurm's time-limit warning to the job, until it ends.
+WARNING_REPEAT_S = 5.0
 
 
 class RunnerEnd(Exception):
@@ -134,7 +144,7 @@ def _say(log_fd: int, text: str) -> None:
     with contextlib.suppress(OSError):  # the log may be unwritable; the pane still shows it
         paths.write_all(log_fd, line)
     with contextlib.suppress(OSError):  # the pane may be gone; the log has the line
-        os.write(1, b"\x1b[2m" + line + b"\x1b[0m")
+        os.write(1, b"\x1b[2m" + line + b"\x1b[0m" if os.isatty(1) else line)
 
 
 def _open_log(path: str) -> tuple[int, str | None]:
@@ -175,6 +185,11 @@ class Runner:
         self.main: int | None = None
         #: Set once the record was found: before that, nothing of ours may be written.
         self.verified = False
+        #: A cluster's scheduler runs this runner (Slurm): it grants, signals and requeues.
+        self.scheduled = False
+        #: When the scheduler's time-limit warning came, and whether it told the job to end.
+        self.warned_at: str | None = None
+        self.ended_by_scheduler = False
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -295,6 +310,11 @@ class Runner:
             return 1
         self.verified = True
         spec: JobSpec = record.spec
+        from handyjobs import backends
+
+        self.scheduled = backends.get(run.backend).queues
+        if self.scheduled:
+            self._take_scheduler_signals()
         self.log_fd, self.log_error = _open_log(record.log_path)
         try:
             env = self._env()
@@ -308,7 +328,7 @@ class Runner:
             return self._fail_to_start(f"cannot write the run's status file ({exc})")
         self.status.reserve()
         gpus: tuple[int, ...] | None = run.gpus
-        if run.state is JobState.QUEUED:
+        if run.state is JobState.QUEUED and not self.scheduled:
             gpus = self._wait_for_grant(env)
             if gpus is None:
                 _say(self.log_fd, "stopped while queued")
@@ -323,9 +343,16 @@ class Runner:
             booked,
             record.log_path,
             str(paths.job_dir(self.name, self.root)),
+            rdzv_port=_free_port() if self.scheduled else None,
         )
         job = launch.build(spec, ctx, env, pane_env=os.environ)
         where = f"GPUs {','.join(map(str, booked))}" if booked else ("CPU" if spec.cpu else "")
+        if self.scheduled and "SLURM_JOB_ID" in os.environ:
+            restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+            where = (
+                f"Slurm job {os.environ['SLURM_JOB_ID']} ({os.environ.get('SLURM_JOB_NODELIST')}"
+                f"{', restart ' + restarts if restarts != '0' else ''})"
+            ) + (f", {where}" if where else "")
         _say(
             self.log_fd,
             f"run {ctx.run} of {self.name} started {utcnow()}{' on ' + where if where else ''}: "
@@ -338,7 +365,12 @@ class Runner:
             spec.cwd,
             self.log_fd,
             on_start=lambda pid: self._on_start(pid, job, booked),
+            # In a batch script nobody reads the runner's own output: the log has every byte.
+            echo_fd=None if self.scheduled else 1,
+            input_fd=None if self.scheduled else 0,
         )
+        if self.warned_at:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         leftovers = self._end_leftovers()
         how = (
             f"exit code {result.exit_code}" if result.signal is None else f"signal {result.signal}"
@@ -349,16 +381,92 @@ class Runner:
             f"run {ctx.run} of {self.name} ended {utcnow()}: {how} after "
             f"{time.monotonic() - started:.1f}s{extra}",
         )
+        if self.warned_at:
+            _say(
+                self.log_fd,
+                f"Slurm's time-limit warning (SIGUSR1) reached the job {self.warned_at}",
+            )
+        if (
+            self.warned_at
+            and spec.slurm is not None
+            and spec.slurm.requeue
+            and result.exit_code == 0
+            and not self.ended_by_scheduler
+            and self._requeue()
+        ):
+            return 0
         outcome = Outcome(
             result.exit_code,
             result.signal,
             utcnow(),
             leftovers=leftovers,
             log_error=self.log_error or result.log_error,
+            by_scheduler=self.ended_by_scheduler,
         )
         self._conclude(outcome, None)
         self._schedule_others(env)
         return result.returncode
+
+    def _take_scheduler_signals(self) -> None:
+        """Slurm's SIGTERM ends the job (Slurm signals it too); its SIGUSR1 warns the job."""
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            # Every process of the job got the same signal from Slurm: keep copying output
+            # until they end, then record how, as ended by the scheduler.
+            self.ended_by_scheduler = True
+
+        def pass_on(signum: int, frame: FrameType | None) -> None:
+            if self.main is not None:
+                # Our own child, not reaped before run_on_pty returns: the pid is still ours.
+                # srun passes the signal to every process of the step.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.main, signal.SIGUSR1)
+
+        def on_warning(signum: int, frame: FrameType | None) -> None:
+            if self.warned_at is None:
+                self.warned_at = utcnow()
+                # Slurm may warn up to a minute early, before the job's processes listen:
+                # say it again every few seconds until the job ends (a flag set twice is set).
+                signal.signal(signal.SIGALRM, pass_on)
+                signal.setitimer(signal.ITIMER_REAL, WARNING_REPEAT_S, WARNING_REPEAT_S)
+            pass_on(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGUSR1, on_warning)
+
+    def _requeue(self) -> bool:
+        """Have Slurm requeue the job (same run, started again); False when it refuses."""
+        import subprocess
+
+        job_id = os.environ.get("SLURM_JOB_ID", "")
+        st = self.status.status
+        st.requeued = True
+        self.status.write()
+
+        def fold(reg: registry.Registry) -> None:
+            record = reg.get(self.name)
+            if record is not None:
+                lifecycle.fold_status(reg, record, st)
+
+        _store(self.root, "record the requeue in the registry", fold, self.log_fd)
+        _say(self.log_fd, f"asking Slurm to requeue job {job_id}: the same run starts again")
+        # Slurm ends this batch script as it requeues the job; nothing is left to do then.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            proc = subprocess.run(
+                ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60
+            )
+            why = proc.stderr.strip() or f"exit code {proc.returncode}"
+            ok = proc.returncode == 0
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            ok, why = False, str(exc)
+        if ok:
+            self.status.release()
+            return True
+        signal.signal(signal.SIGTERM, lambda s, f: setattr(self, "ended_by_scheduler", True))
+        _say(self.log_fd, f"Slurm did not requeue the job ({why}); recording how it ended")
+        st.requeued = False
+        return False
 
     def _schedule_others(self, env: dict[str, str]) -> None:
         """Our GPUs are free now: let queued jobs have them without waiting for a poll."""
@@ -376,6 +484,8 @@ class Runner:
             with contextlib.suppress(OSError):
                 self._conclude(self.status.status.outcome, None)
             return 128 + exc.signum
+        if self.scheduled:
+            return 128 + exc.signum  # the scheduler ended it before it started: its view says
         kind = LostKind.SESSION_GONE if exc.signum == signal.SIGHUP else LostKind.RUNNER_DIED
         with contextlib.suppress(OSError):
             self._conclude(None, Reason(kind, detail=str(exc)))
@@ -391,6 +501,15 @@ class Runner:
             _say(self.log_fd, f"runner error: {detail}")
             self._conclude(None, Reason(LostKind.RUNNER_ERROR, detail=detail))
         return 1
+
+
+def _free_port() -> int:
+    """A TCP port free on this node now, for the rendezvous store torchrun starts here."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
 
 
 def _try_lock(path: Path) -> int:

@@ -7,6 +7,7 @@ GPU spec, and the one GPU discovery a start needs (used both to resolve ``--gpus
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,10 +17,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handyjobs.errors import UsageError
-from handyjobs.records import NAME_RE, JobSpec
+from handyjobs.records import NAME_RE, JobSpec, Rendezvous
 
 if TYPE_CHECKING:
     from handyjobs.gpus import Discovery
+    from handyjobs.sbatch import SlurmRequest
+
+#: torchrun's port for a c10d rendezvous endpoint given without one.
+DEFAULT_RDZV_PORT = 29400
+_RDZV_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HOST_PORT_RE = re.compile(r"^(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$")
+
+
+@dataclass(frozen=True)
+class NodesRequest:
+    """What ``handyjobs start --nnodes`` (one node of several) was given, before checks."""
+
+    nnodes: int | None = None
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,15 @@ class StartRequest:
     wait: bool = False
     force: bool = False
     caller_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    #: One node of a job on several machines started by hand (``--nnodes``).
+    nodes: NodesRequest | None = None
+    #: Submitted to Slurm (``--slurm`` and its options).
+    slurm: SlurmRequest | None = None
+
+    @property
+    def on_slurm(self) -> bool:
+        """True when the job goes to Slurm."""
+        return self.slurm is not None and self.slurm.submit
 
 
 @dataclass(frozen=True)
@@ -140,6 +166,46 @@ def caller_cwd(env: Mapping[str, str]) -> str:
     return here
 
 
+def check_nodes(req: NodesRequest) -> Rendezvous:
+    """A node's part of a multi-node rendezvous; node 0 makes up the id the others pass."""
+    from handyjobs import render
+
+    if req.nnodes is None:
+        raise UsageError("--node-rank, --rdzv-endpoint and --rdzv-id go with --nnodes N")
+    if req.nnodes < 2:
+        raise UsageError(f"--nnodes {req.nnodes}: give 2 or more (one machine needs no --nnodes)")
+    rank = 0 if req.node_rank is None else req.node_rank
+    if not 0 <= rank < req.nnodes:
+        raise UsageError(
+            f"--node-rank {rank}: give 0 to {req.nnodes - 1} for --nnodes {req.nnodes}"
+        )
+    if not req.rdzv_endpoint:
+        raise UsageError(
+            "--nnodes needs --rdzv-endpoint HOST:PORT: node 0's address and a free port on it"
+        )
+    m = _HOST_PORT_RE.match(req.rdzv_endpoint)
+    port = int(m.group("port") or DEFAULT_RDZV_PORT) if m else 0
+    if m is None or not 0 < port < 65536:
+        raise UsageError(
+            f"--rdzv-endpoint {render.printable(repr(req.rdzv_endpoint))}: write it as HOST:PORT "
+            "(node 0's host name or address, and a free port)"
+        )
+    rdzv_id = req.rdzv_id
+    if rdzv_id is None:
+        if rank != 0:
+            raise UsageError(
+                f"--node-rank {rank} needs --rdzv-id: pass the id printed by the start on node 0"
+            )
+        import secrets
+
+        rdzv_id = secrets.token_hex(4)
+    elif not _RDZV_ID_RE.match(rdzv_id):
+        raise UsageError(
+            f"--rdzv-id {render.printable(repr(rdzv_id))}: use 1 to 64 of A-Z a-z 0-9 _ -"
+        )
+    return Rendezvous(req.nnodes, rank, f"{m.group('host')}:{port}", rdzv_id)
+
+
 def make_spec(req: StartRequest) -> Checked:
     """Check a start request and turn it into a spec; every problem is a one-line UsageError."""
     from handyjobs import booking
@@ -181,6 +247,21 @@ def make_spec(req: StartRequest) -> Checked:
                 f"script {render.printable(req.script)} not found in {cwd}; check the path or --cwd"
             )
         script = str(path)
+    rdzv = check_nodes(req.nodes) if req.nodes is not None else None
+    slurm = None
+    if req.slurm is not None:
+        from handyjobs import sbatch
+
+        slurm = sbatch.check(req.slurm)
+        if req.gpus is not None or req.ngpus is not None or req.wait or req.force:
+            raise UsageError(
+                "--gpus, --ngpus, --wait and --force pick GPUs on this machine; on Slurm ask "
+                "for them with --gpus-per-node"
+            )
+        if rdzv is not None:
+            raise UsageError("--nnodes is for machines you start by hand; on Slurm use --nodes")
+        if req.cpu and slurm.gpus_per_node:
+            raise UsageError("--cpu cannot be combined with --gpus-per-node; pick one")
     policy = booking.policy_from_env(req.caller_env)
     discovery: Discovery | None = None
     resolved: tuple[int, ...] | None = None
@@ -206,6 +287,8 @@ def make_spec(req: StartRequest) -> Checked:
         wait=req.wait,
         force=req.force,
         policy=policy,
+        rdzv=rdzv,
+        slurm=slurm,
     )
     git = git_info(Path(script).parent if not req.module else cwd)
     return Checked(spec, discovery, git)

@@ -7,20 +7,22 @@ NAME RUN_ID``), which is the same everywhere: it starts the job, tees its output
 its outcome. So a backend only has to say how to start a runner somewhere, whether it is
 still there, how to end what it started, and how a person can look at it.
 
-Adding a backend (Slurm, say): write ``backends/<name>.py`` with a class that satisfies
-:class:`Backend`, add it to :func:`get`, and run the shared lifecycle tests against it
-(``tests/test_lifecycle.py`` takes the backend as a parameter). Nothing in the core changes.
+Adding a backend: write ``backends/<name>.py`` with a class that satisfies :class:`Backend`,
+add it to :func:`get`, and run the shared lifecycle tests against it. A backend whose runs are
+queued by a scheduler of its own (Slurm) says so with ``queues = True``: handyjobs' queue then
+never grants its runs, and reconciling asks it for the scheduler's view (:meth:`observe`)
+instead of judging the runner by a local pid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from handyjobs.procs import Ended
-from handyjobs.records import ProcId, Run
+from handyjobs.records import ClusterState, JobSpec, ProcId, Run
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,11 @@ class LaunchRequest:
     session: str
     argv: Sequence[str]
     cwd: str
+    #: The job's spec and run number, for backends that describe the job to a scheduler.
+    spec: JobSpec | None = None
+    run: int = 1
+    #: The caller's environment (a scheduler's client reads its settings, e.g. SLURM_CONF).
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class Backend(Protocol):
     """The interface every backend implements."""
 
     name: str
+    #: True when a scheduler of the backend's own queues and starts its runs (Slurm).
+    queues: bool
 
     def check(self) -> None:
         """Raise a :class:`~handyjobs.errors.HandyjobsError` when the backend cannot be used."""
@@ -77,13 +86,25 @@ class Backend(Protocol):
     def log_path(self, name: str, root: Path) -> Path:
         """Where the job's log is."""
 
+    def observe(self, run: Run) -> ClusterState | None:
+        """The scheduler's view of the run; None when there is none or it cannot be had now."""
+
 
 def get(name: str) -> Backend:
-    """The backend of that name (``tmux`` for runs on this machine)."""
+    """The backend of that name (``tmux`` for runs on this machine, ``slurm`` for a cluster)."""
     if name == "tmux":
         from handyjobs.backends.tmux import TmuxBackend
 
         return TmuxBackend()
+    if name == "slurm":
+        from handyjobs.backends.slurm import SlurmBackend
+
+        return SlurmBackend()
     from handyjobs.errors import UsageError
 
-    raise UsageError(f"unknown backend {name!r}; this handyjobs knows: tmux")
+    raise UsageError(f"unknown backend {name!r}; this handyjobs knows: tmux, slurm")
+
+
+def for_spec(spec: JobSpec) -> Backend:
+    """The backend a spec asks for: Slurm for ``--slurm``, else tmux on this machine."""
+    return get("slurm" if spec.slurm is not None else "tmux")

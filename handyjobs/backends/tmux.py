@@ -26,7 +26,7 @@ from handyjobs import paths, procs
 from handyjobs.backends import Launched, LaunchRequest
 from handyjobs.errors import TmuxError, UsageError
 from handyjobs.procs import Ended
-from handyjobs.records import Run
+from handyjobs.records import ClusterState, Run
 
 if TYPE_CHECKING:
     from libtmux import Server
@@ -88,6 +88,7 @@ class TmuxBackend:
     """Runs the runner in a detached, tagged tmux session on this machine."""
 
     name = "tmux"
+    queues = False
 
     def check(self) -> None:
         """tmux must be installed."""
@@ -181,6 +182,10 @@ class TmuxBackend:
     def log_path(self, name: str, root: Path) -> Path:
         """The log the runner tees into, in the job's folder."""
         return paths.log_path(name, root)
+
+    def observe(self, run: Run) -> ClusterState | None:
+        """No scheduler here: the runner's pid and status file say everything."""
+        return None
 
 
 def inside_same_server() -> bool:

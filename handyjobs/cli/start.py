@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from handyjobs import jobs
+from handyjobs.errors import UsageError
 from handyjobs.records import JobState, returncode
-from handyjobs.spec import StartRequest
+from handyjobs.sbatch import SlurmRequest
+from handyjobs.spec import NodesRequest, StartRequest
 
 
 def _has_nvidia_gpu() -> bool:
@@ -35,8 +37,45 @@ def start(
     force: Annotated[bool, typer.Option("--force", help="Use GPUs even if busy.")] = False,
     attach: Annotated[bool, typer.Option("--attach", help="Attach to it at once.")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Follow its log to the end.")] = False,
+    nnodes: Annotated[int | None, typer.Option(help="Machines in all (start on each).")] = None,
+    node_rank: Annotated[int | None, typer.Option(help="0 on the node hosting the store.")] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT on node 0.")] = None,
+    rdzv_id: Annotated[str | None, typer.Option(help="The id node 0 printed.")] = None,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Submit to Slurm (sbatch).")] = False,
+    nodes: Annotated[int | None, typer.Option(help="Slurm: nodes.")] = None,
+    gpus_per_node: Annotated[int | None, typer.Option(help="Slurm: GPUs per node.")] = None,
+    partition: Annotated[str | None, typer.Option(help="Slurm: partition.")] = None,
+    time: Annotated[str | None, typer.Option(help="Slurm: time limit (HH:MM:SS).")] = None,
+    account: Annotated[str | None, typer.Option(help="Slurm: account.")] = None,
+    mem: Annotated[str | None, typer.Option(help="Slurm: memory per node (64G).")] = None,
+    constraint: Annotated[str | None, typer.Option(help="Slurm: node features.")] = None,
+    slurm_arg: Annotated[
+        list[str] | None, typer.Option(help="Slurm: any sbatch option, --slurm-arg=--qos=high.")
+    ] = None,
+    requeue: Annotated[
+        bool, typer.Option("--requeue", help="Slurm: requeue after the time-limit warning.")
+    ] = False,
+    signal_before: Annotated[
+        int | None, typer.Option(help="Slurm: SIGUSR1 this many s before the limit (60).")
+    ] = None,
 ) -> None:
     """Start SCRIPT as a job in its own tmux session (torchrun when several processes)."""
+    slurm_req = SlurmRequest(
+        slurm,
+        nodes,
+        gpus_per_node,
+        partition,
+        time,
+        account,
+        mem,
+        constraint,
+        tuple(slurm_arg or ()),
+        requeue,
+        signal_before,
+    )
+    node_req = NodesRequest(nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    if slurm and attach:
+        raise UsageError("a Slurm job has no terminal to attach to: use --follow")
     req = StartRequest(
         script=script,
         args=list(args or []),
@@ -51,12 +90,16 @@ def start(
         python=python,
         wait=wait,
         force=force,
+        nodes=node_req if node_req != NodesRequest() else None,
+        slurm=slurm_req if slurm_req != SlurmRequest(submit=False) else None,
     )
     record = jobs.start_job(req)
     run = record.current
     from handyjobs import render
 
-    if run.state is JobState.QUEUED:
+    if record.spec.slurm is not None:
+        print("\n".join(render.submitted_lines(record)))
+    elif run.state is JobState.QUEUED:
         why = render.wait_text(run.wait) if run.wait else "waiting for its GPUs"
         print(f"queued {record.name} (tmux session {record.session}): {why}")
     else:
@@ -78,8 +121,13 @@ def start(
             else:
                 sees = f"CUDA_VISIBLE_DEVICES={visible}"
             print(f"  note:   no GPU was booked; the job sees {sees}; book with --gpus or --ngpus")
-    print(f"  log:    {record.log_path}")
-    print(f"  attach: handyjobs attach {record.name}    follow: handyjobs logs {record.name} -f")
+    if record.spec.rdzv is not None:
+        print("\n".join(render.nodes_lines(record)))
+    if record.spec.slurm is None:
+        print(f"  log:    {record.log_path}")
+        print(
+            f"  attach: handyjobs attach {record.name}    follow: handyjobs logs {record.name} -f"
+        )
     sys.stdout.flush()
     if attach:
         from handyjobs.cli.attach import exec_attach

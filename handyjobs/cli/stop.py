@@ -26,6 +26,9 @@ def stop(
             print(f"job {name} was lost; ended what was left of it ({ended})")
         else:
             what = "queued job" if result.was_queued else "job"
+            job_id = result.record.current.handle.get("job_id")
+            if job_id and not result.pids:  # on a cluster: Slurm ended its processes
+                ended = f"Slurm job {job_id} cancelled"
             print(f"stopped {what} {name} ({ended})")
 
     raise typer.Exit(each_name(names, one))

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# A real one-node Slurm (munge, slurmctld, slurmd) on this machine, for handyjobs' Slurm tests.
+#
+#   scripts/slurm-local.sh start    install (apt-get, as root) if needed, write slurm.conf, start
+#                                   the daemons, wait for the node; prints SLURM_CONF=...
+#   scripts/slurm-local.sh status   exit 0 when the local cluster answers (prints SLURM_CONF=...)
+#   scripts/slurm-local.sh stop     cancel its jobs, stop the daemons it started, remove its folder
+#
+# Everything lives in one folder (HANDYJOBS_SLURM_DIR, default /tmp/handyjobs-slurm): the munge
+# key and socket, slurm.conf, state and spool folders, pid files and logs. Nothing is written to
+# /etc, and the daemons listen on their own ports (HANDYJOBS_SLURM_PORT and the next one, default
+# 16817), so a Slurm already installed on the machine is left alone. Clients find this cluster
+# through SLURM_CONF. The settings that make it work in a container: proctrack/linuxproc (no
+# cgroups), task/none, select/cons_tres, no accounting database.
+#
+# Exit codes: 0 ok; 1 the daemons did not come up (their logs are named); 2 cannot run here
+# (not root, no apt-get to install Slurm).
+set -euo pipefail
+
+DIR="${HANDYJOBS_SLURM_DIR:-/tmp/handyjobs-slurm}"
+PORT="${HANDYJOBS_SLURM_PORT:-16817}"
+CONF="$DIR/slurm.conf"
+SOCK="$DIR/munge-run/munge.socket"
+
+say() { echo "slurm-local: $*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        say "needs root (slurmd starts jobs as their users); run it with sudo"
+        exit 2
+    fi
+}
+
+install() {
+    if command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
+        && command -v munged >/dev/null && command -v sbatch >/dev/null; then
+        return
+    fi
+    if ! command -v apt-get >/dev/null; then
+        say "Slurm is not installed and there is no apt-get; install slurm-wlm and munge"
+        exit 2
+    fi
+    say "installing slurm-wlm and munge"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        slurm-wlm munge >/dev/null
+}
+
+alive() {  # is the process named in pid file $1 still running?
+    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+running() {
+    alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" \
+        && SLURM_CONF="$CONF" timeout 10 sinfo -h >/dev/null 2>&1
+}
+
+write_conf() {
+    local host cpus mem
+    host="$(hostname -s)"
+    cpus="$(nproc)"
+    # Leave some memory to the machine; Slurm refuses a node that reports less than configured.
+    mem="$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)"
+    cat >"$CONF" <<EOF
+# Written by handyjobs' scripts/slurm-local.sh: a one-node cluster for tests.
+ClusterName=handyjobs-local
+SlurmctldHost=$host
+SlurmctldPort=$PORT
+SlurmdPort=$((PORT + 1))
+AuthType=auth/munge
+CredType=cred/munge
+# A requeued job may start again once its credentials expire (120 s by default); 10 s here.
+AuthInfo=socket=$SOCK,cred_expire=10
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/slurmctld.pid
+SlurmdPidFile=$DIR/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+ReturnToService=2
+SchedulerType=sched/backfill
+# Look at the queue every few seconds, so a job whose begin time passed starts promptly.
+SchedulerParameters=sched_interval=2,bf_interval=2
+MinJobAge=300
+KillWait=10
+NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+start() {
+    need_root
+    if running; then
+        echo "SLURM_CONF=$CONF"
+        return
+    fi
+    install
+    stop_daemons
+    rm -rf "$DIR"
+    mkdir -p "$DIR"/{state,spool,log,munge-key,munge-run}
+    chmod 700 "$DIR/munge-key"
+    chmod 755 "$DIR" "$DIR/munge-run"  # users' clients reach munge's socket through it
+    dd if=/dev/urandom of="$DIR/munge-key/munge.key" bs=1024 count=1 status=none
+    chmod 400 "$DIR/munge-key/munge.key"
+    # --force: munged dislikes a socket folder under /tmp; this one is ours and 0755.
+    munged --force --key-file="$DIR/munge-key/munge.key" --socket="$SOCK" \
+        --pid-file="$DIR/munge-run/munged.pid" --log-file="$DIR/log/munged.log" \
+        --seed-file="$DIR/munge-key/munged.seed"
+    write_conf
+    export SLURM_CONF="$CONF"
+    slurmctld -f "$CONF"
+    slurmd -f "$CONF"
+    local host
+    host="$(hostname -s)"
+    for _ in $(seq 1 60); do
+        state="$(sinfo -h -n "$host" -o %T 2>/dev/null || true)"
+        case "$state" in
+            idle*|mixed*|allocated*)
+                echo "SLURM_CONF=$CONF"
+                return ;;
+            down*|drain*)
+                scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true ;;
+        esac
+        sleep 0.5
+    done
+    say "the node did not become ready (state: ${state:-none}); see $DIR/log/"
+    exit 1
+}
+
+stop_daemons() {
+    if [ -f "$CONF" ] && alive "$DIR/slurmctld.pid"; then
+        SLURM_CONF="$CONF" scancel --full --signal=KILL --user="$(id -un)" 2>/dev/null || true
+    fi
+    for pidfile in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munge-run/munged.pid"; do
+        if alive "$pidfile"; then
+            pid="$(cat "$pidfile")"
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 1 50); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
+case "${1:-}" in
+    start) start ;;
+    status)
+        if running; then echo "SLURM_CONF=$CONF"; else say "not running"; exit 1; fi ;;
+    stop)
+        need_root
+        stop_daemons
+        rm -rf "$DIR" ;;
+    *)
+        echo "usage: $0 start|status|stop" >&2
+        exit 2 ;;
+esac
