@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,35 +55,59 @@ def not_found(name: str) -> JobNotFound:
 
 def start_job(req: StartRequest) -> JobRecord:
     """Check, register and launch a job; return once it is registered and its session exists."""
+    return start_jobs([req])[0]
+
+
+def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
+    """Start several jobs (a sweep) all together or not at all, under one registry lock.
+
+    GPU discovery happens once, before the lock, for all of them.
+    """
     from handyjobs import backends, lifecycle
     from handyjobs.spec import default_stem, make_spec
 
     backend = backends.get("tmux")
     backend.check()
-    checked = make_spec(req)
-    spec = checked.spec
-    root = paths.ensure_home()
+    root = paths.home()
+    paths.check_home(root)
+    checked = []
+    discovery: Discovery | None = None
+    for req in reqs:
+        one = make_spec(req, root, discovery)
+        discovery = discovery or one.discovery
+        checked.append(one)
+    root = paths.ensure_home(root)
+    launched: list[tuple[JobRecord, Path]] = []
     with registry.locked(root) as reg:
         sweep_pending(reg)
         scheduler.refresh_locked(reg)  # runs that ended free their GPUs
-        name = req.name or _unique_name(reg, default_stem(spec.script, spec.module))
-        existing = reg.get(name)
-        if existing is not None:
-            raise UsageError(
-                f"a job named {name} exists ({existing.state.value}); pick another "
-                f"--name or remove it with `handyjobs rm {name}`"
-            )
-        run = lifecycle.new_run(None, spec.procs, backend.name)
-        record = JobRecord(
-            name=name,
-            spec=spec,
-            log_path=str(backend.log_path(name, root)),
-            created_at=run.created_at,
-            runs=[run],
-            git=checked.git,
-        )
-        _launch(reg, record, dict(req.caller_env), checked.discovery, backend)
-    return record
+        try:
+            for req, one in zip(reqs, checked, strict=True):
+                spec = one.spec
+                name = req.name or _unique_name(reg, default_stem(spec.script, spec.module))
+                existing = reg.get(name)
+                if existing is not None:
+                    raise UsageError(
+                        f"a job named {name} exists ({existing.state.value}); pick another "
+                        f"--name or remove it with `handyjobs rm {name}`"
+                    )
+                run = lifecycle.new_run(None, spec.procs, backend.name)
+                record = JobRecord(
+                    name=name,
+                    spec=spec,
+                    log_path=str(backend.log_path(name, root)),
+                    created_at=run.created_at,
+                    runs=[run],
+                    git=one.git,
+                )
+                pending = _launch(reg, record, dict(req.caller_env), one.discovery, backend)
+                launched.append((record, pending))
+            reg.save()
+        except BaseException:
+            _undo(launched, backend)
+            raise
+        _place_envs(reg.root, launched)
+    return [record for record, _ in launched]
 
 
 def _unique_name(reg: registry.Registry, stem: str) -> str:
@@ -99,49 +123,63 @@ def _launch(
     env: Mapping[str, str],
     discovery: Discovery | None,
     backend: Backend,
-) -> None:
-    """Book the current run's GPUs, hand the runner its environment, start it, save.
+) -> Path:
+    """Decide the current run's start (GPUs, queue), hand the runner its environment, start it.
 
-    Runs under the registry lock. Nothing is saved unless the runner's session exists, and
-    the environment file never outlives a start that fails (a killed one is swept later).
+    Runs under the registry lock; the caller saves with :func:`_commit` (nothing is saved
+    unless every runner's session exists) or takes everything back with :func:`_undo`.
+    Returns the pending environment file.
     """
-    from handyjobs import backends, lifecycle
+    from handyjobs import backends, booking, config, lifecycle
 
     name, spec, run = record.name, record.spec, record.current
+    deps: dict[str, JobState | None] = {}
+    for dep in spec.after:
+        found = reg.get(dep)
+        if found is None:
+            raise UsageError(f"--after {dep}: no job of that name; see `handyjobs list --all`")
+        deps[dep] = found.state
     reg.put(record)
-    if spec.books_gpus:
-        from handyjobs import booking
-
-        assert discovery is not None
-        got, wait = booking.book(record, reg.records(), discovery)
-        if got is not None:
-            lifecycle.grant(reg, name, run.run_id, got)
-        elif wait is not None:
-            lifecycle.set_wait(reg, name, run.run_id, wait)
-    else:
-        lifecycle.grant(reg, name, run.run_id, ())
+    limits = config.load(reg.root).limits(env)
+    got, wait = booking.book(record, reg.records(), discovery, deps, limits)
+    if got is not None:
+        lifecycle.grant(reg, name, run.run_id, got)
+    elif wait is not None:
+        lifecycle.set_wait(reg, name, run.run_id, wait)
     job_dir = paths.ensure_private_dir(paths.job_dir(name, reg.root))
     pending = _write_pending(reg.root, name, run.run_id, env)
     try:
         _touch_log(Path(record.log_path))
         session = backend.session_name(name, run.run, run.run_id)
         argv = [sys.executable, "-m", "handyjobs.runner", str(reg.root), name, run.run_id]
-        launched = backend.launch(
+        started = backend.launch(
             backends.LaunchRequest(name, run.run_id, session, argv, str(job_dir))
         )
     except BaseException:
         pending.unlink(missing_ok=True)
         raise
-    run.handle, run.runner = launched.handle, launched.runner
+    run.handle, run.runner = started.handle, started.runner
     reg.put(record)
-    try:
-        reg.save()
-        # Still under the lock: the runner reads it only after we let go.
-        os.replace(pending, paths.env_path(name, reg.root))
-    except BaseException:
-        backend.end_runner(run)
+    return pending
+
+
+def _place_envs(root: Path, launched: Sequence[tuple[JobRecord, Path]]) -> None:
+    """Move the saved runs' environments into place, still under the lock (runners read them
+    only after we let go). A runner whose file did not make it fails to start and says why."""
+    for record, pending in launched:
+        with contextlib.suppress(OSError):
+            os.replace(pending, paths.env_path(record.name, root))
+
+
+def _undo(launched: Sequence[tuple[JobRecord, Path]], backend: Backend) -> None:
+    """A start that failed part-way: end the runners it made and drop their environments.
+
+    Their records were never saved, so their runners would start nothing anyway.
+    """
+    for record, pending in launched:
+        with contextlib.suppress(Exception):
+            backend.end_runner(record.current)
         pending.unlink(missing_ok=True)
-        raise
 
 
 def _write_pending(root: Path, name: str, run_id: str, env: Mapping[str, str]) -> Path:
@@ -365,15 +403,33 @@ def _check_gpus_released(name: str, gpu_ids: Sequence[int], pids: set[int]) -> N
 
 def wait_job(name: str, timeout_s: float | None = None, poll_s: float = 0.2) -> JobRecord:
     """Block until the job's current run ends; return its final record."""
+    return next(iter(wait_jobs([name], timeout_s, poll_s)))[1]
+
+
+def wait_jobs(
+    names: Sequence[str], timeout_s: float | None = None, poll_s: float = 0.2
+) -> Iterator[tuple[str, JobRecord]]:
+    """Yield each job's final record as it ends (in the order they end).
+
+    Every name must exist when called. Raises :class:`TimeoutExpired` (exit code 124) when
+    ``timeout_s`` runs out with jobs still active.
+    """
+    waiting = {name: get_job(name) for name in dict.fromkeys(names)}  # not found: raise now
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        record = get_job(name)
-        if not record.state.active:
-            return record
+    while waiting:
+        for name in list(waiting):
+            record = get_job(name) if waiting[name].state.active else waiting[name]
+            if not record.state.active:
+                del waiting[name]
+                yield name, record
+        if not waiting:
+            return
         if deadline is not None and time.monotonic() > deadline:
+            first = next(iter(waiting))
+            more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
             raise TimeoutExpired(
-                f"job {name} is still {record.state.value} after {timeout_s:g}s; "
-                "wait longer or look at it with `handyjobs logs`"
+                f"job {first}{more} is still {get_job(first).state.value} after "
+                f"{timeout_s:g}s; wait longer or look at it with `handyjobs logs`"
             )
         time.sleep(poll_s)
 
@@ -391,11 +447,13 @@ def restart_job(
     env: Sequence[str] = (),
     grace_s: float = DEFAULT_GRACE_S,
     caller_env: Mapping[str, str] | None = None,
+    args: Sequence[str] | None = None,
 ) -> RestartResult:
     """Start the job's spec again as a new run, stopping the current one first if it runs.
 
     The run gets the environment captured at the job's first start (``env`` items, K=V,
     change single variables); only a job recorded before that was kept uses the caller's.
+    ``args``, when given, replace the script's arguments from now on.
     """
     from handyjobs import backends, lifecycle
     from handyjobs.spec import parse_env
@@ -413,6 +471,8 @@ def restart_job(
     spec = record.spec
     if overrides:
         spec = replace(spec, env=tuple(sorted({**dict(spec.env), **dict(overrides)}.items())))
+    if args is not None:
+        spec = replace(spec, args=tuple(args))
     discovery = None
     if spec.books_gpus:
         from handyjobs import gpus as gpumod
@@ -431,7 +491,13 @@ def restart_job(
             )
         run = lifecycle.new_run(current, spec.procs, backend.name)
         fresh = replace(current, spec=spec).with_run(run)
-        _launch(reg, fresh, base, discovery, backend)
+        pending = _launch(reg, fresh, base, discovery, backend)
+        try:
+            reg.save()
+        except BaseException:
+            _undo([(fresh, pending)], backend)
+            raise
+        _place_envs(root, [(fresh, pending)])
     return RestartResult(fresh, kept is not None)
 
 
@@ -528,3 +594,34 @@ def gpu_overview(env: Mapping[str, str] | None = None) -> tuple[Discovery, dict[
     records, _ = list_jobs()
     return discovery, booking.held_gpus(records)
 
+
+
+# ---- groups, send --------------------------------------------------------------------------
+
+
+def names(
+    group: str | None = None, states: Sequence[JobState] = (), every: bool = False
+) -> list[str]:
+    """Job names for the ``--group`` and ``--all`` forms: of ``group`` (or every job when
+    ``every``), in ``states`` when given, oldest first."""
+    records, _ = list_jobs(all_jobs=True)
+    picked = [
+        r.name
+        for r in reversed(records)
+        if (every or r.spec.group == group) and (not states or r.state in states)
+    ]
+    return picked
+
+
+def send_text(name: str, text: str) -> JobRecord:
+    """Type a line into a running job's terminal (a prompt, pdb); return its record."""
+    from handyjobs import backends
+
+    record = get_job(name)
+    run = record.current
+    if run.state is JobState.QUEUED or (run.state.active and run.main is None):
+        raise JobStateError(f"job {name} has not started yet; send once it runs")
+    if not run.state.active:
+        raise JobStateError(f"job {name} has ended ({run.state.value}); nothing reads its input")
+    backends.get(run.backend).send(run, text)
+    return record

@@ -56,21 +56,26 @@ def build(
     """
     nproc = spec.procs
     target: list[str] = ["-m", spec.script] if spec.module else [spec.script]
-    if nproc > 1:
+    rendezvous: str | None = None
+    if spec.executable:
+        argv = [spec.script, *spec.args]  # as typed: its shebang says how it runs
+    elif nproc > 1 or spec.max_restarts is not None:
+        # torchrun also for one process when elastic restarts are asked for: they are its.
+        restarts = [] if spec.max_restarts is None else [f"--max-restarts={spec.max_restarts}"]
         argv = [
             spec.python,
             "-m",
             "torch.distributed.run",
             "--standalone",
             f"--nproc-per-node={nproc}",
+            *restarts,
             *(["--module"] if spec.module else []),
             spec.script,
             *spec.args,
         ]
-        rendezvous: str | None = STANDALONE
+        rendezvous = STANDALONE
     else:
         argv = [spec.python, *target, *spec.args]
-        rendezvous = None
 
     env = {k: v for k, v in base_env.items() if k not in _PANE_VARS and k not in _RUNNER_VARS}
     for key in _PANE_VARS:
@@ -96,6 +101,13 @@ def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
         "HANDYJOBS_LOG": ctx.log_path,
         "HANDYJOBS_NPROC": str(spec.procs),
     }
+    if spec.params:
+        # A sweep's values reach the script as arguments and, for scripts that read the
+        # environment (or a launcher in between), as HANDYJOBS_PARAM_<KEY> too.
+        for key, value in spec.params:
+            out[f"HANDYJOBS_PARAM_{_env_key(key)}"] = value
+    if spec.group:
+        out["HANDYJOBS_GROUP"] = spec.group
     if ctx.job_dir:
         # Where handyjobs.log_metrics appends, and where trainer.progress reports for `top`.
         out["HANDYJOBS_METRICS_FILE"] = f"{ctx.job_dir}/metrics.jsonl"
@@ -105,6 +117,12 @@ def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
     if ctx.gpus is not None and not spec.cpu:
         out["HANDYJOBS_GPU_IDS"] = ",".join(str(g) for g in ctx.gpus)
     return out
+
+
+def _env_key(key: str) -> str:
+    """A sweep key as an environment variable suffix: ``lr`` -> ``LR``, ``batch-size`` ->
+    ``BATCH_SIZE``."""
+    return "".join(c if c.isalnum() else "_" for c in key).upper()
 
 
 def display(argv: Sequence[str]) -> str:

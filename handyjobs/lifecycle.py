@@ -37,6 +37,7 @@ from handyjobs.records import (
 )
 
 if TYPE_CHECKING:
+    from handyjobs.booking import Limits
     from handyjobs.gpus import Discovery
 
 
@@ -323,19 +324,38 @@ def reconcile(store: Store, record: JobRecord, probe: Probe, root: Path) -> bool
 # ---- the queue ---------------------------------------------------------------------------
 
 
-def schedule(store: Store, records: list[JobRecord], discovery: Discovery) -> list[str]:
-    """One pass over the queue: grant every run that can start now, note why the rest wait.
+def schedule(
+    store: Store,
+    records: list[JobRecord],
+    discovery: Discovery | None,
+    limits: Limits | None = None,
+) -> list[str]:
+    """One pass over the queue: grant what can start now, fail what never will, say why the
+    rest wait.
 
-    ``records`` are the active records under the lock. Returns the names granted.
+    ``records`` are the active records under the lock; dependencies are looked up in
+    ``store`` (finished jobs included). Returns the names granted.
     """
     from handyjobs import booking  # only writers schedule; `list` should not pay for it
 
-    starts, waits = booking.plan(records, discovery)
+    deps: dict[str, JobState | None] = {}
+    for record in records:
+        if record.state is JobState.QUEUED:
+            for dep in record.spec.after:
+                if dep not in deps:
+                    found = store.get(dep)
+                    deps[dep] = None if found is None else found.state
+    result = booking.plan(records, discovery, deps, limits)
     by_name = {r.name: r for r in records}
     granted = []
-    for name, gpus in starts.items():
+    for name, gpus in result.starts.items():
         if grant(store, name, by_name[name].current.run_id, gpus):
             granted.append(name)
-    for name, wait in waits.items():
+    for name, wait in result.waits.items():
         set_wait(store, name, by_name[name].current.run_id, wait)
+    for name, (dep, state) in result.failed.items():
+        why = Reason(
+            LostKind.DEPENDENCY_FAILED, "gone" if state is None else state.value, job=dep
+        )
+        fail_to_start(store, name, by_name[name].current.run_id, why)
     return granted

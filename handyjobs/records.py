@@ -53,6 +53,8 @@ class LostKind(str, enum.Enum):
     RUNNER_ERROR = "runner_error"
     #: The run could not be started (its session, its environment file, the command).
     START_FAILED = "start_failed"
+    #: A job it was to start after (``--after``) failed, was stopped, lost or removed.
+    DEPENDENCY_FAILED = "dependency_failed"
 
 
 @dataclass(frozen=True)
@@ -60,19 +62,28 @@ class Reason:
     """Why a run was lost or failed to start: a kind, and data (never a sentence) about it."""
 
     kind: LostKind
-    #: An error as the system gave it ("OSError: [Errno 28] ..."), or a tmux session name.
+    #: An error as the system gave it ("OSError: [Errno 28] ..."), a signal's name, or the
+    #: state of the job named in ``job`` ("failed", or "gone").
     detail: str | None = None
     #: Processes of the run still alive when it was declared lost.
     pids: tuple[int, ...] = ()
+    #: The other job involved (a dependency that failed).
+    job: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return {"kind": self.kind.value, "detail": self.detail, "pids": list(self.pids)}
+        return {
+            "kind": self.kind.value,
+            "detail": self.detail,
+            "pids": list(self.pids),
+            "job": self.job,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Reason:
         """Inverse of :meth:`to_dict`."""
-        return cls(LostKind(d["kind"]), d.get("detail"), tuple(int(p) for p in d.get("pids", ())))
+        pids = tuple(int(p) for p in d.get("pids", ()))
+        return cls(LostKind(d["kind"]), d.get("detail"), pids, d.get("job"))
 
 
 class BlockKind(str, enum.Enum):
@@ -154,6 +165,18 @@ class Wait:
     by_count: bool = False
     #: Queue position, 1 for the first queued run.
     position: int | None = None
+    #: Jobs it starts after (``--after``) that have not ended yet.
+    after: tuple[str, ...] = ()
+    #: A parallel limit that is reached: how many may run, how many do, and whose limit
+    #: (a group's, or None for the machine-wide one).
+    limit: int | None = None
+    running: int | None = None
+    group: str | None = None
+
+    @property
+    def for_gpus(self) -> bool:
+        """True when the run waits for GPUs (not only for dependencies or a free slot)."""
+        return self.needed > 0 and not self.after and self.limit is None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -163,17 +186,25 @@ class Wait:
             "by_count": self.by_count,
             "position": self.position,
             "blockers": [b.to_dict() for b in self.blockers],
+            "after": list(self.after),
+            "limit": self.limit,
+            "running": self.running,
+            "group": self.group,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Wait:
         """Inverse of :meth:`to_dict`."""
         return cls(
-            needed=int(d["needed"]),
-            free=int(d["free"]),
+            needed=int(d.get("needed", 0)),
+            free=int(d.get("free", 0)),
             blockers=tuple(Blocker.from_dict(b) for b in d.get("blockers", ())),
             by_count=bool(d.get("by_count", False)),
             position=d.get("position"),
+            after=tuple(d.get("after", ())),
+            limit=d.get("limit"),
+            running=d.get("running"),
+            group=d.get("group"),
         )
 
 
@@ -230,12 +261,29 @@ class JobSpec:
     wait: bool = False
     force: bool = False
     policy: GpuPolicy = field(default_factory=GpuPolicy)
+    #: ``script`` is a command run as it is (``--exec``: a shell script, ``accelerate``, ...).
+    executable: bool = False
+    #: The group (a sweep's, or ``--group``) for list, stop, wait and per-group limits.
+    group: str | None = None
+    #: Jobs this one starts after; with ``after_any``, whatever their outcome.
+    after: tuple[str, ...] = ()
+    after_any: bool = False
+    #: Higher goes first in the queue; FIFO among equals.
+    priority: int = 0
+    #: A command run (without a shell) when the job ends, with its outcome in the environment.
+    on_exit: tuple[str, ...] = ()
+    #: torchrun's elastic restarts (``--max-restarts``); None: torchrun's default.
+    max_restarts: int | None = None
+    #: A sweep's values for this job, in grid order: ``(("lr", "1e-3"), ("bs", "32"))``.
+    params: tuple[tuple[str, str], ...] = ()
 
     @property
     def procs(self) -> int:
         """Processes per run: ``--nproc``, else one per pinned GPU, else one."""
         if self.nproc is not None:
             return self.nproc
+        if self.executable:
+            return 1  # a command launches its own processes
         if self.gpus:
             return len(self.gpus)
         if self.ngpus:
@@ -256,6 +304,11 @@ class JobSpec:
         head = ["-m", script] if self.module else [script]
         return shlex.join([*head, *self.args])
 
+    @property
+    def kind(self) -> str:
+        """``python``, ``module`` or ``exec``: how the job's command is started."""
+        return "exec" if self.executable else "module" if self.module else "python"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {
@@ -272,6 +325,14 @@ class JobSpec:
             "wait": self.wait,
             "force": self.force,
             "policy": self.policy.to_dict(),
+            "executable": self.executable,
+            "group": self.group,
+            "after": list(self.after),
+            "after_any": self.after_any,
+            "priority": self.priority,
+            "on_exit": list(self.on_exit),
+            "max_restarts": self.max_restarts,
+            "params": dict(self.params),
         }
 
     @classmethod
@@ -292,6 +353,15 @@ class JobSpec:
             wait=bool(d.get("wait", False)),
             force=bool(d.get("force", False)),
             policy=GpuPolicy.from_dict(d.get("policy")),
+            executable=bool(d.get("executable", False)),
+            group=d.get("group"),
+            after=tuple(d.get("after") or ()),
+            after_any=bool(d.get("after_any", False)),
+            priority=int(d.get("priority", 0)),
+            on_exit=tuple(d.get("on_exit") or ()),
+            max_restarts=d.get("max_restarts"),
+            # dicts keep their order in JSON, so the grid order survives the round trip
+            params=tuple((str(k), str(v)) for k, v in dict(d.get("params") or {}).items()),
         )
 
 

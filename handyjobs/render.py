@@ -90,14 +90,15 @@ def gpu_text(record: JobRecord) -> str:
     run = record.current
     if run.gpus:
         return ",".join(map(str, run.gpus))
-    if run.state is JobState.QUEUED:
-        spec = record.spec
+    spec = record.spec
+    if run.state is JobState.QUEUED and spec.books_gpus:
         return f"wait {','.join(map(str, spec.gpus))}" if spec.gpus else f"wait any {spec.ngpus}"
-    return "cpu" if record.spec.cpu else "-"
+    return "cpu" if spec.cpu else "-"
 
 
-def job_rows(records: Sequence[JobRecord]) -> list[list[str]]:
-    """One row of strings per record, in the list's column order."""
+def job_rows(records: Sequence[JobRecord], params: bool = False) -> list[list[str]]:
+    """One row of strings per record, in the list's column order (``params``: a sweep's
+    values before the command)."""
     now = datetime.now(timezone.utc)
     rows = []
     for r in records:
@@ -105,22 +106,27 @@ def job_rows(records: Sequence[JobRecord]) -> list[list[str]]:
         home = os.path.expanduser("~")
         if command.startswith(home + "/"):
             command = "~" + command[len(home) :]
-        rows.append(
-            [
-                r.name,
-                r.state.value,
-                gpu_text(r),
-                str(r.current.nproc),
-                when(r.current.started_at or r.created_at, now),
-                duration(r.duration_s(now)),
-                exit_summary(r.current),
-                command,
-            ]
-        )
+        row = [
+            r.name,
+            r.state.value,
+            gpu_text(r),
+            str(r.current.nproc),
+            when(r.current.started_at or r.created_at, now),
+            duration(r.duration_s(now)),
+            exit_summary(r.current),
+        ]
+        if params:
+            row.append(printable(" ".join(f"{k}={v}" for k, v in r.spec.params)) or "-")
+        rows.append([*row, command])
     return rows
 
 
 JOB_COLUMNS = ["NAME", "STATE", "GPUS", "NPROC", "STARTED", "DURATION", "EXIT", "COMMAND"]
+
+
+def job_columns(params: bool) -> list[str]:
+    """The list's header, with PARAMS when a sweep's jobs are shown."""
+    return [*JOB_COLUMNS[:-1], "PARAMS", JOB_COLUMNS[-1]] if params else JOB_COLUMNS
 
 
 def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -138,7 +144,9 @@ def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> None:
     """The ``list`` table, and a hint when some records are not shown."""
-    rows = job_rows(records)
+    params = any(r.spec.params for r in records)
+    rows = job_rows(records, params)
+    columns = job_columns(params)
     note = ""
     if not all_shown and total > len(records):
         note = f"{len(records)} of {total} jobs shown; `handyjobs list --all` shows every one"
@@ -149,7 +157,7 @@ def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> Non
             print(f"no job matches ({total} in the registry; `handyjobs list --all` shows them)")
         return
     if not fancy():
-        print(plain_table(JOB_COLUMNS, rows))
+        print(plain_table(columns, rows))
         if note:
             print(note, file=sys.stderr)
         return
@@ -158,7 +166,7 @@ def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> Non
     import shutil
 
     width = shutil.get_terminal_size().columns
-    lines = plain_table(JOB_COLUMNS, rows).splitlines()
+    lines = plain_table(columns, rows).splitlines()
     colour = use_colour()
     out = [_style(lines[0][:width], "1", colour)]
     for record, line in zip(records, lines[1:], strict=True):
@@ -237,6 +245,11 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
             f"{git.get('commit', '')[:12]}{' (dirty)' if git.get('dirty') else ''}" if git else "-",
         ),
         ("env", " ".join(f"{k}=..." for k, _ in spec.env) or "-"),
+        ("group", spec.group or "-"),
+        ("params", printable(" ".join(f"{k}={v}" for k, v in spec.params)) or "-"),
+        ("after", ", ".join(spec.after) + (" (any outcome)" if spec.after_any else "") or "-"),
+        ("priority", str(spec.priority)),
+        ("on exit", printable(" ".join(spec.on_exit)) or "-"),
         ("runs", str(len(record.runs))),
     ]
     for old in record.runs[:-1]:
@@ -341,6 +354,11 @@ def blocker_text(b: Blocker) -> str:
 
 def wait_text(wait: Wait) -> str:
     """Why a run waits, in one line."""
+    if wait.after:
+        return f"waiting for {', '.join(wait.after)} to end"
+    if wait.limit is not None:
+        whose = f" of group {wait.group}" if wait.group else ""
+        return f"{wait.running} of {wait.limit} jobs{whose} allowed at once are running"
     reasons = "; ".join(blocker_text(b) for b in wait.blockers)
     if wait.by_count:
         head = f"only {wait.free} of the {wait.needed} GPUs asked for are free"
@@ -354,12 +372,16 @@ _LOST = {
     LostKind.REBOOT: "the machine restarted while it ran",
     LostKind.RUNNER_ERROR: "its runner failed",
     LostKind.START_FAILED: "it could not start",
+    LostKind.DEPENDENCY_FAILED: "never started",
 }
 
 
 def reason_text(reason: Reason) -> str:
     """Why a run was lost or failed to start, in words, with what is left of it."""
     text = _LOST[reason.kind]
+    if reason.kind is LostKind.DEPENDENCY_FAILED:
+        how = "is gone" if reason.detail in (None, "gone") else reason.detail
+        return f"{text}: job {reason.job}, which it was to start after, {how}"
     if reason.detail and reason.kind in (LostKind.RUNNER_ERROR, LostKind.START_FAILED):
         text += f": {printable(reason.detail)}"
     if reason.pids:

@@ -35,6 +35,7 @@ from handyjobs import launch, lifecycle, paths, procs, registry, render
 from handyjobs.errors import HandyjobsError, StorageError
 from handyjobs.records import (
     JobRecord,
+    JobSpec,
     JobState,
     LaunchEnv,
     LostKind,
@@ -283,7 +284,6 @@ class Runner:
 
     def run(self) -> int:
         """The runner's whole life; returns the job's shell-style exit code."""
-        from handyjobs.records import JobSpec
         from handyjobs.tee import run_on_pty
 
         procs.set_child_subreaper()  # orphaned torchrun workers come back to us, not to init
@@ -291,8 +291,6 @@ class Runner:
         if record is None:
             return 1  # the start that made this session died before saving: start nothing
         run = record.current
-        if not run.state.active or run.stop_requested:
-            return 1
         self.verified = True
         spec: JobSpec = record.spec
         self.log_fd, self.log_error = _open_log(record.log_path)
@@ -300,6 +298,13 @@ class Runner:
             env = self._env()
         except (OSError, ValueError, KeyError) as exc:
             return self._fail_to_start(f"cannot read the job's environment file ({exc})")
+        if not run.state.active or run.stop_requested:
+            # Ended before we got here: stopped, or a dependency failed as we started up.
+            if run.stop_requested and run.state.active:
+                with contextlib.suppress(HandyjobsError), registry.locked(self.root) as reg:
+                    lifecycle.cancel(reg, self.name, self.run_id)
+            self._never_started(spec, env)
+            return 1
         # Settings such as the tmux socket and a fake GPU file are the caller's, not tmux's.
         os.environ.update({k: v for k, v in env.items() if k.startswith("HANDYJOBS_")})
         try:
@@ -311,9 +316,9 @@ class Runner:
         if run.state is JobState.QUEUED:
             gpus = self._wait_for_grant(env)
             if gpus is None:
-                _say(self.log_fd, "stopped while queued")
                 self.status.path.unlink(missing_ok=True)
                 self.status.release()
+                self._never_started(spec, env)
                 return 1
         booked = gpus if spec.books_gpus else None
         ctx = launch.RunContext(
@@ -358,7 +363,40 @@ class Runner:
         )
         self._conclude(outcome, None)
         self._schedule_others(env)
+        self._on_exit(spec, env)
         return result.returncode
+
+    def _ended_run(self) -> tuple[JobRecord | None, str]:
+        """Our record as it is now, and our run's end state (as far as it can be read)."""
+        with contextlib.suppress(HandyjobsError):
+            record = registry.load_one(self.name, self.root)
+            run = None if record is None else record.run_by_id(self.run_id)
+            if record is not None and run is not None:
+                return record, run.state.value
+        return None, "unknown"
+
+    def _never_started(self, spec: JobSpec, env: dict[str, str]) -> None:
+        """The run left the queue without starting (stopped, removed, a dependency failed)."""
+        record, state = self._ended_run()
+        run = None if record is None else record.run_by_id(self.run_id)
+        if run is not None and run.reason is not None:
+            _say(self.log_fd, render.reason_text(run.reason))
+        else:
+            _say(self.log_fd, f"not started ({state} while queued)")
+        self._on_exit(spec, env)
+
+    def _on_exit(self, spec: JobSpec, env: dict[str, str]) -> None:
+        """Run the job's ``--on-exit`` command, its output into the log; a failure is noted."""
+        if not spec.on_exit:
+            return
+        from handyjobs import hooks
+
+        record, state = self._ended_run()
+        run = None if record is None else record.run_by_id(self.run_id)
+        log_path = str(paths.log_path(self.name, self.root)) if record is None else record.log_path
+        note = hooks.run_on_exit(spec, self.name, run, state, env, self.log_fd, log_path)
+        if note:
+            _say(self.log_fd, note)
 
     def _schedule_others(self, env: dict[str, str]) -> None:
         """Our GPUs are free now: let queued jobs have them without waiting for a poll."""

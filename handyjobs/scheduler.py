@@ -59,14 +59,20 @@ def refresh(records: list[JobRecord], root: Path) -> list[JobRecord]:
 
 
 def schedule_pass(root: Path, env: Mapping[str, str] | None = None) -> list[str]:
-    """Discover GPUs (outside the lock), then grant what can start; return the names granted."""
-    if not any(
-        r.state is JobState.QUEUED and r.spec.books_gpus for r in registry.load_active(root)
-    ):
+    """Discover GPUs (outside the lock, only if a queued job needs them), then grant what can
+    start; return the names granted."""
+    active = registry.load_active(root)
+    queued = [r for r in active if r.state is JobState.QUEUED]
+    if not queued:
         return []
-    from handyjobs import gpus, lifecycle
+    from handyjobs import config, lifecycle
 
-    discovery = gpus.discover(env)
+    discovery = None
+    if any(r.spec.books_gpus for r in queued):
+        from handyjobs import gpus
+
+        discovery = gpus.discover(env)
+    limits = config.load(root).limits(env)
     with registry.locked(root) as reg:
         refresh_locked(reg)
-        return lifecycle.schedule(reg, reg.records(), discovery)
+        return lifecycle.schedule(reg, reg.records(), discovery, limits)

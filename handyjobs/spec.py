@@ -39,6 +39,14 @@ class StartRequest:
     python: str | None = None
     wait: bool = False
     force: bool = False
+    executable: bool = False
+    group: str | None = None
+    after: Sequence[str] = ()
+    after_any: bool = False
+    priority: int = 0
+    on_exit: str | None = None
+    max_restarts: int | None = None
+    params: Sequence[tuple[str, str]] = ()
     caller_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -140,9 +148,75 @@ def caller_cwd(env: Mapping[str, str]) -> str:
     return here
 
 
-def make_spec(req: StartRequest) -> Checked:
-    """Check a start request and turn it into a spec; every problem is a one-line UsageError."""
-    from handyjobs import booking
+def _names(items: Sequence[str], option: str) -> tuple[str, ...]:
+    """``--after a,b --after c`` as names, each checked, duplicates once."""
+    out: dict[str, None] = {}
+    for item in items:
+        for name in item.split(","):
+            name = name.strip()
+            if not name:
+                raise UsageError(f"{option} {item!r} has an empty name; give job names: a,b")
+            check_name(name)
+            out[name] = None
+    return tuple(out)
+
+
+def _command_line(text: str, option: str) -> tuple[str, ...]:
+    """A command line split as a shell would (no shell ever runs it)."""
+    import shlex
+
+    from handyjobs import render
+
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise UsageError(f"{option} {render.printable(repr(text))}: {exc}") from None
+    if not argv:
+        raise UsageError(f"{option} is empty; give the command to run")
+    return argv
+
+
+def _script(req: StartRequest, cwd: Path) -> str:
+    """The script, module or command to run, checked; a path is made absolute."""
+    from handyjobs import render
+
+    shown = render.printable(req.script)
+    if req.module:
+        if req.executable:
+            raise UsageError("-m and --exec both given: run a module, or a command")
+        if not req.script or not all(part.isidentifier() for part in req.script.split(".")):
+            raise UsageError(f"-m {render.printable(repr(req.script))}: not a module name")
+        return req.script
+    path = Path(req.script).expanduser()
+    if req.executable:
+        if "/" not in req.script:
+            if shutil.which(req.script, path=req.caller_env.get("PATH", os.defpath)) is None:
+                raise UsageError(f"command {shown} not found on your PATH; give its path")
+            return req.script  # looked up on the job's PATH when it starts, as a shell would
+        path = path if path.is_absolute() else cwd / path
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise UsageError(f"{shown} is not an executable file in {cwd} (chmod +x it?)")
+        return str(path)
+    path = path if path.is_absolute() else cwd / path
+    if not path.is_file():
+        raise UsageError(f"script {shown} not found in {cwd}; check the path or --cwd")
+    if path.suffix != ".py":
+        raise UsageError(
+            f"{shown} is not a Python script; to run it as a command, "
+            f"`handyjobs start --exec {shown}` (its own shebang, no python in front)"
+        )
+    return str(path)
+
+
+def make_spec(
+    req: StartRequest, root: Path | None = None, discovery: Discovery | None = None
+) -> Checked:
+    """Check a start request and turn it into a spec; every problem is a one-line UsageError.
+
+    Settings come from the environment first, then from the config file under ``root``.
+    ``discovery``, when given, is used instead of discovering the GPUs again (a sweep).
+    """
+    from handyjobs import booking, config
 
     cwd = Path(req.cwd or caller_cwd(req.caller_env)).expanduser()
     if not cwd.is_absolute():
@@ -151,6 +225,8 @@ def make_spec(req: StartRequest) -> Checked:
         raise UsageError(f"--cwd {cwd}: no such directory")
     if req.name is not None:
         check_name(req.name)
+    if req.group is not None:
+        check_name(req.group)
     if req.nproc is not None and req.nproc < 1:
         raise UsageError(f"--nproc {req.nproc}: give at least 1 process")
     if req.ngpus is not None and req.ngpus < 1:
@@ -161,34 +237,32 @@ def make_spec(req: StartRequest) -> Checked:
         raise UsageError("--gpus and --ngpus both given; pick GPUs by number or by count")
     if req.force and req.gpus is None:
         raise UsageError("--force overrides checks on GPUs you name: use it with --gpus")
-    if req.wait and req.gpus is None and req.ngpus is None:
-        raise UsageError("--wait queues for GPUs: give --gpus or --ngpus with it")
-    if req.module:
-        script = req.script
-        if not script or not all(part.isidentifier() for part in script.split(".")):
-            from handyjobs import render
-
-            raise UsageError(
-                f"-m {render.printable(repr(script))}: not a module name (like pkg.train)"
-            )
-    else:
-        path = Path(req.script).expanduser()
-        path = path if path.is_absolute() else cwd / path
-        if not path.is_file():
-            from handyjobs import render
-
-            raise UsageError(
-                f"script {render.printable(req.script)} not found in {cwd}; check the path or --cwd"
-            )
-        script = str(path)
-    policy = booking.policy_from_env(req.caller_env)
-    discovery: Discovery | None = None
+    if req.executable and req.nproc is not None and req.nproc > 1:
+        raise UsageError(
+            f"--nproc {req.nproc} with --exec: handyjobs runs a command once; let it start its "
+            "processes (accelerate launch --num_processes N, torchrun --nproc-per-node N)"
+        )
+    if req.max_restarts is not None:
+        if req.max_restarts < 0:
+            raise UsageError(f"--max-restarts {req.max_restarts}: give 0 or more")
+        if req.executable:
+            raise UsageError("--max-restarts is torchrun's; with --exec pass it to your launcher")
+    after = _names(req.after, "--after")
+    if req.after_any and not after:
+        raise UsageError("--after-any goes with --after NAME: the jobs to start after")
+    cfg = config.load(root)
+    env = {**cfg.env_defaults(), **req.caller_env}
+    script = _script(req, cwd)
+    policy = booking.policy_from_env(env)
+    on_exit_text = req.on_exit if req.on_exit is not None else env.get(config.ON_EXIT_ENV)
+    on_exit = _command_line(on_exit_text, "--on-exit") if on_exit_text else ()
     resolved: tuple[int, ...] | None = None
     if req.gpus is not None or req.ngpus is not None:
         from handyjobs import gpus as gpumod
 
         tokens = gpumod.parse_gpu_spec(req.gpus) if req.gpus is not None else None
-        discovery = gpumod.discover(req.caller_env)  # the start's one discovery
+        if discovery is None:
+            discovery = gpumod.discover(req.caller_env)  # the start's one discovery
         if tokens is not None:
             resolved = tuple(gpumod.resolve_gpus(tokens, discovery))
             booking.check_allowed(resolved, policy)
@@ -206,6 +280,15 @@ def make_spec(req: StartRequest) -> Checked:
         wait=req.wait,
         force=req.force,
         policy=policy,
+        executable=req.executable,
+        group=req.group,
+        after=after,
+        after_any=req.after_any,
+        priority=req.priority,
+        on_exit=on_exit,
+        max_restarts=req.max_restarts,
+        params=tuple(req.params),
     )
-    git = git_info(Path(script).parent if not req.module else cwd)
-    return Checked(spec, discovery, git)
+    where = Path(script).parent if not req.module and "/" in script else cwd
+    git = git_info(where)
+    return Checked(spec, discovery if spec.books_gpus else None, git)

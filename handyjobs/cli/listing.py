@@ -7,20 +7,22 @@ from typing import Annotated
 import typer
 
 from handyjobs import jobs
+from handyjobs.cli.args import NameArg
 from handyjobs.cli.common import JSON_HELP, do_list, dump_json
 
 
 def list_(
     all_jobs: Annotated[bool, typer.Option("--all", "-a", help="Every record.")] = False,
     state: Annotated[list[str] | None, typer.Option(help="Only these states.")] = None,
+    group: Annotated[str | None, typer.Option(help="Only this group (a sweep).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Jobs, newest first: running and queued, and the 20 latest finished."""
-    do_list(all_jobs, state, as_json)
+    do_list(all_jobs, state, as_json, group)
 
 
 def show(
-    name: str,
+    name: NameArg,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Everything on a job's record."""

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from handyjobs import jobs
+from handyjobs.cli.args import NameArg
 from handyjobs.errors import UsageError
 from handyjobs.records import returncode
 
@@ -43,7 +44,7 @@ def follow_to_end(name: str) -> int | None:
 
 
 def logs(
-    name: str,
+    name: NameArg,
     lines: Annotated[int | None, typer.Option("-n", "--lines", help="Only the last N.")] = None,
     follow: Annotated[
         bool, typer.Option("-f", "--follow", help="Until the job ends; exit with its code.")
