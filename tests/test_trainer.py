@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
@@ -768,12 +770,19 @@ def test_train_example_runs_with_no_arguments(tmp_path: Path) -> None:
 # -- GPU --------------------------------------------------------------------------------------
 
 
-@pytest.mark.gpu
-def test_gpu_device_and_precision() -> None:
-    """On a GPU: cuda:0 by default, bf16 autocast, fp16 with a scaler."""
+def need_gpu() -> None:
+    """Skip, saying why, where torch sees no NVIDIA GPU."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible to torch")
-    trainer = ParallelTrainer(config={"precision": "bf16"})
+
+
+@pytest.mark.gpu
+def test_gpu_device_and_precision() -> None:
+    """On a GPU: cuda:0 by default, bf16 autocast, an fp16 step that moves finite weights."""
+    need_gpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainerWarning)  # bf16 before Ampere: its own test
+        trainer = ParallelTrainer(config={"precision": "bf16"})
     assert trainer.device == torch.device("cuda", 0)
     ones = torch.ones(4, 4, device=trainer.device)
     with trainer.autocast():
@@ -782,8 +791,42 @@ def test_gpu_device_and_precision() -> None:
     assert fp16.scaler is not None
     model = fp16.model_parallel(nn.Linear(4, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
     with fp16.autocast():
         out = model(ones)
     assert out.dtype == torch.float16
-    fp16.backward(out.float().sum())
+    # Small, so the scaled gradients (x 65536) fit in float16 and the step is not skipped.
+    fp16.backward(out.float().sum() * 1e-3)
     fp16.step(optimizer)
+    after = list(model.parameters())
+    assert all(p.device == fp16.device and torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(p.grad is None for p in after)
+    assert math.isfinite(fp16.scaler.get_scale())
+
+
+@pytest.mark.gpu
+def test_gpu_index_is_checked_and_made_current() -> None:
+    """cuda:N beyond the visible GPUs is a TrainerError; a valid one becomes current."""
+    need_gpu()
+    count = torch.cuda.device_count()
+    with pytest.raises(TrainerError, match=f"sees {count} GPU"):
+        ParallelTrainer(config={"device": f"cuda:{count}"})
+    try:
+        last = ParallelTrainer(config={"device": f"cuda:{count - 1}"})
+        assert last.device == torch.device("cuda", count - 1)
+        assert torch.cuda.current_device() == count - 1
+    finally:
+        torch.cuda.set_device(0)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_warns_exactly_before_ampere() -> None:
+    """bf16 warns (suggesting fp16) on a GPU below compute capability 8.0, and only there."""
+    need_gpu()
+    capability = torch.cuda.get_device_capability(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ParallelTrainer(config={"precision": "bf16"})
+    advice = [w for w in caught if "emulate bfloat16" in str(w.message)]
+    assert len(advice) == (1 if capability < (8, 0) else 0)
