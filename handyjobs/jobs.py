@@ -242,6 +242,22 @@ def log_file(name: str) -> tuple[JobRecord, Path]:
     return record, path
 
 
+def rank_log_file(name: str, rank: int, must_exist: bool = True) -> tuple[JobRecord, Path]:
+    """The job's record and rank ``rank``'s own log (a job of one process: its only log)."""
+    from handyjobs import render
+
+    record = get_job(name)
+    procs = record.spec.procs
+    if not 0 <= rank < procs:
+        raise UsageError(render.no_such_rank(name, rank, procs))
+    if procs == 1:
+        return log_file(name)
+    path = Path(paths.rank_log(record.log_path, rank))
+    if must_exist and not path.is_file():
+        raise JobStateError(render.rank_log_missing(record, rank, path))
+    return record, path
+
+
 def ended_check(record: JobRecord) -> Callable[[], bool]:
     """A cheap "has this run ended?" for ``logs -f``: the runner's status file, then the record."""
     from handyjobs import backends, lifecycle

@@ -367,3 +367,21 @@ def reason_text(reason: Reason) -> str:
         which = "1 of its processes still runs" if n == 1 else f"{n} of its processes still run"
         text += f"; {which} ({', '.join(map(str, reason.pids))}): `handyjobs stop` ends them"
     return text
+
+
+# ---- logs, ranks, cost ---------------------------------------------------------------------
+
+
+def no_such_rank(name: str, rank: int, procs: int) -> str:
+    """The error for ``logs --rank N`` past the job's ranks."""
+    ranks = "rank 0" if procs == 1 else f"ranks 0-{procs - 1}"
+    noun = "processes" if procs > 1 else "process"
+    return f"job {name} runs {procs} {noun} ({ranks}); there is no rank {rank}"
+
+
+def rank_log_missing(record: JobRecord, rank: int, path: object) -> str:
+    """The error for a rank whose own log is not there."""
+    return (
+        f"rank {rank} of job {record.name} has no log ({path}): it has not started yet, or the "
+        f"job ran before handyjobs kept logs per rank; see `handyjobs logs {record.name}`"
+    )

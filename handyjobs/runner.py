@@ -283,6 +283,7 @@ class Runner:
 
     def run(self) -> int:
         """The runner's whole life; returns the job's shell-style exit code."""
+        from handyjobs import rotation, terminal
         from handyjobs.records import JobSpec
         from handyjobs.tee import run_on_pty
 
@@ -323,8 +324,15 @@ class Runner:
             booked,
             record.log_path,
             str(paths.job_dir(self.name, self.root)),
+            rank_python=sys.executable,
         )
         job = launch.build(spec, ctx, env, pane_env=os.environ)
+        limit, bad_limit = rotation.limit_from_env(env)
+        if bad_limit:
+            _say(self.log_fd, bad_limit)
+        rotator = rotation.Rotator(record.log_path, self.log_fd, limit) if limit else None
+        # Several ranks tag their lines; the pane shows rank 0's as a lone process would.
+        pane_filter = terminal.PaneFilter().feed if spec.procs > 1 else None
         where = f"GPUs {','.join(map(str, booked))}" if booked else ("CPU" if spec.cpu else "")
         _say(
             self.log_fd,
@@ -338,6 +346,8 @@ class Runner:
             spec.cwd,
             self.log_fd,
             on_start=lambda pid: self._on_start(pid, job, booked),
+            rotator=rotator,
+            pane_filter=pane_filter,
         )
         leftovers = self._end_leftovers()
         how = (
