@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from handyjobs.records import (
     Blocker,
     BlockKind,
+    Cost,
     GpuUser,
     JobRecord,
     JobState,
@@ -227,6 +228,7 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
         ("tmux session", record.session),
         ("pids", " ".join(f"{k}={v}" for k, v in sorted(run.pids.items())) or "-"),
         ("leftovers", f"{run.leftovers} ended after the main process" if run.leftovers else "-"),
+        *(cost_fields(run.cost) if run.cost is not None else []),
         ("created", record.created_at),
         ("started", run.started_at or "-"),
         ("ended", run.ended_at or "-"),
@@ -385,3 +387,32 @@ def rank_log_missing(record: JobRecord, rank: int, path: object) -> str:
         f"rank {rank} of job {record.name} has no log ({path}): it has not started yet, or the "
         f"job ran before handyjobs kept logs per rank; see `handyjobs logs {record.name}`"
     )
+
+
+def size(n: int | None) -> str:
+    """Bytes for people: ``512 MiB``, ``1.5 GiB``."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
+def cost_fields(cost: Cost) -> list[tuple[str, str]]:
+    """``show``'s lines about what a run used."""
+    looks = f"{cost.samples} look{'s' if cost.samples != 1 else ''} {cost.interval_s:g}s apart"
+    out = [
+        (
+            "memory",
+            f"peak {size(cost.peak_rss_bytes)} together ({looks}), "
+            f"largest process {size(cost.max_rss_bytes)} at its peak",
+        ),
+        ("cpu time", duration(cost.cpu_time_s)),
+    ]
+    for g in cost.gpus:
+        util = "" if g.mean_utilization_pct is None else f", {g.mean_utilization_pct:.0f}% mean use"
+        out.append((f"gpu {g.index}", f"peak {g.peak_memory_mib} MiB by the job{util}"))
+    return out
+
