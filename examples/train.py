@@ -9,6 +9,7 @@ torchrun --nproc_per_node 2 examples/train.py --ckpt last.pt   # run again: it r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -58,6 +59,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def log_metrics(trainer: ParallelTrainer, step: int, **values: float) -> None:
+    """Metrics for `handyjobs plot` and `show`: a JSON line in $HANDYJOBS_METRICS_FILE (rank 0).
+
+    A stand-in for trainer.log_metrics, which writes the same file; outside handyjobs a no-op.
+    """
+    path = os.environ.get("HANDYJOBS_METRICS_FILE")
+    if path and trainer.is_main:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+
+
 @torch.no_grad()
 def evaluate(trainer: ParallelTrainer, model: nn.Module, loader: object) -> float:
     """Accuracy over the whole validation set, summed over every rank's shard."""
@@ -103,9 +115,11 @@ def main() -> None:
 
         started = time.monotonic()
         accuracy = evaluate(trainer, model, val_loader)
+        step = start_epoch * len(train_loader)
         for epoch in range(start_epoch, args.epochs):
             loss_sum = torch.zeros((), device=trainer.device)
             for x, y in trainer.progress(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}"):
+                step += 1
                 x, y = trainer.to_device((x, y))
                 with trainer.accumulate(model, args.accumulate) as sync:
                     with trainer.autocast():
@@ -116,9 +130,12 @@ def main() -> None:
                     trainer.step(optimizer)
                     scheduler.step()
                 loss_sum += loss.detach().float()
+                if step % 4 == 0:  # this rank's loss: cheap, no collective
+                    log_metrics(trainer, step, loss=float(loss.detach()))
             mean_loss = trainer.all_reduce(loss_sum.item() / len(train_loader))
             accuracy = evaluate(trainer, model, val_loader)
             trainer.print(f"epoch {epoch + 1}: train loss {mean_loss:.4f}, val acc {accuracy:.3f}")
+            log_metrics(trainer, step, epoch_loss=mean_loss, val_acc=accuracy)
             if args.ckpt is not None:
                 trainer.save(
                     args.ckpt,

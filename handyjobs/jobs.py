@@ -221,6 +221,26 @@ def list_jobs(
     return sorted(records, key=_sort_key, reverse=True), total
 
 
+def peek_jobs(recent: int = 20) -> list[JobRecord]:
+    """What ``list_jobs()`` shows, reconciled in memory only: never writes the registry.
+
+    For views that look every second (``top``): what changed is left for the next writer.
+    """
+    from handyjobs import backends, lifecycle
+
+    root = paths.home()
+    paths.check_home(root)
+    records, _ = registry.load_recent(root, recent)
+    scratch = lifecycle.Scratch(records)
+    for record in records:
+        if record.state.active:
+            lifecycle.reconcile(scratch, record, backends.get(record.current.backend), root)
+    records = [scratch.records[r.name] for r in records]
+    done = sorted((r for r in records if not r.state.active), key=_sort_key, reverse=True)
+    records = [r for r in records if r.state.active] + done[:recent]
+    return sorted(records, key=_sort_key, reverse=True)
+
+
 def get_job(name: str) -> JobRecord:
     """One job's record, reconciled with what really runs."""
     root = paths.home()

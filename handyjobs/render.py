@@ -40,6 +40,7 @@ def printable(text: str) -> str:
     return text.translate(_CONTROL)
 
 if TYPE_CHECKING:
+    from handyjobs.curves import Summary
     from handyjobs.gpus import Discovery
 
 _STATE_STYLE = {
@@ -137,9 +138,22 @@ def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> None:
+def print_jobs(
+    records: Sequence[JobRecord],
+    total: int,
+    all_shown: bool,
+    metric: str | None = None,
+    values: dict[str, float | None] | None = None,
+) -> None:
     """The ``list`` table, and a hint when some records are not shown."""
     rows = job_rows(records)
+    columns = JOB_COLUMNS
+    if metric:  # a column for the metric, before the command (which is left ragged)
+        columns = [*JOB_COLUMNS[:-1], printable(metric).upper(), JOB_COLUMNS[-1]]
+        rows = [
+            [*row[:-1], metric_value((values or {}).get(r.name)), row[-1]]
+            for r, row in zip(records, rows, strict=True)
+        ]
     note = ""
     if not all_shown and total > len(records):
         note = f"{len(records)} of {total} jobs shown; `handyjobs list --all` shows every one"
@@ -150,7 +164,7 @@ def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> Non
             print(f"no job matches ({total} in the registry; `handyjobs list --all` shows them)")
         return
     if not fancy():
-        print(plain_table(JOB_COLUMNS, rows))
+        print(plain_table(columns, rows))
         if note:
             print(note, file=sys.stderr)
         return
@@ -159,7 +173,7 @@ def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> Non
     import shutil
 
     width = shutil.get_terminal_size().columns
-    lines = plain_table(JOB_COLUMNS, rows).splitlines()
+    lines = plain_table(columns, rows).splitlines()
     colour = use_colour()
     out = [_style(lines[0][:width], "1", colour)]
     for record, line in zip(records, lines[1:], strict=True):
@@ -253,9 +267,9 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
     return fields
 
 
-def print_record(record: JobRecord) -> None:
-    """``show``: one field a line."""
-    fields = record_fields(record)
+def print_record(record: JobRecord, metrics: Sequence[Summary] = ()) -> None:
+    """``show``: one field a line (and the last and best value of each metric)."""
+    fields = record_fields(record) + metric_fields(metrics)
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         print(f"{key.ljust(width)}  {value}")
@@ -389,6 +403,20 @@ def rank_log_missing(record: JobRecord, rank: int, path: object) -> str:
     )
 
 
+def no_metric(metric: str, jobs_without: Sequence[str], seen: Sequence[str]) -> str:
+    """The error when no job named has a point of the metric."""
+    names = ", ".join(jobs_without)
+    if seen:
+        return (
+            f"no point of metric {metric!r} in {names}; they logged {', '.join(seen)}: "
+            "pick one with --metric"
+        )
+    return (
+        f"{names} logged no metrics yet; log them from the job with trainer.log_metrics "
+        "or handyjobs.log_metrics"
+    )
+
+
 def size(n: int | None) -> str:
     """Bytes for people: ``512 MiB``, ``1.5 GiB``."""
     if n is None:
@@ -416,3 +444,24 @@ def cost_fields(cost: Cost) -> list[tuple[str, str]]:
         out.append((f"gpu {g.index}", f"peak {g.peak_memory_mib} MiB by the job{util}"))
     return out
 
+
+def metric_value(value: float | None) -> str:
+    """A metric's value in a table cell."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def metric_fields(summaries: Sequence[Summary]) -> list[tuple[str, str]]:
+    """``show``'s lines about the job's metrics: last and best value of each."""
+    out = []
+    for s in summaries:
+        best = "max" if s.higher_is_better else "min"
+        out.append(
+            (
+                f"metric {printable(s.metric)}",
+                f"last {metric_value(s.last)} (step {s.last_step:g}), "
+                f"best {metric_value(s.best)} (step {s.best_step:g}, {best})",
+            )
+        )
+    return out

@@ -26,13 +26,15 @@ usage: handyjobs COMMAND [ARGS]...
   list                  what runs where, since when, how it ended
   show NAME             everything on a job's record
   attach NAME           put this terminal into a job's session
-  logs NAME [-f]        a job's output; -f follows it to the end
+  logs NAME [-f]        a job's output; -f follows it to the end (--rank N: one rank's)
   stop NAME...          end every process of jobs
   restart NAME          run a job's spec again
   wait NAME             wait for a job; exit with its code
   rm NAME...            forget finished jobs
   clean                 forget every finished job
   gpus                  GPUs, their use, and which job holds each
+  top                   a live view: jobs, CPU, memory, GPUs, progress (q quits)
+  plot NAME...          a metric's curves in the terminal (--metric loss, --png FILE)
 
 `handyjobs COMMAND --help` says more about each command."""
 

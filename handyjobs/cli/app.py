@@ -6,7 +6,19 @@ from collections.abc import Sequence
 
 import typer
 
-from handyjobs.cli import attach, gpus, listing, logs, remove, restart, start, stop, wait
+from handyjobs.cli import (
+    attach,
+    gpus,
+    listing,
+    logs,
+    plot,
+    remove,
+    restart,
+    start,
+    stop,
+    top,
+    wait,
+)
 
 app = typer.Typer(
     name="handyjobs",
@@ -31,6 +43,8 @@ app.command("wait")(wait.wait)
 app.command()(remove.rm)
 app.command()(remove.clean)
 app.command()(gpus.gpus)
+app.command()(top.top)
+app.command()(plot.plot)
 
 
 def run(args: Sequence[str]) -> object:

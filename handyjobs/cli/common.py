@@ -51,14 +51,29 @@ def each_name(names: Sequence[str], act: Callable[[str], None]) -> int:
     return 2 if all(c == 2 for c in codes) else 1
 
 
-def do_list(all_jobs: bool, states: Sequence[str] | None, as_json: bool) -> None:
-    """``handyjobs list``."""
-    from handyjobs import jobs
+def do_list(
+    all_jobs: bool, states: Sequence[str] | None, as_json: bool, metric: str | None = None
+) -> None:
+    """``handyjobs list`` (``--metric``: with a column for a metric's last value)."""
+    if metric:
+        from handyjobs import observe
 
-    records, total = jobs.list_jobs(all_jobs=all_jobs, states=parse_states(states))
+        listing = observe.list_with_metric(metric, all_jobs, parse_states(states))
+        records, total = listing.records, listing.total
+    else:
+        from handyjobs import jobs
+
+        records, total = jobs.list_jobs(all_jobs=all_jobs, states=parse_states(states))
     if as_json:
-        dump_json([r.to_dict() for r in records])
+        docs = [r.to_dict() for r in records]
+        if metric:
+            for doc in docs:
+                doc["metric"] = {"name": metric, "last": listing.values.get(doc["name"])}
+        dump_json(docs)
         return
     from handyjobs import render
 
-    render.print_jobs(records, total, all_jobs or bool(states))
+    if metric:
+        render.print_jobs(records, total, all_jobs or bool(states), metric, listing.values)
+    else:
+        render.print_jobs(records, total, all_jobs or bool(states))
