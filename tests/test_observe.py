@@ -117,8 +117,16 @@ def _reap(pid: int, fd: int) -> None:
     os.close(fd)
 
 
+# What the trainer reports while it loops (the progress file's fields as top reads them).
+REPORTS = """
+import json, os
+with open(os.environ["HANDYJOBS_PROGRESS_FILE"], "w") as f:
+    json.dump({"desc": "epoch 1/3", "done": 32, "total": 64, "rate": 16.0}, f)
+"""
+
+
 def test_top_shows_jobs_live_under_a_terminal_and_quits_on_q(sandbox: Sandbox) -> None:
-    sandbox.write("sleep.py", SLEEPER)
+    sandbox.write("sleep.py", REPORTS + SLEEPER)
     sandbox.cli("start", "sleep.py", "--name", "sleepy", check=True)
     sandbox.write("ok.py", "print('all done here')\n")
     sandbox.cli("start", "ok.py", "--name", "quick", check=True)
@@ -130,6 +138,7 @@ def test_top_shows_jobs_live_under_a_terminal_and_quits_on_q(sandbox: Sandbox) -
         wait_until(screen.has(b"sleepy", b"running", b"quick", b"succeeded"), 30, what="top")
         wait_until(screen.has(b"all done here", b"pid "), 10, what="last lines")
         wait_until(screen.has(b"MiB"), 10, what="the job's memory")
+        wait_until(screen.has(b"epoch 1/3 32/64 50%", b"2.0s"), 10, what="progress and ETA")
         screen.clear()
         wait_until(screen.has(b"sleepy"), 5, what="a second refresh")  # it redraws by itself
         os.write(fd, b"q")
