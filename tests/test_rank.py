@@ -14,10 +14,16 @@ from handyjobs.procs import is_running
 from handyjobs.rank import LineForwarder
 
 # Two ranks printing 200 lines each with print() under torchrun's `python -u`: each print is
-# two writes (the text, then the newline). Before the wrapper, 4 runs of 10 merged lines.
+# two writes (the text, then the newline). They meet first (a file each in the folder given
+# as argument, when there is one) so that their prints overlap: on bare torchrun that merged
+# lines in 8 runs of 10 (scripts/bench_ranks.py).
 CHATTY = """
-import os, sys
+import os, sys, time
 rank = os.environ["RANK"]
+if len(sys.argv) > 1 and os.path.isdir(sys.argv[1]):
+    open(os.path.join(sys.argv[1], "ready-" + rank), "w").close()
+    while len(os.listdir(sys.argv[1])) < 2:
+        time.sleep(0.0005)
 for i in range(200):
     print(f"R{rank} L{i:03d} " + "abcdefghij" * 5)
 """
@@ -63,7 +69,20 @@ def test_ten_runs_of_two_ranks_never_merge_a_line(sandbox: Sandbox) -> None:
     sandbox.write("chatty.py", CHATTY)
     names = [f"c{i}" for i in range(10)]
     for name in names:
-        sandbox.cli("start", "chatty.py", "--cpu", "--nproc", "2", "--name", name, check=True)
+        meet = sandbox.root / f"meet-{name}"
+        meet.mkdir()
+        sandbox.cli(
+            "start",
+            "chatty.py",
+            "--cpu",
+            "--nproc",
+            "2",
+            "--name",
+            name,
+            "--",
+            str(meet),
+            check=True,
+        )
     damaged = 0
     for name in names:
         rec = wait_state(sandbox, name, "succeeded", "failed", timeout=240)
