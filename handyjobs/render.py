@@ -407,8 +407,9 @@ def no_metric(metric: str, jobs_without: Sequence[str], seen: Sequence[str]) -> 
     """The error when no job named has a point of the metric."""
     names = ", ".join(jobs_without)
     if seen:
+        who = "it" if len(jobs_without) == 1 else "they"
         return (
-            f"no point of metric {metric!r} in {names}; they logged {', '.join(seen)}: "
+            f"no point of metric {metric!r} in {names}; {who} logged {', '.join(seen)}: "
             "pick one with --metric"
         )
     return (

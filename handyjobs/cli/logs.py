@@ -42,7 +42,8 @@ def show_log(
     colour = not (plain or raw) and render.use_colour()
     mode = TagMode.RAW if raw else TagMode.PREFIX if prefix else TagMode.PANE
     single = record.spec.procs == 1
-    view = Renderer(colour, live=colour and follow, mode=mode, single=single, raw=raw)
+    live = follow and not raw and render.fancy()  # a terminal: redraw the unfinished line
+    view = Renderer(colour, live=live, mode=mode, single=single, raw=raw)
     out = sys.stdout.buffer
     try:
         if lines is None:
