@@ -104,10 +104,21 @@ class _Screen:
                     self.message = f"stop {chosen}? y/n"
 
     def _follow(self, name: str) -> None:
+        """The job's log until it ends (or Ctrl-C), then a key to come back to the screen."""
+        from handyjobs import views
         from handyjobs.cli.logs import show_log
 
-        with contextlib.suppress(KeyboardInterrupt, HandyjobsError):
+        try:
             show_log(name, 20, True)
+        except KeyboardInterrupt:
+            return
+        except HandyjobsError as exc:
+            print(exc)
+        sys.stdout.write(views.followed_message(name))
+        sys.stdout.flush()
+        tty.setcbreak(self.fd)
+        with contextlib.suppress(KeyboardInterrupt):
+            _read_key(self.fd, None, [])
 
     def _stop(self, name: str) -> None:
         from handyjobs import views
@@ -125,7 +136,7 @@ class _Screen:
         threading.Thread(target=stop, name="handyjobs-stop", daemon=True).start()
 
 
-def _read_key(fd: int, timeout: float, queue: list[bytes]) -> bytes:
+def _read_key(fd: int, timeout: float | None, queue: list[bytes]) -> bytes:
     """One key press (an escape sequence whole), or b"" when none came in ``timeout``.
 
     Keys typed (or pasted) faster than the screen redraws arrive in one read: the extra

@@ -109,8 +109,10 @@ class _Forward:
 
     def _send(self, sig: int) -> None:
         # The worker leads its own session and process group: signal it as a terminal would.
+        if self.pid is None:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid or 0, sig)
+            os.killpg(self.pid, sig)
 
 
 def _note(fd: int, text: str) -> None:

@@ -172,3 +172,8 @@ def stop_message(name: str, pids: Sequence[int], error: str | None) -> str:
         return f"could not stop {name}: {error}"
     n = len(pids)
     return f"stopped {name} ({n} process{'' if n == 1 else 'es'} ended)"
+
+
+def followed_message(name: str) -> str:
+    """What ``top`` says under a log it followed to the end."""
+    return f"\n(end of {name}'s log: press a key to go back to top)"

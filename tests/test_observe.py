@@ -141,6 +141,13 @@ def test_top_shows_jobs_live_under_a_terminal_and_quits_on_q(sandbox: Sandbox) -
         wait_until(screen.has(b"epoch 1/3 32/64 50%", b"2.0s"), 10, what="progress and ETA")
         screen.clear()
         wait_until(screen.has(b"sleepy"), 5, what="a second refresh")  # it redraws by itself
+        # f follows the selected job's log (the newest, quick: it has ended), a key comes back
+        screen.clear()
+        os.write(fd, b"f")
+        wait_until(screen.has(b"all done here", b"end of quick's log"), 10, what="the log")
+        screen.clear()
+        os.write(fd, b"x")
+        wait_until(screen.has(b"sleepy", b"running"), 10, what="top again")
         os.write(fd, b"q")
         assert _exit_code(pid) == 0
     finally:
