@@ -44,6 +44,7 @@ class _Screen:
     """The interactive loop: refresh, keys, and the stop asked from it."""
 
     def __init__(self, watcher: observe.Watcher, interval_s: float) -> None:
+        """Nothing selected, nothing said yet."""
         self.watcher, self.interval_s = watcher, interval_s
         self.selected = 0
         self.message = ""
@@ -52,6 +53,7 @@ class _Screen:
         self.keys: list[bytes] = []
 
     def run(self) -> int:
+        """The screen until ``q``, with the terminal's settings put back whatever happens."""
         saved = termios.tcgetattr(self.fd)
         try:
             while True:

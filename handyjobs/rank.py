@@ -93,15 +93,18 @@ class _Forward:
     """Signals to the worker's process group once it runs; remembered until then."""
 
     def __init__(self) -> None:
+        """No worker yet."""
         self.pid: int | None = None
         self.early: list[int] = []
 
     def started(self, pid: int) -> None:
+        """The worker runs: pass on what came before it did."""
         self.pid = pid
         for sig in self.early:
             self._send(sig)
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler: to the worker now, or once it runs."""
         if self.pid is None:
             self.early.append(signum)
         else:
