@@ -66,7 +66,8 @@ def log_metrics(trainer: ParallelTrainer, step: int, **values: float) -> None:
     """
     path = os.environ.get("HANDYJOBS_METRICS_FILE")
     if path and trainer.is_main:
-        with open(path, "a", encoding="utf-8") as f:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # private, as the log
+        with open(fd, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
 
 
