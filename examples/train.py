@@ -108,6 +108,7 @@ def main() -> None:
         started = time.monotonic()
         accuracy = evaluate(trainer, model, val_loader)
         stopped = False
+        step = start_epoch * len(train_loader)  # the x of the curves, continued on resume
         for epoch in range(start_epoch, args.epochs):
             loss_sum = torch.zeros((), device=trainer.device)
             steps = 0
@@ -128,6 +129,9 @@ def main() -> None:
                     scheduler.step()
                 loss_sum += loss.detach().float()
                 steps += 1
+                step += 1
+                if step % 4 == 0:  # rank 0's own loss (no collective): a curve for `plot`
+                    trainer.log_metrics({"loss": loss.item()}, step=step)
             if stopped:
                 if args.ckpt is not None:
                     # Mid-epoch: the resumed run starts this epoch again.
@@ -146,10 +150,10 @@ def main() -> None:
             mean_loss = trainer.all_reduce(loss_sum.item() / max(steps, 1))
             accuracy = evaluate(trainer, model, val_loader)
             trainer.print(f"epoch {epoch + 1}: train loss {mean_loss:.4f}, val acc {accuracy:.3f}")
-            # One JSON line per epoch in the job's folder (./metrics.jsonl outside handyjobs).
+            # JSON lines in the job's folder (./metrics.jsonl outside handyjobs).
             trainer.log_metrics(
-                {"train_loss": mean_loss, "val_acc": accuracy, "lr": scheduler.get_last_lr()[0]},
-                step=epoch + 1,
+                {"epoch_loss": mean_loss, "val_acc": accuracy, "lr": scheduler.get_last_lr()[0]},
+                step=step,
             )
             if args.ckpt is not None:
                 trainer.save(

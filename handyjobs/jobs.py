@@ -259,6 +259,26 @@ def list_jobs(
     return sorted(records, key=_sort_key, reverse=True), total
 
 
+def peek_jobs(recent: int = 20) -> list[JobRecord]:
+    """What ``list_jobs()`` shows, reconciled in memory only: never writes the registry.
+
+    For views that look every second (``top``): what changed is left for the next writer.
+    """
+    from handyjobs import backends, lifecycle
+
+    root = paths.home()
+    paths.check_home(root)
+    records, _ = registry.load_recent(root, recent)
+    scratch = lifecycle.Scratch(records)
+    for record in records:
+        if record.state.active:
+            lifecycle.reconcile(scratch, record, backends.get(record.current.backend), root)
+    records = [scratch.records[r.name] for r in records]
+    done = sorted((r for r in records if not r.state.active), key=_sort_key, reverse=True)
+    records = [r for r in records if r.state.active] + done[:recent]
+    return sorted(records, key=_sort_key, reverse=True)
+
+
 def get_job(name: str) -> JobRecord:
     """One job's record, reconciled with what really runs."""
     root = paths.home()
@@ -277,6 +297,22 @@ def log_file(name: str) -> tuple[JobRecord, Path]:
         raise JobStateError(
             f"the log of job {name} is missing ({path}); it was deleted or never written"
         )
+    return record, path
+
+
+def rank_log_file(name: str, rank: int, must_exist: bool = True) -> tuple[JobRecord, Path]:
+    """The job's record and rank ``rank``'s own log (a job of one process: its only log)."""
+    from handyjobs import render
+
+    record = get_job(name)
+    procs = record.spec.procs
+    if not 0 <= rank < procs:
+        raise UsageError(render.no_such_rank(name, rank, procs))
+    if procs == 1:
+        return log_file(name)
+    path = Path(paths.rank_log(record.log_path, rank))
+    if must_exist and not path.is_file():
+        raise JobStateError(render.rank_log_missing(record, rank, path))
     return record, path
 
 

@@ -32,6 +32,9 @@ class RunContext:
     log_path: str
     #: The job's folder: metrics and progress files live there.
     job_dir: str = ""
+    #: The interpreter that runs :mod:`handyjobs.rank` around each rank of a job of several
+    #: processes (the runner's own: the job's may not have handyjobs); None runs ranks bare.
+    rank_python: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,17 +65,22 @@ def build(
     elif nproc > 1 or spec.max_restarts is not None:
         # torchrun also for one process when elastic restarts are asked for: they are its.
         restarts = [] if spec.max_restarts is None else [f"--max-restarts={spec.max_restarts}"]
-        argv = [
+        torchrun = [
             spec.python,
             "-m",
             "torch.distributed.run",
             "--standalone",
             f"--nproc-per-node={nproc}",
             *restarts,
-            *(["--module"] if spec.module else []),
-            spec.script,
-            *spec.args,
         ]
+        if ctx.rank_python and nproc > 1:
+            # Each rank in its own wrapper (per-rank log, whole lines only on the shared
+            # terminal); the worker is what torchrun would run itself: python -u SCRIPT ARGS.
+            worker = [spec.python, "-u", *target, *spec.args]
+            wrapper = [ctx.rank_python, "-m", "handyjobs.rank", "--"]
+            argv = [*torchrun, "--no-python", *wrapper, *worker]
+        else:
+            argv = [*torchrun, *(["--module"] if spec.module else []), spec.script, *spec.args]
         rendezvous = STANDALONE
     else:
         argv = [spec.python, *target, *spec.args]

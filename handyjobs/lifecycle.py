@@ -170,6 +170,7 @@ def _ended(run: Run, outcome: Outcome) -> None:
     run.exit_code, run.signal = outcome.exit_code, outcome.signal
     run.leftovers = outcome.leftovers
     run.log_error = outcome.log_error or run.log_error
+    run.cost = outcome.cost or run.cost
     run.wait = None
 
 

@@ -390,6 +390,84 @@ class ProcId:
 
 
 @dataclass(frozen=True)
+class GpuUse:
+    """What a run used of one GPU, sampled through the driver by the run's pids."""
+
+    index: int
+    #: The most memory the run's processes held on it at one look, summed over them.
+    peak_memory_mib: int
+    #: The GPU's utilisation averaged over the looks that found the run on it (None: unknown).
+    mean_utilization_pct: float | None = None
+    #: How many looks found the run on it.
+    samples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "index": self.index,
+            "peak_memory_mib": self.peak_memory_mib,
+            "mean_utilization_pct": self.mean_utilization_pct,
+            "samples": self.samples,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GpuUse:
+        """Inverse of :meth:`to_dict`."""
+        util = d.get("mean_utilization_pct")
+        return cls(
+            int(d["index"]),
+            int(d.get("peak_memory_mib", 0)),
+            None if util is None else float(util),
+            int(d.get("samples", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a run cost, as its runner measured it (Slurm's sacct MaxRSS and TRES usage)."""
+
+    #: CPU time (user + system) of every process of the run.
+    cpu_time_s: float = 0.0
+    #: The most memory (RSS) the run's processes held together at one look.
+    peak_rss_bytes: int = 0
+    #: The largest peak RSS of any one process of the run (Slurm's MaxRSS).
+    max_rss_bytes: int = 0
+    gpus: tuple[GpuUse, ...] = ()
+    #: The highest TORCHELASTIC_RESTART_COUNT seen: how often torchrun restarted the workers.
+    restarts: int = 0
+    #: How many looks the runner took, and how far apart (seconds).
+    samples: int = 0
+    interval_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "cpu_time_s": round(self.cpu_time_s, 3),
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "max_rss_bytes": self.max_rss_bytes,
+            "gpus": [g.to_dict() for g in self.gpus],
+            "restarts": self.restarts,
+            "samples": self.samples,
+            "interval_s": self.interval_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Cost | None:
+        """Inverse of :meth:`to_dict`."""
+        if not d:
+            return None
+        return cls(
+            cpu_time_s=float(d.get("cpu_time_s", 0.0)),
+            peak_rss_bytes=int(d.get("peak_rss_bytes", 0)),
+            max_rss_bytes=int(d.get("max_rss_bytes", 0)),
+            gpus=tuple(GpuUse.from_dict(g) for g in d.get("gpus") or ()),
+            restarts=int(d.get("restarts", 0)),
+            samples=int(d.get("samples", 0)),
+            interval_s=float(d.get("interval_s", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a run's command ended, as its runner saw it: exit code or signal, and the rest."""
 
@@ -400,6 +478,8 @@ class Outcome:
     leftovers: int = 0
     #: Why writing the log failed (disk full, ...), when it did; the job ran on regardless.
     log_error: str | None = None
+    #: What the run used, as its runner sampled it.
+    cost: Cost | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -409,6 +489,7 @@ class Outcome:
             "ended_at": self.ended_at,
             "leftovers": self.leftovers,
             "log_error": self.log_error,
+            "cost": None if self.cost is None else self.cost.to_dict(),
         }
 
     @classmethod
@@ -422,6 +503,7 @@ class Outcome:
             d["ended_at"],
             int(d.get("leftovers", 0)),
             d.get("log_error"),
+            Cost.from_dict(d.get("cost")),
         )
 
 
@@ -452,6 +534,7 @@ class Run:
     reason: Reason | None = None
     log_error: str | None = None
     leftovers: int = 0
+    cost: Cost | None = None
 
     @property
     def pids(self) -> dict[str, int]:
@@ -488,6 +571,7 @@ class Run:
             "reason": None if self.reason is None else self.reason.to_dict(),
             "log_error": self.log_error,
             "leftovers": self.leftovers,
+            "cost": None if self.cost is None else self.cost.to_dict(),
         }
 
     @classmethod
@@ -516,6 +600,7 @@ class Run:
             reason=None if not reason else Reason.from_dict(reason),
             log_error=d.get("log_error"),
             leftovers=int(d.get("leftovers", 0)),
+            cost=Cost.from_dict(d.get("cost")),
         )
 
 
@@ -583,6 +668,7 @@ class JobRecord:
             "session": self.session,
             "log_path": self.log_path,
             "log_error": run.log_error,
+            "cost": None if run.cost is None else run.cost.to_dict(),
             "git": self.git,
             "spec": self.spec.to_dict(),
             "runs": [r.to_dict() for r in self.runs],

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from handyjobs.records import (
     Blocker,
     BlockKind,
+    Cost,
     GpuUser,
     JobRecord,
     JobState,
@@ -39,6 +40,7 @@ def printable(text: str) -> str:
     return text.translate(_CONTROL)
 
 if TYPE_CHECKING:
+    from handyjobs.curves import Summary
     from handyjobs.gpus import Discovery
 
 _STATE_STYLE = {
@@ -142,11 +144,23 @@ def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> None:
+def print_jobs(
+    records: Sequence[JobRecord],
+    total: int,
+    all_shown: bool,
+    metric: str | None = None,
+    values: dict[str, float | None] | None = None,
+) -> None:
     """The ``list`` table, and a hint when some records are not shown."""
     params = any(r.spec.params for r in records)
     rows = job_rows(records, params)
     columns = job_columns(params)
+    if metric:  # a column for the metric, before the command (which is left ragged)
+        columns = [*columns[:-1], printable(metric).upper(), columns[-1]]
+        rows = [
+            [*row[:-1], metric_value((values or {}).get(r.name)), row[-1]]
+            for r, row in zip(records, rows, strict=True)
+        ]
     note = ""
     if not all_shown and total > len(records):
         note = f"{len(records)} of {total} jobs shown; `handyjobs list --all` shows every one"
@@ -235,6 +249,7 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
         ("tmux session", record.session),
         ("pids", " ".join(f"{k}={v}" for k, v in sorted(run.pids.items())) or "-"),
         ("leftovers", f"{run.leftovers} ended after the main process" if run.leftovers else "-"),
+        *(cost_fields(run.cost) if run.cost is not None else []),
         ("created", record.created_at),
         ("started", run.started_at or "-"),
         ("ended", run.ended_at or "-"),
@@ -264,9 +279,9 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
     return fields
 
 
-def print_record(record: JobRecord) -> None:
-    """``show``: one field a line."""
-    fields = record_fields(record)
+def print_record(record: JobRecord, metrics: Sequence[Summary] = ()) -> None:
+    """``show``: one field a line (and the last and best value of each metric)."""
+    fields = record_fields(record) + metric_fields(metrics)
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         print(f"{key.ljust(width)}  {value}")
@@ -389,3 +404,86 @@ def reason_text(reason: Reason) -> str:
         which = "1 of its processes still runs" if n == 1 else f"{n} of its processes still run"
         text += f"; {which} ({', '.join(map(str, reason.pids))}): `handyjobs stop` ends them"
     return text
+
+
+# ---- logs, ranks, cost ---------------------------------------------------------------------
+
+
+def no_such_rank(name: str, rank: int, procs: int) -> str:
+    """The error for ``logs --rank N`` past the job's ranks."""
+    ranks = "rank 0" if procs == 1 else f"ranks 0-{procs - 1}"
+    noun = "processes" if procs > 1 else "process"
+    return f"job {name} runs {procs} {noun} ({ranks}); there is no rank {rank}"
+
+
+def rank_log_missing(record: JobRecord, rank: int, path: object) -> str:
+    """The error for a rank whose own log is not there."""
+    return (
+        f"rank {rank} of job {record.name} has no log ({path}): it has not started yet, or the "
+        f"job ran before handyjobs kept logs per rank; see `handyjobs logs {record.name}`"
+    )
+
+
+def no_metric(metric: str, jobs_without: Sequence[str], seen: Sequence[str]) -> str:
+    """The error when no job named has a point of the metric."""
+    names = ", ".join(jobs_without)
+    if seen:
+        who = "it" if len(jobs_without) == 1 else "they"
+        return (
+            f"no point of metric {metric!r} in {names}; {who} logged {', '.join(seen)}: "
+            "pick one with --metric"
+        )
+    return (
+        f"{names} logged no metrics yet; log them from the job with trainer.log_metrics "
+        "or handyjobs.log_metrics"
+    )
+
+
+def size(n: int | None) -> str:
+    """Bytes for people: ``512 MiB``, ``1.5 GiB``."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
+def cost_fields(cost: Cost) -> list[tuple[str, str]]:
+    """``show``'s lines about what a run used."""
+    looks = f"{cost.samples} look{'s' if cost.samples != 1 else ''} {cost.interval_s:g}s apart"
+    out = [
+        (
+            "memory",
+            f"peak {size(cost.peak_rss_bytes)} together ({looks}), "
+            f"largest process {size(cost.max_rss_bytes)} at its peak",
+        ),
+        ("cpu time", duration(cost.cpu_time_s)),
+    ]
+    for g in cost.gpus:
+        util = "" if g.mean_utilization_pct is None else f", {g.mean_utilization_pct:.0f}% mean use"
+        out.append((f"gpu {g.index}", f"peak {g.peak_memory_mib} MiB by the job{util}"))
+    return out
+
+
+def metric_value(value: float | None) -> str:
+    """A metric's value in a table cell."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def metric_fields(summaries: Sequence[Summary]) -> list[tuple[str, str]]:
+    """``show``'s lines about the job's metrics: last and best value of each."""
+    out = []
+    for s in summaries:
+        best = "max" if s.higher_is_better else "min"
+        out.append(
+            (
+                f"metric {printable(s.metric)}",
+                f"last {metric_value(s.last)} (step {s.last_step:g}), "
+                f"best {metric_value(s.best)} (step {s.best_step:g}, {best})",
+            )
+        )
+    return out

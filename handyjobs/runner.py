@@ -284,6 +284,8 @@ class Runner:
 
     def run(self) -> int:
         """The runner's whole life; returns the job's shell-style exit code."""
+        from handyjobs import rotation, terminal
+        from handyjobs.sampler import Sampler
         from handyjobs.tee import run_on_pty
 
         procs.set_child_subreaper()  # orphaned torchrun workers come back to us, not to init
@@ -328,8 +330,16 @@ class Runner:
             booked,
             record.log_path,
             str(paths.job_dir(self.name, self.root)),
+            rank_python=sys.executable,
         )
         job = launch.build(spec, ctx, env, pane_env=os.environ)
+        limit, bad_limit = rotation.limit_from_env(env)
+        if bad_limit:
+            _say(self.log_fd, bad_limit)
+        rotator = rotation.Rotator(record.log_path, self.log_fd, limit) if limit else None
+        # Several ranks tag their lines; the pane shows rank 0's as a lone process would.
+        pane_filter = terminal.PaneFilter().feed if spec.procs > 1 else None
+        sampler = Sampler(self.run_id, env, gpus=not spec.cpu)
         where = f"GPUs {','.join(map(str, booked))}" if booked else ("CPU" if spec.cpu else "")
         _say(
             self.log_fd,
@@ -337,13 +347,21 @@ class Runner:
             f"{render.printable(launch.display(job.argv))}",
         )
         started = time.monotonic()
+
+        def on_start(pid: int) -> None:
+            sampler.start()
+            self._on_start(pid, job, booked)
+
         result = run_on_pty(
             job.argv,
             job.env,
             spec.cwd,
             self.log_fd,
-            on_start=lambda pid: self._on_start(pid, job, booked),
+            on_start=on_start,
+            rotator=rotator,
+            pane_filter=pane_filter,
         )
+        cost = sampler.finish(result.rusage)
         leftovers = self._end_leftovers()
         how = (
             f"exit code {result.exit_code}" if result.signal is None else f"signal {result.signal}"
@@ -360,6 +378,7 @@ class Runner:
             utcnow(),
             leftovers=leftovers,
             log_error=self.log_error or result.log_error,
+            cost=cost,
         )
         self._conclude(outcome, None)
         self._schedule_others(env)

@@ -217,10 +217,10 @@ def test_sigkill_of_torchrun_ends_its_workers(sandbox: Sandbox) -> None:
     )
     run = _run(sandbox, "tr")
     workers = procs.marked(run["run_id"])
-    assert len(workers) == 3  # torchrun and two workers
+    assert len(workers) == 5  # torchrun, and for each rank its wrapper and its worker
     os.kill(run["main"]["pid"], signal.SIGKILL)
     rec = wait_state(sandbox, "tr", "failed")
-    assert rec["signal"] == signal.SIGKILL and rec["runs"][-1]["leftovers"] == 2
+    assert rec["signal"] == signal.SIGKILL and rec["runs"][-1]["leftovers"] == 4
     assert not procs.marked(run["run_id"])
     assert all(_gone(pid) for pid in workers)
 

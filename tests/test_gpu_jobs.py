@@ -206,7 +206,8 @@ def _printed(box: Sandbox, name: str, key: str) -> list[str]:
     wait_until(
         lambda: _log_shows(box, name, "WORLD_SIZE="), timeout=20, what=f"{name} to print its env"
     )
-    return re.findall(rf"^{key}=(.*?)\r?$", _log(box, name), re.MULTILINE)
+    # a job of several processes logs each rank's lines tagged "[rank N] "
+    return re.findall(rf"^(?:\[rank \d+\] )?{key}=(.*?)\r?$", _log(box, name), re.MULTILINE)
 
 
 def _release(box: Sandbox, name: str) -> None:

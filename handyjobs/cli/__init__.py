@@ -26,7 +26,7 @@ usage: handyjobs COMMAND [ARGS]...
   list                  what runs where, since when, how it ended
   show NAME             everything on a job's record
   attach NAME           put this terminal into a job's session
-  logs NAME [-f]        a job's output; -f follows it to the end
+  logs NAME [-f]        a job's output; -f follows it to the end (--rank N: one rank's)
   stop NAME...          end every process of jobs
   restart NAME          run a job's spec again
   wait NAME             wait for a job; exit with its code
@@ -37,6 +37,8 @@ usage: handyjobs COMMAND [ARGS]...
   send NAME TEXT        type a line into a running job
   config [KEY [VALUE]]  defaults: parallel limit, GPUs, on-exit command
   completion SHELL      shell completion script (bash, zsh, fish)
+  top                   a live view: jobs, CPU, memory, GPUs, progress (q quits)
+  plot NAME...          a metric's curves in the terminal (--metric loss, --png FILE)
 
 `handyjobs COMMAND --help` says more about each command."""
 

@@ -13,12 +13,14 @@ from handyjobs.cli import (
     gpus,
     listing,
     logs,
+    plot,
     remove,
     restart,
     send,
     start,
     stop,
     sweep,
+    top,
     wait,
 )
 
@@ -53,6 +55,8 @@ app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options"
 app.command()(send.send)
 app.command("config")(config.config_)
 app.command()(completion.completion)
+app.command()(top.top)
+app.command()(plot.plot)
 
 
 def run(args: Sequence[str]) -> object:

@@ -62,17 +62,33 @@ def each_name(names: Sequence[str], act: Callable[[str], None]) -> int:
 
 
 def do_list(
-    all_jobs: bool, states: Sequence[str] | None, as_json: bool, group: str | None = None
+    all_jobs: bool,
+    states: Sequence[str] | None,
+    as_json: bool,
+    metric: str | None = None,
+    group: str | None = None,
 ) -> None:
-    """``handyjobs list``."""
-    from handyjobs import jobs
-
+    """``handyjobs list`` (``--group``: one group; ``--metric``: a column for a metric's last
+    value)."""
     every = all_jobs or group is not None
-    records, total = jobs.list_jobs(all_jobs=every, states=parse_states(states))
+    if metric:
+        from handyjobs import observe
+
+        listing = observe.list_with_metric(metric, every, parse_states(states))
+        records, total, values = listing.records, listing.total, listing.values
+    else:
+        from handyjobs import jobs
+
+        records, total = jobs.list_jobs(all_jobs=every, states=parse_states(states))
+        values = {}
     if group is not None:
         records = [r for r in records if r.spec.group == group]
     if as_json:
-        dump_json([r.to_dict() for r in records])
+        docs = [r.to_dict() for r in records]
+        if metric:
+            for doc in docs:
+                doc["metric"] = {"name": metric, "last": values.get(doc["name"])}
+        dump_json(docs)
         if not every and not states and total > len(records):
             # The array stays the documented schema; the note goes where scripts ignore it.
             print(
@@ -82,7 +98,7 @@ def do_list(
         return
     from handyjobs import render
 
-    render.print_jobs(records, total, every or bool(states))
+    render.print_jobs(records, total, every or bool(states), metric, values)
 
 
 def pick_names(
