@@ -264,6 +264,13 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
         ("params", printable(" ".join(f"{k}={v}" for k, v in spec.params)) or "-"),
         ("after", ", ".join(spec.after) + (" (any outcome)" if spec.after_any else "") or "-"),
         ("priority", str(spec.priority)),
+        (
+            "restarts",
+            "-"
+            if spec.max_restarts is None
+            else f"{run.cost.restarts if run.cost else 0} of at most {spec.max_restarts} "
+            "(torchrun's elastic restarts)",
+        ),
         ("on exit", printable(" ".join(spec.on_exit)) or "-"),
         ("runs", str(len(record.runs))),
     ]

@@ -401,7 +401,7 @@ class Runner:
         if run is not None and run.reason is not None:
             _say(self.log_fd, render.reason_text(run.reason))
         else:
-            _say(self.log_fd, f"not started ({state} while queued)")
+            _say(self.log_fd, f"not started ({state} before it started)")
         self._on_exit(spec, env)
 
     def _on_exit(self, spec: JobSpec, env: dict[str, str]) -> None:

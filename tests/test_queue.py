@@ -250,3 +250,20 @@ def test_completion_script_completes_commands_options_and_job_names(
     ).stdout.splitlines()
     assert out == ["alpha-job", "stop", "--ngpus"]
     assert sandbox.cli("completion", "tcsh").returncode == 2
+
+
+def test_max_restarts_lets_torchrun_restart_and_show_counts_it(sandbox: Sandbox) -> None:
+    sandbox.write(
+        "flaky.py",
+        "import os, sys, time\n"
+        "attempt = int(os.environ['TORCHELASTIC_RESTART_COUNT'])\n"
+        "print('attempt', attempt, flush=True)\n"
+        "if attempt == 0:\n    sys.exit(1)\n"
+        "time.sleep(3)\n",
+    )
+    sandbox.cli("start", "flaky.py", "--cpu", "--max-restarts", "1", "--name", "flaky", check=True)
+    rec = wait_state(sandbox, "flaky", "succeeded", "failed", timeout=120)
+    assert rec["state"] == "succeeded", log_of(sandbox, "flaky")
+    assert "attempt 0" in log_of(sandbox, "flaky") and "attempt 1" in log_of(sandbox, "flaky")
+    assert rec["runs"][-1]["cost"]["restarts"] == 1
+    assert "1 of at most 1" in sandbox.cli("show", "flaky", check=True).stdout
