@@ -94,10 +94,10 @@ def blocker(gpu: GpuInfo, threshold_mib: int, ignore_pids: Iterable[int] = ()) -
 
     ``ignore_pids`` are processes that do not count (a job's own, when it checks itself).
     """
+    if gpu.mig:  # first: a MIG parent read without root also has an error on its memory
+        return Blocker(gpu.index, BlockKind.MIG)
     if gpu.error is not None:
         return Blocker(gpu.index, BlockKind.UNREADABLE, detail=gpu.error)
-    if gpu.mig:
-        return Blocker(gpu.index, BlockKind.MIG)
     ignored = set(ignore_pids)
     procs = [p for p in gpu.processes if p.pid not in ignored]
     if procs:

@@ -27,7 +27,7 @@ from handyjobs.errors import (
     UsageError,
     storage_error,
 )
-from handyjobs.records import JobRecord, JobState, LaunchEnv
+from handyjobs.records import JobRecord, JobState, LaunchEnv, Run
 
 if TYPE_CHECKING:
     from handyjobs.backends import Backend
@@ -143,7 +143,7 @@ def _launch(
     limits = config.load(reg.root).limits(env)
     got, wait = booking.book(record, reg.records(), discovery, deps, limits)
     if got is not None:
-        lifecycle.grant(reg, name, run.run_id, got)
+        lifecycle.grant(reg, name, run.run_id, got, lifecycle.baseline(discovery, got))
     elif wait is not None:
         lifecycle.set_wait(reg, name, run.run_id, wait)
     job_dir = paths.ensure_private_dir(paths.job_dir(name, reg.root))
@@ -349,6 +349,8 @@ class StopResult:
     was_queued: bool
     #: True when the run had been lost and stop ended what was left of it.
     was_lost: bool = False
+    #: Why the GPUs could not be checked after the stop, when they could not.
+    gpu_note: str | None = None
 
 
 def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
@@ -403,9 +405,8 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
         scheduler.schedule_pass(root)  # queued jobs may have the GPUs now
     _survivors(name, left)
     stopped = record.run_by_id(run_id) or run
-    if stopped.gpus:
-        _check_gpus_released(name, stopped.gpus, pids)
-    return StopResult(record, run_id, tuple(sorted(pids)), was_queued)
+    note = _check_gpus_released(name, stopped, pids) if stopped.gpus else None
+    return StopResult(record, run_id, tuple(sorted(pids)), was_queued, gpu_note=note)
 
 
 def _survivors(name: str, left: Sequence[int]) -> None:
@@ -416,22 +417,56 @@ def _survivors(name: str, left: Sequence[int]) -> None:
         )
 
 
-def _check_gpus_released(name: str, gpu_ids: Sequence[int], pids: set[int]) -> None:
-    """Report (by pid) any process of the job that a GPU still lists after ``stop``."""
+def _check_gpus_released(name: str, run: Run, pids: set[int]) -> str | None:
+    """Check that each booked GPU is back to how it was when booked: none of the job's
+    processes, no memory beyond what it held then. Raises naming what is left; returns a note
+    when the GPUs could not be checked (no driver answer), else None."""
     from handyjobs import gpus as gpumod
 
-    deadline = time.monotonic() + 5.0
-    while True:
-        on_gpu = gpumod.compute_pids(gpumod.discover())
-        leftover = sorted(p for p in pids if p in on_gpu)
-        if not leftover or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    if leftover:
-        raise GpuError(
-            f"job {name} stopped, but GPU processes {', '.join(map(str, leftover))} are still "
-            "listed by the driver; check `handyjobs gpus` and kill them by pid"
+    before = None
+    if run.baseline:
+        before = gpumod.Discovery(
+            "baseline",
+            tuple(
+                gpumod.GpuInfo(
+                    index=b.gpu,
+                    uuid="",
+                    name="",
+                    memory_used_mib=b.memory_used_mib,
+                    memory_total_mib=0,
+                    utilization_pct=None,
+                    processes=tuple(gpumod.GpuProcess(p, None) for p in b.pids),
+                )
+                for b in run.baseline
+            ),
         )
+    deadline = time.monotonic() + 5.0
+    with gpumod.watch() as looking:  # NVML started once for the whole window
+        while True:
+            now = looking.discover()
+            left = gpumod.leftovers(before, now, run.gpus, pids)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    seen = {g.index for g in now.gpus if g.error is None}
+    unchecked = [g for g in run.gpus if g not in seen]
+    if left:
+        parts = []
+        for item in left:
+            what = []
+            if item.pids:
+                what.append(f"processes {', '.join(map(str, item.pids))}")
+            if item.extra_memory_mib:
+                what.append(f"{item.extra_memory_mib} MiB more memory than before the job")
+            parts.append(f"GPU {item.gpu} still has {' and '.join(what)}")
+        raise GpuError(
+            f"job {name} stopped, but {'; '.join(parts)}; check `handyjobs gpus` and end "
+            "them by pid"
+        )
+    if unchecked:
+        why = now.note or "the driver did not answer for them"
+        return f"GPU {','.join(map(str, unchecked))} could not be checked after the stop ({why})"
+    return None
 
 
 # ---- wait, restart, remove ------------------------------------------------------------------

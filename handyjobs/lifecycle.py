@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from handyjobs import paths
 from handyjobs.records import (
+    GpuBaseline,
     JobRecord,
     JobState,
     LostKind,
@@ -119,13 +120,20 @@ def _change(store: Store, name: str, run_id: str, fn: Callable[[Run], bool]) -> 
 # ---- the transitions ---------------------------------------------------------------------
 
 
-def grant(store: Store, name: str, run_id: str, gpus: tuple[int, ...]) -> bool:
-    """Queued -> running: the run may start (on ``gpus``, now booked for it)."""
+def grant(
+    store: Store,
+    name: str,
+    run_id: str,
+    gpus: tuple[int, ...],
+    baseline: tuple[GpuBaseline, ...] = (),
+) -> bool:
+    """Queued -> running: the run may start (on ``gpus``, now booked for it, which looked as
+    ``baseline`` says when they were booked)."""
 
     def go(run: Run) -> bool:
         if run.state is not JobState.QUEUED or run.stop_requested:
             return False
-        run.state, run.gpus, run.wait = JobState.RUNNING, gpus, None
+        run.state, run.gpus, run.wait, run.baseline = JobState.RUNNING, gpus, None, baseline
         return True
 
     return _change(store, name, run_id, go)
@@ -350,7 +358,8 @@ def schedule(
     by_name = {r.name: r for r in records}
     granted = []
     for name, gpus in result.starts.items():
-        if grant(store, name, by_name[name].current.run_id, gpus):
+        base = baseline(discovery, gpus)
+        if grant(store, name, by_name[name].current.run_id, gpus, base):
             granted.append(name)
     for name, wait in result.waits.items():
         set_wait(store, name, by_name[name].current.run_id, wait)
@@ -360,3 +369,15 @@ def schedule(
         )
         fail_to_start(store, name, by_name[name].current.run_id, why)
     return granted
+
+
+def baseline(discovery: Discovery | None, gpus: tuple[int, ...]) -> tuple[GpuBaseline, ...]:
+    """How the GPUs about to be booked look now: memory in use and their processes."""
+    if discovery is None or not gpus:
+        return ()
+    found = discovery.by_index()
+    return tuple(
+        GpuBaseline(g, found[g].memory_used_mib, tuple(p.pid for p in found[g].processes))
+        for g in gpus
+        if g in found and found[g].error is None
+    )

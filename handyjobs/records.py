@@ -507,6 +507,24 @@ class Outcome:
         )
 
 
+@dataclass(frozen=True)
+class GpuBaseline:
+    """One booked GPU as it was when the run got it: what ``stop`` expects to return to."""
+
+    gpu: int
+    memory_used_mib: int
+    pids: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"gpu": self.gpu, "memory_used_mib": self.memory_used_mib, "pids": list(self.pids)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GpuBaseline:
+        """Inverse of :meth:`to_dict`."""
+        return cls(int(d["gpu"]), int(d["memory_used_mib"]), tuple(int(p) for p in d["pids"]))
+
+
 @dataclass
 class Run:
     """One run of a job: created by ``start`` or ``restart``; its transitions are in lifecycle."""
@@ -534,6 +552,8 @@ class Run:
     reason: Reason | None = None
     log_error: str | None = None
     leftovers: int = 0
+    #: The booked GPUs as they were when booked (memory, processes), for the check after stop.
+    baseline: tuple[GpuBaseline, ...] = ()
     cost: Cost | None = None
 
     @property
@@ -571,6 +591,7 @@ class Run:
             "reason": None if self.reason is None else self.reason.to_dict(),
             "log_error": self.log_error,
             "leftovers": self.leftovers,
+            "baseline": [b.to_dict() for b in self.baseline],
             "cost": None if self.cost is None else self.cost.to_dict(),
         }
 
@@ -600,6 +621,7 @@ class Run:
             reason=None if not reason else Reason.from_dict(reason),
             log_error=d.get("log_error"),
             leftovers=int(d.get("leftovers", 0)),
+            baseline=tuple(GpuBaseline.from_dict(b) for b in d.get("baseline") or ()),
             cost=Cost.from_dict(d.get("cost")),
         )
 

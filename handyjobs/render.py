@@ -300,11 +300,14 @@ def gpu_rows(discovery: Discovery, held: dict[int, str]) -> list[list[str]]:
     for g in discovery.gpus:
         procs = ", ".join(f"{p.pid}{'/' + p.user if p.user else ''}" for p in g.processes)
         util = "" if g.utilization_pct is None else f"{g.utilization_pct}%"
+        memory = f"{g.memory_used_mib}/{g.memory_total_mib} MiB"
+        if g.error is not None and not g.memory_total_mib:
+            memory = "unknown"  # a MIG parent read without root, or a GPU that did not answer
         rows.append(
             [
                 str(g.index),
-                g.name,
-                f"{g.memory_used_mib}/{g.memory_total_mib} MiB",
+                g.name + (" [MIG]" if g.mig else ""),
+                memory,
                 util,
                 held.get(g.index, "-"),
                 procs or "-",
@@ -325,6 +328,11 @@ def print_gpus(discovery: Discovery, held: dict[int, str]) -> None:
         )
         return
     print(plain_table(GPU_COLUMNS, gpu_rows(discovery, held)))
+    for g in discovery.gpus:
+        if g.error is not None:
+            print(f"GPU {g.index}: {printable(g.error)}")
+    if discovery.note:  # something hung, or a fallback was used: say so under the table
+        print(f"note: {printable(discovery.note)}")
 
 
 def gpus_json(discovery: Discovery, held: dict[int, str]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from handyjobs import launch, lifecycle, paths, procs, registry, render
 from handyjobs.errors import HandyjobsError, StorageError
@@ -44,6 +45,9 @@ from handyjobs.records import (
     RunStatus,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from handyjobs.gpus import Watch
 
 #: Seconds between two looks at the run's record while it is queued.
 QUEUE_POLL_S = 0.25
@@ -209,6 +213,7 @@ class Runner:
         failed = ""
         sched_fd = -1
         next_pass = 0.0
+        looking: Watch | None = None  # one NVML session while this runner schedules
         try:
             while True:
                 record = registry.load_one(self.name, self.root)
@@ -228,7 +233,11 @@ class Runner:
                     sched_fd = _try_lock(paths.scheduler_lock_path(self.root))
                 if sched_fd >= 0 and time.monotonic() >= next_pass:
                     try:
-                        scheduler.schedule_pass(self.root, env)
+                        if looking is None:
+                            from handyjobs import gpus
+
+                            looking = gpus.Watch(env)
+                        scheduler.schedule_pass(self.root, env, looking)
                     except HandyjobsError as exc:
                         # A GPU that cannot be read (or a full disk) must not end the wait:
                         # say so once, and try again at the next pass.
@@ -238,6 +247,8 @@ class Runner:
                     next_pass = time.monotonic() + SCHEDULE_EVERY_S
                 time.sleep(QUEUE_POLL_S)
         finally:
+            if looking is not None:
+                looking.close()
             if sched_fd >= 0:
                 os.close(sched_fd)
 

@@ -583,7 +583,7 @@ def test_stop_ends_a_gpu_job_and_ignores_other_processes_on_its_gpu(sandbox: San
     pid = _job_pid(sandbox, "job")
     assert _show(sandbox, "job")["runs"][-1]["pids"]["main"] == pid
     # Someone else (here: this test process) starts using the job's GPU; stop leaves it be.
-    _set_gpus(sandbox, _gpu(0), _gpu(1, used=6000, procs=[_foreign(pid=os.getpid(), user=None)]))
+    _set_gpus(sandbox, _gpu(0), _gpu(1, used=5004, procs=[_foreign(pid=os.getpid(), user=None)]))
     stop = sandbox.cli("stop", "job")
     assert stop.returncode == 0, stop.stderr
     assert "stopped job job" in stop.stdout
@@ -603,7 +603,7 @@ def test_stop_reports_a_gpu_process_the_driver_still_lists_by_pid(sandbox: Sandb
     assert stop.returncode == 1, stop.stdout + stop.stderr
     line = stop.stderr.strip()
     assert len(line.splitlines()) == 1
-    assert f"GPU processes {pid} are still listed" in line and "kill them by pid" in line
+    assert f"GPU 0 still has processes {pid}" in line and "end them by pid" in line
     assert _gone(pid)
     assert _show(sandbox, "stuck")["state"] == "stopped"
 
@@ -670,3 +670,31 @@ def test_stop_waits_for_the_driver_to_release_the_gpu(sandbox: Sandbox) -> None:
             stop.communicate()
     assert stop.returncode == 0, err
     assert "stopped job slow" in out
+
+
+def test_stop_checks_each_gpu_is_back_to_how_it_was_when_booked(sandbox: Sandbox) -> None:
+    _set_gpus(sandbox, _gpu(0, used=300))
+    _started(sandbox, "held", "--gpus", "0")
+    baseline = _show(sandbox, "held")["runs"][-1]["baseline"]
+    assert baseline == [{"gpu": 0, "memory_used_mib": 300, "pids": []}]
+    # The job's processes are gone, but the GPU keeps 2 GiB more than when it was booked.
+    _set_gpus(sandbox, _gpu(0, used=2348))
+    stop = sandbox.cli("stop", "held")
+    assert stop.returncode == 1
+    assert "GPU 0 still has 2048 MiB more memory than before the job" in stop.stderr
+    # In a container whose driver reports host pids, a process that was not there counts.
+    _set_gpus(sandbox, _gpu(1, used=4))
+    path = sandbox.root / "gpus.json"
+    fake = json.loads(path.read_text())
+
+    def rewrite() -> None:
+        (sandbox.root / "next.json").write_text(json.dumps(fake))
+        os.replace(sandbox.root / "next.json", path)
+
+    fake["pids_comparable"] = False
+    rewrite()
+    _started(sandbox, "boxed", "--gpus", "1")
+    fake["gpus"][0]["processes"] = [{"pid": 987654, "used_memory_mib": 10, "name": "python"}]
+    rewrite()
+    stop = sandbox.cli("stop", "boxed")
+    assert stop.returncode == 1 and "GPU 1 still has processes 987654" in stop.stderr

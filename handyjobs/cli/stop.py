@@ -33,5 +33,7 @@ def stop(
         else:
             what = "queued job" if result.was_queued else "job"
             print(f"stopped {what} {name} ({ended})")
+        if result.gpu_note:
+            print(f"  note: {result.gpu_note}")
 
     raise typer.Exit(each_name(picked, one))
