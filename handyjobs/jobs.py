@@ -146,6 +146,7 @@ def _launch(
         lifecycle.grant(reg, name, run.run_id, got, lifecycle.baseline(discovery, got))
     elif wait is not None:
         lifecycle.set_wait(reg, name, run.run_id, wait)
+        _renumber_queue(reg)
     job_dir = paths.ensure_private_dir(paths.job_dir(name, reg.root))
     pending = _write_pending(reg.root, name, run.run_id, env)
     try:
@@ -161,6 +162,18 @@ def _launch(
     run.handle, run.runner = started.handle, started.runner
     reg.put(record)
     return pending
+
+
+def _renumber_queue(reg: registry.Registry) -> None:
+    """A job that joins the queue ahead of others (``--priority``) moves them back one place."""
+    from handyjobs import booking, lifecycle
+
+    for place, queued in enumerate(booking.queue_order(reg.records()), start=1):
+        wait = queued.current.wait
+        if wait is not None and wait.position is not None and wait.position != place:
+            lifecycle.set_wait(
+                reg, queued.name, queued.current.run_id, replace(wait, position=place)
+            )
 
 
 def _place_envs(root: Path, launched: Sequence[tuple[JobRecord, Path]]) -> None:

@@ -110,7 +110,7 @@ def job_rows(records: Sequence[JobRecord], params: bool = False) -> list[list[st
             command = "~" + command[len(home) :]
         row = [
             r.name,
-            r.state.value,
+            _list_state(r),
             gpu_text(r),
             str(r.current.nproc),
             when(r.current.started_at or r.created_at, now),
@@ -121,6 +121,32 @@ def job_rows(records: Sequence[JobRecord], params: bool = False) -> list[list[st
             row.append(printable(" ".join(f"{k}={v}" for k, v in r.spec.params)) or "-")
         rows.append([*row, command])
     return rows
+
+
+def _list_state(record: JobRecord) -> str:
+    """The STATE cell: a queued run carries its place in the queue (``queued #2``)."""
+    wait = record.current.wait
+    if record.state is JobState.QUEUED and wait is not None and wait.position is not None:
+        return f"queued #{wait.position}"
+    return record.state.value
+
+
+def queue_lines(records: Sequence[JobRecord]) -> list[str]:
+    """Under the table, why each queued job waits, first in the queue first."""
+    queued = [r for r in records if r.state is JobState.QUEUED]
+    last = len(records) + 1  # runs waiting for dependencies have no place yet: after the rest
+
+    def place(r: JobRecord) -> int:
+        wait = r.current.wait
+        return wait.position if wait is not None and wait.position is not None else last
+
+    lines = []
+    for r in sorted(queued, key=place):
+        wait = r.current.wait
+        why = wait_text(wait) if wait is not None else "waiting for the next scheduling pass"
+        where = f"#{wait.position} " if wait is not None and wait.position is not None else ""
+        lines.append(f"{where}{r.name}: {printable(why)}")
+    return lines
 
 
 JOB_COLUMNS = ["NAME", "STATE", "GPUS", "NPROC", "STARTED", "DURATION", "EXIT", "COMMAND"]
@@ -170,8 +196,11 @@ def print_jobs(
         else:
             print(f"no job matches ({total} in the registry; `handyjobs list --all` shows them)")
         return
+    waits = queue_lines(records)
     if not fancy():
         print(plain_table(columns, rows))
+        if waits:
+            print("\n".join(waits))
         if note:
             print(note, file=sys.stderr)
         return
@@ -185,6 +214,7 @@ def print_jobs(
     out = [_style(lines[0][:width], "1", colour)]
     for record, line in zip(records, lines[1:], strict=True):
         out.append(_style_state(line[:width], record.state, colour))
+    out.extend(_style(line[:width], "2", colour) for line in waits)
     if note:
         out.append(_style(note, "2", colour))
     print("\n".join(out))

@@ -202,6 +202,15 @@ def test_priority_jumps_a_full_queue(sandbox: Sandbox) -> None:
     for name, prio in (("second", "0"), ("urgent", "9")):
         sandbox.cli("start", "job.py", "--name", name, "--priority", prio, env=env, check=True)
     assert show(sandbox, "urgent")["wait"]["position"] == 1
+    # `list` says each queued job's place and why it waits, first in the queue first.
+    listed = sandbox.cli("list", check=True).stdout.splitlines()
+    states = {line.split()[0]: line.split()[1:3] for line in listed[1:4]}
+    assert states["first"][0] == "running"
+    assert states["urgent"] == ["queued", "#1"] and states["second"] == ["queued", "#2"]
+    assert listed[4:] == [
+        "#1 urgent: 1 of 1 jobs allowed at once are running",
+        "#2 second: 1 of 1 jobs allowed at once are running",
+    ]
     flag.touch()
     assert sandbox.cli("wait", "first", "second", "urgent", timeout=60).returncode == 0
     order = [r["job"] for r in sorted(_stamps(stamps), key=lambda r: r["start"])]
