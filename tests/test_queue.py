@@ -104,6 +104,11 @@ def test_a_failed_dependency_fails_the_job_which_never_starts(sandbox: Sandbox) 
                              "job": "train"}
     text = sandbox.cli("show", "eval", check=True).stdout
     assert "never started: job train, which it was to start after, failed" in text
+    waited = sandbox.cli("wait", "eval")
+    assert waited.returncode == 1
+    assert waited.stderr.strip() == (
+        "eval: failed (never started: job train, which it was to start after, failed)"
+    )
     assert not (sandbox.root / "ran").exists()
     assert wait_state(sandbox, "report", "succeeded")["exit_code"] == 0
     err = sandbox.cli("start", "never.py", "--name", "late", "--after", "train").stderr

@@ -27,8 +27,13 @@ def wait(
     first_failure = 0
     for name, record in jobs.wait_jobs(picked, timeout_s=timeout):
         run = record.current
-        how = exit_summary(run) or "no exit code"
-        print(f"{name}: {record.state.value} ({how})", file=sys.stderr)
+        how = exit_summary(run)
+        if how:
+            print(f"{name}: {record.state.value} ({how})", file=sys.stderr)
+        else:  # never started, or lost: say why rather than "no exit code"
+            from handyjobs import render
+
+            print(f"{name}: {render.state_text(record)}", file=sys.stderr)
         code = returncode(run)
         if code and not first_failure:
             first_failure = code
