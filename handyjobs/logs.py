@@ -118,19 +118,7 @@ def _start_of_last_lines(fd: int, end: int, lines: int) -> int:
         return end
     # A final "\n" ends the last line rather than starting an empty one.
     wanted = lines + (1 if os.pread(fd, 1, end - 1) == b"\n" else 0)
-    pos = end
-    while pos > 0:
-        size = min(_BLOCK, pos)
-        pos -= size
-        block = os.pread(fd, size, pos)
-        count = block.count(b"\n")
-        if count >= wanted:
-            cut = len(block)
-            for _ in range(wanted):
-                cut = block.rindex(b"\n", 0, cut)
-            return pos + cut + 1
-        wanted -= count
-    return 0
+    return _back_over_lines(fd, end, wanted)[0]
 
 
 def _pread_all(fd: int, offset: int, size: int) -> bytes:

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from handyjobs.curves import Summary
     from handyjobs.gpus import Discovery
 
-_STATE_STYLE = {
+#: The colour of each state in tables (rich style names; `list` maps them to ANSI codes).
+STATE_STYLE = {
     JobState.QUEUED: "yellow",
     JobState.RUNNING: "bold cyan",
     JobState.SUCCEEDED: "green",
@@ -246,7 +247,7 @@ def _style_state(line: str, state: JobState, colour: bool) -> str:
     at = line.find(" " + state.value) + 1
     if at <= 0:
         return line
-    code = _ANSI[_STATE_STYLE[state]]
+    code = _ANSI[STATE_STYLE[state]]
     end = at + len(state.value)
     return f"{line[:at]}\x1b[{code}m{line[at:end]}\x1b[0m{line[end:]}"
 

@@ -18,14 +18,8 @@ from handyjobs.observe import Curves, LiveJob, Progress, Snapshot
 from handyjobs.plot import COLOURS, chart_lines
 from handyjobs.records import JobState
 
-_STATE = {
-    JobState.QUEUED: "yellow",
-    JobState.RUNNING: "bold cyan",
-    JobState.SUCCEEDED: "green",
-    JobState.FAILED: "bold red",
-    JobState.STOPPED: "magenta",
-    JobState.LOST: "red",
-}
+# The colour of each state, as `list` draws it (rich style names).
+_STATE = render.STATE_STYLE
 
 
 def console(width: int | None = None) -> Console:
