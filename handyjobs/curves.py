@@ -117,19 +117,13 @@ def last_value(path: str | os.PathLike[str], metric: str, block: int = 64 * 1024
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
+    from handyjobs.logs import lines_backwards
+
     try:
-        pos = os.fstat(fd).st_size
-        tail = b""
-        while pos > 0:
-            size = min(block, pos)
-            pos -= size
-            tail = os.pread(fd, size, pos) + tail
-            lines = tail.split(b"\n")
-            tail = lines[0] if pos > 0 else b""
-            for line in reversed(lines[1:] if pos > 0 else lines):
-                found = parse([line]).get(metric)
-                if found:
-                    return found[-1][1]
+        for line in lines_backwards(fd, block):
+            found = parse([line]).get(metric)
+            if found:
+                return found[-1][1]
         return None
     finally:
         os.close(fd)

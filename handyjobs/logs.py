@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeAlias
 
-__all__ = ["chunks", "follow", "tail", "tail_bytes", "tail_files"]
+__all__ = ["chunks", "follow", "lines_backwards", "tail", "tail_bytes", "tail_files"]
 
 StrPath: TypeAlias = "str | os.PathLike[str]"
 
@@ -93,6 +93,22 @@ def _back_over_lines(fd: int, end: int, wanted: int) -> tuple[int, int]:
             return pos + cut + 1, 0
         wanted -= count
     return 0, wanted
+
+
+def lines_backwards(fd: int, block: int = _BLOCK) -> Iterator[bytes]:
+    """The non-empty lines of an open file, last first, read a block at a time from its end."""
+    pos = os.fstat(fd).st_size
+    rest = b""
+    while pos > 0:
+        size = min(block, pos)
+        pos -= size
+        lines = (os.pread(fd, size, pos) + rest).split(b"\n")
+        rest = lines[0]
+        for line in reversed(lines[1:]):
+            if line:
+                yield line
+    if rest:
+        yield rest
 
 
 def chunks(paths: Sequence[StrPath], size: int = _CHUNK) -> Iterator[bytes]:
