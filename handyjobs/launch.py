@@ -2,7 +2,8 @@
 
 One process runs ``python SCRIPT ARGS`` (as the seed README does for one GPU); more run under
 ``python -m torch.distributed.run --standalone``, whose c10d rendezvous binds a port the OS
-picks, so two jobs on one machine never collide on 29500.
+picks, so two jobs on one machine never collide on 29500. One node of a job on several
+machines (``--nnodes``) runs torchrun with a c10d rendezvous at the endpoint the user gave.
 """
 
 from __future__ import annotations
@@ -62,18 +63,18 @@ def build(
     rendezvous: str | None = None
     if spec.executable:
         argv = [spec.script, *spec.args]  # as typed: its shebang says how it runs
-    elif nproc > 1 or spec.max_restarts is not None:
+    elif nproc > 1 or spec.max_restarts is not None or spec.rdzv is not None:
         # torchrun also for one process when elastic restarts are asked for: they are its.
         restarts = [] if spec.max_restarts is None else [f"--max-restarts={spec.max_restarts}"]
         torchrun = [
             spec.python,
             "-m",
             "torch.distributed.run",
-            "--standalone",
+            *_rendezvous_args(spec),
             f"--nproc-per-node={nproc}",
             *restarts,
         ]
-        if ctx.rank_python and nproc > 1:
+        if ctx.rank_python and (nproc > 1 or spec.rdzv is not None):
             # Each rank in its own wrapper (per-rank log, whole lines only on the shared
             # terminal); the worker is what torchrun would run itself: python -u SCRIPT ARGS.
             worker = [spec.python, "-u", *target, *spec.args]
@@ -81,7 +82,7 @@ def build(
             argv = [*torchrun, "--no-python", *wrapper, *worker]
         else:
             argv = [*torchrun, *(["--module"] if spec.module else []), spec.script, *spec.args]
-        rendezvous = STANDALONE
+        rendezvous = STANDALONE if spec.rdzv is None else rendezvous_text(spec)
     else:
         argv = [spec.python, *target, *spec.args]
 
@@ -98,6 +99,30 @@ def build(
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # numbers as nvidia-smi shows them
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in ctx.gpus)
     return Launch(argv, env, rendezvous)
+
+
+def _rendezvous_args(spec: JobSpec) -> list[str]:
+    """torchrun's rendezvous options: standalone on one machine, c10d at the given endpoint."""
+    rdzv = spec.rdzv
+    if rdzv is None:
+        return ["--standalone"]
+    return [
+        f"--nnodes={rdzv.nnodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rdzv.endpoint}",
+        f"--rdzv-id={rdzv.rdzv_id}",
+        # Node 0 hosts the store, said outright: torchrun would otherwise guess from host
+        # names, and two nodes on one machine (or an endpoint that is an alias) fool it.
+        f"--rdzv-conf=is_host={int(rdzv.node_rank == 0)}",
+    ]
+
+
+def rendezvous_text(spec: JobSpec) -> str | None:
+    """How a run's rendezvous is recorded: ``c10d HOST:PORT id ID, node 0 of 2``."""
+    rdzv = spec.rdzv
+    if rdzv is None:
+        return None
+    return f"c10d {rdzv.endpoint} id {rdzv.rdzv_id}, node {rdzv.node_rank} of {rdzv.nnodes}"
 
 
 def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:

@@ -245,6 +245,35 @@ class GpuPolicy:
 
 
 @dataclass(frozen=True)
+class Rendezvous:
+    """One node's part of a job on several machines: torchrun's c10d rendezvous, as started."""
+
+    nnodes: int
+    #: 0 on the node that hosts the rendezvous store; torchrun itself orders the nodes' ranks.
+    node_rank: int
+    #: ``HOST:PORT`` of the store, on the node of rank 0.
+    endpoint: str
+    #: Shared by every node of the job; made up by the start on node 0.
+    rdzv_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "nnodes": self.nnodes,
+            "node_rank": self.node_rank,
+            "endpoint": self.endpoint,
+            "rdzv_id": self.rdzv_id,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Rendezvous | None:
+        """Inverse of :meth:`to_dict` (None for a job on one machine)."""
+        if not d:
+            return None
+        return cls(int(d["nnodes"]), int(d["node_rank"]), str(d["endpoint"]), str(d["rdzv_id"]))
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """What the user asked for; ``restart`` starts the same spec again."""
 
@@ -276,6 +305,8 @@ class JobSpec:
     max_restarts: int | None = None
     #: A sweep's values for this job, in grid order: ``(("lr", "1e-3"), ("bs", "32"))``.
     params: tuple[tuple[str, str], ...] = ()
+    #: One node of a job on several machines (``--nnodes``); None on one machine.
+    rdzv: Rendezvous | None = None
 
     @property
     def procs(self) -> int:
@@ -333,6 +364,7 @@ class JobSpec:
             "on_exit": list(self.on_exit),
             "max_restarts": self.max_restarts,
             "params": dict(self.params),
+            "rdzv": None if self.rdzv is None else self.rdzv.to_dict(),
         }
 
     @classmethod
@@ -362,6 +394,7 @@ class JobSpec:
             max_restarts=d.get("max_restarts"),
             # dicts keep their order in JSON, so the grid order survives the round trip
             params=tuple((str(k), str(v)) for k, v in dict(d.get("params") or {}).items()),
+            rdzv=Rendezvous.from_dict(d.get("rdzv")),
         )
 
 

@@ -7,6 +7,7 @@ GPU spec, and the one GPU discovery a start needs (used both to resolve ``--gpus
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handyjobs.errors import UsageError
-from handyjobs.records import NAME_RE, JobSpec
+from handyjobs.records import NAME_RE, JobSpec, Rendezvous
 
 if TYPE_CHECKING:
     from handyjobs.gpus import Discovery
@@ -47,7 +48,65 @@ class StartRequest:
     on_exit: str | None = None
     max_restarts: int | None = None
     params: Sequence[tuple[str, str]] = ()
+    #: One node of a job on several machines: ``--nnodes``, ``--node-rank``,
+    #: ``--rdzv-endpoint``, ``--rdzv-id``.
+    nnodes: int | None = None
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
     caller_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+#: torchrun's port for a c10d endpoint given without one.
+DEFAULT_RDZV_PORT = 29400
+_RDZV_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HOST_PORT_RE = re.compile(r"^(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$")
+
+
+def check_nodes(req: StartRequest) -> Rendezvous | None:
+    """One node's part of a multi-node rendezvous (None on one machine); node 0 makes up the
+    id that the other nodes are given."""
+    from handyjobs import render
+
+    given = (req.node_rank, req.rdzv_endpoint, req.rdzv_id)
+    if req.nnodes is None:
+        if any(v is not None for v in given):
+            raise UsageError("--node-rank, --rdzv-endpoint and --rdzv-id go with --nnodes N")
+        return None
+    if req.nnodes < 2:
+        raise UsageError(f"--nnodes {req.nnodes}: give 2 or more (one machine needs no --nnodes)")
+    if req.executable:
+        raise UsageError("--nnodes runs torchrun; with --exec give your launcher its own options")
+    rank = 0 if req.node_rank is None else req.node_rank
+    if not 0 <= rank < req.nnodes:
+        raise UsageError(
+            f"--node-rank {rank}: give 0 to {req.nnodes - 1} for --nnodes {req.nnodes}"
+        )
+    if not req.rdzv_endpoint:
+        raise UsageError(
+            "--nnodes needs --rdzv-endpoint HOST:PORT: node 0's address and a free port on it"
+        )
+    m = _HOST_PORT_RE.match(req.rdzv_endpoint)
+    port = int(m.group("port") or DEFAULT_RDZV_PORT) if m else 0
+    if m is None or not 0 < port < 65536:
+        raise UsageError(
+            f"--rdzv-endpoint {render.printable(req.rdzv_endpoint)}: write it as HOST:PORT "
+            "(node 0's host name or address, and a free port on it)"
+        )
+    rdzv_id = req.rdzv_id
+    if rdzv_id is None:
+        if rank != 0:
+            raise UsageError(
+                f"--node-rank {rank} needs --rdzv-id: pass the id the start on node 0 printed"
+            )
+        import secrets
+
+        rdzv_id = secrets.token_hex(4)
+    elif not _RDZV_ID_RE.match(rdzv_id):
+        raise UsageError(
+            f"--rdzv-id {render.printable(rdzv_id)}: use 1 to 64 of A-Z a-z 0-9 _ -"
+        )
+    return Rendezvous(req.nnodes, rank, f"{m.group('host')}:{port}", rdzv_id)
 
 
 @dataclass(frozen=True)
@@ -250,6 +309,7 @@ def make_spec(
     after = _names(req.after, "--after")
     if req.after_any and not after:
         raise UsageError("--after-any goes with --after NAME: the jobs to start after")
+    rdzv = check_nodes(req)
     cfg = config.load(root)
     env = {**cfg.env_defaults(), **req.caller_env}
     script = _script(req, cwd)
@@ -288,6 +348,7 @@ def make_spec(
         on_exit=on_exit,
         max_restarts=req.max_restarts,
         params=tuple(req.params),
+        rdzv=rdzv,
     )
     where = Path(script).parent if not req.module and "/" in script else cwd
     git = git_info(where)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import replace
 from typing import Annotated, Any
@@ -65,6 +66,10 @@ def request(
     on_exit: str | None = None,
     max_restarts: int | None = None,
     params: list[tuple[str, str]] | None = None,
+    nnodes: int | None = None,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str | None = None,
 ) -> StartRequest:
     """A start request from the command line's options."""
     if after and after_any:
@@ -91,6 +96,10 @@ def request(
         on_exit=on_exit,
         max_restarts=max_restarts,
         params=list(params or []),
+        nnodes=nnodes,
+        node_rank=node_rank,
+        rdzv_endpoint=rdzv_endpoint,
+        rdzv_id=rdzv_id,
     )
 
 
@@ -139,7 +148,7 @@ def _from_spec(spec: JobSpec) -> StartRequest:
         after=list(spec.after),
         after_any=spec.after_any,
         priority=spec.priority,
-        on_exit=" ".join(spec.on_exit) if spec.on_exit else None,
+        on_exit=shlex.join(spec.on_exit) if spec.on_exit else None,
         max_restarts=spec.max_restarts,
     )
 
@@ -172,6 +181,18 @@ def start(
     like: Annotated[
         str | None, typer.Option(help="Start from another job's spec, with these changes.")
     ] = None,
+    nnodes: Annotated[
+        int | None, typer.Option(help="Machines the job spans (start it on each one).")
+    ] = None,
+    node_rank: Annotated[
+        int | None, typer.Option(help="This machine's place: 0 hosts the rendezvous.")
+    ] = None,
+    rdzv_endpoint: Annotated[
+        str | None, typer.Option(help="HOST:PORT on node 0 where the nodes meet.")
+    ] = None,
+    rdzv_id: Annotated[
+        str | None, typer.Option(help="The id node 0's start printed (other nodes).")
+    ] = None,
     attach: Annotated[bool, typer.Option("--attach", help="Attach to it at once.")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Follow its log to the end.")] = False,
 ) -> None:
@@ -198,6 +219,8 @@ def start(
             "on_exit": on_exit,
             "max_restarts": max_restarts,
         }
+        if nnodes is not None:
+            raise UsageError("--like starts a job on this machine; give --nnodes without --like")
         req = replace(_like(ctx, like, given), caller_env=dict(os.environ))
     else:
         if script is None:
@@ -223,6 +246,10 @@ def start(
             priority=priority,
             on_exit=on_exit,
             max_restarts=max_restarts,
+            nnodes=nnodes,
+            node_rank=node_rank,
+            rdzv_endpoint=rdzv_endpoint,
+            rdzv_id=rdzv_id,
         )
     record = jobs.start_job(req)
     announce(record, req)
@@ -265,10 +292,35 @@ def announce(record: JobRecord, req: StartRequest, brief: bool = False) -> None:
             else:
                 sees = f"CUDA_VISIBLE_DEVICES={visible}"
             print(f"  note:   no GPU was booked; the job sees {sees}; book with --gpus or --ngpus")
+    rdzv = record.spec.rdzv
+    if rdzv is not None:
+        print(
+            f"  nodes:  node {rdzv.node_rank} of {rdzv.nnodes}, rendezvous {rdzv.endpoint} "
+            f"id {rdzv.rdzv_id}"
+        )
+        if rdzv.node_rank == 0:
+            others = f"N = 1 to {rdzv.nnodes - 1}" if rdzv.nnodes > 2 else "N = 1"
+            print(f"  others: on the other node{'s' if rdzv.nnodes > 2 else ''} ({others}):")
+            print(f"          {_other_node(record)}")
     if brief:
         return
     print(f"  log:    {record.log_path}")
     print(f"  attach: handyjobs attach {record.name}    follow: handyjobs logs {record.name} -f")
+
+
+def _other_node(record: JobRecord) -> str:
+    """The command that starts another node of this job: same script, arguments, processes."""
+    spec, rdzv = record.spec, record.spec.rdzv
+    assert rdzv is not None
+    opts = ["--nnodes", str(rdzv.nnodes), "--node-rank", "N"]
+    opts += ["--rdzv-endpoint", rdzv.endpoint, "--rdzv-id", rdzv.rdzv_id]
+    if spec.cpu:
+        opts.append("--cpu")
+    if spec.nproc is not None:
+        opts += ["--nproc", str(spec.nproc)]
+    script = ["-m", spec.script] if spec.module else [shlex.split(spec.command)[0]]
+    rest = ["--", *spec.args] if spec.args else []
+    return "handyjobs start " + shlex.join([*opts, *script, *rest])
 
 
 def _has_nvidia_gpu() -> bool:
