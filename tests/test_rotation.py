@@ -70,15 +70,22 @@ def test_a_line_without_newline_is_cut_past_the_slack(tmp_path: Path) -> None:
     assert path.stat().st_size < 2 << 20
 
 
+# Writes 3,000 lines of 62 bytes into a log capped at 20,000 bytes (about 322 lines a file, so
+# 9 rotations). Only one rotated file is kept, so a reader more than two files behind has lost
+# lines for good; the writer therefore never gets more than 250 lines (under one file) ahead of
+# what the follower has copied out, which leaves the follower up to two rotations between two
+# looks, however slow a loaded machine makes it, and keeps the test deterministic.
 FOLLOW_WRITER = """
 import os, sys, time
-log, go = sys.argv[1], sys.argv[2]
+log, go, out = sys.argv[1], sys.argv[2], sys.argv[3]
 from handyjobs.rotation import Rotator
 fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 r = Rotator(log, fd, 20_000)
 while not os.path.exists(go):
     time.sleep(0.01)
 for i in range(3000):
+    while i - os.path.getsize(out) // 62 > 250:
+        time.sleep(0.002)
     data = b"line %05d %s\\n" % (i, b"z" * 50)
     r.write(data, lambda piece: os.write(fd, piece))
     if i % 20 == 0:
@@ -91,9 +98,11 @@ open(go + ".done", "w").close()
 def test_follow_goes_on_across_rotations(tmp_path: Path) -> None:
     log, go = tmp_path / "output.log", tmp_path / "go"
     log.write_bytes(b"")
-    writer = subprocess.Popen([sys.executable, "-c", FOLLOW_WRITER, str(log), str(go)])
     out_path = tmp_path / "out"
     out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", FOLLOW_WRITER, str(log), str(go), str(out_path)]
+    )
     go.touch()
     try:
         follow(log, out_fd, lambda: (tmp_path / "go.done").exists(), start_offset=0)
