@@ -4,6 +4,10 @@ python examples/train.py                                       # one process
 handyjobs start examples/train.py --cpu --nproc 2              # 2 gloo processes on CPU
 handyjobs start examples/train.py --gpus 0,1 -- --ckpt runs/train/last.pt --epochs 20
 torchrun --nproc_per_node 2 examples/train.py --ckpt last.pt   # run again: it resumes
+
+`handyjobs stop` (or Slurm's SIGUSR1) ends it cleanly: every rank leaves the loop at the same
+step and, with --ckpt, saves first. Each epoch appends its loss, accuracy and learning rate to
+the job's metrics.jsonl (./metrics.jsonl outside handyjobs).
 """
 
 from __future__ import annotations
@@ -103,9 +107,17 @@ def main() -> None:
 
         started = time.monotonic()
         accuracy = evaluate(trainer, model, val_loader)
+        stopped = False
+        step = start_epoch * len(train_loader)  # the x of the curves, continued on resume
         for epoch in range(start_epoch, args.epochs):
             loss_sum = torch.zeros((), device=trainer.device)
+            steps = 0
             for x, y in trainer.progress(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}"):
+                # `handyjobs stop` (SIGTERM) or Slurm's warning (SIGUSR1) on any rank: every
+                # rank reads it here at the same step (it is a collective), so all leave together.
+                if trainer.should_stop:
+                    stopped = True
+                    break
                 x, y = trainer.to_device((x, y))
                 with trainer.accumulate(model, args.accumulate) as sync:
                     with trainer.autocast():
@@ -116,9 +128,33 @@ def main() -> None:
                     trainer.step(optimizer)
                     scheduler.step()
                 loss_sum += loss.detach().float()
-            mean_loss = trainer.all_reduce(loss_sum.item() / len(train_loader))
+                steps += 1
+                step += 1
+                if step % 4 == 0:  # rank 0's own loss (no collective): a curve for `plot`
+                    trainer.log_metrics({"loss": loss.item()}, step=step)
+            if stopped:
+                if args.ckpt is not None:
+                    # Mid-epoch: the resumed run starts this epoch again.
+                    trainer.save(
+                        args.ckpt,
+                        model=model,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        epoch=epoch,
+                    )
+                trainer.print(
+                    f"stopped in epoch {epoch + 1} after {steps} steps; "
+                    + (f"saved {args.ckpt}" if args.ckpt is not None else "no --ckpt, not saved")
+                )
+                break
+            mean_loss = trainer.all_reduce(loss_sum.item() / max(steps, 1))
             accuracy = evaluate(trainer, model, val_loader)
             trainer.print(f"epoch {epoch + 1}: train loss {mean_loss:.4f}, val acc {accuracy:.3f}")
+            # JSON lines in the job's folder (./metrics.jsonl outside handyjobs).
+            trainer.log_metrics(
+                {"epoch_loss": mean_loss, "val_acc": accuracy, "lr": scheduler.get_last_lr()[0]},
+                step=step,
+            )
             if args.ckpt is not None:
                 trainer.save(
                     args.ckpt,
@@ -127,10 +163,11 @@ def main() -> None:
                     scheduler=scheduler,
                     epoch=epoch + 1,
                 )
-        trainer.print(
-            f"done: epoch {args.epochs}, val acc {accuracy:.3f}, "
-            f"{time.monotonic() - started:.1f}s on {trainer.world_size} x {trainer.device}"
-        )
+        if not stopped:
+            trainer.print(
+                f"done: epoch {args.epochs}, val acc {accuracy:.3f}, "
+                f"{time.monotonic() - started:.1f}s on {trainer.world_size} x {trainer.device}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """handyjobs: PyTorch training jobs in tmux, and one trainer for CPU, one GPU or DDP.
 
+``handyjobs.log_metrics`` appends a training curve's points for ``handyjobs plot``.
 Importing the package loads no torch: ``ParallelTrainer`` (and its seed alias
 ``Parallel_Trainer``) are resolved lazily from :mod:`handyjobs.trainer` on first use.
 """
@@ -9,9 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ParallelTrainer", "Parallel_Trainer", "__version__"]
+__all__ = ["ParallelTrainer", "Parallel_Trainer", "__version__", "log_metrics"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from handyjobs.metrics import log_metrics
     from handyjobs.trainer import Parallel_Trainer, ParallelTrainer
 
 
@@ -21,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from handyjobs import trainer
 
         return getattr(trainer, name)
+    if name == "log_metrics":  # torch-free: any script may log curves for `handyjobs plot`
+        from handyjobs.metrics import log_metrics
+
+        return log_metrics
     raise AttributeError(f"module 'handyjobs' has no attribute {name!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from handyjobs.errors import GpuBusy, UsageError
 from handyjobs.gpus import Discovery, GpuInfo, parse_gpu_spec
@@ -93,10 +94,10 @@ def blocker(gpu: GpuInfo, threshold_mib: int, ignore_pids: Iterable[int] = ()) -
 
     ``ignore_pids`` are processes that do not count (a job's own, when it checks itself).
     """
+    if gpu.mig:  # first: a MIG parent read without root also has an error on its memory
+        return Blocker(gpu.index, BlockKind.MIG)
     if gpu.error is not None:
         return Blocker(gpu.index, BlockKind.UNREADABLE, detail=gpu.error)
-    if gpu.mig:
-        return Blocker(gpu.index, BlockKind.MIG)
     ignored = set(ignore_pids)
     procs = [p for p in gpu.processes if p.pid not in ignored]
     if procs:
@@ -146,11 +147,36 @@ def choose_free(
 # ---- the queue --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How many jobs may run at once: machine-wide, and per group (None: no limit)."""
+
+    total: int | None = None
+    groups: Mapping[str, int] = field(default_factory=dict)
+
+    def of_group(self, group: str | None) -> int | None:
+        """The limit of ``group``, if it has one."""
+        if group is None:
+            return None
+        return self.groups.get(group) or None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one scheduling pass decided: who starts on which GPUs, why others wait, who fails."""
+
+    starts: dict[str, tuple[int, ...]]
+    waits: dict[str, Wait]
+    #: Runs whose dependency ended badly (or vanished): name -> (dependency, its state).
+    failed: dict[str, tuple[str, JobState | None]]
+
+
 def queue_order(records: Iterable[JobRecord]) -> list[JobRecord]:
-    """Queued runs that book GPUs, first queued first."""
+    """Queued runs: higher ``--priority`` first, then first queued first."""
+    # Runs queued by Slurm wait in Slurm's queue, not in this machine's.
     return sorted(
-        (r for r in records if r.state is JobState.QUEUED and r.spec.books_gpus),
-        key=lambda r: (r.current.created_at, r.name),
+        (r for r in records if r.state is JobState.QUEUED and not r.spec.on_slurm),
+        key=lambda r: (-r.spec.priority, r.current.created_at, r.name),
     )
 
 
@@ -162,42 +188,83 @@ def _mine(spec: JobSpec, free: list[int]) -> list[int]:
 
 
 def plan(
-    records: Sequence[JobRecord], discovery: Discovery
-) -> tuple[dict[str, tuple[int, ...]], dict[str, Wait]]:
-    """One scheduling pass: which queued jobs start now on which GPUs, and why the rest wait.
+    records: Sequence[JobRecord],
+    discovery: Discovery | None,
+    deps: Mapping[str, JobState | None] | None = None,
+    limits: Limits | None = None,
+) -> Plan:
+    """One scheduling pass: which queued jobs start now (and on which GPUs), why the rest wait.
 
-    Jobs are taken in queue order. A job that cannot start still keeps what it waits for, so a
-    later job never overtakes an earlier one on the GPUs that one needs. Each job is judged by
-    the policy it was started under.
+    Jobs are taken in queue order. A job waits for its dependencies (``deps`` holds their
+    states; a missing name is a job that is gone), then for a free slot under the parallel
+    limits, then for its GPUs. A job that cannot have its GPUs still keeps them, so a later
+    job never overtakes an earlier one on the GPUs that one needs; jobs that book no GPU
+    never wait behind ones that do. Each job is judged by the GPU policy it was started under.
     """
+    deps = deps or {}
+    limits = limits or Limits()
     held = held_gpus(records)
+    running = [r for r in records if r.state is JobState.RUNNING]
+    total = len(running)
+    by_group: dict[str, int] = {}
+    for r in running:
+        if r.spec.group is not None:
+            by_group[r.spec.group] = by_group.get(r.spec.group, 0) + 1
     kept: dict[int, str] = {}
-    starts: dict[str, tuple[int, ...]] = {}
-    waits: dict[str, Wait] = {}
+    result = Plan({}, {}, {})
+
+    def wait(name: str, why: Wait) -> None:
+        # The position counts only the runs that still wait after this pass.
+        result.waits[name] = replace(why, position=len(result.waits) + 1)
+
     for record in queue_order(records):
-        spec = record.spec
-        taken = {**held, **kept}
-        free = free_gpus(discovery, taken, spec.policy)
-        if spec.force and spec.gpus is not None:
-            # --force: the user knows better than our checks (another job's, another user's).
-            ok, chosen = True, list(spec.gpus)
-        else:
-            chosen = _mine(spec, free)
-            ok = set(chosen) <= set(free) and len(chosen) == (
-                len(spec.gpus) if spec.gpus is not None else spec.ngpus
-            )
-        if ok:
-            starts[record.name] = tuple(chosen)
+        spec, name = record.spec, record.name
+        pending: list[str] = []
+        for dep in spec.after:
+            state = deps.get(dep)
+            if state is not None and state.active:
+                pending.append(dep)
+            elif state is None or (state is not JobState.SUCCEEDED and not spec.after_any):
+                result.failed[name] = (dep, state)
+                break
+        if name in result.failed:
+            continue
+        if pending:
+            wait(name, Wait(0, 0, after=tuple(pending)))
+            continue
+        if limits.total is not None and total >= limits.total:
+            wait(name, Wait(0, 0, limit=limits.total, running=total))
+            continue
+        group_limit = limits.of_group(spec.group)
+        in_group = by_group.get(spec.group or "", 0)
+        if group_limit is not None and in_group >= group_limit:
+            wait(name, Wait(0, 0, limit=group_limit, running=in_group, group=spec.group))
+            continue
+        if spec.books_gpus:
+            box = discovery or Discovery("none", ())
+            taken = {**held, **kept}
+            free = free_gpus(box, taken, spec.policy)
+            if spec.force and spec.gpus is not None:
+                # --force: the user knows better than our checks (another job's, another user's).
+                ok, chosen = True, list(spec.gpus)
+            else:
+                chosen = _mine(spec, free)
+                want = len(spec.gpus) if spec.gpus is not None else spec.ngpus
+                ok = set(chosen) <= set(free) and len(chosen) == want
+            if not ok:
+                wait(name, wait_reason(spec, box, held, kept, free))
+                for g in _mine(spec, free):
+                    kept.setdefault(g, name)
+                continue
             for g in chosen:
-                held[g] = record.name
+                held[g] = name
         else:
-            # The position counts only the runs that still wait after this pass.
-            waits[record.name] = wait_reason(
-                spec, discovery, held, kept, free, position=len(waits) + 1
-            )
-            for g in _mine(spec, free):
-                kept.setdefault(g, record.name)
-    return starts, waits
+            chosen = []
+        result.starts[name] = tuple(chosen)
+        total += 1
+        if spec.group is not None:
+            by_group[spec.group] = in_group + 1
+    return result
 
 
 def wait_reason(
@@ -240,16 +307,22 @@ def wait_reason(
 
 
 def book(
-    record: JobRecord, records: Sequence[JobRecord], discovery: Discovery
+    record: JobRecord,
+    records: Sequence[JobRecord],
+    discovery: Discovery | None,
+    deps: Mapping[str, JobState | None] | None = None,
+    limits: Limits | None = None,
 ) -> tuple[tuple[int, ...] | None, Wait | None]:
-    """Decide a new job's GPUs (it is already among ``records`` as queued).
+    """Decide a new job's start (it is already among ``records`` as queued).
 
-    Returns ``(gpus, None)`` when it may start now on those GPUs, or ``(None, wait)`` when it
-    must queue. Raises :class:`GpuBusy` when it may not wait, and :class:`UsageError` when it
-    can never start here.
+    Returns ``(gpus, None)`` when it may start now (on those GPUs, maybe none), or
+    ``(None, wait)`` when it must queue. A job queues for its dependencies and for a free slot
+    whatever ``--wait`` says; for busy GPUs only with ``--wait``, else :class:`GpuBusy` is
+    raised. :class:`UsageError` when it can never start here, :class:`JobStateError` when a
+    dependency has already failed.
     """
     spec = record.spec
-    if spec.ngpus is not None:
+    if spec.ngpus is not None and discovery is not None:
         usable = [
             g.index
             for g in discovery.gpus
@@ -260,10 +333,19 @@ def book(
                 f"--ngpus {spec.ngpus} asks for more GPUs than handyjobs may use here "
                 f"({len(usable)}); ask for fewer"
             )
-    starts, waits = plan(records, discovery)
-    if record.name in starts:
-        return starts[record.name], None
-    wait = waits[record.name]
-    if spec.wait:
-        return None, wait
-    raise GpuBusy(wait, by_count=spec.gpus is None)
+    result = plan(records, discovery, deps, limits)
+    if record.name in result.starts:
+        return result.starts[record.name], None
+    if record.name in result.failed:
+        from handyjobs.errors import JobStateError
+
+        dep, state = result.failed[record.name]
+        how = "is gone" if state is None else state.value
+        raise JobStateError(
+            f"job {dep} {how}; --after starts a job only after a success "
+            "(use --after-any to start it whatever the outcome)"
+        )
+    wait = result.waits[record.name]
+    if wait.for_gpus and not spec.wait:
+        raise GpuBusy(wait, by_count=spec.gpus is None)
+    return None, wait

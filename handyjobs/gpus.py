@@ -869,6 +869,15 @@ def leftovers(
             known = set() if old is None else {p.pid for p in old.processes}
             pids = sorted({p.pid for p in gpu.processes} - known)
         extra = 0 if old is None else gpu.memory_used_mib - old.memory_used_mib
+        if comparable and old is not None:
+            # Processes of others that came while the job ran hold their own memory: it is
+            # not the job's. One whose memory is unknown makes the rise impossible to assign.
+            known = {p.pid for p in old.processes}
+            newcomers = [p for p in gpu.processes if p.pid not in known and p.pid not in ours]
+            if any(p.used_memory_mib is None for p in newcomers):
+                extra = 0
+            else:
+                extra -= sum(p.used_memory_mib or 0 for p in newcomers)
         extra = extra if extra > slack_mib else 0
         if pids or extra:
             found.append(Leftover(index, tuple(pids), extra))

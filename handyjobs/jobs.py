@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +27,7 @@ from handyjobs.errors import (
     UsageError,
     storage_error,
 )
-from handyjobs.records import JobRecord, JobState, LaunchEnv
+from handyjobs.records import JobRecord, JobState, LaunchEnv, Run
 
 if TYPE_CHECKING:
     from handyjobs.backends import Backend
@@ -55,35 +55,60 @@ def not_found(name: str) -> JobNotFound:
 
 def start_job(req: StartRequest) -> JobRecord:
     """Check, register and launch a job; return once it is registered and its session exists."""
+    return start_jobs([req])[0]
+
+
+def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
+    """Start several jobs (a sweep) all together or not at all, under one registry lock.
+
+    GPU discovery happens once, before the lock, for all of them.
+    """
     from handyjobs import backends, lifecycle
     from handyjobs.spec import default_stem, make_spec
 
-    backend = backends.get("slurm" if req.on_slurm else "tmux")
+    # A sweep goes to one place: Slurm when its requests ask for it (sweep never does yet).
+    backend = backends.get("slurm" if any(r.on_slurm for r in reqs) else "tmux")
     backend.check()
-    checked = make_spec(req)
-    spec = checked.spec
-    root = paths.ensure_home()
+    root = paths.home()
+    paths.check_home(root)
+    checked = []
+    discovery: Discovery | None = None
+    for req in reqs:
+        one = make_spec(req, root, discovery)
+        discovery = discovery or one.discovery
+        checked.append(one)
+    root = paths.ensure_home(root)
+    launched: list[tuple[JobRecord, Path]] = []
     with registry.locked(root) as reg:
         sweep_pending(reg)
         scheduler.refresh_locked(reg)  # runs that ended free their GPUs
-        name = req.name or _unique_name(reg, default_stem(spec.script, spec.module))
-        existing = reg.get(name)
-        if existing is not None:
-            raise UsageError(
-                f"a job named {name} exists ({existing.state.value}); pick another "
-                f"--name or remove it with `handyjobs rm {name}`"
-            )
-        run = lifecycle.new_run(None, spec.procs, backend.name, local=not backend.queues)
-        record = JobRecord(
-            name=name,
-            spec=spec,
-            log_path=str(backend.log_path(name, root)),
-            created_at=run.created_at,
-            runs=[run],
-            git=checked.git,
-        )
-        _launch(reg, record, dict(req.caller_env), checked.discovery, backend)
-    return record
+        try:
+            for req, one in zip(reqs, checked, strict=True):
+                spec = one.spec
+                name = req.name or _unique_name(reg, default_stem(spec.script, spec.module))
+                existing = reg.get(name)
+                if existing is not None:
+                    raise UsageError(
+                        f"a job named {name} exists ({existing.state.value}); pick another "
+                        f"--name or remove it with `handyjobs rm {name}`"
+                    )
+                run = lifecycle.new_run(None, spec.procs, backend.name, local=not backend.queues)
+                record = JobRecord(
+                    name=name,
+                    spec=spec,
+                    log_path=str(backend.log_path(name, root)),
+                    created_at=run.created_at,
+                    runs=[run],
+                    git=one.git,
+                )
+                pending = _launch(reg, record, dict(req.caller_env), one.discovery, backend)
+                launched.append((record, pending))
+            reg.save()
+        except BaseException:
+            _undo(launched, backend)
+            raise
+        _place_envs(reg.root, launched)
+    return [record for record, _ in launched]
 
 
 def _unique_name(reg: registry.Registry, stem: str) -> str:
@@ -99,34 +124,40 @@ def _launch(
     env: Mapping[str, str],
     discovery: Discovery | None,
     backend: Backend,
-) -> None:
-    """Book the current run's GPUs, hand the runner its environment, start it, save.
+) -> Path:
+    """Decide the current run's start (GPUs, queue), hand the runner its environment, start it.
 
-    Runs under the registry lock. Nothing is saved unless the runner's session exists, and
-    the environment file never outlives a start that fails (a killed one is swept later).
+    Runs under the registry lock; the caller saves with :func:`_commit` (nothing is saved
+    unless every runner's session exists) or takes everything back with :func:`_undo`.
+    Returns the pending environment file.
     """
-    from handyjobs import backends, lifecycle
+    from handyjobs import backends, booking, config, lifecycle
 
     name, spec, run = record.name, record.spec, record.current
+    deps: dict[str, JobState | None] = {}
+    for dep in spec.after:
+        found = reg.get(dep)
+        if found is None:
+            raise UsageError(f"--after {dep}: no job of that name; see `handyjobs list --all`")
+        deps[dep] = found.state
     reg.put(record)
-    if spec.books_gpus:
-        from handyjobs import booking
-
-        assert discovery is not None
-        got, wait = booking.book(record, reg.records(), discovery)
+    # A cluster's scheduler queues and places its runs itself: the run stays queued until
+    # Slurm's view or its runner says it started; handyjobs' own queue stays out of it.
+    if not backend.queues:
+        limits = config.load(reg.root).limits(env)
+        got, wait = booking.book(record, reg.records(), discovery, deps, limits)
         if got is not None:
-            lifecycle.grant(reg, name, run.run_id, got)
+            lifecycle.grant(reg, name, run.run_id, got, lifecycle.baseline(discovery, got))
         elif wait is not None:
             lifecycle.set_wait(reg, name, run.run_id, wait)
-    elif not backend.queues:  # a cluster's scheduler grants its runs itself
-        lifecycle.grant(reg, name, run.run_id, ())
+            _renumber_queue(reg)
     job_dir = paths.ensure_private_dir(paths.job_dir(name, reg.root))
     pending = _write_pending(reg.root, name, run.run_id, env)
     try:
         _touch_log(Path(record.log_path))
         session = backend.session_name(name, run.run, run.run_id)
         argv = [sys.executable, "-m", "handyjobs.runner", str(reg.root), name, run.run_id]
-        launched = backend.launch(
+        started = backend.launch(
             backends.LaunchRequest(
                 name, run.run_id, session, argv, str(job_dir), spec, run.run, env
             )
@@ -134,16 +165,40 @@ def _launch(
     except BaseException:
         pending.unlink(missing_ok=True)
         raise
-    run.handle, run.runner = launched.handle, launched.runner
+    run.handle, run.runner = started.handle, started.runner
     reg.put(record)
-    try:
-        reg.save()
-        # Still under the lock: the runner reads it only after we let go.
-        os.replace(pending, paths.env_path(name, reg.root))
-    except BaseException:
-        backend.end_runner(run)
+    return pending
+
+
+def _renumber_queue(reg: registry.Registry) -> None:
+    """A job that joins the queue ahead of others (``--priority``) moves them back one place."""
+    from handyjobs import booking, lifecycle
+
+    for place, queued in enumerate(booking.queue_order(reg.records()), start=1):
+        wait = queued.current.wait
+        if wait is not None and wait.position is not None and wait.position != place:
+            lifecycle.set_wait(
+                reg, queued.name, queued.current.run_id, replace(wait, position=place)
+            )
+
+
+def _place_envs(root: Path, launched: Sequence[tuple[JobRecord, Path]]) -> None:
+    """Move the saved runs' environments into place, still under the lock (runners read them
+    only after we let go). A runner whose file did not make it fails to start and says why."""
+    for record, pending in launched:
+        with contextlib.suppress(OSError):
+            os.replace(pending, paths.env_path(record.name, root))
+
+
+def _undo(launched: Sequence[tuple[JobRecord, Path]], backend: Backend) -> None:
+    """A start that failed part-way: end the runners it made and drop their environments.
+
+    Their records were never saved, so their runners would start nothing anyway.
+    """
+    for record, pending in launched:
+        with contextlib.suppress(Exception):
+            backend.end_runner(record.current)
         pending.unlink(missing_ok=True)
-        raise
 
 
 def _write_pending(root: Path, name: str, run_id: str, env: Mapping[str, str]) -> Path:
@@ -223,6 +278,26 @@ def list_jobs(
     return sorted(records, key=_sort_key, reverse=True), total
 
 
+def peek_jobs(recent: int = 20) -> list[JobRecord]:
+    """What ``list_jobs()`` shows, reconciled in memory only: never writes the registry.
+
+    For views that look every second (``top``): what changed is left for the next writer.
+    """
+    from handyjobs import backends, lifecycle
+
+    root = paths.home()
+    paths.check_home(root)
+    records, _ = registry.load_recent(root, recent)
+    scratch = lifecycle.Scratch(records)
+    for record in records:
+        if record.state.active:
+            lifecycle.reconcile(scratch, record, backends.get(record.current.backend), root)
+    records = [scratch.records[r.name] for r in records]
+    done = sorted((r for r in records if not r.state.active), key=_sort_key, reverse=True)
+    records = [r for r in records if r.state.active] + done[:recent]
+    return sorted(records, key=_sort_key, reverse=True)
+
+
 def get_job(name: str) -> JobRecord:
     """One job's record, reconciled with what really runs."""
     root = paths.home()
@@ -241,6 +316,22 @@ def log_file(name: str) -> tuple[JobRecord, Path]:
         raise JobStateError(
             f"the log of job {name} is missing ({path}); it was deleted or never written"
         )
+    return record, path
+
+
+def rank_log_file(name: str, rank: int, must_exist: bool = True) -> tuple[JobRecord, Path]:
+    """The job's record and rank ``rank``'s own log (a job of one process: its only log)."""
+    from handyjobs import render
+
+    record = get_job(name)
+    procs = record.spec.procs
+    if not 0 <= rank < procs:
+        raise UsageError(render.no_such_rank(name, rank, procs))
+    if procs == 1:
+        return log_file(name)
+    path = Path(paths.rank_log(record.log_path, rank))
+    if must_exist and not path.is_file():
+        raise JobStateError(render.rank_log_missing(record, rank, path))
     return record, path
 
 
@@ -277,6 +368,8 @@ class StopResult:
     was_queued: bool
     #: True when the run had been lost and stop ended what was left of it.
     was_lost: bool = False
+    #: Why the GPUs could not be checked after the stop, when they could not.
+    gpu_note: str | None = None
 
 
 def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
@@ -331,9 +424,8 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
         scheduler.schedule_pass(root)  # queued jobs may have the GPUs now
     _survivors(name, left)
     stopped = record.run_by_id(run_id) or run
-    if stopped.gpus:
-        _check_gpus_released(name, stopped.gpus, pids)
-    return StopResult(record, run_id, tuple(sorted(pids)), was_queued)
+    note = _check_gpus_released(name, stopped, pids) if stopped.gpus else None
+    return StopResult(record, run_id, tuple(sorted(pids)), was_queued, gpu_note=note)
 
 
 def _survivors(name: str, left: Sequence[int]) -> None:
@@ -344,22 +436,56 @@ def _survivors(name: str, left: Sequence[int]) -> None:
         )
 
 
-def _check_gpus_released(name: str, gpu_ids: Sequence[int], pids: set[int]) -> None:
-    """Report (by pid) any process of the job that a GPU still lists after ``stop``."""
+def _check_gpus_released(name: str, run: Run, pids: set[int]) -> str | None:
+    """Check that each booked GPU is back to how it was when booked: none of the job's
+    processes, no memory beyond what it held then. Raises naming what is left; returns a note
+    when the GPUs could not be checked (no driver answer), else None."""
     from handyjobs import gpus as gpumod
 
-    deadline = time.monotonic() + 5.0
-    while True:
-        on_gpu = gpumod.compute_pids(gpumod.discover())
-        leftover = sorted(p for p in pids if p in on_gpu)
-        if not leftover or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    if leftover:
-        raise GpuError(
-            f"job {name} stopped, but GPU processes {', '.join(map(str, leftover))} are still "
-            "listed by the driver; check `handyjobs gpus` and kill them by pid"
+    before = None
+    if run.baseline:
+        before = gpumod.Discovery(
+            "baseline",
+            tuple(
+                gpumod.GpuInfo(
+                    index=b.gpu,
+                    uuid="",
+                    name="",
+                    memory_used_mib=b.memory_used_mib,
+                    memory_total_mib=0,
+                    utilization_pct=None,
+                    processes=tuple(gpumod.GpuProcess(p, None) for p in b.pids),
+                )
+                for b in run.baseline
+            ),
         )
+    deadline = time.monotonic() + 5.0
+    with gpumod.watch() as looking:  # NVML started once for the whole window
+        while True:
+            now = looking.discover()
+            left = gpumod.leftovers(before, now, run.gpus, pids)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    seen = {g.index for g in now.gpus if g.error is None}
+    unchecked = [g for g in run.gpus if g not in seen]
+    if left:
+        parts = []
+        for item in left:
+            what = []
+            if item.pids:
+                what.append(f"processes {', '.join(map(str, item.pids))}")
+            if item.extra_memory_mib:
+                what.append(f"{item.extra_memory_mib} MiB more memory than before the job")
+            parts.append(f"GPU {item.gpu} still has {' and '.join(what)}")
+        raise GpuError(
+            f"job {name} stopped, but {'; '.join(parts)}; check `handyjobs gpus` and end "
+            "them by pid"
+        )
+    if unchecked:
+        why = now.note or "the driver did not answer for them"
+        return f"GPU {','.join(map(str, unchecked))} could not be checked after the stop ({why})"
+    return None
 
 
 # ---- wait, restart, remove ------------------------------------------------------------------
@@ -367,15 +493,33 @@ def _check_gpus_released(name: str, gpu_ids: Sequence[int], pids: set[int]) -> N
 
 def wait_job(name: str, timeout_s: float | None = None, poll_s: float = 0.2) -> JobRecord:
     """Block until the job's current run ends; return its final record."""
+    return next(iter(wait_jobs([name], timeout_s, poll_s)))[1]
+
+
+def wait_jobs(
+    names: Sequence[str], timeout_s: float | None = None, poll_s: float = 0.2
+) -> Iterator[tuple[str, JobRecord]]:
+    """Yield each job's final record as it ends (in the order they end).
+
+    Every name must exist when called. Raises :class:`TimeoutExpired` (exit code 124) when
+    ``timeout_s`` runs out with jobs still active.
+    """
+    waiting = {name: get_job(name) for name in dict.fromkeys(names)}  # not found: raise now
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        record = get_job(name)
-        if not record.state.active:
-            return record
+    while waiting:
+        for name in list(waiting):
+            record = get_job(name) if waiting[name].state.active else waiting[name]
+            if not record.state.active:
+                del waiting[name]
+                yield name, record
+        if not waiting:
+            return
         if deadline is not None and time.monotonic() > deadline:
+            first = next(iter(waiting))
+            more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
             raise TimeoutExpired(
-                f"job {name} is still {record.state.value} after {timeout_s:g}s; "
-                "wait longer or look at it with `handyjobs logs`"
+                f"job {first}{more} is still {get_job(first).state.value} after "
+                f"{timeout_s:g}s; wait longer or look at it with `handyjobs logs`"
             )
         time.sleep(poll_s)
 
@@ -393,11 +537,13 @@ def restart_job(
     env: Sequence[str] = (),
     grace_s: float = DEFAULT_GRACE_S,
     caller_env: Mapping[str, str] | None = None,
+    args: Sequence[str] | None = None,
 ) -> RestartResult:
     """Start the job's spec again as a new run, stopping the current one first if it runs.
 
     The run gets the environment captured at the job's first start (``env`` items, K=V,
     change single variables); only a job recorded before that was kept uses the caller's.
+    ``args``, when given, replace the script's arguments from now on.
     """
     from handyjobs import backends, lifecycle
     from handyjobs.spec import parse_env
@@ -415,6 +561,8 @@ def restart_job(
     spec = record.spec
     if overrides:
         spec = replace(spec, env=tuple(sorted({**dict(spec.env), **dict(overrides)}.items())))
+    if args is not None:
+        spec = replace(spec, args=tuple(args))
     discovery = None
     if spec.books_gpus:
         from handyjobs import gpus as gpumod
@@ -433,7 +581,13 @@ def restart_job(
             )
         run = lifecycle.new_run(current, spec.procs, backend.name, local=not backend.queues)
         fresh = replace(current, spec=spec).with_run(run)
-        _launch(reg, fresh, base, discovery, backend)
+        pending = _launch(reg, fresh, base, discovery, backend)
+        try:
+            reg.save()
+        except BaseException:
+            _undo([(fresh, pending)], backend)
+            raise
+        _place_envs(root, [(fresh, pending)])
     return RestartResult(fresh, kept is not None)
 
 
@@ -530,3 +684,33 @@ def gpu_overview(env: Mapping[str, str] | None = None) -> tuple[Discovery, dict[
     records, _ = list_jobs()
     return discovery, booking.held_gpus(records)
 
+
+# ---- groups, send --------------------------------------------------------------------------
+
+
+def names(
+    group: str | None = None, states: Sequence[JobState] = (), every: bool = False
+) -> list[str]:
+    """Job names for the ``--group`` and ``--all`` forms: of ``group`` (or every job when
+    ``every``), in ``states`` when given, oldest first."""
+    records, _ = list_jobs(all_jobs=True)
+    picked = [
+        r.name
+        for r in reversed(records)
+        if (every or r.spec.group == group) and (not states or r.state in states)
+    ]
+    return picked
+
+
+def send_text(name: str, text: str) -> JobRecord:
+    """Type a line into a running job's terminal (a prompt, pdb); return its record."""
+    from handyjobs import backends
+
+    record = get_job(name)
+    run = record.current
+    if run.state is JobState.QUEUED or (run.state.active and run.main is None):
+        raise JobStateError(f"job {name} has not started yet; send once it runs")
+    if not run.state.active:
+        raise JobStateError(f"job {name} has ended ({run.state.value}); nothing reads its input")
+    backends.get(run.backend).send(run, text)
+    return record

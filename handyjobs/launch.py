@@ -40,6 +40,9 @@ class RunContext:
     job_dir: str = ""
     #: A Slurm job's rendezvous port, free on the allocation's first node (the runner's).
     rdzv_port: int | None = None
+    #: The interpreter that runs :mod:`handyjobs.rank` around each rank of a job of several
+    #: processes (the runner's own: the job's may not have handyjobs); None runs ranks bare.
+    rank_python: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,48 +67,39 @@ def build(
     """
     nproc = spec.procs
     target: list[str] = ["-m", spec.script] if spec.module else [spec.script]
-    rendezvous: str | None
+    rendezvous: str | None = None
     if spec.slurm is not None:
         from handyjobs import sbatch
 
+        # Inside the batch script: one torchrun per node through srun, rendezvous on node 0.
         alloc = sbatch.Allocation.from_env(pane_env or {})
-        port = ctx.rdzv_port or 29400
+        port = ctx.rdzv_port or 29400  # torchrun's default c10d port
         argv = sbatch.step_argv(spec, alloc, port)
         rendezvous = sbatch.rendezvous(spec, alloc, port)
-    elif spec.rdzv is not None:
-        rdzv = spec.rdzv
-        argv = [
+    elif spec.executable:
+        argv = [spec.script, *spec.args]  # as typed: its shebang says how it runs
+    elif nproc > 1 or spec.max_restarts is not None or spec.rdzv is not None:
+        # torchrun also for one process when elastic restarts are asked for: they are its.
+        restarts = [] if spec.max_restarts is None else [f"--max-restarts={spec.max_restarts}"]
+        torchrun = [
             spec.python,
             "-m",
             "torch.distributed.run",
-            f"--nnodes={rdzv.nnodes}",
+            *_rendezvous_args(spec),
             f"--nproc-per-node={nproc}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={rdzv.endpoint}",
-            f"--rdzv-id={rdzv.rdzv_id}",
-            # Node 0 hosts the store; said outright, because two "nodes" on one machine (or
-            # a host name that does not match the endpoint) would leave torchrun guessing.
-            f"--rdzv-conf=is_host={int(rdzv.node_rank == 0)}",
-            *(["--module"] if spec.module else []),
-            spec.script,
-            *spec.args,
+            *restarts,
         ]
-        rendezvous = f"c10d {rdzv.endpoint} id={rdzv.rdzv_id} node={rdzv.node_rank}/{rdzv.nnodes}"
-    elif nproc > 1:
-        argv = [
-            spec.python,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            *(["--module"] if spec.module else []),
-            spec.script,
-            *spec.args,
-        ]
-        rendezvous = STANDALONE
+        if ctx.rank_python and (nproc > 1 or spec.rdzv is not None):
+            # Each rank in its own wrapper (per-rank log, whole lines only on the shared
+            # terminal); the worker is what torchrun would run itself: python -u SCRIPT ARGS.
+            worker = [spec.python, "-u", *target, *spec.args]
+            wrapper = [ctx.rank_python, "-m", "handyjobs.rank", "--"]
+            argv = [*torchrun, "--no-python", *wrapper, *worker]
+        else:
+            argv = [*torchrun, *(["--module"] if spec.module else []), spec.script, *spec.args]
+        rendezvous = STANDALONE if spec.rdzv is None else rendezvous_text(spec)
     else:
         argv = [spec.python, *target, *spec.args]
-        rendezvous = None
 
     env = {k: v for k, v in base_env.items() if k not in _PANE_VARS and k not in _RUNNER_VARS}
     for key in _PANE_VARS:
@@ -129,6 +123,30 @@ def build(
     return Launch(argv, env, rendezvous)
 
 
+def _rendezvous_args(spec: JobSpec) -> list[str]:
+    """torchrun's rendezvous options: standalone on one machine, c10d at the given endpoint."""
+    rdzv = spec.rdzv
+    if rdzv is None:
+        return ["--standalone"]
+    return [
+        f"--nnodes={rdzv.nnodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rdzv.endpoint}",
+        f"--rdzv-id={rdzv.rdzv_id}",
+        # Node 0 hosts the store, said outright: torchrun would otherwise guess from host
+        # names, and two nodes on one machine (or an endpoint that is an alias) fool it.
+        f"--rdzv-conf=is_host={int(rdzv.node_rank == 0)}",
+    ]
+
+
+def rendezvous_text(spec: JobSpec) -> str | None:
+    """How a run's rendezvous is recorded: ``c10d HOST:PORT id ID, node 0 of 2``."""
+    rdzv = spec.rdzv
+    if rdzv is None:
+        return None
+    return f"c10d {rdzv.endpoint} id {rdzv.rdzv_id}, node {rdzv.node_rank} of {rdzv.nnodes}"
+
+
 def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
     """The ``HANDYJOBS_*`` variables through which the CLI tells the job what it chose."""
     out = {
@@ -138,6 +156,13 @@ def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
         "HANDYJOBS_LOG": ctx.log_path,
         "HANDYJOBS_NPROC": str(spec.procs),
     }
+    if spec.params:
+        # A sweep's values reach the script as arguments and, for scripts that read the
+        # environment (or a launcher in between), as HANDYJOBS_PARAM_<KEY> too.
+        for key, value in spec.params:
+            out[f"HANDYJOBS_PARAM_{_env_key(key)}"] = value
+    if spec.group:
+        out["HANDYJOBS_GROUP"] = spec.group
     nnodes = spec.slurm.nodes if spec.slurm else spec.rdzv.nnodes if spec.rdzv else 1
     if nnodes > 1:
         out["HANDYJOBS_NNODES"] = str(nnodes)
@@ -153,7 +178,14 @@ def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
 
 
 def _from_allocation(key: str) -> bool:
+    """True for a ``SLURM_*`` variable that describes the allocation (taken from the step)."""
     return key.startswith(_SLURM_PREFIX) and key not in _SLURM_KEEP
+
+
+def _env_key(key: str) -> str:
+    """A sweep key as an environment variable suffix: ``lr`` -> ``LR``, ``batch-size`` ->
+    ``BATCH_SIZE``."""
+    return "".join(c if c.isalnum() else "_" for c in key).upper()
 
 
 def display(argv: Sequence[str]) -> str:

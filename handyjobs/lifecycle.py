@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 from handyjobs import paths
 from handyjobs.records import (
     ClusterState,
+    GpuBaseline,
     JobRecord,
     JobState,
     LostKind,
@@ -43,6 +44,7 @@ from handyjobs.records import (
 )
 
 if TYPE_CHECKING:
+    from handyjobs.booking import Limits
     from handyjobs.gpus import Discovery
 
 
@@ -134,13 +136,20 @@ def _change(store: Store, name: str, run_id: str, fn: Callable[[Run], bool]) -> 
 # ---- the transitions ---------------------------------------------------------------------
 
 
-def grant(store: Store, name: str, run_id: str, gpus: tuple[int, ...]) -> bool:
-    """Queued -> running: the run may start (on ``gpus``, now booked for it)."""
+def grant(
+    store: Store,
+    name: str,
+    run_id: str,
+    gpus: tuple[int, ...],
+    baseline: tuple[GpuBaseline, ...] = (),
+) -> bool:
+    """Queued -> running: the run may start (on ``gpus``, now booked for it, which looked as
+    ``baseline`` says when they were booked)."""
 
     def go(run: Run) -> bool:
         if run.state is not JobState.QUEUED or run.stop_requested:
             return False
-        run.state, run.gpus, run.wait = JobState.RUNNING, gpus, None
+        run.state, run.gpus, run.wait, run.baseline = JobState.RUNNING, gpus, None, baseline
         return True
 
     return _change(store, name, run_id, go)
@@ -185,6 +194,7 @@ def _ended(run: Run, outcome: Outcome) -> None:
     run.exit_code, run.signal = outcome.exit_code, outcome.signal
     run.leftovers = outcome.leftovers
     run.log_error = outcome.log_error or run.log_error
+    run.cost = outcome.cost or run.cost
     run.wait = None
 
 
@@ -448,19 +458,49 @@ def _reconcile_cluster(store: Store, name: str, run: Run, probe: Probe, root: Pa
 # ---- the queue ---------------------------------------------------------------------------
 
 
-def schedule(store: Store, records: list[JobRecord], discovery: Discovery) -> list[str]:
-    """One pass over the queue: grant every run that can start now, note why the rest wait.
+def schedule(
+    store: Store,
+    records: list[JobRecord],
+    discovery: Discovery | None,
+    limits: Limits | None = None,
+) -> list[str]:
+    """One pass over the queue: grant what can start now, fail what never will, say why the
+    rest wait.
 
-    ``records`` are the active records under the lock. Returns the names granted.
+    ``records`` are the active records under the lock; dependencies are looked up in
+    ``store`` (finished jobs included). Returns the names granted.
     """
     from handyjobs import booking  # only writers schedule; `list` should not pay for it
 
-    starts, waits = booking.plan(records, discovery)
+    deps: dict[str, JobState | None] = {}
+    for record in records:
+        if record.state is JobState.QUEUED:
+            for dep in record.spec.after:
+                if dep not in deps:
+                    found = store.get(dep)
+                    deps[dep] = None if found is None else found.state
+    result = booking.plan(records, discovery, deps, limits)
     by_name = {r.name: r for r in records}
     granted = []
-    for name, gpus in starts.items():
-        if grant(store, name, by_name[name].current.run_id, gpus):
+    for name, gpus in result.starts.items():
+        base = baseline(discovery, gpus)
+        if grant(store, name, by_name[name].current.run_id, gpus, base):
             granted.append(name)
-    for name, wait in waits.items():
+    for name, wait in result.waits.items():
         set_wait(store, name, by_name[name].current.run_id, wait)
+    for name, (dep, state) in result.failed.items():
+        why = Reason(LostKind.DEPENDENCY_FAILED, "gone" if state is None else state.value, job=dep)
+        fail_to_start(store, name, by_name[name].current.run_id, why)
     return granted
+
+
+def baseline(discovery: Discovery | None, gpus: tuple[int, ...]) -> tuple[GpuBaseline, ...]:
+    """How the GPUs about to be booked look now: memory in use and their processes."""
+    if discovery is None or not gpus:
+        return ()
+    found = discovery.by_index()
+    return tuple(
+        GpuBaseline(g, found[g].memory_used_mib, tuple(p.pid for p in found[g].processes))
+        for g in gpus
+        if g in found and found[g].error is None
+    )

@@ -7,7 +7,9 @@ Layout::
       history.jsonl               finished jobs, one JSON record a line, appended
       scheduler.lock              held by the one queued runner that schedules the queue
       pending/RUNID.env.json      a start's environment before its record is saved (swept)
-      jobs/NAME/output.log        every byte the job printed, across restarts
+      jobs/NAME/output.log        every byte the job printed, across restarts (.1: before
+                                  it reached HANDYJOBS_LOG_MAX_MB)
+      jobs/NAME/rank-N.log        every byte rank N printed, in a job of several processes
       jobs/NAME/env.json          the caller's environment, kept for restarts (0600)
       jobs/NAME/run-RUNID.json    the runner's status: pids, start, outcome (room reserved)
 
@@ -155,6 +157,11 @@ def job_dir(name: str, root: Path | None = None) -> Path:
 def log_path(name: str, root: Path | None = None) -> Path:
     """The job's log, appended across restarts."""
     return job_dir(name, root) / "output.log"
+
+
+def rank_log(job_log: str, rank: int) -> str:
+    """Rank ``rank``'s own log, beside the job's log (``rank-N.log``)."""
+    return str(Path(job_log).parent / f"rank-{rank}.log")
 
 
 def env_path(name: str, root: Path | None = None) -> Path:

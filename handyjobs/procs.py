@@ -167,7 +167,8 @@ def terminate(
     """Signal every process of the run (``first``, SIGKILL after ``grace_s``) until none is left.
 
     Processes are found by marker again on every round, so children forked meanwhile are
-    ended too. Returns every pid signalled and those that survived SIGKILL (normally none).
+    ended too. Returns every pid it ended (signalled, or gone by itself once found) and those
+    that survived SIGKILL (normally none).
     """
     skip = tuple(exclude)
     seen: dict[int, int] = {}
@@ -180,7 +181,9 @@ def terminate(
         for pid, start in found.items():
             if sig == first and seen.get(pid) == start:
                 continue  # asked once already; SIGKILL is sent again every round
-            if signal_verified(pid, start, run_id, sig):
+            if signal_verified(pid, start, run_id, sig) or start_time(pid) in (None, start):
+                # Signalled, or it ended between the look and the signal (a rank wrapper
+                # passes our SIGTERM on to its worker first): either way it was ours and ended.
                 seen[pid] = start
         now = time.monotonic()
         if sig != signal.SIGKILL and now >= deadline:

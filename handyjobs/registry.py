@@ -35,6 +35,7 @@ from typing import Any
 
 from handyjobs import paths
 from handyjobs.errors import RegistryError, storage_error
+from handyjobs.logs import lines_backwards
 from handyjobs.records import SCHEMA_VERSION, JobRecord, ProcId
 
 _HISTORY_HEADER = json.dumps({"schema_version": SCHEMA_VERSION}).encode() + b"\n"
@@ -362,19 +363,7 @@ def _lines_backwards(path: Path) -> Iterator[bytes]:
     except OSError as exc:
         raise storage_error(exc, "read") from exc
     try:
-        pos = os.fstat(fd).st_size
-        rest = b""
-        while pos > 0:
-            size = min(_BLOCK, pos)
-            pos -= size
-            block = os.pread(fd, size, pos) + rest
-            lines = block.split(b"\n")
-            rest = lines[0]
-            for line in reversed(lines[1:]):
-                if line:
-                    yield line
-        if rest:
-            yield rest
+        yield from lines_backwards(fd, _BLOCK)
     finally:
         os.close(fd)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from handyjobs.records import (
     Blocker,
     BlockKind,
+    Cost,
     GpuUser,
     JobRecord,
     JobState,
@@ -40,9 +41,11 @@ def printable(text: str) -> str:
 
 
 if TYPE_CHECKING:
+    from handyjobs.curves import Summary
     from handyjobs.gpus import Discovery
 
-_STATE_STYLE = {
+#: The colour of each state in tables (rich style names; `list` maps them to ANSI codes).
+STATE_STYLE = {
     JobState.QUEUED: "yellow",
     JobState.RUNNING: "bold cyan",
     JobState.SUCCEEDED: "green",
@@ -96,14 +99,15 @@ def gpu_text(record: JobRecord) -> str:
         return "cpu" if record.spec.cpu else "-"
     if run.gpus:
         return ",".join(map(str, run.gpus))
-    if run.state is JobState.QUEUED and record.spec.books_gpus:
-        spec = record.spec
+    spec = record.spec
+    if run.state is JobState.QUEUED and spec.books_gpus:
         return f"wait {','.join(map(str, spec.gpus))}" if spec.gpus else f"wait any {spec.ngpus}"
-    return "cpu" if record.spec.cpu else "-"
+    return "cpu" if spec.cpu else "-"
 
 
-def job_rows(records: Sequence[JobRecord]) -> list[list[str]]:
-    """One row of strings per record, in the list's column order."""
+def job_rows(records: Sequence[JobRecord], params: bool = False) -> list[list[str]]:
+    """One row of strings per record, in the list's column order (``params``: a sweep's
+    values before the command)."""
     now = datetime.now(timezone.utc)
     rows = []
     for r in records:
@@ -111,18 +115,18 @@ def job_rows(records: Sequence[JobRecord]) -> list[list[str]]:
         home = os.path.expanduser("~")
         if command.startswith(home + "/"):
             command = "~" + command[len(home) :]
-        rows.append(
-            [
-                r.name,
-                r.state.value,
-                gpu_text(r),
-                nproc_text(r),
-                when(r.current.started_at or r.created_at, now),
-                duration(r.duration_s(now)),
-                exit_summary(r.current),
-                command,
-            ]
-        )
+        row = [
+            r.name,
+            _list_state(r),
+            gpu_text(r),
+            nproc_text(r),
+            when(r.current.started_at or r.created_at, now),
+            duration(r.duration_s(now)),
+            exit_summary(r.current),
+        ]
+        if params:
+            row.append(printable(" ".join(f"{k}={v}" for k, v in r.spec.params)) or "-")
+        rows.append([*row, command])
     return rows
 
 
@@ -138,7 +142,38 @@ def nproc_text(record: JobRecord) -> str:
     return f"{n}x{record.current.nproc}" if n > 1 else str(record.current.nproc)
 
 
+def _list_state(record: JobRecord) -> str:
+    """The STATE cell: a queued run carries its place in the queue (``queued #2``)."""
+    wait = record.current.wait
+    if record.state is JobState.QUEUED and wait is not None and wait.position is not None:
+        return f"queued #{wait.position}"
+    return record.state.value
+
+
+def queue_lines(records: Sequence[JobRecord]) -> list[str]:
+    """Under the table, why each queued job waits, first in the queue first."""
+    queued = [r for r in records if r.state is JobState.QUEUED]
+    last = len(records) + 1  # runs waiting for dependencies have no place yet: after the rest
+
+    def place(r: JobRecord) -> int:
+        wait = r.current.wait
+        return wait.position if wait is not None and wait.position is not None else last
+
+    lines = []
+    for r in sorted(queued, key=place):
+        wait = r.current.wait
+        why = wait_text(wait) if wait is not None else "waiting for the next scheduling pass"
+        where = f"#{wait.position} " if wait is not None and wait.position is not None else ""
+        lines.append(f"{where}{r.name}: {printable(why)}")
+    return lines
+
+
 JOB_COLUMNS = ["NAME", "STATE", "GPUS", "NPROC", "STARTED", "DURATION", "EXIT", "COMMAND"]
+
+
+def job_columns(params: bool) -> list[str]:
+    """The list's header, with PARAMS when a sweep's jobs are shown."""
+    return [*JOB_COLUMNS[:-1], "PARAMS", JOB_COLUMNS[-1]] if params else JOB_COLUMNS
 
 
 def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -154,9 +189,23 @@ def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> None:
+def print_jobs(
+    records: Sequence[JobRecord],
+    total: int,
+    all_shown: bool,
+    metric: str | None = None,
+    values: dict[str, float | None] | None = None,
+) -> None:
     """The ``list`` table, and a hint when some records are not shown."""
-    rows = job_rows(records)
+    params = any(r.spec.params for r in records)
+    rows = job_rows(records, params)
+    columns = job_columns(params)
+    if metric:  # a column for the metric, before the command (which is left ragged)
+        columns = [*columns[:-1], printable(metric).upper(), columns[-1]]
+        rows = [
+            [*row[:-1], metric_value((values or {}).get(r.name)), row[-1]]
+            for r, row in zip(records, rows, strict=True)
+        ]
     note = ""
     if not all_shown and total > len(records):
         note = f"{len(records)} of {total} jobs shown; `handyjobs list --all` shows every one"
@@ -166,8 +215,11 @@ def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> Non
         else:
             print(f"no job matches ({total} in the registry; `handyjobs list --all` shows them)")
         return
+    waits = queue_lines(records)
     if not fancy():
-        print(plain_table(JOB_COLUMNS, rows))
+        print(plain_table(columns, rows))
+        if waits:
+            print("\n".join(waits))
         if note:
             print(note, file=sys.stderr)
         return
@@ -176,11 +228,12 @@ def print_jobs(records: Sequence[JobRecord], total: int, all_shown: bool) -> Non
     import shutil
 
     width = shutil.get_terminal_size().columns
-    lines = plain_table(JOB_COLUMNS, rows).splitlines()
+    lines = plain_table(columns, rows).splitlines()
     colour = use_colour()
     out = [_style(lines[0][:width], "1", colour)]
     for record, line in zip(records, lines[1:], strict=True):
         out.append(_style_state(line[:width], record.state, colour))
+    out.extend(_style(line[:width], "2", colour) for line in waits)
     if note:
         out.append(_style(note, "2", colour))
     print("\n".join(out))
@@ -212,7 +265,7 @@ def _style_state(line: str, state: JobState, colour: bool) -> str:
     at = line.find(" " + state.value) + 1
     if at <= 0:
         return line
-    code = _ANSI[_STATE_STYLE[state]]
+    code = _ANSI[STATE_STYLE[state]]
     end = at + len(state.value)
     return f"{line[:at]}\x1b[{code}m{line[at:end]}\x1b[0m{line[end:]}"
 
@@ -257,6 +310,7 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
         *_backend_fields(record),
         ("pids", " ".join(f"{k}={v}" for k, v in sorted(run.pids.items())) or "-"),
         ("leftovers", f"{run.leftovers} ended after the main process" if run.leftovers else "-"),
+        *(cost_fields(run.cost) if run.cost is not None else []),
         ("created", record.created_at),
         ("started", run.started_at or "-"),
         ("ended", run.ended_at or "-"),
@@ -267,6 +321,18 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
             f"{git.get('commit', '')[:12]}{' (dirty)' if git.get('dirty') else ''}" if git else "-",
         ),
         ("env", " ".join(f"{k}=..." for k, _ in spec.env) or "-"),
+        ("group", spec.group or "-"),
+        ("params", printable(" ".join(f"{k}={v}" for k, v in spec.params)) or "-"),
+        ("after", ", ".join(spec.after) + (" (any outcome)" if spec.after_any else "") or "-"),
+        ("priority", str(spec.priority)),
+        (
+            "restarts",
+            "-"
+            if spec.max_restarts is None
+            else f"{run.cost.restarts if run.cost else 0} of at most {spec.max_restarts} "
+            "(torchrun's elastic restarts)",
+        ),
+        ("on exit", printable(" ".join(spec.on_exit)) or "-"),
         ("runs", str(len(record.runs))),
     ]
     for old in record.runs[:-1]:
@@ -340,25 +406,9 @@ def submitted_lines(record: JobRecord) -> list[str]:
     ]
 
 
-def nodes_lines(record: JobRecord) -> list[str]:
-    """What a multi-node start prints: the rendezvous, and the command for the other nodes."""
-    rdzv = record.spec.rdzv
-    assert rdzv is not None
-    lines = [
-        f"  rendezvous: c10d at {rdzv.endpoint}, id {rdzv.rdzv_id}, node rank "
-        f"{rdzv.node_rank} of {rdzv.nnodes}"
-    ]
-    if rdzv.node_rank == 0:
-        lines.append(
-            f"  on node k of the others: handyjobs start ... --nnodes {rdzv.nnodes} "
-            f"--node-rank k --rdzv-endpoint {rdzv.endpoint} --rdzv-id {rdzv.rdzv_id}"
-        )
-    return lines
-
-
-def print_record(record: JobRecord) -> None:
-    """``show``: one field a line."""
-    fields = record_fields(record)
+def print_record(record: JobRecord, metrics: Sequence[Summary] = ()) -> None:
+    """``show``: one field a line (and the last and best value of each metric)."""
+    fields = record_fields(record) + metric_fields(metrics)
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         print(f"{key.ljust(width)}  {value}")
@@ -370,11 +420,14 @@ def gpu_rows(discovery: Discovery, held: dict[int, str]) -> list[list[str]]:
     for g in discovery.gpus:
         procs = ", ".join(f"{p.pid}{'/' + p.user if p.user else ''}" for p in g.processes)
         util = "" if g.utilization_pct is None else f"{g.utilization_pct}%"
+        memory = f"{g.memory_used_mib}/{g.memory_total_mib} MiB"
+        if g.error is not None and not g.memory_total_mib:
+            memory = "unknown"  # a MIG parent read without root, or a GPU that did not answer
         rows.append(
             [
                 str(g.index),
-                g.name,
-                f"{g.memory_used_mib}/{g.memory_total_mib} MiB",
+                g.name + (" [MIG]" if g.mig else ""),
+                memory,
                 util,
                 held.get(g.index, "-"),
                 procs or "-",
@@ -395,6 +448,11 @@ def print_gpus(discovery: Discovery, held: dict[int, str]) -> None:
         )
         return
     print(plain_table(GPU_COLUMNS, gpu_rows(discovery, held)))
+    for g in discovery.gpus:
+        if g.error is not None:
+            print(f"GPU {g.index}: {printable(g.error)}")
+    if discovery.note:  # something hung, or a fallback was used: say so under the table
+        print(f"note: {printable(discovery.note)}")
 
 
 def gpus_json(discovery: Discovery, held: dict[int, str]) -> dict[str, Any]:
@@ -481,6 +539,11 @@ def wait_text(wait: Wait) -> str:
     """Why a run waits, in one line."""
     if wait.scheduler is not None:
         return scheduler_reason(wait.scheduler, wait.reason)
+    if wait.after:
+        return f"waiting for {', '.join(wait.after)} to end"
+    if wait.limit is not None:
+        whose = f" of group {wait.group}" if wait.group else ""
+        return f"{wait.running} of {wait.limit} jobs{whose} allowed at once are running"
     reasons = "; ".join(blocker_text(b) for b in wait.blockers)
     if wait.by_count:
         head = f"only {wait.free} of the {wait.needed} GPUs asked for are free"
@@ -495,12 +558,16 @@ _LOST = {
     LostKind.RUNNER_ERROR: "its runner failed",
     LostKind.START_FAILED: "it could not start",
     LostKind.CLUSTER_ENDED: "the cluster ended it and the job recorded no outcome",
+    LostKind.DEPENDENCY_FAILED: "never started",
 }
 
 
 def reason_text(reason: Reason) -> str:
     """Why a run was lost or failed to start, in words, with what is left of it."""
     text = _LOST[reason.kind]
+    if reason.kind is LostKind.DEPENDENCY_FAILED:
+        how = "is gone" if reason.detail in (None, "gone") else reason.detail
+        return f"{text}: job {reason.job}, which it was to start after, {how}"
     if reason.detail and reason.kind in (LostKind.RUNNER_ERROR, LostKind.START_FAILED):
         text += f": {printable(reason.detail)}"
     if reason.detail and reason.kind is LostKind.CLUSTER_ENDED:
@@ -510,3 +577,86 @@ def reason_text(reason: Reason) -> str:
         which = "1 of its processes still runs" if n == 1 else f"{n} of its processes still run"
         text += f"; {which} ({', '.join(map(str, reason.pids))}): `handyjobs stop` ends them"
     return text
+
+
+# ---- logs, ranks, cost ---------------------------------------------------------------------
+
+
+def no_such_rank(name: str, rank: int, procs: int) -> str:
+    """The error for ``logs --rank N`` past the job's ranks."""
+    ranks = "rank 0" if procs == 1 else f"ranks 0-{procs - 1}"
+    noun = "processes" if procs > 1 else "process"
+    return f"job {name} runs {procs} {noun} ({ranks}); there is no rank {rank}"
+
+
+def rank_log_missing(record: JobRecord, rank: int, path: object) -> str:
+    """The error for a rank whose own log is not there."""
+    return (
+        f"rank {rank} of job {record.name} has no log ({path}): it has not started yet, or the "
+        f"job ran before handyjobs kept logs per rank; see `handyjobs logs {record.name}`"
+    )
+
+
+def no_metric(metric: str, jobs_without: Sequence[str], seen: Sequence[str]) -> str:
+    """The error when no job named has a point of the metric."""
+    names = ", ".join(jobs_without)
+    if seen:
+        who = "it" if len(jobs_without) == 1 else "they"
+        return (
+            f"no point of metric {metric!r} in {names}; {who} logged {', '.join(seen)}: "
+            "pick one with --metric"
+        )
+    return (
+        f"{names} logged no metrics yet; log them from the job with trainer.log_metrics "
+        "or handyjobs.log_metrics"
+    )
+
+
+def size(n: int | None) -> str:
+    """Bytes for people: ``512 MiB``, ``1.5 GiB``."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
+def cost_fields(cost: Cost) -> list[tuple[str, str]]:
+    """``show``'s lines about what a run used."""
+    looks = f"{cost.samples} look{'s' if cost.samples != 1 else ''} {cost.interval_s:g}s apart"
+    out = [
+        (
+            "memory",
+            f"peak {size(cost.peak_rss_bytes)} together ({looks}), "
+            f"largest process {size(cost.max_rss_bytes)} at its peak",
+        ),
+        ("cpu time", duration(cost.cpu_time_s)),
+    ]
+    for g in cost.gpus:
+        util = "" if g.mean_utilization_pct is None else f", {g.mean_utilization_pct:.0f}% mean use"
+        out.append((f"gpu {g.index}", f"peak {g.peak_memory_mib} MiB by the job{util}"))
+    return out
+
+
+def metric_value(value: float | None) -> str:
+    """A metric's value in a table cell."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def metric_fields(summaries: Sequence[Summary]) -> list[tuple[str, str]]:
+    """``show``'s lines about the job's metrics: last and best value of each."""
+    out = []
+    for s in summaries:
+        best = "max" if s.higher_is_better else "min"
+        out.append(
+            (
+                f"metric {printable(s.metric)}",
+                f"last {metric_value(s.last)} (step {s.last_step:g}), "
+                f"best {metric_value(s.best)} (step {s.best_step:g}, {best})",
+            )
+        )
+    return out

@@ -38,11 +38,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from handyjobs import launch, lifecycle, paths, procs, registry, render
 from handyjobs.errors import HandyjobsError, StorageError
 from handyjobs.records import (
     JobRecord,
+    JobSpec,
     JobState,
     LaunchEnv,
     LostKind,
@@ -51,6 +53,9 @@ from handyjobs.records import (
     RunStatus,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from handyjobs.gpus import Watch
 
 #: Seconds between two looks at the run's record while it is queued.
 QUEUE_POLL_S = 0.25
@@ -223,6 +228,7 @@ class Runner:
         failed = ""
         sched_fd = -1
         next_pass = 0.0
+        looking: Watch | None = None  # one NVML session while this runner schedules
         try:
             while True:
                 record = registry.load_one(self.name, self.root)
@@ -242,7 +248,11 @@ class Runner:
                     sched_fd = _try_lock(paths.scheduler_lock_path(self.root))
                 if sched_fd >= 0 and time.monotonic() >= next_pass:
                     try:
-                        scheduler.schedule_pass(self.root, env)
+                        if looking is None:
+                            from handyjobs import gpus
+
+                            looking = gpus.Watch(env)
+                        scheduler.schedule_pass(self.root, env, looking)
                     except HandyjobsError as exc:
                         # A GPU that cannot be read (or a full disk) must not end the wait:
                         # say so once, and try again at the next pass.
@@ -252,6 +262,8 @@ class Runner:
                     next_pass = time.monotonic() + SCHEDULE_EVERY_S
                 time.sleep(QUEUE_POLL_S)
         finally:
+            if looking is not None:
+                looking.close()
             if sched_fd >= 0:
                 os.close(sched_fd)
 
@@ -298,7 +310,8 @@ class Runner:
 
     def run(self) -> int:
         """The runner's whole life; returns the job's shell-style exit code."""
-        from handyjobs.records import JobSpec
+        from handyjobs import rotation, terminal
+        from handyjobs.sampler import Sampler
         from handyjobs.tee import run_on_pty
 
         procs.set_child_subreaper()  # orphaned torchrun workers come back to us, not to init
@@ -306,12 +319,11 @@ class Runner:
         if record is None:
             return 1  # the start that made this session died before saving: start nothing
         run = record.current
-        if not run.state.active or run.stop_requested:
-            return 1
         self.verified = True
         spec: JobSpec = record.spec
         from handyjobs import backends
 
+        # Under Slurm the scheduler grants, signals and requeues: the runner lets it.
         self.scheduled = backends.get(run.backend).queues
         if self.scheduled:
             self._take_scheduler_signals()
@@ -320,6 +332,13 @@ class Runner:
             env = self._env()
         except (OSError, ValueError, KeyError) as exc:
             return self._fail_to_start(f"cannot read the job's environment file ({exc})")
+        if not run.state.active or run.stop_requested:
+            # Ended before we got here: stopped, or a dependency failed as we started up.
+            if run.stop_requested and run.state.active:
+                with contextlib.suppress(HandyjobsError), registry.locked(self.root) as reg:
+                    lifecycle.cancel(reg, self.name, self.run_id)
+            self._never_started(spec, env)
+            return 1
         # Settings such as the tmux socket and a fake GPU file are the caller's, not tmux's.
         os.environ.update({k: v for k, v in env.items() if k.startswith("HANDYJOBS_")})
         try:
@@ -331,9 +350,9 @@ class Runner:
         if run.state is JobState.QUEUED and not self.scheduled:
             gpus = self._wait_for_grant(env)
             if gpus is None:
-                _say(self.log_fd, "stopped while queued")
                 self.status.path.unlink(missing_ok=True)
                 self.status.release()
+                self._never_started(spec, env)
                 return 1
         booked = gpus if spec.books_gpus else None
         ctx = launch.RunContext(
@@ -344,8 +363,16 @@ class Runner:
             record.log_path,
             str(paths.job_dir(self.name, self.root)),
             rdzv_port=_free_port() if self.scheduled else None,
+            rank_python=sys.executable,
         )
         job = launch.build(spec, ctx, env, pane_env=os.environ)
+        limit, bad_limit = rotation.limit_from_env(env)
+        if bad_limit:
+            _say(self.log_fd, bad_limit)
+        rotator = rotation.Rotator(record.log_path, self.log_fd, limit) if limit else None
+        # Several ranks tag their lines; the pane shows rank 0's as a lone process would.
+        pane_filter = terminal.PaneFilter().feed if spec.procs > 1 else None
+        sampler = Sampler(self.run_id, env, gpus=not spec.cpu)
         where = f"GPUs {','.join(map(str, booked))}" if booked else ("CPU" if spec.cpu else "")
         if self.scheduled and "SLURM_JOB_ID" in os.environ:
             restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
@@ -359,16 +386,24 @@ class Runner:
             f"{render.printable(launch.display(job.argv))}",
         )
         started = time.monotonic()
+
+        def on_start(pid: int) -> None:
+            sampler.start()
+            self._on_start(pid, job, booked)
+
         result = run_on_pty(
             job.argv,
             job.env,
             spec.cwd,
             self.log_fd,
-            on_start=lambda pid: self._on_start(pid, job, booked),
+            on_start=on_start,
             # In a batch script nobody reads the runner's own output: the log has every byte.
             echo_fd=None if self.scheduled else 1,
             input_fd=None if self.scheduled else 0,
+            rotator=rotator,
+            pane_filter=pane_filter,
         )
+        cost = sampler.finish(result.rusage)
         if self.warned_at:
             signal.setitimer(signal.ITIMER_REAL, 0)
         leftovers = self._end_leftovers()
@@ -402,9 +437,11 @@ class Runner:
             leftovers=leftovers,
             log_error=self.log_error or result.log_error,
             by_scheduler=self.ended_by_scheduler,
+            cost=cost,
         )
         self._conclude(outcome, None)
         self._schedule_others(env)
+        self._on_exit(spec, env)
         return result.returncode
 
     def _take_scheduler_signals(self) -> None:
@@ -467,6 +504,38 @@ class Runner:
         _say(self.log_fd, f"Slurm did not requeue the job ({why}); recording how it ended")
         st.requeued = False
         return False
+
+    def _ended_run(self) -> tuple[JobRecord | None, str]:
+        """Our record as it is now, and our run's end state (as far as it can be read)."""
+        with contextlib.suppress(HandyjobsError):
+            record = registry.load_one(self.name, self.root)
+            run = None if record is None else record.run_by_id(self.run_id)
+            if record is not None and run is not None:
+                return record, run.state.value
+        return None, "unknown"
+
+    def _never_started(self, spec: JobSpec, env: dict[str, str]) -> None:
+        """The run left the queue without starting (stopped, removed, a dependency failed)."""
+        record, state = self._ended_run()
+        run = None if record is None else record.run_by_id(self.run_id)
+        if run is not None and run.reason is not None:
+            _say(self.log_fd, render.reason_text(run.reason))
+        else:
+            _say(self.log_fd, f"not started ({state} before it started)")
+        self._on_exit(spec, env)
+
+    def _on_exit(self, spec: JobSpec, env: dict[str, str]) -> None:
+        """Run the job's ``--on-exit`` command, its output into the log; a failure is noted."""
+        if not spec.on_exit:
+            return
+        from handyjobs import hooks
+
+        record, state = self._ended_run()
+        run = None if record is None else record.run_by_id(self.run_id)
+        log_path = str(paths.log_path(self.name, self.root)) if record is None else record.log_path
+        note = hooks.run_on_exit(spec, self.name, run, state, env, self.log_fd, log_path)
+        if note:
+            _say(self.log_fd, note)
 
     def _schedule_others(self, env: dict[str, str]) -> None:
         """Our GPUs are free now: let queued jobs have them without waiting for a poll."""

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from handyjobs import registry
 from handyjobs.records import JobRecord, JobState
+
+if TYPE_CHECKING:
+    from handyjobs.gpus import Watch
 
 
 def refresh_locked(reg: registry.Registry) -> list[JobRecord]:
@@ -58,15 +62,23 @@ def refresh(records: list[JobRecord], root: Path) -> list[JobRecord]:
     return [fresh.get(r.name) or scratch.records[r.name] for r in records]
 
 
-def schedule_pass(root: Path, env: Mapping[str, str] | None = None) -> list[str]:
-    """Discover GPUs (outside the lock), then grant what can start; return the names granted."""
-    if not any(
-        r.state is JobState.QUEUED and r.spec.books_gpus for r in registry.load_active(root)
-    ):
+def schedule_pass(
+    root: Path, env: Mapping[str, str] | None = None, looking: Watch | None = None
+) -> list[str]:
+    """Discover GPUs (outside the lock, only if a queued job needs them), then grant what can
+    start; return the names granted. ``looking`` keeps NVML started across passes."""
+    active = registry.load_active(root)
+    queued = [r for r in active if r.state is JobState.QUEUED]
+    if not queued:
         return []
-    from handyjobs import gpus, lifecycle
+    from handyjobs import config, lifecycle
 
-    discovery = gpus.discover(env)
+    discovery = None
+    if any(r.spec.books_gpus for r in queued):
+        from handyjobs import gpus
+
+        discovery = looking.discover() if looking is not None else gpus.discover(env)
+    limits = config.load(root).limits(env)
     with registry.locked(root) as reg:
         refresh_locked(reg)
-        return lifecycle.schedule(reg, reg.records(), discovery)
+        return lifecycle.schedule(reg, reg.records(), discovery, limits)

@@ -6,14 +6,19 @@ import contextlib
 import errno
 import fcntl
 import os
+import resource
 import select
 import signal
 import struct
 import termios
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from handyjobs.rotation import Rotator
 
 __all__ = ["DEFAULT_WINSIZE", "Outcome", "run_on_pty"]
 
@@ -43,6 +48,8 @@ class Outcome:
     signal: int | None
     #: Why log writes failed (disk full, ...), when they did; the job ran on regardless.
     log_error: str | None = None
+    #: Resources used by the job's process and the descendants it waited for (``wait4``).
+    rusage: resource.struct_rusage | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         """Refuse an outcome that is neither (or both) an exit code and a signal."""
@@ -66,13 +73,24 @@ def run_on_pty(
     on_start: Callable[[int], None] | None = None,
     echo_fd: int | None = 1,
     input_fd: int | None = 0,
+    *,
+    rotator: Rotator | None = None,
+    pane_filter: Callable[[bytes], bytes] | None = None,
+    on_output: Callable[[bytes], None] | None = None,
+    size_fd: int | None = None,
 ) -> Outcome:
-    """Run argv on a fresh pty, copy its output to log_fd and echo_fd, and return its outcome."""
+    """Run argv on a fresh pty, copy its output to log_fd and echo_fd, and return its outcome.
+
+    ``rotator`` caps the log's size; ``pane_filter`` changes what the pane shows (never what
+    the log gets); ``on_output`` sees every byte too, after the log has it. The job's
+    terminal takes its size from ``size_fd`` when given, else from the pane.
+    """
     if not argv:
         raise ValueError("argv is empty: there is no command to run")
     argv = [os.fspath(a) for a in argv]
     input_tty = input_fd if input_fd is not None and _isatty(input_fd) else None
-    size_fd = next((fd for fd in (input_tty, echo_fd) if fd is not None and _isatty(fd)), None)
+    if size_fd is None or not _isatty(size_fd):
+        size_fd = next((fd for fd in (input_tty, echo_fd) if fd is not None and _isatty(fd)), None)
 
     master, slave = os.openpty()
     restore: list[Callable[[], None]] = []
@@ -90,9 +108,10 @@ def run_on_pty(
         if on_start is not None:
             on_start(pid)
         pump = _Pump(master, log_fd, echo_fd, input_tty, size_fd)
+        pump.rotator, pump.pane_filter, pump.on_output = rotator, pane_filter, on_output
         restore.extend(pump.setup())
         status = pump.run(pid)
-        return _outcome(status, pump.log_error)
+        return _outcome(status, pump.log_error, pump.rusage)
     finally:
         for undo in reversed(restore):
             _quietly(undo)
@@ -238,11 +257,13 @@ def _child_error(message: str) -> None:  # pragma: no cover - runs in the forked
         os.write(2, f"handyjobs: {message}\n".encode(errors="replace"))
 
 
-def _outcome(status: int, log_error: str | None) -> Outcome:
+def _outcome(
+    status: int, log_error: str | None, rusage: resource.struct_rusage | None = None
+) -> Outcome:
     """Turn a waitpid status into an Outcome."""
     if os.WIFSIGNALED(status):
-        return Outcome(exit_code=None, signal=os.WTERMSIG(status), log_error=log_error)
-    return Outcome(exit_code=os.WEXITSTATUS(status), signal=None, log_error=log_error)
+        return Outcome(None, os.WTERMSIG(status), log_error, rusage)
+    return Outcome(os.WEXITSTATUS(status), None, log_error, rusage)
 
 
 def _reap_after_error(pid: int) -> None:
@@ -282,6 +303,10 @@ class _Pump:
         self.echo_backlog = bytearray()
         self.input_backlog = bytearray()
         self.log_error: str | None = None
+        self.rotator: Rotator | None = None
+        self.pane_filter: Callable[[bytes], bytes] | None = None
+        self.on_output: Callable[[bytes], None] | None = None
+        self.rusage: resource.struct_rusage | None = None
         self.winch_r = -1
         self.winch_w = -1
 
@@ -330,7 +355,7 @@ class _Pump:
         last_data = time.monotonic()
         while True:
             if status is None:
-                status = _try_reap(pid)
+                status = self._try_reap(pid)
                 if status is not None:
                     last_data = max(last_data, time.monotonic())
             now = time.monotonic()
@@ -397,10 +422,31 @@ class _Pump:
                 return got, False
             got = True
             self._log(data)
+            if self.on_output is not None:
+                self.on_output(data)
+            if self.pane_filter is not None:
+                data = self.pane_filter(data)
             self._echo(data)
         return got, True
 
+    def _try_reap(self, pid: int) -> int | None:
+        """The job's wait status if it has exited (keeping what it used), else None."""
+        # A ChildProcessError here means the caller reaped our child (a SIGCHLD handler): its
+        # exit code is lost, so let that error surface rather than invent an outcome.
+        done, status, rusage = os.wait4(pid, os.WNOHANG)
+        if not done:
+            return None
+        self.rusage = rusage
+        return status
+
     def _log(self, data: bytes) -> None:
+        """Write all of data to the log (rotating it past its cap)."""
+        if self.rotator is None:
+            self._write_log(data)
+        else:
+            self.rotator.write(data, self._write_log)
+
+    def _write_log(self, data: bytes) -> None:
         """Write all of data to the log; a failing log must not stop the job or its pane."""
         view = memoryview(data)
         while view:
@@ -501,10 +547,3 @@ def _nonblocking(fd: int) -> Callable[[], None]:
 
     return restore
 
-
-def _try_reap(pid: int) -> int | None:
-    """The job's wait status if it has exited, else None."""
-    # A ChildProcessError here means the caller reaped our child (a SIGCHLD handler): its exit
-    # code is lost, so let that error surface rather than invent an outcome.
-    done, status = os.waitpid(pid, os.WNOHANG)
-    return status if done else None

@@ -571,6 +571,8 @@ class Bench:
             from handyjobs import records, registry, scheduler
         except ImportError:
             return None  # a release without the scheduling pass
+        if not hasattr(scheduler, "schedule_pass") or not hasattr(records, "ProcId"):
+            return None  # an older release: its queue polled per job, there is no pass to time
         fake = self.tmp / "fake-gpus.json"
         gpu = {"name": "NVIDIA A100-SXM4-80GB", "memory_used_mib": 4, "memory_total_mib": 81920}
         fake.write_text(json.dumps({"gpus": [{"index": i, **gpu} for i in range(2)]}))

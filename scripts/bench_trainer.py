@@ -7,6 +7,9 @@ each median's ratio to the hand-written loop.
     python scripts/bench_trainer.py                         # 2 gloo processes, 1 thread each
     python scripts/bench_trainer.py --runs 5 --steps 300
     python scripts/bench_trainer.py --backend nccl --device cuda --nproc 2   # on GPUs
+
+On GPUs every implementation trains on cuda:LOCAL_RANK over NCCL (Accelerate and Fabric choose
+nccl themselves on CUDA); timings synchronise the GPU before reading the clock.
 """
 
 from __future__ import annotations
@@ -36,8 +39,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="per process")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--backend", default="gloo")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--backend",
+        default="gloo",
+        choices=("gloo", "nccl"),
+        help="for the hand-written loop and ParallelTrainer (Accelerate and Fabric pick their "
+        "own: nccl on cuda, gloo on cpu)",
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument(
         "--impls",
         default=",".join(IMPLS),
@@ -129,7 +138,7 @@ def run_handwritten(args: argparse.Namespace) -> float:
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=set_to_none)
         loss = functional.cross_entropy(model(x), y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # unannotated in torch 2.13
         optimizer.step()
 
     seconds = timed(args.steps, args.warmup, step, lambda: sync_all(device))
@@ -291,12 +300,39 @@ def launch(impl: str, args: argparse.Namespace) -> float:
     raise SystemExit(f"{impl} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
 
 
+def check_devices(args: argparse.Namespace) -> str | None:
+    """Why this machine cannot run the benchmark as asked (one line), or None when it can."""
+    if args.backend == "nccl" and args.device != "cuda":
+        return "--backend nccl runs on GPUs only: add --device cuda (or use --backend gloo)"
+    if args.device != "cuda":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        return (
+            f"--device cuda, but torch {torch.__version__} ({build}) sees no GPU here; "
+            "run it on a machine with NVIDIA GPUs, or use --device cpu --backend gloo"
+        )
+    count = torch.cuda.device_count()
+    if args.nproc > count:
+        return (
+            f"--nproc {args.nproc} needs {args.nproc} GPUs, this machine shows {count} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+            f"use --nproc {count}"
+        )
+    return None
+
+
 def main() -> None:
     """Alternate the implementations for ``--runs`` rounds, then print the figures."""
     args = parse_args()
     if args.worker:
         worker(args)
         return
+    problem = check_devices(args)
+    if problem:
+        raise SystemExit(f"bench_trainer: {problem}")
     wanted = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = sorted({i.partition(":")[0] for i in wanted} - set(IMPLS))
     if unknown:

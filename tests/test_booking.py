@@ -61,9 +61,22 @@ def _job(
     wait: bool = True,
     force: bool = False,
     policy: GpuPolicy = ANY,
+    group: str | None = None,
+    after: tuple[str, ...] = (),
+    after_any: bool = False,
+    priority: int = 0,
 ) -> JobRecord:
     spec = JobSpec(
-        script="/p/train.py", gpus=gpus, ngpus=ngpus, wait=wait, force=force, policy=policy
+        script="/p/train.py",
+        gpus=gpus,
+        ngpus=ngpus,
+        wait=wait,
+        force=force,
+        policy=policy,
+        group=group,
+        after=after,
+        after_any=after_any,
+        priority=priority,
     )
     run = Run(run=1, run_id=f"id-{name}", state=state, created_at=at, gpus=held)
     return JobRecord(name=name, spec=spec, log_path="/l", created_at=at, runs=[run])
@@ -197,7 +210,8 @@ def test_plan_starts_queued_jobs_in_order_and_never_overbooks() -> None:
         _job("second", JobState.QUEUED, ngpus=1, at=_t(2)),
         _job("third", JobState.QUEUED, ngpus=1, at=_t(3)),
     ]
-    starts, waits = booking.plan(records, FOUR)
+    result = booking.plan(records, FOUR)
+    starts, waits = result.starts, result.waits
     assert starts == {"first": (1, 2), "second": (3,)}
     assert set(waits) == {"third"}
     third = waits["third"]
@@ -220,7 +234,8 @@ def test_plan_keeps_what_an_earlier_job_waits_for() -> None:
         _job("late", JobState.QUEUED, gpus=(1,), at=_t(2)),
         _job("other", JobState.QUEUED, ngpus=1, at=_t(3)),
     ]
-    starts, waits = booking.plan(records, box)
+    result = booking.plan(records, box)
+    starts, waits = result.starts, result.waits
     assert starts == {"other": (2,)}
     late = waits["late"]
     assert late.blockers == (Blocker(1, BlockKind.WANTED, job="early"),)
@@ -235,7 +250,7 @@ def test_plan_judges_each_job_by_its_own_policy() -> None:
         _job("fenced", JobState.QUEUED, ngpus=1, at=_t(1), policy=GpuPolicy((3,), 1024)),
         _job("open", JobState.QUEUED, ngpus=1, at=_t(2)),
     ]
-    starts, _ = booking.plan(records, FOUR)
+    starts = booking.plan(records, FOUR).starts
     assert starts == {"fenced": (3,), "open": (0,)}
 
 
@@ -263,6 +278,68 @@ def test_count_wait_says_how_many_are_free() -> None:
         _job("a", JobState.RUNNING, gpus=(0, 1, 2), held=(0, 1, 2), at=_t(0)),
         _job("b", JobState.QUEUED, ngpus=2, at=_t(1)),
     ]
-    _, waits = booking.plan(records, FOUR)
+    waits = booking.plan(records, FOUR).waits
     text = render.wait_text(waits["b"])
     assert text.startswith("only 1 of the 2 GPUs asked for are free (GPU 0 is held by job a;")
+
+
+# ---- slots, dependencies and priority ----------------------------------------------------
+
+
+def test_a_parallel_limit_starts_jobs_in_fifo_order_as_slots_free() -> None:
+    records = [_job(f"j{i}", JobState.QUEUED, at=_t(i)) for i in range(4)]
+    result = booking.plan(records, None, limits=booking.Limits(total=2))
+    assert result.starts == {"j0": (), "j1": ()}
+    assert [result.waits[n].position for n in ("j2", "j3")] == [1, 2]
+    assert render.wait_text(result.waits["j2"]) == "2 of 2 jobs allowed at once are running"
+    running = [_job(n, JobState.RUNNING, at=_t(i)) for i, n in enumerate(("j0", "j1"))]
+    again = booking.plan([*running, *records[2:]], None, limits=booking.Limits(total=2))
+    assert again.starts == {}
+    done = [*running[1:], *records[2:]]  # j0 ended: one slot
+    assert booking.plan(done, None, limits=booking.Limits(total=2)).starts == {"j2": ()}
+
+
+def test_a_group_limit_holds_only_that_group() -> None:
+    records = [
+        _job("s0", JobState.RUNNING, at=_t(0), group="sweep"),
+        _job("s1", JobState.QUEUED, at=_t(1), group="sweep"),
+        _job("other", JobState.QUEUED, at=_t(2)),
+    ]
+    result = booking.plan(records, None, limits=booking.Limits(groups={"sweep": 1}))
+    assert result.starts == {"other": ()}
+    assert render.wait_text(result.waits["s1"]) == (
+        "1 of 1 jobs of group sweep allowed at once are running"
+    )
+
+
+def test_jobs_that_need_no_gpu_never_wait_behind_ones_that_do() -> None:
+    records = [
+        _job("busy", JobState.RUNNING, gpus=(0, 1, 2, 3), held=(0, 1, 2, 3), at=_t(0)),
+        _job("gpu", JobState.QUEUED, ngpus=1, at=_t(1)),
+        _job("cpu", JobState.QUEUED, at=_t(2)),
+    ]
+    result = booking.plan(records, FOUR)
+    assert result.starts == {"cpu": ()} and result.waits["gpu"].for_gpus
+
+
+def test_priority_jumps_the_queue() -> None:
+    records = [
+        _job("early", JobState.QUEUED, ngpus=1, at=_t(1)),
+        _job("urgent", JobState.QUEUED, ngpus=1, at=_t(2), priority=5),
+    ]
+    one_gpu = _box(_gpu(0))
+    assert booking.plan(records, one_gpu).starts == {"urgent": (0,)}
+
+
+def test_dependencies_wait_then_start_or_fail() -> None:
+    after = _job("eval", JobState.QUEUED, at=_t(1), after=("train",))
+    waiting = booking.plan([after], None, deps={"train": JobState.RUNNING})
+    assert waiting.waits["eval"].after == ("train",)
+    assert render.wait_text(waiting.waits["eval"]) == "waiting for train to end"
+    assert booking.plan([after], None, deps={"train": JobState.SUCCEEDED}).starts == {"eval": ()}
+    failed = booking.plan([after], None, deps={"train": JobState.FAILED})
+    assert failed.failed == {"eval": ("train", JobState.FAILED)} and not failed.starts
+    gone = booking.plan([after], None, deps={})
+    assert gone.failed == {"eval": ("train", None)}
+    anyway = _job("eval", JobState.QUEUED, at=_t(1), after=("train",), after_any=True)
+    assert booking.plan([anyway], None, deps={"train": JobState.STOPPED}).starts == {"eval": ()}

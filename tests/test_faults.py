@@ -193,12 +193,19 @@ def test_stop_and_restart_at_the_same_moment_agree_with_reality(sandbox: Sandbox
         record = jobs.get_job(name)
         run1, run2 = record.runs  # exactly two runs
         assert run1.state.value == "stopped"
-        # restart said it started run 2: it runs, for real, with its own runner.
-        assert "restarted" in restart_out and "run 2" in restart_out
-        wait_until(lambda n=name: "run 2 of" in log(n), 20, what="run 2 to start")  # type: ignore[misc]
-        assert record.state.value == "running"
-        assert run2.runner is not None and procs.is_same(run2.runner)
         assert not _marked_alive(run1.run_id)
+        assert "restarted" in restart_out and "run 2" in restart_out
+        assert run2.runner is not None
+        if run2.state.value == "stopped":
+            # The stop came after the restart (the two commands raced): it stopped run 2,
+            # and then nothing of run 2 may be left.
+            assert run2.stop_requested
+            assert not procs.is_same(run2.runner) and not _marked_alive(run2.run_id)
+            continue
+        # Otherwise restart's run 2 runs, for real, with its own runner.
+        assert record.state.value == "running", record.state
+        wait_until(lambda n=name: "run 2 of" in log(n), 20, what="run 2 to start")  # type: ignore[misc]
+        assert procs.is_same(run2.runner)
         sandbox.cli("stop", name, check=True)
         assert jobs.get_job(name).state.value == "stopped"
         assert not _marked_alive(run2.run_id)
@@ -217,10 +224,10 @@ def test_sigkill_of_torchrun_ends_its_workers(sandbox: Sandbox) -> None:
     )
     run = _run(sandbox, "tr")
     workers = procs.marked(run["run_id"])
-    assert len(workers) == 3  # torchrun and two workers
+    assert len(workers) == 5  # torchrun, and for each rank its wrapper and its worker
     os.kill(run["main"]["pid"], signal.SIGKILL)
     rec = wait_state(sandbox, "tr", "failed")
-    assert rec["signal"] == signal.SIGKILL and rec["runs"][-1]["leftovers"] == 2
+    assert rec["signal"] == signal.SIGKILL and rec["runs"][-1]["leftovers"] == 4
     assert not procs.marked(run["run_id"])
     assert all(_gone(pid) for pid in workers)
 
@@ -559,7 +566,7 @@ def test_names_must_start_with_a_letter_or_digit(sandbox: Sandbox) -> None:
 def test_bare_command_prints_short_help_and_attach_needs_a_terminal(sandbox: Sandbox) -> None:
     proc = sandbox.cli()
     assert proc.returncode == 0 and proc.stdout.startswith("usage: handyjobs COMMAND")
-    assert len(proc.stdout.splitlines()) < 20 and proc.stderr == ""
+    assert len(proc.stdout.splitlines()) <= 25 and proc.stderr == ""
     sandbox.write("sleep.py", SLEEPER)
     sandbox.cli("start", "sleep.py", "--name", "live", check=True)
     err = _one_line_error(sandbox.cli("attach", "live"))

@@ -206,7 +206,8 @@ def _printed(box: Sandbox, name: str, key: str) -> list[str]:
     wait_until(
         lambda: _log_shows(box, name, "WORLD_SIZE="), timeout=20, what=f"{name} to print its env"
     )
-    return re.findall(rf"^{key}=(.*?)\r?$", _log(box, name), re.MULTILINE)
+    # a job of several processes logs each rank's lines tagged "[rank N] "
+    return re.findall(rf"^(?:\[rank \d+\] )?{key}=(.*?)\r?$", _log(box, name), re.MULTILINE)
 
 
 def _release(box: Sandbox, name: str) -> None:
@@ -483,7 +484,7 @@ def test_queued_jobs_start_in_order_as_gpus_free_up(sandbox: Sandbox) -> None:
         assert doc["state"] == "queued" and doc["gpus"] == []
         assert {"gpu": 0, "kind": "held", "job": "a"} in doc["runs"][-1]["wait"]["blockers"]
         row = _list_row(sandbox, name)
-        assert row["STATE"] == "queued" and row["GPUS"] == "wait 0"
+        assert row["STATE"].startswith("queued #") and row["GPUS"] == "wait 0"
         assert name in _sessions(sandbox)  # its session waits for the GPU
     assert _list_row(sandbox, "a")["GPUS"] == "0"
     assert "queued (GPU 0 is held by job a)" in sandbox.cli("show", "c", check=True).stdout
@@ -582,7 +583,7 @@ def test_stop_ends_a_gpu_job_and_ignores_other_processes_on_its_gpu(sandbox: San
     pid = _job_pid(sandbox, "job")
     assert _show(sandbox, "job")["runs"][-1]["pids"]["main"] == pid
     # Someone else (here: this test process) starts using the job's GPU; stop leaves it be.
-    _set_gpus(sandbox, _gpu(0), _gpu(1, used=6000, procs=[_foreign(pid=os.getpid(), user=None)]))
+    _set_gpus(sandbox, _gpu(0), _gpu(1, used=5004, procs=[_foreign(pid=os.getpid(), user=None)]))
     stop = sandbox.cli("stop", "job")
     assert stop.returncode == 0, stop.stderr
     assert "stopped job job" in stop.stdout
@@ -602,7 +603,7 @@ def test_stop_reports_a_gpu_process_the_driver_still_lists_by_pid(sandbox: Sandb
     assert stop.returncode == 1, stop.stdout + stop.stderr
     line = stop.stderr.strip()
     assert len(line.splitlines()) == 1
-    assert f"GPU processes {pid} are still listed" in line and "kill them by pid" in line
+    assert f"GPU 0 still has processes {pid}" in line and "end them by pid" in line
     assert _gone(pid)
     assert _show(sandbox, "stuck")["state"] == "stopped"
 
@@ -669,3 +670,31 @@ def test_stop_waits_for_the_driver_to_release_the_gpu(sandbox: Sandbox) -> None:
             stop.communicate()
     assert stop.returncode == 0, err
     assert "stopped job slow" in out
+
+
+def test_stop_checks_each_gpu_is_back_to_how_it_was_when_booked(sandbox: Sandbox) -> None:
+    _set_gpus(sandbox, _gpu(0, used=300))
+    _started(sandbox, "held", "--gpus", "0")
+    baseline = _show(sandbox, "held")["runs"][-1]["baseline"]
+    assert baseline == [{"gpu": 0, "memory_used_mib": 300, "pids": []}]
+    # The job's processes are gone, but the GPU keeps 2 GiB more than when it was booked.
+    _set_gpus(sandbox, _gpu(0, used=2348))
+    stop = sandbox.cli("stop", "held")
+    assert stop.returncode == 1
+    assert "GPU 0 still has 2048 MiB more memory than before the job" in stop.stderr
+    # In a container whose driver reports host pids, a process that was not there counts.
+    _set_gpus(sandbox, _gpu(1, used=4))
+    path = sandbox.root / "gpus.json"
+    fake = json.loads(path.read_text())
+
+    def rewrite() -> None:
+        (sandbox.root / "next.json").write_text(json.dumps(fake))
+        os.replace(sandbox.root / "next.json", path)
+
+    fake["pids_comparable"] = False
+    rewrite()
+    _started(sandbox, "boxed", "--gpus", "1")
+    fake["gpus"][0]["processes"] = [{"pid": 987654, "used_memory_mib": 10, "name": "python"}]
+    rewrite()
+    stop = sandbox.cli("stop", "boxed")
+    assert stop.returncode == 1 and "GPU 1 still has processes 987654" in stop.stderr

@@ -1050,8 +1050,12 @@ def test_cli_gpus_json_through_the_stand_in(sandbox: Sandbox, tmp_path: Path) ->
         assert doc["pids_comparable"] is True
         assert proc["user"] is not None and proc["name"] is not None
     table = sandbox.cli("gpus", env=_cli_env(scenario), check=True).stdout
-    assert table.splitlines()[0].split()[:2] == ["GPU", "NAME"]
-    assert len(table.splitlines()) == 4
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["GPU", "NAME"]
+    # Three GPU rows, then what went wrong on one of them, said under the table.
+    assert [line.split()[0] for line in lines[1:4]] == ["0", "1", "2"]
+    assert "[MIG]" in lines[1] and "unknown" in lines[1]
+    assert lines[4:] == ["GPU 0: memory use: Insufficient Permissions"]
 
 
 def test_cli_gpus_returns_while_a_gpu_hangs(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -58,6 +58,23 @@ def test_argv(spec: JobSpec, gpus: tuple[int, ...] | None, argv: list[str]) -> N
     assert launch.rendezvous == (STANDALONE if spec.procs > 1 else None)
 
 
+@pytest.mark.parametrize(
+    ("spec", "worker"),
+    [
+        (JobSpec("/w/t.py", args=("a b",), python="py", nproc=2), ["py", "-u", "/w/t.py", "a b"]),
+        (JobSpec("pkg.train", module=True, python="py", nproc=2), ["py", "-u", "-m", "pkg.train"]),
+    ],
+)
+def test_several_ranks_run_in_the_rank_wrapper(spec: JobSpec, worker: list[str]) -> None:
+    ctx = RunContext(CTX.name, CTX.run, CTX.run_id, None, CTX.log_path, rank_python="/hj/python")
+    argv = build(spec, ctx, BASE).argv
+    head = ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert argv == [*head, "--no-python", "/hj/python", "-m", "handyjobs.rank", "--", *worker]
+    # one process never goes through the wrapper: it keeps the runner's terminal (pdb)
+    one = build(JobSpec("/w/t.py", python="py"), ctx, BASE).argv
+    assert one == ["py", "/w/t.py"]
+
+
 def test_env_is_the_callers_plus_handyjobs_vars() -> None:
     spec = JobSpec("/w/t.py", env=(("LR", "3e-4"),))
     env = build(spec, CTX, BASE, pane_env={"TMUX": "/tmp/ours,2,0", "TMUX_PANE": "%3"}).env

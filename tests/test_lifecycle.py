@@ -190,11 +190,12 @@ def test_stop_leaves_no_process_of_a_two_rank_job(sandbox: Sandbox) -> None:
     sandbox.write("sleep.py", SLEEPER)
     sandbox.cli("start", "sleep.py", "--cpu", "--nproc", "2", "--name", "s2", check=True)
     wait_until(lambda: log_of(sandbox, "s2").count("pid ") == 2, 60, what="both ranks")
-    workers = [
-        int(line.split()[1])
+    workers = [  # rank 0's line as printed, rank 1's tagged "[rank 1] pid ..."
+        int(line.split("pid ")[1].split()[0])
         for line in log_of(sandbox, "s2").splitlines()
-        if line.startswith("pid ")
+        if "pid " in line
     ]
+    assert len(workers) == 2
     rec = show(sandbox, "s2")
     pids = [*workers, rec["runs"][-1]["pids"]["main"], rec["runs"][-1]["pids"]["runner"]]
     assert all(pid_alive(p) for p in pids)
@@ -256,7 +257,12 @@ print("last", flush=True)
     flag.touch()
     out, _ = follower.communicate(timeout=30)  # returns by itself when the job ends
     assert follower.returncode == 0
-    assert b"line 0" in out and b"\rprogress 50%\rprogress 100%" in out and b"last" in out
+    # piped, the redraws show as a terminal would have left them; --raw has the bytes
+    assert b"line 0" in out and b"\nprogress 100%\n" in out and b"last" in out
+    assert b"\r" not in out
+    log = Path(show(sandbox, "c")["log_path"])
+    assert b"\rprogress 50%\rprogress 100%" in log.read_bytes()
+    assert sandbox.cli("logs", "c", "--raw", check=True).stdout == log.read_text()
     assert b"ended" in out.splitlines()[-1]
     # still readable once the job has ended
     assert "last" in sandbox.cli("logs", "c", "-n", "3", check=True).stdout
@@ -497,7 +503,9 @@ def test_cli_import_does_not_import_torch() -> None:
         (["start", "ok.py", "--name", "taken"], "exists"),
         (["start", "ok.py", "--nproc", "0"], "--nproc"),
         (["start", "ok.py", "--cpu", "--gpus", "0"], "--cpu"),
-        (["start", "ok.py", "--wait"], "--wait"),
+        (["start", "ok.py", "--after-any"], "--after-any"),
+        (["start", "--exec", "ok.py", "--nproc", "2"], "--nproc 2 with --exec"),
+        (["start", "ok.py", "--group", "-g"], "invalid job name"),
         (["start", "ok.py", "--ngpus", "1", "--force"], "--force"),
         (["start", "ok.py", "--env", "NOEQUALS"], "KEY=VALUE"),
         (["start", "ok.py", "--cwd", "/nonexistent/dir"], "no such directory"),

@@ -7,7 +7,9 @@ import signal
 from handyjobs.records import (
     Blocker,
     BlockKind,
+    Cost,
     GpuPolicy,
+    GpuUse,
     GpuUser,
     JobRecord,
     JobSpec,
@@ -49,6 +51,7 @@ def _record() -> JobRecord:
         main=ProcId(11, 1240),
         wait=Wait(2, 1, (Blocker(4, BlockKind.PROCESSES, processes=(GpuUser(7, "bob"),)),)),
         reason=Reason(LostKind.RUNNER_DIED, pids=(12, 13)),
+        cost=Cost(12.5, 3 << 30, 2 << 30, (GpuUse(2, 30000, 87.5, 9), GpuUse(4, 29000)), 1, 10, 1),
     )
     return JobRecord(
         name="exp1",
@@ -84,13 +87,34 @@ def test_status_and_launch_files_round_trip_with_a_schema_version() -> None:
         main=ProcId(11, 100),
         started_at=utcnow(),
         gpus=(1,),
-        outcome=Outcome(None, 9, utcnow(), leftovers=2, log_error="disk full"),
+        outcome=Outcome(
+            None, 9, utcnow(), leftovers=2, log_error="disk full", cost=Cost(1.0, 2, 3, (), 4)
+        ),
     )
     d = status.to_dict()
     assert d["schema_version"] == 2
     assert RunStatus.from_dict(d) == status
     env = LaunchEnv("exp1", {"A": "1 2", "B": "$x;y"})
     assert LaunchEnv.from_dict(env.to_dict()) == env
+
+
+def test_cost_json_and_records_without_one() -> None:
+    d = _record().to_dict()
+    assert d["cost"] == {
+        "cpu_time_s": 12.5,
+        "peak_rss_bytes": 3 << 30,
+        "max_rss_bytes": 2 << 30,
+        "gpus": [
+            {"index": 2, "peak_memory_mib": 30000, "mean_utilization_pct": 87.5, "samples": 9},
+            {"index": 4, "peak_memory_mib": 29000, "mean_utilization_pct": None, "samples": 0},
+        ],
+        "restarts": 1,
+        "samples": 10,
+        "interval_s": 1.0,
+    }
+    assert d["runs"][0]["cost"] == d["cost"]
+    del d["runs"][0]["cost"]  # a record written before costs were kept
+    assert JobRecord.from_dict(d).current.cost is None
 
 
 def test_first_release_status_file_still_reads() -> None:

@@ -1,13 +1,20 @@
-"""ParallelTrainer in one process: config kinds, misuse errors, state, output, examples."""
+"""ParallelTrainer in one process: config kinds, misuse errors, state, output, stop signals,
+the device decisions a GPU machine would take, and the examples."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
+import warnings
 from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,13 +22,25 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import TensorDataset
 
 import handyjobs
+from handyjobs import metrics
 from handyjobs.errors import HandyjobsError
-from handyjobs.trainer import Parallel_Trainer, ParallelTrainer, TrainerError
+from handyjobs.trainer import (
+    Parallel_Trainer,
+    ParallelTrainer,
+    ProcessState,
+    TrainerError,
+    TrainerWarning,
+    devices,
+    state,
+    stopping,
+)
 
 REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "trainer_scripts" / "worker.py"
 LAUNCH_VARS = (
     "RANK",
     "WORLD_SIZE",
@@ -31,6 +50,11 @@ LAUNCH_VARS = (
     "MASTER_ADDR",
     "MASTER_PORT",
     "HANDYJOBS_DEVICE",
+    "HANDYJOBS_GPU_IDS",
+    "HANDYJOBS_JOB",
+    "HANDYJOBS_PROGRESS_FILE",
+    "HANDYJOBS_METRICS_FILE",
+    "HANDYJOBS_RUN",
 )
 
 
@@ -39,6 +63,15 @@ def no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests start as a plain process, even when pytest itself runs inside a job."""
     for name in LAUNCH_VARS:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def fresh_stop_listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[stopping.StopListener]:
+    """Each test its own stop flag; pytest's own signal handlers come back afterwards."""
+    listener = stopping.StopListener()
+    monkeypatch.setattr(stopping, "listener", listener)
+    yield listener
+    listener.uninstall()
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -215,7 +248,7 @@ def test_collectives_in_one_process() -> None:
     with pytest.raises(TrainerError, match="op="):
         trainer.all_reduce(1, "avg")
     with pytest.raises(TrainerError, match="gather"):
-        trainer.all_reduce("text")  # type: ignore[arg-type]
+        trainer.all_reduce("text")
 
 
 def test_to_device_walks_nested_containers() -> None:
@@ -229,6 +262,19 @@ def test_to_device_walks_nested_containers() -> None:
     assert moved["x"][0].device == trainer.device
 
 
+def test_to_device_keeps_packed_batch_sizes_on_the_cpu() -> None:
+    """A PackedSequence's batch_sizes must stay on the CPU (RNN kernels read it there).
+
+    The meta device stands in for a GPU: a copy that moved every field would put
+    batch_sizes there too.
+    """
+    packed = pack_padded_sequence(torch.randn(3, 2, 4), torch.tensor([3, 2]))
+    moved = handyjobs.trainer.data.to_device({"seq": packed}, torch.device("meta"))["seq"]
+    assert type(moved) is type(packed)
+    assert moved.data.device.type == "meta"
+    assert moved.batch_sizes.device.type == "cpu"
+
+
 def test_accumulate_yields_sync_on_the_last_micro_step() -> None:
     """accumulate(model, 3): sync on every third micro-step; the loss is divided by 3."""
     trainer = ParallelTrainer(config={"device": "cpu"})
@@ -240,8 +286,9 @@ def test_accumulate_yields_sync_on_the_last_micro_step() -> None:
         flags.append(sync)
     assert flags == [False, False, True, False, False, True]
     # Six backward passes of d(sum)/dw = 1, each scaled by 1/3.
-    assert model.weight.grad is not None
-    assert torch.allclose(model.weight.grad, torch.full((1, 2), 2.0))
+    weight = model.weight
+    assert isinstance(weight, torch.Tensor) and weight.grad is not None
+    assert torch.allclose(weight.grad, torch.full((1, 2), 2.0))
 
 
 def test_fp16_uses_a_grad_scaler() -> None:
@@ -387,6 +434,315 @@ def test_close_is_idempotent_and_a_context_manager() -> None:
     trainer.close()
 
 
+def test_progress_file_and_metrics_from_the_trainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """trainer.progress reports to HANDYJOBS_PROGRESS_FILE; log_metrics takes tensors."""
+    monkeypatch.setenv("HANDYJOBS_PROGRESS_FILE", str(tmp_path / "progress.json"))
+    monkeypatch.setenv("HANDYJOBS_METRICS_FILE", str(tmp_path / "metrics.jsonl"))
+    monkeypatch.setenv("HANDYJOBS_RUN", "2")
+    with ParallelTrainer(config={"device": "cpu"}) as trainer:
+        for _ in trainer.progress(range(12), desc="epoch 1"):
+            pass
+        trainer.log_metrics({"loss": torch.tensor(0.5), "lr": 1e-3}, step=12)
+    report = json.loads((tmp_path / "progress.json").read_text())
+    assert (report["desc"], report["done"], report["total"]) == ("epoch 1", 12, 12)
+    (record,) = metrics.read_metrics(tmp_path / "metrics.jsonl")
+    assert (record.step, record.run, record.values) == (12, 2, {"loss": 0.5, "lr": 1e-3})
+    assert "epoch 1: 12/12" in capsys.readouterr().out
+
+
+# -- the process state alone --------------------------------------------------------------------
+
+
+def test_process_state_alone() -> None:
+    """ProcessState without the trainer: ranks, device, main_process_first, close."""
+    with ProcessState(config={"device": "cpu"}) as alone:
+        assert (alone.rank, alone.world_size, alone.is_main, alone.distributed) == (
+            0,
+            1,
+            True,
+            False,
+        )
+        assert alone.device == torch.device("cpu")
+        ran = []
+        with alone.main_process_first():
+            ran.append(alone.rank)
+        with alone.main_process_first(local=True):
+            ran.append(alone.local_rank)
+        assert ran == [0, 0]
+    assert alone.closed
+    trainer = ParallelTrainer(config={"device": "cpu"})
+    assert isinstance(trainer.state, ProcessState) and trainer.state.device == trainer.device
+
+
+def test_nccl_needs_a_cpu_side_group() -> None:
+    """Object and checkpoint traffic needs gloo: nccl gets a side group, gloo uses its own."""
+    assert state.needs_cpu_group("nccl")
+    assert not state.needs_cpu_group("gloo")
+    assert not state.needs_cpu_group("cpu:gloo,cuda:nccl")
+    assert not state.needs_cpu_group(None)
+
+
+# -- device decisions (what a GPU machine decides, checked here with plain values) -------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "launched", "local_rank", "count", "expected"),
+    [
+        (None, False, 0, 1, 0),
+        (1, False, 0, 2, 1),
+        (0, True, 1, 2, 1),  # under torchrun the local rank wins over the seed's 'cuda:0'
+        (None, True, 3, 4, 3),
+    ],
+)
+def test_cuda_index_choices(
+    requested: int | None, launched: bool, local_rank: int, count: int, expected: int
+) -> None:
+    """cuda:N in one process; cuda:LOCAL_RANK under torchrun."""
+    index = devices.cuda_index(
+        requested,
+        launched=launched,
+        local_rank=local_rank,
+        count=count,
+        source="config.device",
+        visible="'0,1'",
+    )
+    assert index == expected
+
+
+def test_cuda_index_beyond_the_visible_gpus_is_a_trainer_error() -> None:
+    """cuda:1 with one GPU visible: a TrainerError naming what is visible, not a CUDA crash."""
+    with pytest.raises(TrainerError) as info:
+        devices.cuda_index(
+            1, launched=False, local_rank=0, count=1, source="config.device", visible="'3'"
+        )
+    message = str(info.value)
+    assert "'cuda:1'" in message and "sees 1 GPU(s)" in message
+    assert "CUDA_VISIBLE_DEVICES='3'" in message and "use cuda:0" in message
+    with pytest.raises(TrainerError, match=r"cuda:2 for local rank 2.*only 2 GPU"):
+        devices.cuda_index(
+            None, launched=True, local_rank=2, count=2, source="config.device", visible="unset"
+        )
+
+
+def test_booked_but_unusable_messages() -> None:
+    """The message names the booking, torch's CUDA build, what is visible, and a fix."""
+    cpu_wheel = devices.booked_but_unusable(
+        "2,4", torch_version="2.13.0+cpu", cuda_version=None, visible="'2,4'", count=0
+    )
+    assert "HANDYJOBS_GPU_IDS=2,4" in cpu_wheel and "torch 2.13.0+cpu" in cpu_wheel
+    assert "CPU-only build" in cpu_wheel and "--cpu" in cpu_wheel
+    too_new = devices.booked_but_unusable(
+        "0",
+        torch_version="2.13.0+cu130",
+        cuda_version="13.0",
+        visible="'0'",
+        count=0,
+        reason="The NVIDIA driver on your system is too old (found version 12020).",
+    )
+    assert "built for CUDA 13.0" in too_new and "driver on your system is too old" in too_new
+    assert "nvidia-smi" in too_new and "torch.cuda.device_count()=0" in too_new
+    assert "\n" not in too_new
+
+
+@pytest.mark.parametrize(
+    ("capability", "warns"), [((7, 0), True), ((7, 5), True), ((8, 0), False), ((9, 0), False)]
+)
+def test_bf16_advice_before_ampere(capability: tuple[int, int], warns: bool) -> None:
+    """bf16 on V100 (7.0) or T4 (7.5) is emulated: a warning suggesting fp16; none from 8.0."""
+    advice = devices.bf16_advice(capability, "Tesla T4")
+    assert (advice is not None) is warns
+    if advice is not None:
+        assert "fp16" in advice and "Tesla T4" in advice and f"{capability[0]}." in advice
+
+
+def test_booked_gpus_with_unusable_cuda_fail_at_once(tmp_path: Path) -> None:
+    """HANDYJOBS_GPU_IDS set, CUDA unusable: the trainer refuses to train on the CPU silently.
+
+    ``CUDA_VISIBLE_DEVICES=`` hides every GPU (here, and on a GPU machine too), as a CPU-only
+    wheel or a CUDA build newer than the driver would.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", "from handyjobs import ParallelTrainer; ParallelTrainer()"],
+        cwd=tmp_path,
+        env=child_env(HANDYJOBS_GPU_IDS="0", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode != 0, done.stdout  # before: trained on the CPU without a word
+    last = done.stderr.strip().splitlines()[-1]
+    assert "TrainerError: handyjobs booked GPU(s) 0" in last, done.stderr
+    assert f"torch {torch.__version__}" in last
+    assert "CUDA_VISIBLE_DEVICES=''" in last
+    expected = "CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+    assert expected in last
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_booked_gpus_and_device_cuda_name_the_booking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.device='cuda' under a booking, without CUDA: the booking error, not a generic one."""
+    monkeypatch.setenv("HANDYJOBS_GPU_IDS", "0,1")
+    with pytest.raises(TrainerError, match=r"booked GPU\(s\) 0,1 .*cannot use CUDA"):
+        ParallelTrainer(config={"device": "cuda"})
+
+
+def test_booked_gpus_with_an_explicit_cpu_device_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.device='cpu' under a GPU booking trains on the CPU, saying the GPUs sit idle."""
+    monkeypatch.setenv("HANDYJOBS_GPU_IDS", "1")
+    with pytest.warns(TrainerWarning, match=r"booked GPU\(s\) 1.*'cpu'"):
+        trainer = ParallelTrainer(config={"device": "cpu"})
+    assert trainer.device == torch.device("cpu")
+
+
+# -- stop signals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, (signal.SIGTERM, signal.SIGUSR1)),
+        ("SIGTERM,usr2", (signal.SIGTERM, signal.SIGUSR2)),
+        (["TERM", int(signal.SIGINT), "SIGTERM"], (signal.SIGTERM, signal.SIGINT)),
+        ("SIGUSR1 SIGHUP", (signal.SIGUSR1, signal.SIGHUP)),
+        ([], ()),
+        ("none", ()),
+        (False, ()),
+    ],
+)
+def test_stop_signals_setting(value: Any, expected: tuple[signal.Signals, ...]) -> None:
+    """config.stop_signals: names with or without SIG, numbers, lists, strings; off."""
+    assert stopping.parse_signals(value) == expected
+
+
+@pytest.mark.parametrize(("value", "match"), [("SIGFOO", "not a signal"), ("KILL", "cannot")])
+def test_bad_stop_signals_are_clear_errors(value: str, match: str) -> None:
+    """Unknown names and uncatchable signals are refused at construction."""
+    with pytest.raises(TrainerError, match=match):
+        ParallelTrainer(config={"device": "cpu", "stop_signals": value})
+
+
+def test_stop_decision_rules() -> None:
+    """Unarmed: default action. Armed: the first is a request, a repeat within the window too
+    (torchrun's forwarded copy), a repeat after it takes the default; kinds count apart."""
+    listener = stopping.StopListener()
+    term, usr1 = int(signal.SIGTERM), int(signal.SIGUSR1)
+    assert listener.swallow(term, now=0.0) is False
+    assert listener.read() is False  # reading arms
+    assert listener.swallow(term, now=10.0) is True
+    assert listener.swallow(term, now=10.0 + stopping.REPEAT_WINDOW_S) is True
+    assert listener.swallow(term, now=10.1 + stopping.REPEAT_WINDOW_S) is False
+    assert listener.swallow(usr1, now=20.0) is True
+
+
+def test_request_stop_in_one_process() -> None:
+    """request_stop() sets should_stop and stop_requested, as a signal would; it stays set."""
+    with ParallelTrainer(config={"device": "cpu"}) as trainer:
+        assert trainer.should_stop is False and trainer.stop_requested is False
+        trainer.request_stop()
+        assert trainer.should_stop is True and trainer.stop_requested is True
+        assert trainer.should_stop is True
+
+
+def test_handlers_are_installed_and_given_back(fresh_stop_listener: stopping.StopListener) -> None:
+    """The trainer handles SIGTERM and SIGUSR1 while open; close() restores the old ones."""
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = ParallelTrainer(config={"device": "cpu"})
+    assert signal.getsignal(signal.SIGTERM) == fresh_stop_listener._handle
+    assert signal.getsignal(signal.SIGUSR1) == fresh_stop_listener._handle
+    trainer.close()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_stop_handling_can_be_turned_off(fresh_stop_listener: stopping.StopListener) -> None:
+    """stop_signals=[]: no handler at all, so SIGTERM keeps its default action."""
+    before = signal.getsignal(signal.SIGTERM)
+    with ParallelTrainer(config={"device": "cpu", "stop_signals": []}) as trainer:
+        assert trainer.should_stop is False
+        assert signal.getsignal(signal.SIGTERM) == before
+        assert fresh_stop_listener.signals == ()
+
+
+def test_a_handler_of_the_scripts_own_is_left_alone() -> None:
+    """A script that handles SIGTERM itself keeps its handler."""
+
+    def own(signum: int, frame: object) -> None:
+        """The script's handler."""
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        with ParallelTrainer(config={"device": "cpu"}):
+            assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def start_stopper(root: Path, name: str, **knobs: str) -> tuple[subprocess.Popen[str], Path]:
+    """``worker.py stop`` in one plain process, with HJ_STOP_* knobs."""
+    out = root / name
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), "stop", str(out)],
+        cwd=out,
+        env=child_env(PYTHONPATH=str(REPO), **knobs),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, out
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    """Poll until ``path`` exists; fail with the process's output if it dies first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"{path.name} never appeared (exit {proc.returncode}):\n{out}\n{err}")
+        time.sleep(0.05)
+
+
+def test_stop_signals_in_one_process(tmp_path: Path) -> None:
+    """Real signals to real scripts, all four at once (each start costs a torch import).
+
+    unaware: never reads should_stop, so SIGTERM kills it at once, as without a trainer.
+    usr1: Slurm's warning signal sets should_stop; the loop saves and the script exits 0.
+    twice: a second SIGTERM after the repeat window (0 s here) takes the default action.
+    """
+    cases = {
+        "unaware": ({"HJ_STOP_READ": "0"}, [signal.SIGTERM]),
+        "usr1": ({}, [signal.SIGUSR1]),
+        "twice": ({"HJ_STOP_STUBBORN": "1", "HJ_STOP_WINDOW": "0"}, [signal.SIGTERM] * 2),
+    }
+    started = {name: start_stopper(tmp_path, name, **knobs) for name, (knobs, _) in cases.items()}
+    for name, (proc, out) in started.items():
+        wait_for_file(out / "stop_ready_rank0", proc)
+        first, *more = cases[name][1]
+        proc.send_signal(first)
+        for again in more:
+            wait_for_file(out / "stop_flagged_rank0", proc)
+            proc.send_signal(again)
+    finished = {
+        name: (proc.communicate(timeout=60), proc.returncode) for name, (proc, _) in started.items()
+    }
+
+    for name in ("unaware", "twice"):
+        (_, err), code = finished[name]
+        assert code == -signal.SIGTERM, f"{name}: exit {code}\n{err}"
+        assert not (tmp_path / name / "stop.pt").exists()
+    (_, err), code = finished["usr1"]
+    assert code == 0, err
+    assert "got SIGUSR1; trainer.should_stop is now True" in err
+    result = json.loads((tmp_path / "usr1" / "stop_rank0.json").read_text())
+    assert result["signal"] == "SIGUSR1"
+    saved = torch.load(tmp_path / "usr1" / "stop.pt", weights_only=True)
+    assert saved["step"] == result["step"] > 0
+    assert "got SIGTERM" in finished["twice"][0][1]  # the first one was a request
+
+
 # -- examples in one process -------------------------------------------------------------------
 
 
@@ -400,22 +756,37 @@ def test_seed_style_example_runs_unchanged(tmp_path: Path) -> None:
 
 
 def test_train_example_runs_with_no_arguments(tmp_path: Path) -> None:
-    """``python examples/train.py``: progress lines and a final line."""
+    """``python examples/train.py``: progress lines, a final line, a metrics line per epoch."""
     done = run_python([str(REPO / "examples" / "train.py")], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "epoch 1/5:" in done.stdout
     assert "done: epoch 5" in done.stdout
+    records = metrics.read_metrics(tmp_path / "metrics.jsonl")  # log_metrics, outside a job
+    epochs = [r for r in records if "val_acc" in r.values]  # one line per epoch
+    steps = [r.step for r in epochs]
+    assert len(epochs) == 5 and all(isinstance(x, int) for x in steps)
+    assert steps == sorted(x for x in steps if x is not None)
+    assert len(metrics.series(records, "loss")) > 5  # and a training-loss curve
+    best = metrics.summary(records)["val_acc"]
+    assert best["goal"] == "max" and best["best"] > 0.5
 
 
 # -- GPU --------------------------------------------------------------------------------------
 
 
-@pytest.mark.gpu
-def test_gpu_device_and_precision() -> None:
-    """On a GPU: cuda:0 by default, bf16 autocast, fp16 with a scaler."""
+def need_gpu() -> None:
+    """Skip, saying why, where torch sees no NVIDIA GPU."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible to torch")
-    trainer = ParallelTrainer(config={"precision": "bf16"})
+
+
+@pytest.mark.gpu
+def test_gpu_device_and_precision() -> None:
+    """On a GPU: cuda:0 by default, bf16 autocast, an fp16 step that moves finite weights."""
+    need_gpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainerWarning)  # bf16 before Ampere: its own test
+        trainer = ParallelTrainer(config={"precision": "bf16"})
     assert trainer.device == torch.device("cuda", 0)
     ones = torch.ones(4, 4, device=trainer.device)
     with trainer.autocast():
@@ -424,8 +795,42 @@ def test_gpu_device_and_precision() -> None:
     assert fp16.scaler is not None
     model = fp16.model_parallel(nn.Linear(4, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
     with fp16.autocast():
         out = model(ones)
     assert out.dtype == torch.float16
-    fp16.backward(out.float().sum())
+    # Small, so the scaled gradients (x 65536) fit in float16 and the step is not skipped.
+    fp16.backward(out.float().sum() * 1e-3)
     fp16.step(optimizer)
+    after = list(model.parameters())
+    assert all(p.device == fp16.device and torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(p.grad is None for p in after)
+    assert math.isfinite(fp16.scaler.get_scale())
+
+
+@pytest.mark.gpu
+def test_gpu_index_is_checked_and_made_current() -> None:
+    """cuda:N beyond the visible GPUs is a TrainerError; a valid one becomes current."""
+    need_gpu()
+    count = torch.cuda.device_count()
+    with pytest.raises(TrainerError, match=f"sees {count} GPU"):
+        ParallelTrainer(config={"device": f"cuda:{count}"})
+    try:
+        last = ParallelTrainer(config={"device": f"cuda:{count - 1}"})
+        assert last.device == torch.device("cuda", count - 1)
+        assert torch.cuda.current_device() == count - 1
+    finally:
+        torch.cuda.set_device(0)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_warns_exactly_before_ampere() -> None:
+    """bf16 warns (suggesting fp16) on a GPU below compute capability 8.0, and only there."""
+    need_gpu()
+    capability = torch.cuda.get_device_capability(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ParallelTrainer(config={"precision": "bf16"})
+    advice = [w for w in caught if "emulate bfloat16" in str(w.message)]
+    assert len(advice) == (1 if capability < (8, 0) else 0)

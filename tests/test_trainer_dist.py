@@ -1,7 +1,8 @@
-"""ParallelTrainer under real torchrun: 2 gloo processes on CPU, several nodes, failures."""
+"""ParallelTrainer under real torchrun: 2 gloo processes on CPU, several nodes, failures, stops."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -19,6 +20,9 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+
+from handyjobs import metrics
+from handyjobs.trainer import ParallelTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "trainer_scripts" / "worker.py"
@@ -311,6 +315,36 @@ def test_resume_continues_exactly(main_run: MainRun) -> None:
         assert probe.read_text() == "False", resumed.explain()
 
 
+def test_main_process_first_orders_the_block(main_run: MainRun) -> None:
+    """Rank 1 enters the block only after rank 0 (which sleeps first) has left it."""
+    assert [result["first"] for result in main_run.ranks] == [True, True]
+
+
+def test_should_stop_agrees_across_ranks(main_run: MainRun) -> None:
+    """A stop asked for on rank 1 alone: should_stop is True on both at the same read."""
+    first, second = (result["stop_agreement"] for result in main_run.ranks)
+    assert first == {"before": False, "local": False, "agreed": True}
+    assert second == {"before": False, "local": True, "agreed": True}
+
+
+def test_progress_and_metrics_from_rank_zero_only(main_run: MainRun) -> None:
+    """Each rank points the reports at its own file: only rank 0's files exist."""
+    assert main_run.ranks[0]["reports"] == {"progress": True, "metrics": True}
+    assert main_run.ranks[1]["reports"] == {"progress": False, "metrics": False}
+    (record,) = metrics.read_metrics(main_run.out / "metrics_rank0.jsonl")
+    assert (record.step, record.values) == (7, {"loss": 0.25, "rank": 0.0})
+    report = json.loads((main_run.out / "progress_rank0.json").read_text())
+    assert (report["done"], report["total"], report["rank"]) == (3, 3, 0)
+
+
+def test_bytes_broadcast_in_chunks(main_run: MainRun) -> None:
+    """Rank 0's bytes arrive whole in small chunks, over the default group and a gloo side one."""
+    blob = bytes(range(256)) * 41 + b"tail"  # worker.BLOB
+    digest = hashlib.sha256(blob).hexdigest()
+    for result in main_run.ranks:
+        assert result["chunks"] == {"default": digest, "side": digest, "cpu_group_is_default": True}
+
+
 def test_several_nodes_rank_zero_alone_writes(tmp_path: Path) -> None:
     """Two torchruns rendezvous as 2 nodes (2 + 1 processes): unique ranks; rank 0 writes."""
     port = free_port()
@@ -395,11 +429,20 @@ def test_train_example_checkpoints_and_resumes(tmp_path: Path) -> None:
     """examples/train.py on 2 processes: a checkpoint each epoch; a second run resumes."""
     ckpt = tmp_path / "last.pt"
     script = str(EXAMPLES / "train.py")
-    first = run(torchrun_argv(script, "--epochs", "1", "--ckpt", str(ckpt)), tmp_path)
+    # HANDYJOBS_DEVICE=cpu: two processes must not ask a one-GPU machine for cuda:1.
+    first = run(
+        torchrun_argv(script, "--epochs", "1", "--ckpt", str(ckpt)),
+        tmp_path,
+        HANDYJOBS_DEVICE="cpu",
+    )
     assert first.returncode == 0, first.explain()
     assert "done: epoch 1" in first.stdout
     assert ckpt.exists()
-    second = run(torchrun_argv(script, "--epochs", "2", "--ckpt", str(ckpt)), tmp_path)
+    second = run(
+        torchrun_argv(script, "--epochs", "2", "--ckpt", str(ckpt)),
+        tmp_path,
+        HANDYJOBS_DEVICE="cpu",
+    )
     assert second.returncode == 0, second.explain()
     assert "resumed from" in second.stdout and "after epoch 1" in second.stdout
     assert "epoch 1:" not in second.stdout
@@ -407,12 +450,121 @@ def test_train_example_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert torch.load(ckpt, weights_only=True)["epoch"] == 2
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``: torchrun's workers and their DataLoader workers."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def wait_ready(out: Path, proc: subprocess.Popen[str], argv: list[str]) -> list[int]:
+    """The pids of both ranks, once each has read should_stop (so a signal is a request)."""
+    deadline = time.monotonic() + 90
+    paths = [out / f"stop_ready_rank{rank}" for rank in range(2)]
+    while not all(p.exists() for p in paths):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            finish(proc, argv, timeout=1)
+            pytest.fail(f"the stop workers never got ready in {out}")
+        time.sleep(0.05)
+    return [int(p.read_text()) for p in paths]
+
+
+@dataclass
+class Stopped:
+    """A stop launch after its signals: what it printed, whom it signalled, what ranks wrote."""
+
+    run: Finished
+    signalled: list[int]
+    ranks: list[dict[str, Any]]
+    saved_step: int
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stopped]:
+    """Two 2-rank stop launches side by side (their start-up dominates; overlapping it halves
+    the wait): SIGTERM to rank 1 alone, and SIGTERM to every process of the job as
+    ``handyjobs stop`` sends it (torchrun's agent, both ranks, their DataLoader workers)."""
+    launches = {}
+    for name, knobs in (("one_rank", {}), ("every_process", {"HJ_STOP_LOADER_WORKERS": "1"})):
+        out = tmp_path_factory.mktemp(f"stop_{name}")
+        argv = torchrun_argv(str(WORKER), "stop", str(out))
+        launches[name] = (out, argv, start(argv, out, child_env(**knobs)))
+    signalled: dict[str, list[int]] = {}
+    for name, (out, argv, proc) in launches.items():
+        pids = wait_ready(out, proc, argv)
+        if name == "one_rank":
+            signalled[name] = [pids[1]]
+        else:
+            signalled[name] = [proc.pid, *descendants(proc.pid)]
+        for pid in signalled[name]:
+            os.kill(pid, signal.SIGTERM)
+    found = {}
+    for name, (out, argv, proc) in launches.items():
+        result = finish(proc, argv, timeout=90)
+        missing = [r for r in range(2) if not (out / f"stop_rank{r}.json").exists()]
+        assert not missing, f"ranks {missing} wrote no result\n{result.explain()}"
+        saved = torch.load(out / "stop.pt", map_location="cpu", weights_only=True)
+        found[name] = Stopped(result, signalled[name], results(out, "stop", 2), saved["step"])
+    return found
+
+
+def test_sigterm_to_one_rank_stops_both_at_the_same_step(stopped: dict[str, Stopped]) -> None:
+    """Rank 1 alone gets SIGTERM: both ranks leave the loop at one step, save, and exit 0."""
+    done = stopped["one_rank"]
+    assert done.run.returncode == 0, done.run.explain()
+    first, second = done.ranks
+    assert first["step"] == second["step"] == done.saved_step > 0
+    assert (first["signal"], second["signal"]) == (None, "SIGTERM")
+    assert "handyjobs: rank 1 got SIGTERM" in done.run.stderr
+
+
+def test_handyjobs_stop_signals_every_process_and_the_job_saves(
+    stopped: dict[str, Stopped],
+) -> None:
+    """SIGTERM to the agent, both ranks and their loader workers at once (plus the copy the
+    agent forwards to each rank): both ranks save at one step and exit 0, no loader dies."""
+    done = stopped["every_process"]
+    assert len(done.signalled) >= 5, done.run.explain()  # agent, 2 ranks, 2 loader workers
+    first, second = done.ranks
+    assert first["step"] == second["step"] == done.saved_step > 0
+    assert first["signal"] == second["signal"] == "SIGTERM"
+    assert "exited unexpectedly" not in done.run.stderr, done.run.explain()
+    # The agent itself ends by its own SIGTERM, but it reports no worker as failed.
+    assert "ChildFailedError" not in done.run.stderr, done.run.explain()
+
+
+def gpu_processes(count: int) -> int:
+    """Processes for the NCCL test: 2 when there are 2 GPUs, else 1 (NCCL refuses two ranks on
+    one GPU); with synch=True even one process makes an nccl group."""
+    return 2 if count >= 2 else 1
+
+
+def test_gpu_process_count() -> None:
+    """One GPU: one NCCL process; two or more: two."""
+    assert [gpu_processes(n) for n in (1, 2, 8)] == [1, 2, 2]
+
+
 @pytest.mark.gpu
 def test_gpu_nccl_ddp(tmp_path: Path) -> None:
-    """On GPUs: nccl, cuda:LOCAL_RANK set as current device, fp16 step and bf16 autocast."""
+    """On 1 or more GPUs: nccl on cuda:LOCAL_RANK (current), fp16 and bf16, a GPU checkpoint
+    loaded back on the GPU and on the CPU, bytes and stop flags over the gloo side group."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible to torch")
-    nproc = min(2, torch.cuda.device_count())
+    nproc = gpu_processes(torch.cuda.device_count())
     result = run(torchrun_argv(str(WORKER), "gpu", str(tmp_path), nproc=nproc), tmp_path)
     assert result.returncode == 0, result.explain()
     for rank, r in enumerate(results(tmp_path, "gpu", nproc)):
@@ -421,5 +573,20 @@ def test_gpu_nccl_ddp(tmp_path: Path) -> None:
         assert r["backend"] == "nccl"
         assert r["summed"] == [float(nproc)] * 2
         assert r["fp16_dtype"] == "torch.float16"
-        assert r["scaler"] is True
+        assert r["scaler"] is True and r["scale_finite"] is True
+        assert r["stepped"] is True  # the fp16 step moved the weights, all finite
+        assert r["reloaded_equal"] is True
+        assert r["momentum_devices"] == [f"cuda:{rank}"]
+        assert r["bytes_equal"] is True
+        assert r["cpu_group_is_default"] is False  # nccl: a gloo side group carries CPU data
+        assert r["should_stop"] is True
+        assert r["packed"] == [f"cuda:{rank}", "cpu"]
+        assert r["packed_rnn_ran"] is True
         assert r["bf16_dtype"] == "torch.bfloat16"
+    # The GPU checkpoint also loads in a CPU process (every tensor mapped to the CPU).
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Dropout(0.0), nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with ParallelTrainer(config={"device": "cpu"}) as cpu:
+        cpu.load(tmp_path / "gpu.pt", model=model, optimizer=optimizer)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(s["momentum_buffer"].device.type == "cpu" for s in optimizer.state.values())

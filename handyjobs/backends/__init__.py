@@ -83,6 +83,9 @@ class Backend(Protocol):
     def attach_argv(self, run: Run) -> list[str]:
         """The command that puts the user's terminal into the run's session."""
 
+    def send(self, run: Run, text: str) -> None:
+        """Type ``text`` and Enter into the job's terminal (its standard input)."""
+
     def log_path(self, name: str, root: Path) -> Path:
         """Where the job's log is."""
 

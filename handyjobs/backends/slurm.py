@@ -406,6 +406,12 @@ class SlurmBackend:
             f"{job_id} --overlap --pty bash` (`sattach {job_id}.0` shows the step's own I/O)"
         )
 
+    def send(self, run: Run, text: str) -> None:
+        """A batch job's standard input is not a terminal: nothing can be typed into it."""
+        raise JobStateError(
+            "a Slurm job reads no terminal; pass input through a file on the shared file system"
+        )
+
     def log_path(self, name: str, root: Path) -> Path:
         """The log the runner tees into, in the job's folder (shared with the nodes)."""
         return paths.log_path(name, root)

@@ -179,6 +179,18 @@ class TmuxBackend:
             return [*base, "switch-client", "-t", target]
         return [*base, "attach-session", "-t", target]
 
+    def send(self, run: Run, text: str) -> None:
+        """``send-keys -l`` (literally: no key names) then Enter, into our tagged session."""
+        sid = run.handle.get("session_id")
+        live = sessions()
+        if sid is None or sid not in live or live[sid][1] != run.run_id:
+            raise TmuxError("the job's tmux session is gone; nothing can read what you send")
+        srv = server()
+        for args in (("-l", text), ("Enter",)):
+            proc = srv.cmd("send-keys", "-t", sid, *args)
+            if proc.returncode != 0:
+                raise TmuxError(f"tmux could not send the text: {' '.join(proc.stderr)}")
+
     def log_path(self, name: str, root: Path) -> Path:
         """The log the runner tees into, in the job's folder."""
         return paths.log_path(name, root)

@@ -26,13 +26,19 @@ usage: handyjobs COMMAND [ARGS]...
   list                  what runs where, since when, how it ended
   show NAME             everything on a job's record
   attach NAME           put this terminal into a job's session
-  logs NAME [-f]        a job's output; -f follows it to the end
+  logs NAME [-f]        a job's output; -f follows it to the end (--rank N: one rank's)
   stop NAME...          end every process of jobs
   restart NAME          run a job's spec again
   wait NAME             wait for a job; exit with its code
   rm NAME...            forget finished jobs
   clean                 forget every finished job
   gpus                  GPUs, their use, and which job holds each
+  sweep SCRIPT --grid   one queued job per point of a grid of values
+  send NAME TEXT        type a line into a running job
+  config [KEY [VALUE]]  defaults: parallel limit, GPUs, on-exit command
+  completion SHELL      shell completion script (bash, zsh, fish)
+  top                   a live view: jobs, CPU, memory, GPUs, progress (q quits)
+  plot NAME...          a metric's curves in the terminal (--metric loss, --png FILE)
 
 `handyjobs COMMAND --help` says more about each command."""
 
@@ -41,7 +47,7 @@ def _fast_list(args: Sequence[str]) -> dict[str, Any] | None:
     """Parse ``list`` options by hand; None when anything else (``--help``) is asked."""
     if not args or args[0] != "list":
         return None
-    out: dict[str, Any] = {"all_jobs": False, "states": [], "as_json": False}
+    out: dict[str, Any] = {"all_jobs": False, "states": [], "as_json": False, "group": None}
     rest = list(args[1:])
     while rest:
         arg = rest.pop(0)
@@ -53,6 +59,10 @@ def _fast_list(args: Sequence[str]) -> dict[str, Any] | None:
             out["states"].append(rest.pop(0))
         elif arg.startswith("--state="):
             out["states"].append(arg.split("=", 1)[1])
+        elif arg == "--group" and rest:
+            out["group"] = rest.pop(0)
+        elif arg.startswith("--group="):
+            out["group"] = arg.split("=", 1)[1]
         else:
             return None
     return out
@@ -67,7 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     code: object = 0
     try:
         fast = _fast_list(args)
-        if not args:
+        if os.environ.get("_HANDYJOBS_COMPLETE"):
+            from handyjobs.cli import app
+
+            app.complete()  # the shell asks for completions: answer and exit
+        elif args in (["--version"], ["-V"]):
+            from handyjobs import __version__
+
+            print(f"handyjobs {__version__}")
+        elif not args:
             print(SHORT_HELP)
         elif fast is not None:
             from handyjobs.cli.common import do_list

@@ -6,7 +6,23 @@ from collections.abc import Sequence
 
 import typer
 
-from handyjobs.cli import attach, gpus, listing, logs, remove, restart, start, stop, wait
+from handyjobs.cli import (
+    attach,
+    completion,
+    config,
+    gpus,
+    listing,
+    logs,
+    plot,
+    remove,
+    restart,
+    send,
+    start,
+    stop,
+    sweep,
+    top,
+    wait,
+)
 
 app = typer.Typer(
     name="handyjobs",
@@ -26,14 +42,33 @@ app.command()(listing.show)
 app.command()(attach.attach)
 app.command()(logs.logs)
 app.command()(stop.stop)
-app.command()(restart.restart)
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    restart.restart
+)
 app.command("wait")(wait.wait)
 app.command()(remove.rm)
 app.command()(remove.clean)
 app.command()(gpus.gpus)
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    sweep.sweep
+)
+app.command()(send.send)
+app.command("config")(config.config_)
+app.command()(completion.completion)
+app.command()(top.top)
+app.command()(plot.plot)
 
 
 def run(args: Sequence[str]) -> object:
     """Parse ``args`` with the app and run the command; returns click's exit code."""
     command = typer.main.get_command(app)
     return command.main(args=list(args), prog_name="handyjobs", standalone_mode=False)
+
+
+def complete() -> None:
+    """Answer the shell's completion request (``_HANDYJOBS_COMPLETE`` is set) and exit."""
+    from typer._completion_classes import completion_init
+
+    completion_init()  # Typer's bash/zsh/fish classes, which answer with descriptions
+    command = typer.main.get_command(app)
+    command.main(prog_name="handyjobs", complete_var=completion.COMPLETE_VAR)

@@ -7,6 +7,7 @@ import sys
 from typing import NoReturn
 
 from handyjobs import jobs
+from handyjobs.cli.args import NameArg
 from handyjobs.errors import JobStateError
 
 
@@ -24,6 +25,6 @@ def exec_attach(name: str) -> NoReturn:
     os.execvpe(argv[0], argv, env)
 
 
-def attach(name: str) -> None:
+def attach(name: NameArg) -> None:
     """Put this terminal into the job's tmux session (detach with Ctrl-b d)."""
     exec_attach(name)

@@ -12,6 +12,16 @@ from handyjobs.records import JobState
 
 JSON_HELP = "JSON for scripts (schema in the README)."
 
+def complete_names(incomplete: str) -> list[str]:
+    """Job names for shell completion (active and recent ones)."""
+    from handyjobs import registry
+
+    try:
+        records, _ = registry.load_recent(None, 200)
+    except Exception:  # completion must never print a traceback into the user's prompt
+        return []
+    return [r.name for r in records if r.name.startswith(incomplete)]
+
 
 def dump_json(doc: object) -> None:
     """Write ``doc`` as indented JSON to stdout (one write: fast on big documents)."""
@@ -51,14 +61,64 @@ def each_name(names: Sequence[str], act: Callable[[str], None]) -> int:
     return 2 if all(c == 2 for c in codes) else 1
 
 
-def do_list(all_jobs: bool, states: Sequence[str] | None, as_json: bool) -> None:
-    """``handyjobs list``."""
-    from handyjobs import jobs
+def do_list(
+    all_jobs: bool,
+    states: Sequence[str] | None,
+    as_json: bool,
+    metric: str | None = None,
+    group: str | None = None,
+) -> None:
+    """``handyjobs list`` (``--group``: one group; ``--metric``: a column for a metric's last
+    value)."""
+    every = all_jobs or group is not None
+    if metric:
+        from handyjobs import observe
 
-    records, total = jobs.list_jobs(all_jobs=all_jobs, states=parse_states(states))
+        listing = observe.list_with_metric(metric, every, parse_states(states))
+        records, total, values = listing.records, listing.total, listing.values
+    else:
+        from handyjobs import jobs
+
+        records, total = jobs.list_jobs(all_jobs=every, states=parse_states(states))
+        values = {}
+    if group is not None:
+        records = [r for r in records if r.spec.group == group]
     if as_json:
-        dump_json([r.to_dict() for r in records])
+        docs = [r.to_dict() for r in records]
+        if metric:
+            for doc in docs:
+                doc["metric"] = {"name": metric, "last": values.get(doc["name"])}
+        dump_json(docs)
+        if not every and not states and total > len(records):
+            # The array stays the documented schema; the note goes where scripts ignore it.
+            print(
+                f"handyjobs: {len(records)} of {total} jobs listed; --all lists every one",
+                file=sys.stderr,
+            )
         return
     from handyjobs import render
 
-    render.print_jobs(records, total, all_jobs or bool(states))
+    render.print_jobs(records, total, every or bool(states), metric, values)
+
+
+def pick_names(
+    names: Sequence[str] | None,
+    group: str | None,
+    every: bool,
+    states: Sequence[JobState],
+    what: str,
+) -> list[str]:
+    """The jobs a command acts on: the names given, or those of ``--group`` / ``--all``."""
+    from handyjobs import jobs
+
+    forms = sum([bool(names), group is not None, every])
+    if forms != 1:
+        raise UsageError(f"give the jobs {what}: NAME..., --group GROUP, or --all")
+    if names:
+        return list(names)
+    picked = jobs.names(group, states, every)
+    if not picked:
+        whose = "no job" if every else f"no job of group {group}"
+        state = f" is {'/'.join(s.value for s in states)}" if states else " exists"
+        raise UsageError(f"{whose}{state}; see `handyjobs list --all`")
+    return picked

@@ -7,15 +7,19 @@ from typing import Annotated
 import typer
 
 from handyjobs import jobs
+from handyjobs.cli.args import NamesArg
 from handyjobs.cli.common import each_name, parse_states
+from handyjobs.errors import UsageError
 
 
 def rm(
-    names: Annotated[list[str], typer.Argument(help="Jobs to remove.")],
+    names: NamesArg = None,
     force: Annotated[bool, typer.Option("--force", help="Stop active jobs first.")] = False,
     with_logs: Annotated[bool, typer.Option("--logs", help="Delete their logs too.")] = False,
 ) -> None:
     """Remove finished jobs from the registry (logs kept unless --logs)."""
+    if not names:
+        raise UsageError("give the jobs to remove: NAME... (or `handyjobs clean`)")
 
     def one(name: str) -> None:
         jobs.remove_job(name, force=force, logs=with_logs)

@@ -1,51 +1,206 @@
-"""``handyjobs start``: check, register and launch a job; print where it runs."""
+"""``handyjobs start``: check, register and launch a job; print where it runs (or why it waits)."""
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
-from typing import Annotated
+from dataclasses import replace
+from typing import Annotated, Any
 
 import typer
 
 from handyjobs import jobs
 from handyjobs.errors import UsageError
-from handyjobs.records import JobState, returncode
+from handyjobs.records import JobRecord, JobSpec, JobState, returncode
 from handyjobs.sbatch import SlurmRequest
-from handyjobs.spec import NodesRequest, StartRequest
+from handyjobs.spec import StartRequest
+
+# The options `start` and `sweep` share, declared once.
+Gpus = Annotated[str | None, typer.Option(help="GPUs by nvidia-smi index or UUID: 2,4")]
+Ngpus = Annotated[int | None, typer.Option(help="Any N free GPUs.")]
+Cpu = Annotated[bool, typer.Option("--cpu", help="Run on the CPU (gloo for DDP).")]
+Nproc = Annotated[int | None, typer.Option(help="Processes (default: one per GPU).")]
+Env = Annotated[list[str] | None, typer.Option(help="Extra KEY=VALUE for the job.")]
+Cwd = Annotated[str | None, typer.Option(help="Working directory of the job.")]
+Module = Annotated[bool, typer.Option("-m", "--module", help="SCRIPT is a module.")]
+Exec = Annotated[
+    bool, typer.Option("-x", "--exec", help="SCRIPT is a command, run as it is (no python).")
+]
+Python = Annotated[str | None, typer.Option(help="Python to run the job with.")]
+Wait = Annotated[bool, typer.Option("--wait", help="Queue until the GPUs are free.")]
+Force = Annotated[bool, typer.Option("--force", help="Use GPUs even if busy.")]
+Group = Annotated[str | None, typer.Option(help="Put the job in a group (list/stop/wait it).")]
+After = Annotated[
+    list[str] | None, typer.Option(help="Start after these jobs succeed: NAME[,NAME...]")
+]
+AfterAny = Annotated[
+    list[str] | None, typer.Option(help="Start after these jobs end, whatever their outcome.")
+]
+Priority = Annotated[int, typer.Option(help="Higher goes first in the queue.")]
+OnExit = Annotated[
+    str | None, typer.Option(help="Command to run when the job ends (no shell; see README).")
+]
+MaxRestarts = Annotated[int | None, typer.Option(help="torchrun's elastic restarts.")]
 
 
-def _has_nvidia_gpu() -> bool:
-    """A cheap look (no driver call): does this machine have an NVIDIA GPU device node?"""
-    import os
+def request(
+    script: str,
+    args: list[str] | None,
+    *,
+    name: str | None = None,
+    gpus: str | None = None,
+    ngpus: int | None = None,
+    cpu: bool = False,
+    nproc: int | None = None,
+    env: list[str] | None = None,
+    cwd: str | None = None,
+    module: bool = False,
+    executable: bool = False,
+    python: str | None = None,
+    wait: bool = False,
+    force: bool = False,
+    group: str | None = None,
+    after: list[str] | None = None,
+    after_any: list[str] | None = None,
+    priority: int = 0,
+    on_exit: str | None = None,
+    max_restarts: int | None = None,
+    params: list[tuple[str, str]] | None = None,
+    nnodes: int | None = None,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str | None = None,
+    slurm: SlurmRequest | None = None,
+) -> StartRequest:
+    """A start request from the command line's options."""
+    if after and after_any:
+        raise UsageError("--after and --after-any both given: pick one way to wait for jobs")
+    return StartRequest(
+        script=script,
+        args=list(args or []),
+        module=module,
+        name=name,
+        gpus=gpus,
+        ngpus=ngpus,
+        cpu=cpu,
+        nproc=nproc,
+        env=env or [],
+        cwd=cwd,
+        python=python,
+        wait=wait,
+        force=force,
+        executable=executable,
+        group=group,
+        after=list(after or after_any or []),
+        after_any=bool(after_any),
+        priority=priority,
+        on_exit=on_exit,
+        max_restarts=max_restarts,
+        params=list(params or []),
+        nnodes=nnodes,
+        node_rank=node_rank,
+        rdzv_endpoint=rdzv_endpoint,
+        rdzv_id=rdzv_id,
+        slurm=slurm if slurm is not None and slurm != SlurmRequest(submit=False) else None,
+    )
 
-    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+
+def _like(ctx: typer.Context, like: str, given: dict[str, Any]) -> StartRequest:
+    """A request from another job's spec, changed by the options typed on this command line."""
+    spec = jobs.get_job(like).spec
+    base = _from_spec(spec)
+    changes = {key: value for key, value in given.items() if key == "args" or _typed(ctx, key)}
+    if changes.get("args") is None:
+        changes.pop("args", None)  # no new arguments: the other job's
+    if changes.get("env"):
+        changes["env"] = [*base.env, *changes["env"]]  # added to the other job's
+    return replace(base, **{_FIELD.get(k, k): v for k, v in changes.items()})
+
+
+_FIELD = {"exec_": "executable"}
+
+
+def _typed(ctx: typer.Context, key: str) -> bool:
+    """True when the option was given on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(key)
+    return source is not None and source.name != "DEFAULT"
+
+
+def _from_spec(spec: JobSpec) -> StartRequest:
+    """The request that would make this spec again (GPUs by index, the same settings)."""
+    return StartRequest(
+        script=spec.script,
+        args=list(spec.args),
+        module=spec.module,
+        gpus=None if spec.gpus is None else ",".join(map(str, spec.gpus)),
+        ngpus=spec.ngpus,
+        cpu=spec.cpu,
+        nproc=spec.nproc,
+        env=[f"{k}={v}" for k, v in spec.env],
+        cwd=spec.cwd,
+        python=spec.python,
+        wait=spec.wait,
+        force=spec.force,
+        executable=spec.executable,
+        group=spec.group,
+        after=list(spec.after),
+        after_any=spec.after_any,
+        priority=spec.priority,
+        on_exit=shlex.join(spec.on_exit) if spec.on_exit else None,
+        max_restarts=spec.max_restarts,
+    )
 
 
 def start(
-    script: Annotated[str, typer.Argument(help="Script to run (or module with -m).")],
+    ctx: typer.Context,
+    script: Annotated[
+        str | None,
+        typer.Argument(help="Script to run (a module with -m, a command with --exec)."),
+    ] = None,
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script.")] = None,
-    gpus: Annotated[str | None, typer.Option(help="GPUs by nvidia-smi index or UUID: 2,4")] = None,
-    ngpus: Annotated[int | None, typer.Option(help="Any N free GPUs.")] = None,
-    cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU (gloo for DDP).")] = False,
-    nproc: Annotated[int | None, typer.Option(help="Processes (default: one per GPU).")] = None,
+    gpus: Gpus = None,
+    ngpus: Ngpus = None,
+    cpu: Cpu = False,
+    nproc: Nproc = None,
     name: Annotated[str | None, typer.Option(help="Job and tmux session name.")] = None,
-    env: Annotated[list[str] | None, typer.Option(help="Extra KEY=VALUE for the job.")] = None,
-    cwd: Annotated[str | None, typer.Option(help="Working directory of the job.")] = None,
-    module: Annotated[bool, typer.Option("-m", "--module", help="SCRIPT is a module.")] = False,
-    python: Annotated[str | None, typer.Option(help="Python to run the job with.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Queue until the GPUs are free.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Use GPUs even if busy.")] = False,
+    env: Env = None,
+    cwd: Cwd = None,
+    module: Module = False,
+    exec_: Exec = False,
+    python: Python = None,
+    wait: Wait = False,
+    force: Force = False,
+    group: Group = None,
+    after: After = None,
+    after_any: AfterAny = None,
+    priority: Priority = 0,
+    on_exit: OnExit = None,
+    max_restarts: MaxRestarts = None,
+    like: Annotated[
+        str | None, typer.Option(help="Start from another job's spec, with these changes.")
+    ] = None,
+    nnodes: Annotated[
+        int | None, typer.Option(help="Machines the job spans (start it on each one).")
+    ] = None,
+    node_rank: Annotated[
+        int | None, typer.Option(help="This machine's place: 0 hosts the rendezvous.")
+    ] = None,
+    rdzv_endpoint: Annotated[
+        str | None, typer.Option(help="HOST:PORT on node 0 where the nodes meet.")
+    ] = None,
+    rdzv_id: Annotated[
+        str | None, typer.Option(help="The id node 0's start printed (other nodes).")
+    ] = None,
     attach: Annotated[bool, typer.Option("--attach", help="Attach to it at once.")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Follow its log to the end.")] = False,
-    nnodes: Annotated[int | None, typer.Option(help="Machines in all (start on each).")] = None,
-    node_rank: Annotated[int | None, typer.Option(help="0 on the node hosting the store.")] = None,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT on node 0.")] = None,
-    rdzv_id: Annotated[str | None, typer.Option(help="The id node 0 printed.")] = None,
     slurm: Annotated[bool, typer.Option("--slurm", help="Submit to Slurm (sbatch).")] = False,
     nodes: Annotated[int | None, typer.Option(help="Slurm: nodes.")] = None,
     gpus_per_node: Annotated[int | None, typer.Option(help="Slurm: GPUs per node.")] = None,
     partition: Annotated[str | None, typer.Option(help="Slurm: partition.")] = None,
-    time: Annotated[str | None, typer.Option(help="Slurm: time limit (HH:MM:SS).")] = None,
+    time: Annotated[
+        str | None, typer.Option(help="Slurm: time limit (minutes or HH:MM:SS).")
+    ] = None,
     account: Annotated[str | None, typer.Option(help="Slurm: account.")] = None,
     mem: Annotated[str | None, typer.Option(help="Slurm: memory per node (64G).")] = None,
     constraint: Annotated[str | None, typer.Option(help="Slurm: node features.")] = None,
@@ -73,34 +228,89 @@ def start(
         requeue,
         signal_before,
     )
-    node_req = NodesRequest(nnodes, node_rank, rdzv_endpoint, rdzv_id)
     if slurm and attach:
         raise UsageError("a Slurm job has no terminal to attach to: use --follow")
-    req = StartRequest(
-        script=script,
-        args=list(args or []),
-        module=module,
-        name=name,
-        gpus=gpus,
-        ngpus=ngpus,
-        cpu=cpu,
-        nproc=nproc,
-        env=env or [],
-        cwd=cwd,
-        python=python,
-        wait=wait,
-        force=force,
-        nodes=node_req if node_req != NodesRequest() else None,
-        slurm=slurm_req if slurm_req != SlurmRequest(submit=False) else None,
-    )
+    if like is not None:
+        # With --like, what is typed where SCRIPT goes are the new arguments.
+        new_args = None if script is None else [script, *(args or [])]
+        given = {
+            "args": new_args,
+            "gpus": gpus,
+            "ngpus": ngpus,
+            "cpu": cpu,
+            "nproc": nproc,
+            "name": name,
+            "env": env,
+            "cwd": cwd,
+            "module": module,
+            "exec_": exec_,
+            "python": python,
+            "wait": wait,
+            "force": force,
+            "group": group,
+            "priority": priority,
+            "on_exit": on_exit,
+            "max_restarts": max_restarts,
+        }
+        if nnodes is not None or slurm:
+            raise UsageError(
+                "--like starts a job on this machine; give --nnodes or --slurm without --like"
+            )
+        req = replace(_like(ctx, like, given), caller_env=dict(os.environ))
+    else:
+        if script is None:
+            raise UsageError("give the SCRIPT to run (or --like NAME to start from another job)")
+        req = request(
+            script,
+            args,
+            name=name,
+            gpus=gpus,
+            ngpus=ngpus,
+            cpu=cpu,
+            nproc=nproc,
+            env=env,
+            cwd=cwd,
+            module=module,
+            executable=exec_,
+            python=python,
+            wait=wait,
+            force=force,
+            group=group,
+            after=after,
+            after_any=after_any,
+            priority=priority,
+            on_exit=on_exit,
+            max_restarts=max_restarts,
+            nnodes=nnodes,
+            node_rank=node_rank,
+            rdzv_endpoint=rdzv_endpoint,
+            rdzv_id=rdzv_id,
+            slurm=slurm_req,
+        )
     record = jobs.start_job(req)
-    run = record.current
+    announce(record, req)
+    sys.stdout.flush()
+    if attach:
+        from handyjobs.cli.attach import exec_attach
+
+        exec_attach(record.name)
+    if follow:
+        from handyjobs.cli.logs import follow_to_end
+
+        follow_to_end(record.name)
+        raise typer.Exit(returncode(jobs.get_job(record.name).current))
+
+
+def announce(record: JobRecord, req: StartRequest, brief: bool = False) -> None:
+    """Say where the job runs, or why it waits; with ``brief``, one line."""
     from handyjobs import render
 
+    run = record.current
     if record.spec.slurm is not None:
         print("\n".join(render.submitted_lines(record)))
-    elif run.state is JobState.QUEUED:
-        why = render.wait_text(run.wait) if run.wait else "waiting for its GPUs"
+        return
+    if run.state is JobState.QUEUED:
+        why = render.wait_text(run.wait) if run.wait else "waiting"
         print(f"queued {record.name} (tmux session {record.session}): {why}")
     else:
         where = (
@@ -121,20 +331,37 @@ def start(
             else:
                 sees = f"CUDA_VISIBLE_DEVICES={visible}"
             print(f"  note:   no GPU was booked; the job sees {sees}; book with --gpus or --ngpus")
-    if record.spec.rdzv is not None:
-        print("\n".join(render.nodes_lines(record)))
-    if record.spec.slurm is None:
-        print(f"  log:    {record.log_path}")
+    rdzv = record.spec.rdzv
+    if rdzv is not None:
         print(
-            f"  attach: handyjobs attach {record.name}    follow: handyjobs logs {record.name} -f"
+            f"  nodes:  node {rdzv.node_rank} of {rdzv.nnodes}, rendezvous {rdzv.endpoint} "
+            f"id {rdzv.rdzv_id}"
         )
-    sys.stdout.flush()
-    if attach:
-        from handyjobs.cli.attach import exec_attach
+        if rdzv.node_rank == 0:
+            others = f"N = 1 to {rdzv.nnodes - 1}" if rdzv.nnodes > 2 else "N = 1"
+            print(f"  others: on the other node{'s' if rdzv.nnodes > 2 else ''} ({others}):")
+            print(f"          {_other_node(record)}")
+    if brief:
+        return
+    print(f"  log:    {record.log_path}")
+    print(f"  attach: handyjobs attach {record.name}    follow: handyjobs logs {record.name} -f")
 
-        exec_attach(record.name)
-    if follow:
-        from handyjobs.cli.logs import follow_to_end
 
-        follow_to_end(record.name)
-        raise typer.Exit(returncode(jobs.get_job(record.name).current))
+def _other_node(record: JobRecord) -> str:
+    """The command that starts another node of this job: same script, arguments, processes."""
+    spec, rdzv = record.spec, record.spec.rdzv
+    assert rdzv is not None
+    opts = ["--nnodes", str(rdzv.nnodes), "--node-rank", "N"]
+    opts += ["--rdzv-endpoint", rdzv.endpoint, "--rdzv-id", rdzv.rdzv_id]
+    if spec.cpu:
+        opts.append("--cpu")
+    if spec.nproc is not None:
+        opts += ["--nproc", str(spec.nproc)]
+    script = ["-m", spec.script] if spec.module else [shlex.split(spec.command)[0]]
+    rest = ["--", *spec.args] if spec.args else []
+    return "handyjobs start " + shlex.join([*opts, *script, *rest])
+
+
+def _has_nvidia_gpu() -> bool:
+    """A cheap look (no driver call): does this machine have an NVIDIA GPU device node?"""
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")

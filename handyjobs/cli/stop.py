@@ -7,16 +7,22 @@ from typing import Annotated
 import typer
 
 from handyjobs import jobs
-from handyjobs.cli.common import each_name
+from handyjobs.cli.args import AllOpt, GroupOpt, NamesArg
+from handyjobs.cli.common import each_name, pick_names
+from handyjobs.records import JobState
 
 
 def stop(
-    names: Annotated[list[str], typer.Argument(help="Jobs to stop.")],
+    names: NamesArg = None,
+    group: GroupOpt = None,
+    every: AllOpt = False,
     timeout: Annotated[
         float, typer.Option(help="Seconds between SIGTERM and SIGKILL.")
     ] = jobs.DEFAULT_GRACE_S,
 ) -> None:
     """Stop jobs: every process gone (torchrun workers too), GPUs released."""
+    active = (JobState.QUEUED, JobState.RUNNING)
+    picked = pick_names(names, group, every, active, what="to stop")
 
     def one(name: str) -> None:
         result = jobs.stop_job(name, grace_s=timeout)
@@ -30,5 +36,7 @@ def stop(
             if job_id and not result.pids:  # on a cluster: Slurm ended its processes
                 ended = f"Slurm job {job_id} cancelled"
             print(f"stopped {what} {name} ({ended})")
+        if result.gpu_note:
+            print(f"  note: {result.gpu_note}")
 
-    raise typer.Exit(each_name(names, one))
+    raise typer.Exit(each_name(picked, one))

@@ -1,6 +1,7 @@
 """Training scenarios the trainer tests run under torchrun (or alone); results go to JSON files.
 
-Usage: ``python worker.py MODE OUTDIR`` where MODE is main, single, resume, fail or multinode.
+Usage: ``python worker.py MODE OUTDIR`` where MODE is main, single, resume, fail, multinode,
+stop or gpu.
 Each process writes ``OUTDIR/<mode>_rank<R>.json``; the tests compare and assert on them.
 """
 
@@ -9,23 +10,25 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.nn.utils.rnn import pack_padded_sequence
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from handyjobs import ParallelTrainer
-from handyjobs.trainer import TrainerError
+from handyjobs.trainer import TrainerError, collectives, stopping
 
 N_SAMPLES = 64
 FEATURES = 8
@@ -250,6 +253,61 @@ def check_output(trainer: ParallelTrainer) -> str:
     return buffer.getvalue()
 
 
+def check_main_process_first(trainer: ParallelTrainer, out: Path) -> bool:
+    """Inside main_process_first, the others see what rank 0 wrote in its (slow) turn."""
+    marker = out / "first.txt"
+    with trainer.main_process_first():
+        if trainer.is_main:
+            time.sleep(0.3)  # without the ordering, rank 1 would look long before this write
+            marker.write_text("rank 0 was here")
+        return marker.exists()
+
+
+def check_stop_agreement(trainer: ParallelTrainer) -> dict[str, Any]:
+    """request_stop on the last rank only: should_stop is True on every rank at the same read."""
+    before = trainer.should_stop
+    if trainer.rank == trainer.world_size - 1:
+        trainer.request_stop()
+    return {"before": before, "local": trainer.stop_requested, "agreed": trainer.should_stop}
+
+
+def check_reports(trainer: ParallelTrainer, out: Path) -> dict[str, bool]:
+    """progress and log_metrics report from global rank 0 only (each rank names its own file)."""
+    rank = trainer.rank
+    os.environ["HANDYJOBS_PROGRESS_FILE"] = str(out / f"progress_rank{rank}.json")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            for _ in trainer.progress(range(3), desc="report"):
+                pass
+    finally:
+        del os.environ["HANDYJOBS_PROGRESS_FILE"]
+    metrics_file = out / f"metrics_rank{rank}.jsonl"
+    trainer.log_metrics({"loss": torch.tensor(0.25), "rank": rank}, step=7, path=metrics_file)
+    return {
+        "progress": (out / f"progress_rank{rank}.json").exists(),
+        "metrics": metrics_file.exists(),
+    }
+
+
+#: Not a multiple of any chunk size used below, so the short last chunk is exercised.
+BLOB = bytes(range(256)) * 41 + b"tail"
+
+
+def check_broadcast_bytes(trainer: ParallelTrainer) -> dict[str, Any]:
+    """Rank 0's bytes everywhere in small chunks: over the default group and a gloo side group."""
+    state = trainer.state
+    mine = BLOB if trainer.is_main else None
+    default = collectives.broadcast_bytes(state, mine, chunk_bytes=1000)
+    side = dist.new_group(backend="gloo")  # what an nccl job uses for CPU traffic
+    over_side = collectives.broadcast_bytes(state, mine, chunk_bytes=4096, group=side)
+    dist.destroy_process_group(side)
+    return {
+        "default": hashlib.sha256(default).hexdigest(),
+        "side": hashlib.sha256(over_side).hexdigest(),
+        "cpu_group_is_default": state.cpu_group() is None,
+    }
+
+
 def mode_main(out: Path) -> dict[str, Any]:
     """Most checks in one launch, since every torchrun start costs seconds."""
     trainer = ParallelTrainer(config=RunConfig())
@@ -270,6 +328,9 @@ def mode_main(out: Path) -> dict[str, Any]:
     result["atomic_saves"] = check_atomic_save(trainer, out)
     result["seeding"] = check_seeding(trainer)
     result["output"] = check_output(trainer)
+    result["first"] = check_main_process_first(trainer, out)
+    result["reports"] = check_reports(trainer, out)
+    result["chunks"] = check_broadcast_bytes(trainer)
 
     # A second trainer reuses the process group, with its own loader registry, so the
     # resume run (a fresh process) sees the same loader as its first one.
@@ -279,6 +340,7 @@ def mode_main(out: Path) -> dict[str, Any]:
     second.save(out / "resume.pt", model=model, optimizer=opt, scheduler=sched, epoch=1)
     result["resume_next_losses"] = resume_epoch(second, model, opt, sched, loader)
     result["resume_final"] = flat_params(model)
+    result["stop_agreement"] = check_stop_agreement(second)
     second.close()
     result["group_alive_after_second_close"] = dist.is_initialized()
     trainer.close()
@@ -350,10 +412,73 @@ def mode_multinode(out: Path) -> dict[str, Any]:
     return result
 
 
+def endless(loader: DataLoader[Any]) -> Iterator[Any]:
+    """Batches forever, one pass after another."""
+    while True:
+        yield from loader
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a small file whole, so a test polling for it never reads half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def mode_stop(out: Path) -> dict[str, Any]:
+    """Train until asked to stop, then save and return; knobs come from HJ_STOP_* variables.
+
+    HJ_STOP_READ=0 never reads should_stop (a script unaware of it); HJ_STOP_STUBBORN=1 keeps
+    training after should_stop (so a second signal can be sent); HJ_STOP_SIGNALS is
+    config.stop_signals; HJ_STOP_WINDOW replaces the repeat window; HJ_STOP_LOADER_WORKERS
+    gives the loader worker processes. ``stop_ready_rank<R>`` holds the pid once armed.
+    """
+    env = os.environ
+    if "HJ_STOP_WINDOW" in env:
+        stopping.REPEAT_WINDOW_S = float(env["HJ_STOP_WINDOW"])
+    config = {"device": "cpu", "init_timeout": 120, "stop_signals": env.get("HJ_STOP_SIGNALS")}
+    trainer = ParallelTrainer(config=config)
+    read = env.get("HJ_STOP_READ", "1") == "1"
+    stubborn = env.get("HJ_STOP_STUBBORN") == "1"
+    workers = int(env.get("HJ_STOP_LOADER_WORKERS", "0"))
+    trainer.seed_everything(0)
+    model = trainer.model_parallel(make_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = trainer.loader(
+        make_data(), batch_size=BATCH, num_workers=workers, persistent_workers=workers > 0
+    )
+    batches = endless(loader)
+    ready = out / f"stop_ready_rank{trainer.rank}"
+    flagged = out / f"stop_flagged_rank{trainer.rank}"
+    deadline = time.monotonic() + 90
+    step = 0
+    while True:
+        if read and trainer.should_stop:
+            if not stubborn:
+                break
+            if not flagged.exists():
+                write_atomically(flagged, str(step))
+        if time.monotonic() > deadline:
+            raise RuntimeError("no stop request arrived within 90 s")
+        x, y = trainer.to_device(next(batches))
+        trainer.backward(nn.functional.mse_loss(model(x), y))
+        trainer.step(optimizer)
+        step += 1
+        if not ready.exists():
+            write_atomically(ready, str(os.getpid()))
+        time.sleep(0.02)
+    trainer.save(out / "stop.pt", model=model, optimizer=optimizer, step=step)
+    result = {"step": step, "signal": stopping.listener.requested}
+    trainer.close()
+    return result
+
+
 def mode_gpu(out: Path) -> dict[str, Any]:
-    """NCCL on cuda:LOCAL_RANK, with bf16 autocast and an fp16 step through the grad scaler."""
+    """NCCL over 1 or more GPUs: devices, fp16 and bf16, GPU checkpoints, CPU-side traffic."""
     result: dict[str, Any] = {}
-    with ParallelTrainer(config={"precision": "fp16"}) as trainer:
+    # synch=True: on a machine with one GPU the test runs one process, and it must still
+    # make an nccl process group.
+    with ParallelTrainer(True, config={"precision": "fp16"}) as trainer:
         result.update(
             rank=trainer.rank,
             local_rank=trainer.local_rank,
@@ -362,20 +487,55 @@ def mode_gpu(out: Path) -> dict[str, Any]:
             backend=trainer.backend,
             summed=trainer.all_reduce(torch.ones(2, device=trainer.device), "sum").tolist(),
         )
+        torch.manual_seed(0)
         model = trainer.model_parallel(make_model())
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        before = flat_params(model)
         x, y = trainer.to_device(make_data()[:8])
         with trainer.autocast():
             out_fp16 = model(x)
-            loss = nn.functional.mse_loss(out_fp16.float(), y)
+            # Small, so the scaled gradients (x 65536) fit in float16 and the step is not
+            # skipped as an overflow: the parameters must move.
+            loss = nn.functional.mse_loss(out_fp16.float(), y) * 1e-3
         trainer.backward(loss)
         trainer.clip_grad_norm(model, 1.0, optimizer=optimizer)
         trainer.step(optimizer)
+        after = flat_params(model)
+        assert trainer.scaler is not None
         result["fp16_dtype"] = str(out_fp16.dtype)
-        result["scaler"] = trainer.scaler is not None
+        result["scaler"] = True
+        result["scale_finite"] = bool(torch.isfinite(torch.tensor(trainer.scaler.get_scale())))
+        result["stepped"] = before != after and bool(torch.isfinite(torch.tensor(after)).all())
         trainer.save(out / "gpu.pt", model=model, optimizer=optimizer)
+
+        # A checkpoint saved from the GPU, loaded back on the GPU into fresh objects.
+        fresh = trainer.model_parallel(make_model(dropout=0.0))
+        fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.01, momentum=0.9)
+        trainer.load(out / "gpu.pt", model=fresh, optimizer=fresh_opt)
+        result["reloaded_equal"] = flat_params(fresh) == after
+        momentum = [s["momentum_buffer"] for s in fresh_opt.state.values()]
+        result["momentum_devices"] = sorted({str(m.device) for m in momentum})
+
+        # Checkpoint bytes and stop flags travel through the gloo side group, never the GPU.
+        blob = BLOB * 1000  # about 10 MB, in 1 MB chunks
+        got = collectives.broadcast_bytes(
+            trainer.state, blob if trainer.is_main else None, chunk_bytes=1 << 20
+        )
+        result["bytes_equal"] = got == blob
+        result["cpu_group_is_default"] = trainer.state.cpu_group() is None
+        if trainer.rank == trainer.world_size - 1:
+            trainer.request_stop()
+        result["should_stop"] = trainer.should_stop
+
+        # A PackedSequence moves to the GPU with its batch_sizes left on the CPU.
+        packed = pack_padded_sequence(torch.randn(3, 2, 4), torch.tensor([3, 2]))
+        moved = trainer.to_device(packed)
+        result["packed"] = [str(moved.data.device), str(moved.batch_sizes.device)]
+        rnn = nn.GRU(4, 3).to(trainer.device)
+        result["packed_rnn_ran"] = rnn(moved)[0].data.shape[0] == 5
+
         # A second trainer reuses the live process group; only its precision differs.
-        bf16 = ParallelTrainer(config={"precision": "bf16"})
+        bf16 = ParallelTrainer(True, config={"precision": "bf16"})
         ones = torch.ones(4, 4, device=bf16.device)
         with bf16.autocast():
             result["bf16_dtype"] = str((ones @ ones).dtype)
@@ -391,6 +551,7 @@ def main() -> None:
         "resume": mode_resume,
         "fail": mode_fail,
         "multinode": mode_multinode,
+        "stop": mode_stop,
         "gpu": mode_gpu,
     }
     try:

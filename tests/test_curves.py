@@ -1,0 +1,124 @@
+"""Metrics as curves, the terminal chart and the PNG encoder: pure functions, case tables."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from handyjobs import curves, png
+from handyjobs.plot import Series, chart_lines, frame, picture, tick
+
+
+def lines(*docs: object) -> list[bytes]:
+    return [json.dumps(d).encode() for d in docs]
+
+
+def test_every_layout_of_a_metrics_line() -> None:
+    got = curves.parse(
+        [
+            *lines(
+                {"step": 1, "loss": 2.0, "lr": 0.1, "time": 5.0, "note": "x"},
+                {"step": 2, "metrics": {"loss": 1.5, "acc": 0.5}},
+                {"step": 3, "name": "loss", "value": 1.0},
+                {"loss": 0.5},  # no step: its place among the metric's points
+                {"step": 4, "loss": True},  # not a number
+                {"step": 5, "loss": float("nan")},
+                {"step": 6, "loss": 9.0, "rank": 1},  # another rank's
+            ),
+            b"not json",
+            b'{"step": 7, "loss": 0.2',  # a line still being written
+        ]
+    )
+    assert got == {
+        "loss": [(1.0, 2.0), (2.0, 1.5), (3.0, 1.0), (3.0, 0.5)],
+        "lr": [(1.0, 0.1)],
+        "acc": [(2.0, 0.5)],
+    }
+
+
+def test_a_later_run_that_starts_over_replaces_the_steps_it_redoes() -> None:
+    got = curves.parse(
+        lines(
+            *({"run": 1, "step": s, "loss": 10 - s} for s in range(6)),
+            *({"run": 2, "step": s, "loss": 100 - s} for s in range(3, 5)),  # resumed at 3
+        )
+    )
+    assert got["loss"] == [(0, 10), (1, 9), (2, 8), (3, 97), (4, 96)]
+
+
+def test_summary_smoothing_and_direction(tmp_path: Path) -> None:
+    series = {"loss": [(0.0, 3.0), (1.0, 1.0), (2.0, 2.0)], "val_acc": [(0.0, 0.2), (1.0, 0.9)]}
+    loss, acc = curves.summarise(series)
+    assert (loss.metric, loss.last, loss.best, loss.best_step) == ("loss", 2.0, 1.0, 1.0)
+    assert (acc.metric, acc.best, acc.higher_is_better) == ("val_acc", 0.9, True)
+    assert loss.to_dict()["best_is"] == "min" and acc.to_dict()["best_is"] == "max"
+    assert curves.smooth(series["loss"], 2) == [(0.0, 3.0), (1.0, 2.0), (2.0, 1.5)]
+    assert curves.smooth(series["loss"], 1) == series["loss"]
+    for name, higher in (("loss", False), ("top1_accuracy", True), ("f1", True), ("err", False)):
+        assert curves.higher_is_better(name) is higher
+
+
+def test_last_value_reads_from_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    docs = [{"step": i, "loss": 1 / (i + 1)} for i in range(5000)] + [{"step": 5000, "acc": 0.5}]
+    path.write_bytes(b"\n".join(lines(*docs)) + b"\n")
+    assert curves.last_value(path, "loss", block=100) == 1 / 5000
+    assert curves.last_value(path, "acc", block=100) == 0.5
+    assert curves.last_value(path, "nope", block=100) is None
+    assert curves.last_value(tmp_path / "missing", "loss") is None
+    assert curves.read(tmp_path / "missing") == {}
+
+
+def test_chart_lines_draw_each_series_in_its_colour() -> None:
+    a = Series("a", [(float(x), float(x)) for x in range(50)])
+    b = Series("b", [(float(x), 50.0 - x) for x in range(50)])
+    drawn = chart_lines([a, b], width=60, height=10, log_y=False)
+    assert len(drawn) == 12  # 10 rows, the axis, the x labels
+    text = ["".join(t for t, _ in line) for line in drawn]
+    assert all(len(t) == len(text[0]) for t in text[:11])
+    colours = {c for line in drawn for t, c in line if c is not None and t.strip()}
+    assert colours == {0, 1}
+    assert text[0].lstrip().startswith("50 ┤") and text[9].lstrip().startswith("0 ┤")
+    assert text[11].split() == ["0", "24.5", "49"]
+    # both ends of the rising line are drawn: bottom left and top right
+    assert text[9][text[9].index("┤") + 1] != " " and text[0].rstrip()[-1] != "┤"
+
+
+def test_log_scale_skips_what_it_cannot_show() -> None:
+    box = frame([Series("a", [(0.0, 0.0), (1.0, 10.0), (2.0, 1000.0)])], log_y=True)
+    assert box is not None and (box.y0, box.y1) == (1.0, 3.0)
+    assert frame([Series("a", [(0.0, -1.0)])], log_y=True) is None
+    assert [tick(v) for v in (0, 0.5234, 123456.0, 0.00001, 42)] == [
+        "0",
+        "0.5234",
+        "1.23e+05",
+        "1.00e-05",
+        "42",
+    ]
+
+
+def test_png_encodes_a_picture_that_decodes_back() -> None:
+    canvas = picture([Series("run-a", [(0.0, 1.0), (10.0, 0.1)])], "loss", False, 120, 80)
+    data = png.encode(canvas.width, canvas.height, bytes(canvas.pixels))
+    assert png.decode_size(data) == (120, 80)
+    # walk the chunks: IHDR, IDAT, IEND with good CRCs; the rows decompress to the pixels
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body)
+        chunks[kind] = body
+        pos += 12 + length
+    assert list(chunks) == [b"IHDR", b"IDAT", b"IEND"]
+    rows = zlib.decompress(chunks[b"IDAT"])
+    stride = 120 * 3 + 1
+    assert bytes(canvas.pixels) == b"".join(
+        rows[y * stride + 1 : (y + 1) * stride] for y in range(80)
+    )
+    with pytest.raises(ValueError):
+        png.encode(2, 2, b"\0" * 5)
