@@ -1,0 +1,145 @@
+"""The sbatch script and the per-node step, built from a fake two-node Slurm environment.
+
+Pure functions only: nothing here runs Slurm (tests/test_slurm.py does, on a local one).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from handyjobs import launch, node, sbatch
+from handyjobs.errors import UsageError
+from handyjobs.records import JobSpec
+
+# What Slurm puts in the batch script's environment on the first of two nodes.
+TWO_NODES = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+    "SLURMD_NODENAME": "gpu07",
+    "SLURM_CPUS_PER_TASK": "4",
+    "SLURM_RESTART_COUNT": "1",
+    "SLURM_NTASKS": "2",
+}
+
+
+def slurm_spec(**given: object) -> JobSpec:
+    """A checked spec of a job submitted with ``--slurm`` and the given Slurm options."""
+    req = sbatch.SlurmRequest(**given)  # type: ignore[arg-type]
+    return JobSpec(
+        script="/home/u/train.py",
+        args=("--epochs", "3"),
+        python="/usr/bin/python3",
+        nproc=4,
+        cpu=True,
+        slurm=sbatch.check(req),
+    )
+
+
+def test_the_rendezvous_is_on_the_first_node_of_the_allocation() -> None:
+    alloc = sbatch.Allocation.from_env(TWO_NODES)
+    assert (alloc.job_id, alloc.nnodes, alloc.head, alloc.restarts) == ("4242", 2, "gpu07", 1)
+    assert sbatch.first_host("gpu[07-09,12],cpu1") == "gpu07"
+    assert sbatch.first_host("node3,node1") == "node3"
+    # Without SLURMD_NODENAME the head is read from the node list.
+    env = {k: v for k, v in TWO_NODES.items() if k != "SLURMD_NODENAME"}
+    assert sbatch.Allocation.from_env(env).head == "gpu07"
+    with pytest.raises(ValueError, match="not inside a Slurm allocation"):
+        sbatch.Allocation.from_env({})
+
+
+def test_one_torchrun_per_node_through_srun() -> None:
+    spec = slurm_spec(nodes=2)
+    alloc = sbatch.Allocation.from_env(TWO_NODES)
+    argv = sbatch.step_argv(spec, alloc, 29512)
+    assert argv[0] == "srun"
+    for opt in ("--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=4"):
+        assert opt in argv
+    at = argv.index("handyjobs.node")
+    assert argv[at + 1 : at + 3] == ["gpu07", "--"]
+    torchrun = argv[at + 3 :]
+    assert torchrun[:3] == ["/usr/bin/python3", "-m", "torch.distributed.run"]
+    for opt in (
+        "--nnodes=2",
+        "--nproc-per-node=4",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=gpu07:29512",
+        "--rdzv-id=4242",
+    ):
+        assert opt in torchrun
+    assert torchrun[-3:] == ["/home/u/train.py", "--epochs", "3"]
+    assert sbatch.rendezvous(spec, alloc, 29512) == "c10d gpu07:29512 id=4242 nnodes=2"
+
+
+def test_the_head_node_hosts_the_store_and_the_others_do_not() -> None:
+    spec = slurm_spec(nodes=2)
+    argv = sbatch.step_argv(spec, sbatch.Allocation.from_env(TWO_NODES), 29512)
+    args = argv[argv.index("handyjobs.node") + 1 :]
+    on_head = node.node_argv(args, {"SLURMD_NODENAME": "gpu07"})
+    on_other = node.node_argv(args, {"SLURMD_NODENAME": "gpu08"})
+    assert "--rdzv-conf=is_host=1" in on_head and "--rdzv-conf=is_host=0" not in on_head
+    assert "--rdzv-conf=is_host=0" in on_other
+    # The option goes to torchrun, before the script and its arguments.
+    assert on_other.index("--rdzv-conf=is_host=0") < on_other.index("/home/u/train.py")
+
+
+def test_the_runner_builds_the_srun_step_from_its_environment() -> None:
+    spec = slurm_spec(nodes=2)
+    ctx = launch.RunContext("job", 1, "abc123", None, "/tmp/x.log", rdzv_port=29555)
+    built = launch.build(spec, ctx, {"PATH": "/usr/bin", "SLURM_JOB_ID": "1"}, pane_env=TWO_NODES)
+    assert built.argv[0] == "srun"
+    assert "--rdzv-endpoint=gpu07:29555" in built.argv
+    assert built.rendezvous == "c10d gpu07:29555 id=4242 nnodes=2"
+    # The allocation's variables are the step's, never the submitting shell's.
+    assert built.env["SLURM_JOB_ID"] == "4242"
+    assert built.env["HANDYJOBS_NNODES"] == "2"
+
+
+def test_the_batch_script_carries_the_options_and_execs_the_runner() -> None:
+    spec = slurm_spec(
+        nodes=2,
+        partition="gpu",
+        time="1:00:00",
+        account="proj1",
+        extra=("--qos=high",),
+        requeue=True,
+        signal_before_s=90,
+    )
+    text = sbatch.script(spec, "train-1", 1, "abc123", ["python", "-m", "handyjobs.runner"], "~/j")
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    for directive in (
+        "#SBATCH --job-name=train-1",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=1:00:00",
+        "#SBATCH --account=proj1",
+        "#SBATCH --export=NONE",
+        "#SBATCH --signal=B:USR1@90",
+        "#SBATCH --requeue",
+        "#SBATCH --qos=high",
+    ):
+        assert directive in lines, text
+    # Extras come last so that they win over handyjobs' own choices.
+    assert lines.index("#SBATCH --qos=high") > lines.index("#SBATCH --requeue")
+    assert lines[-1] == "exec python -m handyjobs.runner"
+    assert "export HANDYJOBS_RUNNER_OF=abc123" in lines
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"submit": False, "nodes": 2}, "--nodes"),
+        ({"time": "soon"}, "--time"),
+        ({"mem": "lots"}, "--mem"),
+        ({"signal_before_s": 0}, "--signal-before"),
+        ({"extra": ("qos=high",)}, "--slurm-arg"),
+        ({"extra": ("--comment='a b'",)}, "--slurm-arg"),
+    ],
+)
+def test_bad_slurm_options_are_one_usage_error(given: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        sbatch.check(sbatch.SlurmRequest(**given))  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
