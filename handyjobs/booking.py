@@ -175,7 +175,7 @@ def queue_order(records: Iterable[JobRecord]) -> list[JobRecord]:
     """Queued runs: higher ``--priority`` first, then first queued first."""
     # Runs queued by Slurm wait in Slurm's queue, not in this machine's.
     return sorted(
-        (r for r in records if r.state is JobState.QUEUED and not r.spec.on_slurm),
+        (r for r in records if r.state is JobState.QUEUED and r.spec.slurm is None),
         key=lambda r: (-r.spec.priority, r.current.created_at, r.name),
     )
 

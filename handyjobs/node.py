@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(str(exc))
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # Workers inherit the SIG_IGN: tell the trainer it is ours, not the script's, to take over.
+    # (Kept in sync with handyjobs.trainer.stopping.IGNORED_FOR_TORCHRUN_ENV; no torch import.)
+    os.environ["HANDYJOBS_IGNORED_FOR_TORCHRUN"] = "SIGUSR1"
     try:
         os.execvp(command[0], command)
     except OSError as exc:

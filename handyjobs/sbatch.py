@@ -171,9 +171,18 @@ def options(spec: JobSpec, job_dir: str) -> list[str]:
 
 
 def script(
-    spec: JobSpec, name: str, run: int, run_id: str, runner: Sequence[str], job_dir: str
+    spec: JobSpec,
+    name: str,
+    run: int,
+    run_id: str,
+    runner: Sequence[str],
+    job_dir: str,
+    pythonpath: str | None = None,
 ) -> str:
     """The batch script: the job's sbatch options, then the runner, exec'd (it gets the signals)."""
+    # --export=NONE keeps the login shell's environment out, but the runner must import the
+    # same handyjobs that submitted it: a PYTHONPATH the submitter had goes along.
+    path = [f"export PYTHONPATH={shlex.quote(pythonpath)}"] if pythonpath else []
     lines = [
         "#!/bin/bash",
         f"# handyjobs job {name}, run {run} (run id {run_id}), submitted with sbatch.",
@@ -181,6 +190,7 @@ def script(
         "# to output.log and records the outcome in this folder, which every node must share.",
         f"#SBATCH --job-name={name}",
         *(_directive(opt) for opt in options(spec, job_dir)),
+        *path,
         f"export HANDYJOBS_RUNNER_OF={run_id}",
         f"exec {shlex.join(runner)}",
     ]

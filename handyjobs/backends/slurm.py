@@ -304,7 +304,15 @@ class SlurmBackend:
         if req.spec is None or req.spec.slurm is None:
             raise ValueError("a Slurm launch needs the job's Slurm spec")
         path = Path(req.cwd) / f"slurm-{req.run_id}.sbatch"
-        text = sbatch.script(req.spec, req.name, req.run, req.run_id, req.argv, req.cwd)
+        text = sbatch.script(
+            req.spec,
+            req.name,
+            req.run,
+            req.run_id,
+            req.argv,
+            req.cwd,
+            req.env.get("PYTHONPATH"),
+        )
         try:
             paths.write_atomic(path, text.encode())
         except OSError as exc:

@@ -41,6 +41,20 @@ REPEAT_WINDOW_S = 5.0
 _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 _DEFAULTS = (signal.SIG_DFL, signal.default_int_handler)
 
+#: Set by :mod:`handyjobs.node` to the signals it made torchrun ignore (``"SIGUSR1"``) so that
+#: torchrun survives Slurm's warning; workers inherit SIG_IGN, which is then not the script's.
+IGNORED_FOR_TORCHRUN_ENV = "HANDYJOBS_IGNORED_FOR_TORCHRUN"
+
+
+def _ours_to_take(sig: int, current: Handler) -> bool:
+    """True when the trainer may handle ``sig``: no handler of the script's own is there."""
+    if current in _DEFAULTS:
+        return True
+    if current is signal.SIG_IGN:
+        names = os.environ.get(IGNORED_FOR_TORCHRUN_ENV, "").split(",")
+        return signal.Signals(sig).name in names
+    return False
+
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
@@ -125,8 +139,8 @@ class StopListener:
             return
         for sig in wanted:
             current = signal.getsignal(sig)
-            if current not in _DEFAULTS:
-                continue  # the script's own handler (or SIG_IGN) wins
+            if not _ours_to_take(sig, current):
+                continue  # the script's own handler (or its SIG_IGN) wins
             self._previous[sig] = current
             signal.signal(sig, self._handle)
 
