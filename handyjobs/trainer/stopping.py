@@ -198,6 +198,10 @@ class StopListener:
                 )
             return
         previous = self._previous.get(signum, signal.SIG_DFL)
+        if previous is signal.SIG_IGN:
+            # Ignored before the trainer came (SIGUSR1 under Slurm, for torchrun's sake): a
+            # warning that comes too early or again is dropped, never fatal.
+            return
         if callable(previous):
             previous(signum, frame)  # Python's SIGINT default: KeyboardInterrupt
             return
