@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeAlias
@@ -290,6 +289,9 @@ def _write_all(fd: int, data: bytes) -> None:
         try:
             n = os.write(fd, view)
         except BlockingIOError:
+            # Imported here: registry reads history through this module on every `list`.
+            import select
+
             select.select([], [fd], [])
             continue
         view = view[n:]
