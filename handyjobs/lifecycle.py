@@ -341,6 +341,9 @@ def end_by_cluster(
     signal); which kind of end it was (a cancel, the time limit) is the scheduler's to say.
     """
 
+    target = _target(store, name, run_id)
+    after = target[0].spec.after if target is not None else ()
+
     def go(run: Run) -> bool:
         run.cluster = view
         if outcome is not None:
@@ -351,6 +354,13 @@ def end_by_cluster(
             run.ended_at, run.wait = run.ended_at or utcnow(), None
         if run.stop_requested:
             run.state = JobState.STOPPED
+        elif run.started_at is None and after and (view.reason or "").startswith("Dependency"):
+            # Slurm cancelled it because a job it was to start after did not succeed
+            # (--kill-on-invalid-dep): it failed to start, as on this machine.
+            run.state = JobState.FAILED
+            run.reason = Reason(
+                LostKind.DEPENDENCY_FAILED, "did not succeed", job=", ".join(after)
+            )
         elif view.verdict in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED):
             run.state = view.verdict
         else:

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from handyjobs.errors import UsageError
-from handyjobs.records import JobSpec, SlurmSpec
+from handyjobs.records import JobSpec, JobState, Run, SlurmSpec
 
 #: Signal and lead time of Slurm's warning before the time limit (``--signal=B:USR1@60``).
 WARNING_SIGNAL = "USR1"
@@ -140,8 +140,34 @@ def _directive(option: str) -> str:
     return f"#SBATCH {option}"
 
 
-def options(spec: JobSpec, job_dir: str) -> list[str]:
-    """The sbatch options of a job, in the order the script lists them (extras last: they win)."""
+def dependency(after: Mapping[str, Run], after_any: bool) -> str | None:
+    """sbatch's ``--dependency`` for ``--after``/``--after-any``; None when nothing is left to wait
+    for. A job waits only for Slurm jobs: for anything else it is one usage error."""
+    ids = []
+    for name, run in after.items():
+        job_id = run.handle.get("job_id") if run.backend == "slurm" else None
+        if not job_id:
+            raise UsageError(
+                f"--after {name}: {name} runs on this machine, and a Slurm job can wait only for "
+                f"Slurm jobs; start {name} with --slurm too, or start this job once it ended"
+            )
+        if run.state.active:
+            ids.append(job_id)
+        elif run.state is not JobState.SUCCEEDED and not after_any:
+            raise UsageError(
+                f"--after {name}: {name} already ended {run.state.value}, so this job would "
+                "never start; use --after-any to start it anyway"
+            )
+    if not ids:
+        return None
+    return ("afterany:" if after_any else "afterok:") + ":".join(ids)
+
+
+def options(spec: JobSpec, job_dir: str, after: str | None = None) -> list[str]:
+    """The sbatch options of a job, in the order the script lists them (extras last: they win).
+
+    ``after``: the ``--dependency`` value (:func:`dependency`).
+    """
     slurm = spec.slurm
     if slurm is None:
         raise ValueError("not a Slurm job")
@@ -165,6 +191,12 @@ def options(spec: JobSpec, job_dir: str) -> list[str]:
         "--export=NONE",
         f"--signal=B:{WARNING_SIGNAL}@{slurm.signal_before_s}",
         "--requeue" if slurm.requeue else "--no-requeue",
+    ]
+    if after:
+        # A dependency that can no longer be met (it failed) cancels this job at once instead
+        # of leaving it pending for ever; the run then reads "never started" with the reason.
+        opts += [f"--dependency={after}", "--kill-on-invalid-dep=yes"]
+    opts += [
         *slurm.extra,
     ]
     return opts
@@ -178,6 +210,7 @@ def script(
     runner: Sequence[str],
     job_dir: str,
     pythonpath: str | None = None,
+    after: str | None = None,
 ) -> str:
     """The batch script: the job's sbatch options, then the runner, exec'd (it gets the signals)."""
     # --export=NONE keeps the login shell's environment out, but the runner must import the
@@ -189,7 +222,7 @@ def script(
         "# The runner starts one torchrun per node through srun, copies every byte of output",
         "# to output.log and records the outcome in this folder, which every node must share.",
         f"#SBATCH --job-name={name}",
-        *(_directive(opt) for opt in options(spec, job_dir)),
+        *(_directive(opt) for opt in options(spec, job_dir, after)),
         *path,
         f"export HANDYJOBS_RUNNER_OF={run_id}",
         f"exec {shlex.join(runner)}",
@@ -262,7 +295,7 @@ def step_argv(spec: JobSpec, alloc: Allocation, port: int) -> list[str]:
     if alloc.cpus_per_task:
         # srun does not take the batch job's --cpus-per-task from its environment (22.05+).
         srun.append(f"--cpus-per-task={alloc.cpus_per_task}")
-    if alloc.nnodes == 1 and spec.procs == 1:
+    if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
         # One process, as on this machine: plain python, whose exit code is the job's own.
         target = ["-m", spec.script] if spec.module else [spec.script]
         return [
@@ -285,6 +318,7 @@ def step_argv(spec: JobSpec, alloc: Allocation, port: int) -> list[str]:
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={endpoint(alloc, port)}",
         f"--rdzv-id={alloc.job_id}",
+        *([] if spec.max_restarts is None else [f"--max-restarts={spec.max_restarts}"]),
         *(["--module"] if spec.module else []),
         spec.script,
         *spec.args,
@@ -294,6 +328,6 @@ def step_argv(spec: JobSpec, alloc: Allocation, port: int) -> list[str]:
 
 def rendezvous(spec: JobSpec, alloc: Allocation, port: int) -> str | None:
     """How the run records its rendezvous (``show``); None for a single process."""
-    if alloc.nnodes == 1 and spec.procs == 1:
+    if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
         return None
     return f"c10d {endpoint(alloc, port)} id={alloc.job_id} nnodes={alloc.nnodes}"

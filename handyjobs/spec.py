@@ -336,6 +336,12 @@ def make_spec(
             raise UsageError("--nnodes is for machines you start by hand; on Slurm use --nodes")
         if req.cpu and slurm.gpus_per_node:
             raise UsageError("--cpu cannot be combined with --gpus-per-node; pick one")
+        if req.priority:
+            raise UsageError(
+                "--priority orders this machine's queue; Slurm orders its own: ask for a "
+                "quality of service with --slurm-arg=--qos=NAME, or lower yours with "
+                "--slurm-arg=--nice=N"
+            )
     resolved: tuple[int, ...] | None = None
     if req.gpus is not None or req.ngpus is not None:
         from handyjobs import gpus as gpumod

@@ -5,11 +5,13 @@ Pure functions only: nothing here runs Slurm (tests/test_slurm.py does, on a loc
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from handyjobs import launch, node, sbatch
 from handyjobs.errors import UsageError
-from handyjobs.records import JobSpec
+from handyjobs.records import JobSpec, JobState, Run
 
 # What Slurm puts in the batch script's environment on the first of two nodes.
 TWO_NODES = {
@@ -143,3 +145,50 @@ def test_bad_slurm_options_are_one_usage_error(given: dict[str, object], message
     with pytest.raises(UsageError, match=message) as info:
         sbatch.check(sbatch.SlurmRequest(**given))  # type: ignore[arg-type]
     assert "\n" not in str(info.value)
+
+
+def _run(state: JobState, job_id: str | None = "77", backend: str = "slurm") -> Run:
+    handle = {"job_id": job_id} if job_id else {"session": "x"}
+    return Run(1, "r1", state, "2026-01-01T00:00:00Z", backend=backend, handle=handle)
+
+
+def test_after_becomes_a_slurm_dependency_on_the_jobs_still_to_end() -> None:
+    after = {
+        "prep": _run(JobState.RUNNING, "77"),
+        "data": _run(JobState.QUEUED, "78"),
+        "done": _run(JobState.SUCCEEDED, "70"),  # nothing left to wait for
+    }
+    assert sbatch.dependency(after, after_any=False) == "afterok:77:78"
+    assert sbatch.dependency(after, after_any=True) == "afterany:77:78"
+    assert sbatch.dependency({"done": after["done"]}, after_any=False) is None
+    text = sbatch.script(slurm_spec(), "b", 1, "r1", ["python"], "/j", after="afterok:77")
+    lines = text.splitlines()
+    assert "#SBATCH --dependency=afterok:77" in lines
+    # A dependency that fails cancels the job instead of leaving it pending for ever.
+    assert "#SBATCH --kill-on-invalid-dep=yes" in lines
+
+
+@pytest.mark.parametrize(
+    ("dep", "after_any", "message"),
+    [
+        (_run(JobState.RUNNING, None, "tmux"), False, "runs on this machine"),
+        (_run(JobState.FAILED), False, "already ended failed"),
+    ],
+)
+def test_after_a_job_slurm_cannot_wait_for_is_one_usage_error(
+    dep: Run, after_any: bool, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        sbatch.dependency({"prep": dep}, after_any)
+    assert "\n" not in str(info.value)
+    # --after-any starts after a failed job too: nothing to wait for.
+    assert sbatch.dependency({"prep": _run(JobState.FAILED)}, after_any=True) is None
+
+
+def test_max_restarts_reaches_torchrun_even_for_one_process() -> None:
+    spec = replace(slurm_spec(), nproc=1, max_restarts=2)
+    one_node = {**TWO_NODES, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07"}
+    argv = sbatch.step_argv(spec, sbatch.Allocation.from_env(one_node), 29512)
+    torchrun = argv[argv.index("handyjobs.node") + 3 :]
+    assert torchrun[1:3] == ["-m", "torch.distributed.run"]
+    assert "--max-restarts=2" in torchrun

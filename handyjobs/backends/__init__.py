@@ -39,6 +39,9 @@ class LaunchRequest:
     run: int = 1
     #: The caller's environment (a scheduler's client reads its settings, e.g. SLURM_CONF).
     env: Mapping[str, str] = field(default_factory=dict)
+    #: The current runs of the jobs named by ``--after``: a scheduler's dependency (Slurm);
+    #: this machine's queue waits for them itself.
+    after: Mapping[str, Run] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

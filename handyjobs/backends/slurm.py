@@ -304,6 +304,7 @@ class SlurmBackend:
         if req.spec is None or req.spec.slurm is None:
             raise ValueError("a Slurm launch needs the job's Slurm spec")
         path = Path(req.cwd) / f"slurm-{req.run_id}.sbatch"
+        after = sbatch.dependency(req.after, req.spec.after_any)
         text = sbatch.script(
             req.spec,
             req.name,
@@ -312,6 +313,7 @@ class SlurmBackend:
             req.argv,
             req.cwd,
             req.env.get("PYTHONPATH"),
+            after,
         )
         try:
             paths.write_atomic(path, text.encode())
