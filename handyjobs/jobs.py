@@ -135,11 +135,12 @@ def _launch(
 
     name, spec, run = record.name, record.spec, record.current
     deps: dict[str, JobState | None] = {}
+    after: dict[str, Run] = {}
     for dep in spec.after:
         found = reg.get(dep)
         if found is None:
             raise UsageError(f"--after {dep}: no job of that name; see `handyjobs list --all`")
-        deps[dep] = found.state
+        deps[dep], after[dep] = found.state, found.current
     reg.put(record)
     # A cluster's scheduler queues and places its runs itself: the run stays queued until
     # Slurm's view or its runner says it started; handyjobs' own queue stays out of it.
@@ -159,7 +160,7 @@ def _launch(
         argv = [sys.executable, "-m", "handyjobs.runner", str(reg.root), name, run.run_id]
         started = backend.launch(
             backends.LaunchRequest(
-                name, run.run_id, session, argv, str(job_dir), spec, run.run, env
+                name, run.run_id, session, argv, str(job_dir), spec, run.run, env, after
             )
         )
     except BaseException:
@@ -306,6 +307,26 @@ def get_job(name: str) -> JobRecord:
     if record is None:
         raise not_found(name)
     return scheduler.refresh([record], root)[0]
+
+
+def with_final_view(record: JobRecord) -> JobRecord:
+    """A cluster run that ended before its scheduler was asked how: asked once now (``show``).
+
+    The job side records its own outcome, often before Slurm has moved on; what Slurm says of
+    the end (COMPLETED, TIMEOUT, its exit code) is looked up here for the reader, not stored,
+    since ended records live in the append-only history.
+    """
+    run = record.current
+    if run.state.active or not run.handle.get("job_id"):
+        return record
+    if run.cluster is not None and not run.cluster.verdict.active:
+        return record
+    from handyjobs import backends
+
+    view = backends.get(run.backend).observe(run)
+    if view is None or view.verdict.active:
+        return record
+    return replace(record, runs=[*record.runs[:-1], replace(run, cluster=view)])
 
 
 def log_file(name: str) -> tuple[JobRecord, Path]:

@@ -72,7 +72,7 @@ class JobView:
 
 def job_view(name: str) -> JobView:
     """One job's record with a summary of its metrics."""
-    record = jobs.get_job(name)
+    record = jobs.with_final_view(jobs.get_job(name))
     return JobView(record, curves.summarise(curves.read(curves.metrics_path(record.log_path))))
 
 

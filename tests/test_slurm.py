@@ -3,6 +3,7 @@ ran them, a job held PENDING shows ``queued`` with Slurm's reason, ``stop`` canc
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -46,8 +47,6 @@ def box(sandbox: Sandbox, slurm_conf: str) -> Iterator[Sandbox]:
 
 def _records(box: Sandbox) -> list[dict[str, Any]]:
     out = box.cli("list", "--all", "--json").stdout
-    import json
-
     try:
         return list(json.loads(out))
     except ValueError:
@@ -76,6 +75,13 @@ def test_two_process_job_succeeds_with_its_output_in_logs(box: Sandbox) -> None:
     assert rec["state"] == "succeeded", log_of(box, "ranks-1")
     log = log_of(box, "ranks-1")
     assert "rank 0 of 2" in log and "rank 1 of 2" in log
+    # The job side recorded its end first; show then asks Slurm how it saw that end.
+    wait_until(
+        lambda: "slurm state    COMPLETED" in box.cli("show", "ranks-1", check=True).stdout,
+        30,
+        0.5,
+        "show to print Slurm's end state",
+    )
 
 
 def test_failing_job_reports_its_exit_code(box: Sandbox) -> None:
@@ -135,3 +141,75 @@ def test_slurm_with_gpus_is_refused_in_one_line(box: Sandbox) -> None:
     proc = box.cli("start", "forever.py", "--slurm", "--gpus", "0,1")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+SLEEP_EXIT = """
+import sys, time
+time.sleep(float(sys.argv[1]))
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def test_after_waits_in_slurms_queue_and_fails_to_start_when_its_job_fails(box: Sandbox) -> None:
+    box.write("job.py", SLEEP_EXIT)
+    box.cli("start", "job.py", "3", "4", "--slurm", "--name", "prep", check=True)
+    box.cli("start", "job.py", "0", "0", "--slurm", "--name", "ok", "--after", "prep", check=True)
+    box.cli(
+        "start", "job.py", "0", "0", "--slurm", "--name", "any", "--after-any", "prep", check=True
+    )
+    # Waiting on Slurm's side, with Slurm's reason.
+    assert "ok: Slurm: Dependency" in box.cli("list", check=True).stdout
+    assert wait_state(box, "prep", "failed", timeout=90)["exit_code"] == 4
+    ok = wait_state(box, "ok", "failed", "succeeded", "stopped", timeout=60)
+    assert ok["state"] == "failed" and ok["runs"][-1]["started_at"] is None
+    assert "never started: job prep" in box.cli("show", "ok", check=True).stdout
+    assert wait_state(box, "any", "succeeded", "failed", timeout=90)["state"] == "succeeded"
+    # Nothing to wait for any more: one line, exit 2, and no job is made.
+    proc = box.cli("start", "job.py", "0", "0", "--slurm", "--name", "late", "--after", "prep")
+    assert proc.returncode == 2 and "already ended failed" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "late" not in box.cli("list", "--all", check=True).stdout
+
+
+def test_after_a_job_on_this_machine_is_refused_and_nothing_is_submitted(box: Sandbox) -> None:
+    box.write("forever.py", FOREVER)
+    box.cli("start", "forever.py", "--cpu", "--name", "here", check=True)
+    proc = box.cli("start", "forever.py", "--slurm", "--name", "there", "--after", "here")
+    assert proc.returncode == 2 and "runs on this machine" in proc.stderr
+    assert "there" not in box.cli("list", "--all", check=True).stdout
+    assert not list((box.home / "jobs").glob("there/slurm-*.sbatch"))
+    box.cli("stop", "here", check=True)
+
+
+def test_like_of_a_slurm_job_goes_to_slurm_with_the_options_changed(box: Sandbox) -> None:
+    box.write("ranks.py", RANKS)
+    box.cli(
+        "start", "ranks.py", "0", "--slurm", "--cpu", "--nproc", "2", "--time", "5",
+        "--name", "first", check=True,
+    )  # fmt: skip
+    box.cli("start", "--like", "first", "--name", "again", "--time", "7", check=True)
+    rec = wait_state(box, "again", "succeeded", "failed", "lost", timeout=90)
+    assert rec["state"] == "succeeded", log_of(box, "again")
+    assert rec["runs"][-1]["handle"]["job_id"]
+    assert (rec["spec"]["slurm"]["time"], rec["spec"]["nproc"]) == ("7", 2)
+    assert "rank 1 of 2" in log_of(box, "again")
+    # --priority orders this machine's queue only: refused in one line for Slurm.
+    proc = box.cli("start", "--like", "first", "--name", "urgent", "--priority", "5")
+    assert proc.returncode == 2 and "--qos" in proc.stderr
+
+
+PARAM = """
+import os
+print("lr is", os.environ["HANDYJOBS_PARAM_LR"], flush=True)
+"""
+
+
+def test_sweep_submits_one_slurm_job_per_point(box: Sandbox) -> None:
+    box.write("lr.py", PARAM)
+    out = box.cli("sweep", "lr.py", "--grid", "lr=0.1,0.2", "--slurm", check=True).stdout
+    assert "sweep lr-sweep: 2 jobs" in out
+    for name, value in (("lr-lr0p1", "0.1"), ("lr-lr0p2", "0.2")):
+        rec = wait_state(box, name, "succeeded", "failed", "lost", timeout=90)
+        assert rec["state"] == "succeeded", log_of(box, name)
+        assert rec["runs"][-1]["handle"]["job_id"]
+        assert f"lr is {value}" in log_of(box, name)

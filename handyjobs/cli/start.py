@@ -12,7 +12,7 @@ import typer
 
 from handyjobs import jobs
 from handyjobs.errors import UsageError
-from handyjobs.records import JobRecord, JobSpec, JobState, returncode
+from handyjobs.records import JobRecord, JobSpec, JobState, SlurmSpec, returncode
 from handyjobs.sbatch import SlurmRequest
 from handyjobs.spec import StartRequest
 
@@ -42,6 +42,24 @@ OnExit = Annotated[
     str | None, typer.Option(help="Command to run when the job ends (no shell; see README).")
 ]
 MaxRestarts = Annotated[int | None, typer.Option(help="torchrun's elastic restarts.")]
+# Slurm's options, named as sbatch names them.
+Slurm = Annotated[bool, typer.Option("--slurm", help="Submit to Slurm (sbatch).")]
+Nodes = Annotated[int | None, typer.Option(help="Slurm: nodes.")]
+GpusPerNode = Annotated[int | None, typer.Option(help="Slurm: GPUs per node.")]
+Partition = Annotated[str | None, typer.Option(help="Slurm: partition.")]
+Time = Annotated[str | None, typer.Option(help="Slurm: time limit (minutes or HH:MM:SS).")]
+Account = Annotated[str | None, typer.Option(help="Slurm: account.")]
+Mem = Annotated[str | None, typer.Option(help="Slurm: memory per node (64G).")]
+Constraint = Annotated[str | None, typer.Option(help="Slurm: node features.")]
+SlurmArg = Annotated[
+    list[str] | None, typer.Option(help="Slurm: any sbatch option, --slurm-arg=--qos=high.")
+]
+Requeue = Annotated[
+    bool, typer.Option("--requeue", help="Slurm: requeue after the time-limit warning.")
+]
+SignalBefore = Annotated[
+    int | None, typer.Option(help="Slurm: SIGUSR1 this many s before the limit (60).")
+]
 
 
 def request(
@@ -106,10 +124,13 @@ def request(
     )
 
 
-def _like(ctx: typer.Context, like: str, given: dict[str, Any]) -> StartRequest:
+def _like(
+    ctx: typer.Context, like: str, given: dict[str, Any], slurm: SlurmRequest
+) -> StartRequest:
     """A request from another job's spec, changed by the options typed on this command line."""
     spec = jobs.get_job(like).spec
     base = _from_spec(spec)
+    base = replace(base, slurm=_like_slurm(ctx, base.slurm, slurm))
     changes = {key: value for key, value in given.items() if key == "args" or _typed(ctx, key)}
     if changes.get("args") is None:
         changes.pop("args", None)  # no new arguments: the other job's
@@ -119,6 +140,33 @@ def _like(ctx: typer.Context, like: str, given: dict[str, Any]) -> StartRequest:
 
 
 _FIELD = {"exec_": "executable"}
+
+# Slurm options on the command line and the SlurmRequest fields they fill.
+_SLURM_FIELD = {
+    "slurm": "submit",
+    "nodes": "nodes",
+    "gpus_per_node": "gpus_per_node",
+    "partition": "partition",
+    "time": "time",
+    "account": "account",
+    "mem": "mem",
+    "constraint": "constraint",
+    "slurm_arg": "extra",
+    "requeue": "requeue",
+    "signal_before": "signal_before_s",
+}
+
+
+def _like_slurm(
+    ctx: typer.Context, base: SlurmRequest | None, typed: SlurmRequest
+) -> SlurmRequest | None:
+    """A --like start's Slurm request: the other job's, changed by the Slurm options typed."""
+    # A Slurm job's --like goes to Slurm again; a local job's goes there when --slurm is typed.
+    merged = base or SlurmRequest(submit=False)
+    for option, key in _SLURM_FIELD.items():
+        if _typed(ctx, option) and not (key == "submit" and merged.submit):
+            merged = replace(merged, **{key: getattr(typed, key)})
+    return None if merged == SlurmRequest(submit=False) else merged
 
 
 def _typed(ctx: typer.Context, key: str) -> bool:
@@ -149,6 +197,24 @@ def _from_spec(spec: JobSpec) -> StartRequest:
         priority=spec.priority,
         on_exit=shlex.join(spec.on_exit) if spec.on_exit else None,
         max_restarts=spec.max_restarts,
+        slurm=None if spec.slurm is None else _slurm_request(spec.slurm),
+    )
+
+
+def _slurm_request(slurm: SlurmSpec) -> SlurmRequest:
+    """The Slurm options that would make this Slurm spec again."""
+    return SlurmRequest(
+        True,
+        slurm.nodes,
+        slurm.gpus_per_node,
+        slurm.partition,
+        slurm.time,
+        slurm.account,
+        slurm.mem,
+        slurm.constraint,
+        slurm.extra,
+        slurm.requeue,
+        slurm.signal_before_s,
     )
 
 
@@ -194,25 +260,17 @@ def start(
     ] = None,
     attach: Annotated[bool, typer.Option("--attach", help="Attach to it at once.")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Follow its log to the end.")] = False,
-    slurm: Annotated[bool, typer.Option("--slurm", help="Submit to Slurm (sbatch).")] = False,
-    nodes: Annotated[int | None, typer.Option(help="Slurm: nodes.")] = None,
-    gpus_per_node: Annotated[int | None, typer.Option(help="Slurm: GPUs per node.")] = None,
-    partition: Annotated[str | None, typer.Option(help="Slurm: partition.")] = None,
-    time: Annotated[
-        str | None, typer.Option(help="Slurm: time limit (minutes or HH:MM:SS).")
-    ] = None,
-    account: Annotated[str | None, typer.Option(help="Slurm: account.")] = None,
-    mem: Annotated[str | None, typer.Option(help="Slurm: memory per node (64G).")] = None,
-    constraint: Annotated[str | None, typer.Option(help="Slurm: node features.")] = None,
-    slurm_arg: Annotated[
-        list[str] | None, typer.Option(help="Slurm: any sbatch option, --slurm-arg=--qos=high.")
-    ] = None,
-    requeue: Annotated[
-        bool, typer.Option("--requeue", help="Slurm: requeue after the time-limit warning.")
-    ] = False,
-    signal_before: Annotated[
-        int | None, typer.Option(help="Slurm: SIGUSR1 this many s before the limit (60).")
-    ] = None,
+    slurm: Slurm = False,
+    nodes: Nodes = None,
+    gpus_per_node: GpusPerNode = None,
+    partition: Partition = None,
+    time: Time = None,
+    account: Account = None,
+    mem: Mem = None,
+    constraint: Constraint = None,
+    slurm_arg: SlurmArg = None,
+    requeue: Requeue = False,
+    signal_before: SignalBefore = None,
 ) -> None:
     """Start SCRIPT as a job in its own tmux session (torchrun when several processes)."""
     slurm_req = SlurmRequest(
@@ -252,11 +310,9 @@ def start(
             "on_exit": on_exit,
             "max_restarts": max_restarts,
         }
-        if nnodes is not None or slurm:
-            raise UsageError(
-                "--like starts a job on this machine; give --nnodes or --slurm without --like"
-            )
-        req = replace(_like(ctx, like, given), caller_env=dict(os.environ))
+        if nnodes is not None:
+            raise UsageError("--like starts a job on this machine; give --nnodes without --like")
+        req = replace(_like(ctx, like, given, slurm_req), caller_env=dict(os.environ))
     else:
         if script is None:
             raise UsageError("give the SCRIPT to run (or --like NAME to start from another job)")

@@ -11,6 +11,7 @@ import typer
 from handyjobs import jobs, registry
 from handyjobs.cli import start as startmod
 from handyjobs.errors import UsageError
+from handyjobs.sbatch import SlurmRequest
 from handyjobs.spec import check_name, default_stem
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -79,13 +80,37 @@ def sweep(
     after_any: startmod.AfterAny = None,
     priority: startmod.Priority = 0,
     on_exit: startmod.OnExit = None,
+    slurm: startmod.Slurm = False,
+    nodes: startmod.Nodes = None,
+    gpus_per_node: startmod.GpusPerNode = None,
+    partition: startmod.Partition = None,
+    time: startmod.Time = None,
+    account: startmod.Account = None,
+    mem: startmod.Mem = None,
+    constraint: startmod.Constraint = None,
+    slurm_arg: startmod.SlurmArg = None,
+    requeue: startmod.Requeue = False,
+    signal_before: startmod.SignalBefore = None,
 ) -> None:
     """Queue one job per point of a grid (--grid lr=1e-3,3e-4 --grid bs=32,64), in one group.
 
     Each job gets its values as arguments (--lr=1e-3 --bs=32, then ARGS) and as
     HANDYJOBS_PARAM_LR, HANDYJOBS_PARAM_BS in its environment; jobs start as GPUs and slots
-    allow (see `handyjobs config parallel N --group G`).
+    allow (see `handyjobs config parallel N --group G`), or as Slurm runs them (--slurm).
     """
+    slurm_req = SlurmRequest(
+        slurm,
+        nodes,
+        gpus_per_node,
+        partition,
+        time,
+        account,
+        mem,
+        constraint,
+        tuple(slurm_arg or ()),
+        requeue,
+        signal_before,
+    )
     points_grid = parse_grid(grid or [])
     if "{value}" not in arg_format:
         raise UsageError("--arg-format must contain {value} (and usually {key})")
@@ -119,13 +144,16 @@ def sweep(
                 module=module,
                 executable=exec_,
                 python=python,
-                wait=True,  # a sweep queues for GPUs rather than failing when they are busy
+                # A sweep queues for GPUs rather than failing when they are busy; on Slurm,
+                # Slurm's queue does.
+                wait=not slurm,
                 group=group,
                 after=after,
                 after_any=after_any,
                 priority=priority,
                 on_exit=on_exit,
                 params=params,
+                slurm=slurm_req,
             )
         )
     records = jobs.start_jobs(reqs)
