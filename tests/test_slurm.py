@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +214,38 @@ def test_sweep_submits_one_slurm_job_per_point(box: Sandbox) -> None:
         assert rec["state"] == "succeeded", log_of(box, name)
         assert rec["runs"][-1]["handle"]["job_id"]
         assert f"lr is {value}" in log_of(box, name)
+
+
+def _counting_squeue(box: Sandbox) -> Path:
+    """A ``squeue`` first on PATH that notes each call, then runs Slurm's own."""
+    real = shutil.which("squeue")
+    assert real is not None
+    bindir = box.root / "bin"
+    bindir.mkdir(exist_ok=True)
+    wrapper = bindir / "squeue"
+    calls = box.root / "squeue-calls"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    box.env["PATH"] = f"{bindir}:{box.env.get('PATH', os.environ['PATH'])}"
+    return calls
+
+
+def _count(calls: Path) -> int:
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_list_asks_squeue_once_for_all_jobs_and_wait_never_polls_it_hard(box: Sandbox) -> None:
+    box.write("forever.py", FOREVER)
+    for name in ("h1", "h2", "h3"):  # held: Slurm keeps them PENDING without using the node
+        box.cli("start", "forever.py", "--slurm", "--slurm-arg=--hold", "--name", name, check=True)
+    calls = _counting_squeue(box)
+    (box.home / "slurm-squeue.json").unlink(missing_ok=True)  # what the starts asked
+    out = box.cli("list", check=True, env={"HANDYJOBS_SLURM_CACHE_S": "30"}).stdout
+    assert out.count("JobHeldUser") == 3
+    assert _count(calls) == 1  # one squeue for the three jobs
+    box.cli("list", check=True, env={"HANDYJOBS_SLURM_CACHE_S": "30"})
+    assert _count(calls) == 1  # the next command within the cache time reuses the answer
+    # `wait` polls the state, but Slurm at most once per cache period (2 s by default).
+    proc = box.cli("wait", "h1", "--timeout", "6", env={"HANDYJOBS_SLURM_CACHE_S": "2"})
+    assert proc.returncode == 124
+    assert 1 <= _count(calls) - 1 <= 5, calls.read_text()
