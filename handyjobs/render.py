@@ -509,7 +509,7 @@ _SLURM_REASONS = {
     "Priority": "jobs of higher priority are ahead of it",
     "Dependency": "waiting for a job it depends on",
     "DependencyNeverSatisfied": "a job it depends on failed; it will never start",
-    "JobHeldUser": "held by its user (`scontrol release JOBID` lets it go)",
+    "JobHeldUser": "held by its user; `scontrol release` with its job id lets it go",
     "JobHeldAdmin": "held by an administrator",
     "BeginTime": "its start time has not come (a requeued job waits a little)",
     "ReqNodeNotAvail": "a node it needs is not available",
@@ -526,13 +526,13 @@ _SLURM_REASONS = {
 
 
 def scheduler_reason(scheduler: str | None, reason: str | None) -> str:
-    """A scheduler's pending reason, as it names it and in words: ``Slurm: Priority (...)``."""
+    """A scheduler's pending reason, as it names it and in words: ``Slurm: Priority, jobs ...``."""
     word = reason or "None"
     key = word.split(",", 1)[0]
     words = _SLURM_REASONS.get(key)
     if words is None and (key.startswith(("Assoc", "QOS", "MaxCpu", "MaxGRES", "MaxNode"))):
         words = "a limit of its account or QOS"
-    return f"{_scheduler(scheduler)}: {printable(word)}" + (f" ({words})" if words else "")
+    return f"{_scheduler(scheduler)}: {printable(word)}" + (f", {words}" if words else "")
 
 
 def wait_text(wait: Wait) -> str:
