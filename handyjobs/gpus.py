@@ -62,7 +62,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -83,11 +82,6 @@ SMI_TIMEOUT_S = 10.0
 #: Memory above the level from before a job that still counts as given back: the driver's
 #: own bookkeeping moves a few MiB between looks, while a CUDA context left behind is hundreds.
 RELEASE_SLACK_MIB = 128
-
-SMI_GPU_QUERY = "index,uuid,name,memory.used,memory.total,utilization.gpu"
-#: Asked after SMI_GPU_QUERY when nvidia-smi knows it (R450 and later).
-SMI_MIG_FIELD = "mig.mode.current"
-SMI_APPS_QUERY = "gpu_uuid,pid,used_memory,process_name"
 
 _INDEX_RE = re.compile(r"[0-9]+")
 # GPU-<uuid>, MIG-<uuid> and the older MIG-GPU-<uuid>/<gi>/<ci>; fake files use GPU-fake-<n>.
@@ -437,186 +431,32 @@ def _nvml_discovery(reading: nvml.Reading) -> Discovery:
 def query_nvidia_smi(path: str | None = None, timeout_s: float = SMI_TIMEOUT_S) -> Discovery:
     """Ask nvidia-smi for the GPUs; source "nvidia-smi", or "none" with a note when unusable.
 
-    ``timeout_s`` covers all of its queries together.
+    ``timeout_s`` covers all of its queries together; :mod:`handyjobs.smi` runs and parses them.
     """
-    from handyjobs.nvml import boot_clock as nvml_boot_clock
+    from handyjobs import smi
 
     exe = shutil.which("nvidia-smi", path=path)
     if exe is None:
         return Discovery("none", (), note="no nvidia-smi on PATH")
-    deadline = time.monotonic() + timeout_s
     try:
-        mig_column = True
-        try:
-            gpus_csv = _run_smi(
-                exe, f"--query-gpu={SMI_GPU_QUERY},{SMI_MIG_FIELD}", deadline, timeout_s
-            )
-        except _SmiFieldUnknown:
-            # a driver before R450 knows no MIG: ask without it
-            mig_column = False
-            gpus_csv = _run_smi(exe, f"--query-gpu={SMI_GPU_QUERY}", deadline, timeout_s)
-        asked_at = nvml_boot_clock()
-        apps_csv = _run_smi(exe, f"--query-compute-apps={SMI_APPS_QUERY}", deadline, timeout_s)
-    except _SmiFailed as e:
+        reading = smi.read(exe, timeout_s)
+    except smi.SmiFailed as e:
         return Discovery("none", (), note=str(e))
-    try:
-        gpus = parse_smi_gpus(gpus_csv, mig_column=mig_column)
-        apps = parse_smi_apps(apps_csv)
     except ValueError as e:
         return Discovery("none", (), note=f"cannot read nvidia-smi's output ({e})")
     host = host_pid_namespace()
     vouched: list[bool] = []
     found = []
-    for g in gpus:
+    for g in reading.gpus:
         procs = []
-        for p in apps.get(g.uuid, ()):
-            ok = _vouch(p.pid, asked_at, host)
+        for p in reading.apps.get(g.uuid, ()):
+            ok = _vouch(p.pid, reading.asked_at, host)
             vouched.append(ok)
             procs.append(_described(p.pid, p.used_memory_mib, ok, p.name, prefer_proc=False))
         found.append(replace(g, processes=tuple(procs)))
     if not found:
         return Discovery("nvidia-smi", (), note="nvidia-smi reports no GPUs")
     return Discovery("nvidia-smi", tuple(found), pids_comparable=_comparable(host, vouched))
-
-
-class _SmiFailed(Exception):
-    """nvidia-smi could not answer; the message is the note for the user."""
-
-
-class _SmiFieldUnknown(_SmiFailed):
-    """This nvidia-smi does not know a field that was asked for."""
-
-
-def _run_smi(exe: str, query: str, deadline: float, budget_s: float) -> str:
-    """Run one nvidia-smi CSV query before ``deadline`` (of ``budget_s`` in all); its stdout."""
-    argv = [exe, query, "--format=csv,noheader,nounits"]
-    late = f"nvidia-smi did not answer within {budget_s:g} s"
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise _SmiFailed(late)
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=left, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise _SmiFailed(late) from e
-    except OSError as e:
-        raise _SmiFailed(f"cannot run nvidia-smi ({e.strerror})") from e
-    if done.returncode != 0:
-        text = (done.stdout + done.stderr).strip()
-        first = text.splitlines()[0] if text else f"exit code {done.returncode}"
-        # "No devices were found" comes with a non-zero exit code: that is simply no GPU
-        if first.lower().startswith("no devices were found"):
-            return ""
-        if "is not a valid field to query" in text:
-            raise _SmiFieldUnknown(first)
-        raise _SmiFailed(f"nvidia-smi failed ({first})")
-    return done.stdout
-
-
-#: Bracketed nvidia-smi values that only mean "this GPU has no such value".
-_SMI_ABSENT = frozenset({"n/a", "not supported", "not found"})
-
-
-def _smi_value(text: str) -> str | None:
-    """Return a stripped nvidia-smi CSV value, or None for "[N/A]", "[Not Supported]" and kin."""
-    value = text.strip()
-    if not value or value.startswith("[") or value.upper() == "N/A":
-        return None
-    return value
-
-
-def _smi_problem(text: str) -> str | None:
-    """The failure a bracketed value reports ("[Insufficient Permissions]"), else None."""
-    value = text.strip()
-    if value.startswith("[") and value.endswith("]"):
-        inner = value[1:-1].strip()
-        if inner.lower() not in _SMI_ABSENT:
-            return inner
-    return None
-
-
-def _smi_int(text: str, what: str) -> int | None:
-    """Return an integer nvidia-smi value, None when unavailable; ValueError when garbled."""
-    value = _smi_value(text)
-    if value is None:
-        return None
-    try:
-        return int(float(value)) if "." in value else int(value)
-    except ValueError:
-        raise ValueError(f"{what} is {value!r}, not a number") from None
-
-
-def _smi_lines(csv_text: str) -> list[str]:
-    """Return the data lines of nvidia-smi CSV output (no blanks, no "No devices" notice)."""
-    lines = []
-    for line in csv_text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.lower().startswith(("no devices", "no running")):
-            continue
-        lines.append(stripped)
-    return lines
-
-
-def parse_smi_gpus(csv_text: str, *, mig_column: bool = False) -> list[GpuInfo]:
-    """Parse ``nvidia-smi --query-gpu=index,uuid,name,memory.used,memory.total,utilization.gpu``.
-
-    With ``mig_column`` the lines end with ``mig.mode.current`` too ("Enabled", "Disabled").
-    """
-    tail = 4 if mig_column else 3
-    gpus = []
-    for line in _smi_lines(csv_text):
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) < 3 + tail:
-            raise ValueError(f"expected {3 + tail} fields in {line!r}")
-        mig = False
-        if mig_column:
-            mode = _smi_value(fields.pop())
-            if mode is not None and mode.lower() not in ("enabled", "disabled"):
-                raise ValueError(f"mig.mode.current is {mode!r}, not Enabled or Disabled")
-            mig = mode is not None and mode.lower() == "enabled"
-        # the name sits in the middle and is the only field that could hold a comma
-        index_s, uuid_s = fields[0], fields[1]
-        used_s, total_s, util_s = fields[-3:]
-        name = ", ".join(fields[2:-3])
-        index = _smi_int(index_s, "index")
-        uuid = _smi_value(uuid_s)
-        if index is None or uuid is None:
-            raise ValueError(f"no index or uuid in {line!r}")
-        problem = _smi_problem(used_s) or _smi_problem(total_s)
-        gpus.append(
-            GpuInfo(
-                index=index,
-                uuid=uuid,
-                name=_smi_value(name) or "unknown GPU",
-                # unknown memory reads as 0; such a GPU is judged by its processes alone
-                memory_used_mib=_smi_int(used_s, "memory.used") or 0,
-                memory_total_mib=_smi_int(total_s, "memory.total") or 0,
-                utilization_pct=_smi_int(util_s, "utilization.gpu"),
-                mig=mig,
-                error=None if problem is None else f"memory use: {problem}",
-            )
-        )
-    return sorted(gpus, key=lambda g: g.index)
-
-
-def parse_smi_apps(csv_text: str) -> dict[str, list[GpuProcess]]:
-    """Parse ``nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory,process_name`` by UUID."""
-    apps: dict[str, list[GpuProcess]] = {}
-    for line in _smi_lines(csv_text):
-        # process_name is last and may itself contain commas (it is a path)
-        fields = line.split(",", 3)
-        if len(fields) < 4:
-            raise ValueError(f"expected 4 fields in {line!r}")
-        uuid = _smi_value(fields[0])
-        pid = _smi_int(fields[1], "pid")
-        if uuid is None or pid is None:
-            raise ValueError(f"no GPU uuid or pid in {line!r}")
-        proc = GpuProcess(
-            pid=pid,
-            used_memory_mib=_smi_int(fields[2], "used_memory"),
-            name=_smi_value(fields[3]),
-        )
-        apps.setdefault(uuid, []).append(proc)
-    return apps
 
 
 # --------------------------------------------------------------------------- processes

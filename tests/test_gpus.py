@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import Sandbox, wait_until
 
-from handyjobs import booking, gpus, nvml
+from handyjobs import booking, gpus, nvml, smi
 from handyjobs.errors import UsageError
 from handyjobs.gpus import Discovery, GpuInfo, GpuProcess
 from handyjobs.records import GpuPolicy
@@ -51,7 +51,7 @@ EIGHT = _box(*(_gpu(i) for i in range(8)))
 
 
 def test_parse_smi_gpus_a100_box() -> None:
-    parsed = gpus.parse_smi_gpus(_read("nvidia-smi-gpus-a100x8.csv"))
+    parsed = smi.parse_gpus(_read("nvidia-smi-gpus-a100x8.csv"))
     assert [g.index for g in parsed] == list(range(8))
     first = parsed[0]
     assert first.uuid == "GPU-4a1d3b58-8f2c-6d1e-9a7b-3c5e2f1d0a91"
@@ -65,7 +65,7 @@ def test_parse_smi_gpus_a100_box() -> None:
 
 
 def test_parse_smi_apps_a100_box() -> None:
-    apps = gpus.parse_smi_apps(_read("nvidia-smi-apps-a100x8.csv"))
+    apps = smi.parse_apps(_read("nvidia-smi-apps-a100x8.csv"))
     gpu3 = apps["GPU-9e8d7c6b-5a4f-3e2d-1c0b-a9f8e7d6c5b4"]
     assert [(p.pid, p.used_memory_mib, p.name) for p in gpu3] == [
         (190877, 20934, "python3"),
@@ -76,14 +76,14 @@ def test_parse_smi_apps_a100_box() -> None:
 
 
 def test_parse_smi_utilization_na_spaces_and_blank_lines() -> None:
-    parsed = gpus.parse_smi_gpus(_read("nvidia-smi-gpus-util-na.csv"))
+    parsed = smi.parse_gpus(_read("nvidia-smi-gpus-util-na.csv"))
     assert [
         (g.index, g.memory_used_mib, g.memory_total_mib, g.utilization_pct) for g in parsed
     ] == [
         (0, 1, 24576, None),
         (1, 9877, 24576, 88),
     ]
-    apps = gpus.parse_smi_apps(_read("nvidia-smi-apps-util-na.csv"))
+    apps = smi.parse_apps(_read("nvidia-smi-apps-util-na.csv"))
     procs = apps["GPU-6c8d0e2f-3a4b-5c6d-7e8f-9a0b1c2d3e4f"]
     assert procs == [
         GpuProcess(52114, None, None, None),  # "[N/A]" memory, "[Not Found]" name
@@ -92,35 +92,35 @@ def test_parse_smi_utilization_na_spaces_and_blank_lines() -> None:
 
 
 def test_parse_smi_mig_rows() -> None:
-    parsed = gpus.parse_smi_gpus(_read("nvidia-smi-gpus-mig.csv"))
+    parsed = smi.parse_gpus(_read("nvidia-smi-gpus-mig.csv"))
     assert [g.utilization_pct for g in parsed] == [None, None]  # "[N/A]", "[Not Supported]"
-    apps = gpus.parse_smi_apps(_read("nvidia-smi-apps-mig.csv"))
+    apps = smi.parse_apps(_read("nvidia-smi-apps-mig.csv"))
     assert apps == {
         "GPU-2d4f6a8c-0e1b-3d5f-7a9c-1e3b5d7f9a2c": [GpuProcess(77301, None, None, "python")]
     }
 
 
 def test_parse_smi_empty_and_no_devices() -> None:
-    assert gpus.parse_smi_gpus("") == []
-    assert gpus.parse_smi_gpus("No devices were found\n") == []
-    assert gpus.parse_smi_apps("\n\n") == {}
+    assert smi.parse_gpus("") == []
+    assert smi.parse_gpus("No devices were found\n") == []
+    assert smi.parse_apps("\n\n") == {}
 
 
 def test_parse_smi_name_with_comma_and_process_path_with_comma() -> None:
-    (g,) = gpus.parse_smi_gpus("3, GPU-abc, Odd, Name, 10, 100, 5\n")
+    (g,) = smi.parse_gpus("3, GPU-abc, Odd, Name, 10, 100, 5\n")
     assert (g.index, g.name, g.memory_used_mib) == (3, "Odd, Name", 10)
-    apps = gpus.parse_smi_apps("GPU-abc, 12, 34, /home/x/a,b/python\n")
+    apps = smi.parse_apps("GPU-abc, 12, 34, /home/x/a,b/python\n")
     assert apps["GPU-abc"][0].name == "/home/x/a,b/python"
 
 
 @pytest.mark.parametrize(
     ("parser", "text"),
     [
-        (gpus.parse_smi_gpus, "0, GPU-abc, A100, 4\n"),
-        (gpus.parse_smi_gpus, "x, GPU-abc, A100, 4, 100, 0\n"),
-        (gpus.parse_smi_gpus, "0, GPU-abc, A100, lots, 100, 0\n"),
-        (gpus.parse_smi_apps, "GPU-abc, 12\n"),
-        (gpus.parse_smi_apps, "GPU-abc, twelve, 3, python\n"),
+        (smi.parse_gpus, "0, GPU-abc, A100, 4\n"),
+        (smi.parse_gpus, "x, GPU-abc, A100, 4, 100, 0\n"),
+        (smi.parse_gpus, "0, GPU-abc, A100, lots, 100, 0\n"),
+        (smi.parse_apps, "GPU-abc, 12\n"),
+        (smi.parse_apps, "GPU-abc, twelve, 3, python\n"),
     ],
 )
 def test_parse_smi_garbled_raises_value_error(parser: Any, text: str) -> None:
@@ -467,7 +467,7 @@ def test_parse_smi_mig_column_and_unreadable_memory() -> None:
         "[Insufficient Permissions], [N/A], Enabled\n"
         "1, GPU-b, Odd, Name, 0, 40960, 3, [N/A]\n"
     )
-    first, second = gpus.parse_smi_gpus(text, mig_column=True)
+    first, second = smi.parse_gpus(text, mig_column=True)
     assert (first.mig, first.error, first.memory_used_mib) == (
         True,
         "memory use: Insufficient Permissions",
@@ -481,7 +481,7 @@ def test_parse_smi_mig_column_and_unreadable_memory() -> None:
     )
     # a 6-column line read as 7 (a name with a comma) is caught, not misread
     with pytest.raises(ValueError, match=r"mig\.mode\.current is '3'"):
-        gpus.parse_smi_gpus("1, GPU-b, Odd, Name, 0, 40960, 3\n", mig_column=True)
+        smi.parse_gpus("1, GPU-b, Odd, Name, 0, 40960, 3\n", mig_column=True)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
