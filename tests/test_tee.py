@@ -357,7 +357,9 @@ def test_pane_resize_reaches_the_job(tmp_path: Path, tty_pair: tuple[int, int]) 
         "    print('now', *os.get_terminal_size(), flush=True)\n"
         "    sys.exit(0)\n"
         "signal.signal(signal.SIGWINCH, on_winch)\n"
-        "print('ready', *os.get_terminal_size(), flush=True)\n"
+        # One write: unbuffered, print() writes each piece on its own, and the resize (sent
+        # once "ready" is in the log) could then interrupt the line half-way.
+        "os.write(1, ('ready %d %d\\n' % tuple(os.get_terminal_size())).encode())\n"
         "while True:\n"
         "    signal.pause()\n"
     )
