@@ -73,6 +73,28 @@ DISK_RETRY_S = 2.0
 WARNING_REPEAT_S = 5.0
 
 
+#: Set by the batch script a scheduler runs: Slurm, not a terminal, signals this runner.
+SCHEDULED_ENV = "HANDYJOBS_SCHEDULED"
+
+
+class _Early:
+    """Slurm's signals that came before the runner was ready for them (it is still starting)."""
+
+    #: Slurm's SIGTERM (scancel, preemption): the job is to end; do not start it.
+    term = False
+    #: Slurm's time-limit warning (SIGUSR1): passed on once the job runs.
+    warned = False
+
+
+def _on_early(signum: int, frame: FrameType | None) -> None:
+    # Slurm signals the batch script as soon as it likes (a stop right after submitting, a
+    # warning sent early): remember it; dying of it, or recording "lost", would be wrong.
+    if signum == signal.SIGTERM:
+        _Early.term = True
+    else:
+        _Early.warned = True
+
+
 class RunnerEnd(Exception):
     """The runner was told to end (its terminal hung up, or a signal): end the job, say lost."""
 
@@ -328,6 +350,11 @@ class Runner:
         if self.scheduled:
             self._take_scheduler_signals()
         self.log_fd, self.log_error = _open_log(record.log_path)
+        if self.ended_by_scheduler:
+            # Slurm ended the job before it started (scancel just after the submit): nothing
+            # to start, nothing to record; Slurm's own view says how it ended.
+            _say(self.log_fd, "Slurm ended the job before it started")
+            return 143
         try:
             env = self._env()
         except (OSError, ValueError, KeyError) as exc:
@@ -470,6 +497,10 @@ class Runner:
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGUSR1, on_warning)
+        # What came while the runner started up (see _on_early).
+        self.ended_by_scheduler = self.ended_by_scheduler or _Early.term
+        if _Early.warned:
+            on_warning(signal.SIGUSR1, None)  # passed on by the repeat once the job runs
 
     def _requeue(self) -> bool:
         """Have Slurm requeue the job (same run, started again); False when it refuses."""
@@ -597,8 +628,12 @@ def _try_lock(path: Path) -> int:
 
 def run(root: Path, name: str, run_id: str) -> int:
     """Run one run to its end; returns the job's shell-style exit code."""
-    for sig in (signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    if os.environ.get(SCHEDULED_ENV):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, _on_early)
+    else:
+        signal.signal(signal.SIGTERM, _on_signal)
     runner = Runner(root, name, run_id)
     try:
         return runner.run()

@@ -225,6 +225,8 @@ def script(
         *(_directive(opt) for opt in options(spec, job_dir, after)),
         *path,
         f"export HANDYJOBS_RUNNER_OF={run_id}",
+        # Slurm signals this script (scancel, the time-limit warning) from its first moment.
+        "export HANDYJOBS_SCHEDULED=slurm",
         f"exec {shlex.join(runner)}",
     ]
     return "\n".join(lines) + "\n"

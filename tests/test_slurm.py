@@ -3,10 +3,13 @@ ran them, a job held PENDING shows ``queued`` with Slurm's reason, ``stop`` canc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,7 +106,8 @@ def test_stop_cancels_a_running_job_and_nothing_remains(box: Sandbox) -> None:
     job_id = show(box, "forever-1")["runs"][-1]["handle"]["job_id"]
     out = box.cli("stop", "forever-1", check=True).stdout
     assert "cancelled" in out
-    assert show(box, "forever-1")["state"] == "stopped"
+    rec = show(box, "forever-1")
+    assert rec["state"] == "stopped", (rec["reason"], log_of(box, "forever-1"))
     squeue = subprocess.run(
         ["squeue", "-h", "-j", job_id, "-t", "PENDING,RUNNING,COMPLETING"],
         env={**os.environ, **box.env},
@@ -249,3 +253,64 @@ def test_list_asks_squeue_once_for_all_jobs_and_wait_never_polls_it_hard(box: Sa
     proc = box.cli("wait", "h1", "--timeout", "6", env={"HANDYJOBS_SLURM_CACHE_S": "2"})
     assert proc.returncode == 124
     assert 1 <= _count(calls) - 1 <= 5, calls.read_text()
+
+
+def test_like_of_a_local_job_with_slurm_drops_this_machines_picks(box: Sandbox) -> None:
+    box.write("hello.py", "print('hello from', __file__, flush=True)\n")
+    gpus = box.root / "gpus.json"
+    gpus.write_text('{"gpus": [{"index": 0, "name": "Fake", "memory_used_mib": 0, '
+                    '"memory_total_mib": 1000, "utilization_pct": 0}]}')  # fmt: skip
+    env = {"HANDYJOBS_FAKE_GPUS": str(gpus)}
+    box.cli(
+        "start", "hello.py", "--gpus", "0", "--priority", "2", "--name", "here",
+        check=True, env=env,
+    )  # fmt: skip
+    assert wait_state(box, "here", "succeeded", "failed", timeout=60)["state"] == "succeeded"
+    # Its one GPU becomes --gpus-per-node 1, which this CPU-only cluster refuses as asked.
+    proc = box.cli("start", "--like", "here", "--slurm", "--name", "there", env=env)
+    assert proc.returncode == 2 and "sbatch refused the job" in proc.stderr, proc.stderr
+    assert "there" not in box.cli("list", "--all", check=True).stdout
+    box.cli("start", "--like", "here", "--slurm", "--cpu", "--name", "there", check=True, env=env)
+    rec = wait_state(box, "there", "succeeded", "failed", "lost", timeout=90)
+    assert rec["state"] == "succeeded", log_of(box, "there")
+    assert rec["spec"]["gpus"] is None and rec["spec"]["priority"] == 0
+    assert rec["runs"][-1]["handle"]["job_id"]
+    assert "hello from" in log_of(box, "there")
+
+
+def _runner_waits_on_the_lock(home: Path) -> bool:
+    """True once the job's runner is blocked on the state folder's lock (see /proc/locks)."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "->":  # a waiter: "N: -> FLOCK ADVISORY READ PID"
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{fields[5]}/cmdline").read_bytes().split(b"\0")
+                if b"handyjobs.runner" in argv and str(home).encode() in argv:
+                    return True
+    return False
+
+
+def test_scancel_while_the_runner_starts_up_is_stopped_not_lost(box: Sandbox) -> None:
+    box.write("forever.py", FOREVER)
+    out = box.cli(
+        "start", "forever.py", "--slurm", "--slurm-arg=--hold", "--name", "early", check=True
+    ).stdout
+    job_id = out.split(" as job ")[1].split(":")[0]
+    slurm_env = {**os.environ, **box.env}
+    # Hold the registry's lock so that the runner, once Slurm starts it, waits in its first
+    # steps, with its signal handlers set but before it is ready to run the job.
+    fd = os.open(box.home, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        subprocess.run(["scontrol", "release", job_id], env=slurm_env, check=True)
+        wait_until(lambda: _runner_waits_on_the_lock(box.home), 60, 0.2, "the runner to start")
+        subprocess.run(["scancel", job_id], env=slurm_env, check=True)
+        time.sleep(1.0)  # Slurm's SIGTERM reaches the waiting runner (SIGKILL is 10 s later)
+    finally:
+        os.close(fd)
+    rec = wait_state(box, "early", "stopped", "lost", "failed", timeout=60)
+    assert rec["state"] == "stopped", rec["reason"]
+    assert "Slurm ended the job before it started" in log_of(box, "early")
+    assert str(box.root / "forever.py") not in subprocess.run(
+        ["ps", "-eo", "args"], capture_output=True, text=True
+    ).stdout
