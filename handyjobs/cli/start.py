@@ -131,6 +131,13 @@ def _like(
     spec = jobs.get_job(like).spec
     base = _from_spec(spec)
     base = replace(base, slurm=_like_slurm(ctx, base.slurm, slurm))
+    if base.on_slurm and spec.slurm is None and base.slurm is not None:
+        # A job of this machine sent to Slurm: its GPU picks and queue place were this
+        # machine's. It asks Slurm for as many GPUs per node, unless told otherwise now.
+        count = len(spec.gpus) if spec.gpus else (spec.ngpus or None)
+        if count and not (_typed(ctx, "gpus_per_node") or _typed(ctx, "cpu")):
+            base = replace(base, slurm=replace(base.slurm, gpus_per_node=count))
+        base = replace(base, gpus=None, ngpus=None, wait=False, force=False, priority=0)
     changes = {key: value for key, value in given.items() if key == "args" or _typed(ctx, key)}
     if changes.get("args") is None:
         changes.pop("args", None)  # no new arguments: the other job's
