@@ -4,9 +4,10 @@ the example checkpoints, and ``--requeue`` starts the same run again from the ch
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
-from conftest import REPO, Sandbox, log_of, show, wait_state, wait_until
+from conftest import REPO, Sandbox, log_of, show, wait_state
 from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
@@ -38,7 +39,12 @@ def test_time_limit_warning_checkpoints_and_requeue_resumes(box: Sandbox) -> Non
         str(ckpt),
         check=True,
     )
-    wait_until(lambda: "resumed from" in log_of(box, "tl"), 150, 1.0, "the requeued run to resume")
+    deadline = time.monotonic() + 150
+    while "resumed from" not in log_of(box, "tl"):
+        if time.monotonic() > deadline:  # say what happened instead, for whoever reads CI
+            slurm_out = "".join(p.read_text() for p in (box.home / "jobs" / "tl").glob("*.out"))
+            pytest.fail(f"no resume after 150 s: {show(box, 'tl')}\n{log_of(box, 'tl')}{slurm_out}")
+        time.sleep(1.0)
     log = log_of(box, "tl")
     assert "trainer.should_stop is now True" in log
     assert f"saved {ckpt}" in log
