@@ -322,13 +322,17 @@ class Runner:
                     said = True
                 time.sleep(DISK_RETRY_S)
         self.status.release()
+        self._fold(st, "record the outcome in the registry")
+
+    def _fold(self, st: RunStatus, what: str) -> None:
+        """Fold our status into the registry (what: the step, for the log if it fails)."""
 
         def fold(reg: registry.Registry) -> None:
             record = reg.get(self.name)
             if record is not None:
                 lifecycle.fold_status(reg, record, st)
 
-        _store(self.root, "record the outcome in the registry", fold, self.log_fd)
+        _store(self.root, what, fold, self.log_fd)
 
     def run(self) -> int:
         """The runner's whole life; returns the job's shell-style exit code."""
@@ -510,13 +514,7 @@ class Runner:
         st = self.status.status
         st.requeued = True
         self.status.write()
-
-        def fold(reg: registry.Registry) -> None:
-            record = reg.get(self.name)
-            if record is not None:
-                lifecycle.fold_status(reg, record, st)
-
-        _store(self.root, "record the requeue in the registry", fold, self.log_fd)
+        self._fold(st, "record the requeue in the registry")
         _say(self.log_fd, f"asking Slurm to requeue job {job_id}: the same run starts again")
         # Slurm ends this batch script as it requeues the job; nothing is left to do then.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
