@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import fields, replace
 from typing import Annotated, Any
 
 import typer
@@ -209,20 +210,14 @@ def _from_spec(spec: JobSpec) -> StartRequest:
 
 
 def _slurm_request(slurm: SlurmSpec) -> SlurmRequest:
-    """The Slurm options that would make this Slurm spec again."""
-    return SlurmRequest(
-        True,
-        slurm.nodes,
-        slurm.gpus_per_node,
-        slurm.partition,
-        slurm.time,
-        slurm.account,
-        slurm.mem,
-        slurm.constraint,
-        slurm.extra,
-        slurm.requeue,
-        slurm.signal_before_s,
-    )
+    """The Slurm options that would make this Slurm spec again (the fields share names)."""
+    return SlurmRequest(True, **{f.name: getattr(slurm, f.name) for f in fields(slurm)})
+
+
+def slurm_request(params: Mapping[str, Any]) -> SlurmRequest:
+    """The Slurm options of a command line (``ctx.params`` of ``start`` or ``sweep``)."""
+    given = {key: params[option] for option, key in _SLURM_FIELD.items()}
+    return SlurmRequest(**{**given, "extra": tuple(given["extra"] or ())})
 
 
 def start(
@@ -280,19 +275,7 @@ def start(
     signal_before: SignalBefore = None,
 ) -> None:
     """Start SCRIPT as a job in its own tmux session (torchrun when several processes)."""
-    slurm_req = SlurmRequest(
-        slurm,
-        nodes,
-        gpus_per_node,
-        partition,
-        time,
-        account,
-        mem,
-        constraint,
-        tuple(slurm_arg or ()),
-        requeue,
-        signal_before,
-    )
+    slurm_req = slurm_request(ctx.params)
     if slurm and attach:
         raise UsageError("a Slurm job has no terminal to attach to: use --follow")
     if like is not None:

@@ -11,7 +11,6 @@ import typer
 from handyjobs import jobs, registry
 from handyjobs.cli import start as startmod
 from handyjobs.errors import UsageError
-from handyjobs.sbatch import SlurmRequest
 from handyjobs.spec import check_name, default_stem
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -55,6 +54,7 @@ def point_names(prefix: str, grid: list[tuple[str, list[str]]]) -> list[str]:
 
 
 def sweep(
+    ctx: typer.Context,
     script: Annotated[str, typer.Argument(help="Script to run for every point of the grid.")],
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for every job.")] = None,
     grid: Annotated[
@@ -98,19 +98,7 @@ def sweep(
     HANDYJOBS_PARAM_LR, HANDYJOBS_PARAM_BS in its environment; jobs start as GPUs and slots
     allow (see `handyjobs config parallel N --group G`), or as Slurm runs them (--slurm).
     """
-    slurm_req = SlurmRequest(
-        slurm,
-        nodes,
-        gpus_per_node,
-        partition,
-        time,
-        account,
-        mem,
-        constraint,
-        tuple(slurm_arg or ()),
-        requeue,
-        signal_before,
-    )
+    slurm_req = startmod.slurm_request(ctx.params)
     points_grid = parse_grid(grid or [])
     if "{value}" not in arg_format:
         raise UsageError("--arg-format must contain {value} (and usually {key})")
