@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from handyjobs.records import Wait
+    from handyjobs.core.records import Wait
 
 
 class HandyjobsError(Exception):
@@ -40,7 +40,7 @@ class GpuBusy(GpuError):
 
     def __init__(self, wait: Wait, by_count: bool) -> None:
         """Keep the reason and make the one-line message from it."""
-        from handyjobs import render
+        from handyjobs.views import render
 
         self.wait = wait
         hint = (

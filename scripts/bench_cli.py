@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from handyjobs import paths
+from handyjobs.core import paths
 
 #: Terminal size of the pseudo-terminal ``list`` prints to (rows, columns).
 PTY_SIZE = (40, 160)
@@ -568,7 +568,7 @@ class Bench:
     def time_schedule(self, homes: dict[str, Path]) -> dict[str, list[float]] | None:
         """One scheduling pass (in this process) over 3 queued jobs waiting for 2 held GPUs."""
         try:
-            from handyjobs import records, registry, scheduler
+            from handyjobs.core import records, registry, scheduler
         except ImportError:
             return None  # a release without the scheduling pass
         if not hasattr(scheduler, "schedule_pass") or not hasattr(records, "ProcId"):

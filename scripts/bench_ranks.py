@@ -5,10 +5,10 @@ print is two writes: the text, then the newline), on CPU with gloo. Two cases, a
 run by run:
 
 * ``bare``: ``python -m torch.distributed.run --standalone --nproc-per-node=2 chatty.py`` on
-  a pseudo-terminal, its output copied to a file by :func:`handyjobs.tee.run_on_pty` (what
+  a pseudo-terminal, its output copied to a file by :func:`handyjobs.jobside.tee.run_on_pty` (what
   the runner did before each rank had its wrapper);
 * ``handyjobs``: ``handyjobs start chatty.py --cpu --nproc 2`` (each rank in
-  :mod:`handyjobs.rank`), in a temporary ``HANDYJOBS_HOME`` on a throwaway tmux socket.
+  :mod:`handyjobs.jobside.rank`), in a temporary ``HANDYJOBS_HOME`` on a throwaway tmux socket.
 
 Reported: runs with a damaged line, damaged lines (a line holding pieces of two, or not one
 whole line of the script), lines missing, and the median seconds from start to end of the
@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from handyjobs.records import parse_time
-from handyjobs.tee import run_on_pty
+from handyjobs.core.records import parse_time
+from handyjobs.jobside.tee import run_on_pty
 
 # Both ranks wait for each other (a file each) so that their prints overlap in time.
 CHATTY = """

@@ -150,7 +150,7 @@ def _reap(box: Sandbox) -> None:
     """Kill every process a test's jobs left behind (runners too), then the tmux server."""
     import signal
 
-    from handyjobs import procs
+    from handyjobs.core import procs
 
     state = box.home / "jobs"
     run_ids = {p.name[4:].split(".")[0] for p in state.glob("*/run-*.json")}

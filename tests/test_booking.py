@@ -1,13 +1,11 @@
-"""Tests of handyjobs.booking over hand-built records and GPU lists: policy, blockers, the queue."""
+"""Tests of handyjobs.core.booking over hand-built records and GPU lists: policy, blockers."""
 
 from __future__ import annotations
 
 import pytest
 
-from handyjobs import booking, render
-from handyjobs.errors import GpuBusy, UsageError
-from handyjobs.gpus import Discovery, GpuInfo, GpuProcess
-from handyjobs.records import (
+from handyjobs.core import booking
+from handyjobs.core.records import (
     Blocker,
     BlockKind,
     GpuPolicy,
@@ -17,6 +15,9 @@ from handyjobs.records import (
     JobState,
     Run,
 )
+from handyjobs.errors import GpuBusy, UsageError
+from handyjobs.gpus.discovery import Discovery, GpuInfo, GpuProcess
+from handyjobs.views import render
 
 
 def _gpu(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from handyjobs import curves, png
-from handyjobs.plot import Series, chart_lines, frame, picture, tick
+from handyjobs.views import curves, png
+from handyjobs.views.plot import Series, chart_lines, frame, picture, tick
 
 
 def lines(*docs: object) -> list[bytes]:

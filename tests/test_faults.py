@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import SLEEPER, Sandbox, log_of, show, wait_state, wait_until
 
-from handyjobs import procs, registry
+from handyjobs.core import procs, registry
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (mount, ns_last_pid, setuid)")
@@ -54,7 +54,7 @@ def _gone(pid: int) -> bool:
 
 def _kill_and_wait(pid: int) -> None:
     """SIGKILL ``pid`` and wait until it is reaped (its pid free for reuse)."""
-    from handyjobs.paths import pid_alive
+    from handyjobs.core.paths import pid_alive
 
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -93,7 +93,7 @@ def test_reused_pids_of_a_killed_runner_are_never_signalled(sandbox: Sandbox) ->
     _kill_and_wait(main)
     # Foreign processes take the recorded pids; one even looks like a runner of this run.
     foreign_main = _spawn_with_pid(main, ["sleep", "60"])
-    fake_runner = [sys.executable, "-c", "import time; time.sleep(60)", "handyjobs.runner"]
+    fake_runner = [sys.executable, "-c", "import time; time.sleep(60)", "handyjobs.jobside.runner"]
     foreign_runner = _spawn_with_pid(runner, [*fake_runner, str(sandbox.home), "victim"])
     try:
         rec = show(sandbox, "victim")
@@ -161,7 +161,7 @@ def _marked_alive(run_id: str) -> bool:
 
 
 def test_stop_and_restart_at_the_same_moment_agree_with_reality(sandbox: Sandbox) -> None:
-    from handyjobs import jobs
+    from handyjobs.core import jobs
 
     sandbox.write("sleep.py", SLEEPER)
     cli = [sys.executable, "-m", "handyjobs"]
@@ -411,7 +411,7 @@ def test_a_read_only_home_reads_but_refuses_writes_in_one_line(sandbox: Sandbox)
 def test_missing_permissions_give_one_line(sandbox: Sandbox) -> None:
     # Root without its capabilities is held to permissions like anyone: a jobs/ folder that
     # belongs to someone else cannot be written into.
-    from handyjobs import paths
+    from handyjobs.core import paths
 
     paths.ensure_home(sandbox.home)
     jobs_dir = sandbox.home / "jobs"

@@ -56,7 +56,7 @@ UUID_2 = "GPU-2b9e4c1a-77d0-4f3e-9a55-0c8d1e2f3a4b"
 
 
 def _gpu(index: int, used: int = 3, procs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One fake GPU in the discovery schema (see handyjobs.gpus)."""
+    """One fake GPU in the discovery schema (see handyjobs.gpus.discovery)."""
     gpu: dict[str, Any] = {
         "index": index,
         "uuid": UUID_2 if index == 2 else f"GPU-fake-{index}",
@@ -178,8 +178,8 @@ def _wait_state(box: Sandbox, name: str, state: str, timeout: float = 20.0) -> d
 
 def _waiting_for(box: Sandbox, name: str) -> str:
     """What a queued job waits for, as its record says."""
-    from handyjobs import render
-    from handyjobs.records import Wait
+    from handyjobs.core.records import Wait
+    from handyjobs.views import render
 
     wait = _show(box, name)["runs"][-1]["wait"]
     return render.wait_text(Wait.from_dict(wait)) if wait else ""
@@ -285,7 +285,7 @@ def test_gpus_table_and_json_name_processes_users_and_the_holding_job(sandbox: S
 
 
 def test_gpus_without_any_nvidia_gpu_says_so_and_exits_0(sandbox: Sandbox) -> None:
-    from handyjobs import gpus
+    from handyjobs.gpus import discovery as gpus
 
     if gpus.discover({"PATH": os.environ.get("PATH", "")}).gpus:
         pytest.skip("a real NVIDIA GPU is visible here; this test is for machines without one")

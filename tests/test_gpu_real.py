@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 from conftest import Sandbox, wait_until
 
-from handyjobs import booking, gpus
-from handyjobs.gpus import Discovery, GpuInfo
+from handyjobs.core import booking
+from handyjobs.gpus import discovery as gpus
+from handyjobs.gpus.discovery import Discovery, GpuInfo
 
 pytestmark = pytest.mark.gpu
 

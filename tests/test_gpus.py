@@ -1,4 +1,4 @@
-"""Tests of handyjobs.gpus: parsers on captured nvidia-smi output, specs, discovery."""
+"""Tests of handyjobs.gpus.discovery: parsers on captured nvidia-smi output, specs, discovery."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 from conftest import Sandbox, wait_until
 
-from handyjobs import booking, gpus, nvml, smi
+from handyjobs.core import booking
+from handyjobs.core.records import GpuPolicy
 from handyjobs.errors import UsageError
-from handyjobs.gpus import Discovery, GpuInfo, GpuProcess
-from handyjobs.records import GpuPolicy
+from handyjobs.gpus import discovery as gpus
+from handyjobs.gpus import nvml, smi
+from handyjobs.gpus.discovery import Discovery, GpuInfo, GpuProcess
 
 DATA = Path(__file__).parent / "data"
 
@@ -923,7 +925,7 @@ def _can_unshare() -> bool:
 
 CONTAINER_PROBE = """
 import json, os
-from handyjobs import gpus
+from handyjobs.gpus import discovery as gpus
 found = gpus.discover({"PATH": ""})
 print(json.dumps({"host": gpus.host_pid_namespace(), "me": os.getpid(), **found.to_dict()}))
 """
@@ -1080,8 +1082,8 @@ def test_cli_gpus_returns_while_a_gpu_hangs(sandbox: Sandbox, tmp_path: Path) ->
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, handyjobs.gpus; "
-        "print(sorted(m for m in ('torch', 'pynvml', 'handyjobs.nvml') if m in sys.modules))"
+        "import sys, handyjobs.gpus.discovery; "
+        "print(sorted(m for m in ('torch', 'pynvml', 'handyjobs.gpus.nvml') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from handyjobs.launch import STANDALONE, RunContext, build
-from handyjobs.records import JobSpec
+from handyjobs.core.records import JobSpec
+from handyjobs.jobside.launch import STANDALONE, RunContext, build
 
 CTX = RunContext(name="exp1", run=2, run_id="r1", gpus=None, log_path="/s/exp1.log")
 BASE = {
@@ -69,7 +69,8 @@ def test_several_ranks_run_in_the_rank_wrapper(spec: JobSpec, worker: list[str])
     ctx = RunContext(CTX.name, CTX.run, CTX.run_id, None, CTX.log_path, rank_python="/hj/python")
     argv = build(spec, ctx, BASE).argv
     head = ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    assert argv == [*head, "--no-python", "/hj/python", "-m", "handyjobs.rank", "--", *worker]
+    rank = "handyjobs.jobside.rank"
+    assert argv == [*head, "--no-python", "/hj/python", "-m", rank, "--", *worker]
     # one process never goes through the wrapper: it keeps the runner's terminal (pdb)
     one = build(JobSpec("/w/t.py", python="py"), ctx, BASE).argv
     assert one == ["py", "/w/t.py"]

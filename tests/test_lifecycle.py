@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_state, wait_until
 
-from handyjobs.procs import is_running as pid_alive
-from handyjobs.records import JobState
+from handyjobs.core.procs import is_running as pid_alive
+from handyjobs.core.records import JobState
 
 
 def test_one_process_runs_plain_python_with_the_callers_env_and_a_tty(sandbox: Sandbox) -> None:
@@ -381,7 +381,7 @@ def test_list_show_json_and_filters(sandbox: Sandbox) -> None:
 def test_list_shows_active_and_twenty_recent_unless_all(sandbox: Sandbox) -> None:
     from test_registry import make_record
 
-    from handyjobs import registry
+    from handyjobs.core import registry
 
     with registry.locked(sandbox.home) as reg:
         for i in range(30):
@@ -485,7 +485,9 @@ sys.stdout.flush()
 
 
 def test_cli_import_does_not_import_torch() -> None:
-    code = "import sys, handyjobs, handyjobs.cli, handyjobs.jobs; print('torch' in sys.modules)"
+    code = (
+        "import sys, handyjobs, handyjobs.cli, handyjobs.core.jobs; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -575,7 +577,7 @@ def test_start_killed_mid_write_leaves_a_valid_registry_and_no_orphan_session(
 ) -> None:
     from test_registry import make_record
 
-    from handyjobs import registry
+    from handyjobs.core import registry
 
     with registry.locked(sandbox.home) as reg:
         for i in range(3000):  # a history big enough that reading it would take a while

@@ -1,4 +1,4 @@
-"""Tests for handyjobs.logs: tail and follow over real files, with real writer processes."""
+"""Tests for handyjobs.core.logs: tail and follow over real files, with real writer processes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from handyjobs import logs
-from handyjobs.logs import follow, tail, tail_bytes
+from handyjobs.core import logs
+from handyjobs.core.logs import follow, tail, tail_bytes
 
 PY = sys.executable
 

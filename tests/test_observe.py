@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_state, wait_until
 
-from handyjobs import curves, png
-from handyjobs.plot import tick
+from handyjobs.views import curves, png
+from handyjobs.views.plot import tick
 
 
 @pytest.mark.timeout(300)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import SLEEPER, Sandbox, log_of, wait_state, wait_until
 
-from handyjobs.procs import is_running
-from handyjobs.rank import LineForwarder
+from handyjobs.core.procs import is_running
+from handyjobs.jobside.rank import LineForwarder
 
 # Two ranks printing 200 lines each with print() under torchrun's `python -u`: each print is
 # two writes (the text, then the newline). They meet first (a file each in the folder given
@@ -180,7 +180,7 @@ def test_a_sigkilled_wrapper_leaves_no_worker_behind(sandbox: Sandbox) -> None:
         .split()[0]
     )
     wrapper = _parent(worker)
-    assert "handyjobs.rank" in Path(f"/proc/{wrapper}/cmdline").read_text()
+    assert "handyjobs.jobside.rank" in Path(f"/proc/{wrapper}/cmdline").read_text()
     os.kill(wrapper, signal.SIGKILL)
     rec = wait_state(sandbox, "k", "failed", "succeeded", "lost", timeout=120)
     assert rec["state"] == "failed"
@@ -200,6 +200,6 @@ def test_one_process_jobs_run_bare_on_the_runners_terminal(sandbox: Sandbox) -> 
     line = next(x for x in log_of(sandbox, "one").splitlines() if x.startswith("tty"))
     assert line.split()[1] == "True"
     assert int(line.split()[2]) == rec["runs"][-1]["pids"]["runner"]  # no wrapper between
-    assert "handyjobs.rank" not in log_of(sandbox, "one")
+    assert "handyjobs.jobside.rank" not in log_of(sandbox, "one")
     assert not list(Path(rec["log_path"]).parent.glob("rank-*.log"))
     assert sandbox.cli("logs", "one", "--rank", "0", check=True).stdout == log_of(sandbox, "one")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from handyjobs.records import (
+from handyjobs.core.records import (
     Blocker,
     BlockKind,
     Cost,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from handyjobs import paths, registry
+from handyjobs.core import paths, registry
+from handyjobs.core.records import SCHEMA_VERSION, JobRecord, JobSpec, JobState, Run, utcnow
 from handyjobs.errors import RegistryError, UsageError
-from handyjobs.records import SCHEMA_VERSION, JobRecord, JobSpec, JobState, Run, utcnow
 
 DATA = Path(__file__).parent / "data"
 
@@ -170,8 +170,8 @@ def test_newer_or_broken_files_give_a_clear_error(tmp_path: Path) -> None:
 _BUMP = """
 import sys
 from pathlib import Path
-from handyjobs import registry
-from handyjobs.records import JobRecord, JobSpec, JobState, Run
+from handyjobs.core import registry
+from handyjobs.core.records import JobRecord, JobSpec, JobState, Run
 root = Path(sys.argv[1])
 for i in range(int(sys.argv[2])):
     with registry.locked(root) as reg:
@@ -214,10 +214,10 @@ def test_deleting_lock_files_never_lets_two_writers_in(tmp_path: Path) -> None:
 _WRITER = """
 import sys
 from pathlib import Path
-from handyjobs import registry
+from handyjobs.core import registry
 sys.path.insert(0, sys.argv[2])
 from test_registry import make_record
-from handyjobs.records import JobState
+from handyjobs.core.records import JobState
 root = Path(sys.argv[1])
 n = 0
 print("ready", flush=True)

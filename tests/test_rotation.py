@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import Sandbox, show, wait_state
 
-from handyjobs.logs import chunks, follow, tail_files
-from handyjobs.rotation import MAX_ENV, Rotator, limit_from_env, previous
+from handyjobs.core.logs import chunks, follow, tail_files
+from handyjobs.jobside.rotation import MAX_ENV, Rotator, limit_from_env, previous
 
 
 def write_through(rotator: Rotator, fd: int, data: bytes) -> None:
@@ -78,7 +78,7 @@ def test_a_line_without_newline_is_cut_past_the_slack(tmp_path: Path) -> None:
 FOLLOW_WRITER = """
 import os, sys, time
 log, go, out = sys.argv[1], sys.argv[2], sys.argv[3]
-from handyjobs.rotation import Rotator
+from handyjobs.jobside.rotation import Rotator
 fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 r = Rotator(log, fd, 20_000)
 while not os.path.exists(go):

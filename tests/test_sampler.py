@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import SLEEPER, Sandbox, log_of, wait_state, wait_until
 
-from handyjobs.sampler import ProcTable, Sampler, cpu_percent, usage
+from handyjobs.jobside.sampler import ProcTable, Sampler, cpu_percent, usage
 
 MIB = 1 << 20
 

@@ -9,9 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from handyjobs import launch, node, sbatch
+from handyjobs.backends.slurm import node, sbatch
+from handyjobs.core.records import JobSpec, JobState, Run
 from handyjobs.errors import UsageError
-from handyjobs.records import JobSpec, JobState, Run
+from handyjobs.jobside import launch
 
 # What Slurm puts in the batch script's environment on the first of two nodes.
 TWO_NODES = {
@@ -57,7 +58,7 @@ def test_one_torchrun_per_node_through_srun() -> None:
     assert argv[0] == "srun"
     for opt in ("--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=4"):
         assert opt in argv
-    at = argv.index("handyjobs.node")
+    at = argv.index("handyjobs.backends.slurm.node")
     assert argv[at + 1 : at + 3] == ["gpu07", "--"]
     torchrun = argv[at + 3 :]
     assert torchrun[:3] == ["/usr/bin/python3", "-m", "torch.distributed.run"]
@@ -76,7 +77,7 @@ def test_one_torchrun_per_node_through_srun() -> None:
 def test_the_head_node_hosts_the_store_and_the_others_do_not() -> None:
     spec = slurm_spec(nodes=2)
     argv = sbatch.step_argv(spec, sbatch.Allocation.from_env(TWO_NODES), 29512)
-    args = argv[argv.index("handyjobs.node") + 1 :]
+    args = argv[argv.index("handyjobs.backends.slurm.node") + 1 :]
     on_head = node.node_argv(args, {"SLURMD_NODENAME": "gpu07"})
     on_other = node.node_argv(args, {"SLURMD_NODENAME": "gpu08"})
     assert "--rdzv-conf=is_host=1" in on_head and "--rdzv-conf=is_host=0" not in on_head
@@ -107,7 +108,8 @@ def test_the_batch_script_carries_the_options_and_execs_the_runner() -> None:
         requeue=True,
         signal_before_s=90,
     )
-    text = sbatch.script(spec, "train-1", 1, "abc123", ["python", "-m", "handyjobs.runner"], "~/j")
+    runner = ["python", "-m", "handyjobs.jobside.runner"]
+    text = sbatch.script(spec, "train-1", 1, "abc123", runner, "~/j")
     lines = text.splitlines()
     assert lines[0] == "#!/bin/bash"
     for directive in (
@@ -126,7 +128,7 @@ def test_the_batch_script_carries_the_options_and_execs_the_runner() -> None:
         assert directive in lines, text
     # Extras come last so that they win over handyjobs' own choices.
     assert lines.index("#SBATCH --qos=high") > lines.index("#SBATCH --requeue")
-    assert lines[-1] == "exec python -m handyjobs.runner"
+    assert lines[-1] == "exec python -m handyjobs.jobside.runner"
     assert "export HANDYJOBS_RUNNER_OF=abc123" in lines
 
 
@@ -189,6 +191,6 @@ def test_max_restarts_reaches_torchrun_even_for_one_process() -> None:
     spec = replace(slurm_spec(), nproc=1, max_restarts=2)
     one_node = {**TWO_NODES, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07"}
     argv = sbatch.step_argv(spec, sbatch.Allocation.from_env(one_node), 29512)
-    torchrun = argv[argv.index("handyjobs.node") + 3 :]
+    torchrun = argv[argv.index("handyjobs.backends.slurm.node") + 3 :]
     assert torchrun[1:3] == ["-m", "torch.distributed.run"]
     assert "--max-restarts=2" in torchrun

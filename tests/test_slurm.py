@@ -285,7 +285,7 @@ def _runner_waits_on_the_lock(home: Path) -> bool:
         if len(fields) > 5 and fields[1] == "->":  # a waiter: "N: -> FLOCK ADVISORY READ PID"
             with contextlib.suppress(OSError):
                 argv = Path(f"/proc/{fields[5]}/cmdline").read_bytes().split(b"\0")
-                if b"handyjobs.runner" in argv and str(home).encode() in argv:
+                if b"handyjobs.jobside.runner" in argv and str(home).encode() in argv:
                     return True
     return False
 

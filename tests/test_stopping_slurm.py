@@ -1,4 +1,4 @@
-"""The trainer takes over the SIGUSR1 that handyjobs.node ignored for torchrun's sake.
+"""The trainer takes over the SIGUSR1 that the Slurm node wrapper ignored for torchrun's sake.
 
 Under Slurm every process of the step gets the time-limit warning; torchrun would die of it,
 so the node wrapper ignores it and torchrun's workers inherit SIG_IGN. That SIG_IGN is
@@ -17,7 +17,7 @@ from handyjobs.trainer import stopping
 
 @pytest.fixture
 def ignored_usr1() -> Iterator[None]:
-    """SIGUSR1 ignored, as a worker under handyjobs.node starts; restored afterwards."""
+    """SIGUSR1 ignored, as a worker under the Slurm node wrapper starts; restored afterwards."""
     old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     yield
     signal.signal(signal.SIGUSR1, old)

@@ -1,4 +1,4 @@
-"""Tests for handyjobs.tee: real processes on real pseudo-terminals, logs in tmp_path."""
+"""Tests for handyjobs.jobside.tee: real processes on real pseudo-terminals, logs in tmp_path."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from handyjobs.tee import Outcome, run_on_pty
+from handyjobs.jobside.tee import Outcome, run_on_pty
 
 PY = sys.executable
 

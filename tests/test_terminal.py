@@ -1,4 +1,4 @@
-"""handyjobs.terminal: logs shown as a terminal showed them; case tables and streams."""
+"""handyjobs.jobside.terminal: logs shown as a terminal showed them; case tables and streams."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from handyjobs.terminal import (
+from handyjobs.jobside.terminal import (
     COMPACT_AT,
     PaneFilter,
     Renderer,

@@ -1,4 +1,4 @@
-"""The ``handyjobs`` command: parse, call the core (:mod:`handyjobs.jobs`) once, render.
+"""The ``handyjobs`` command: parse, call the core (:mod:`handyjobs.core.jobs`) once, render.
 
 This is the one place where errors become exit codes: 0 success, 1 an operation failed,
 2 bad usage or bad input, 124 ``wait --timeout`` ran out; ``wait`` and ``logs -f`` exit with
@@ -128,7 +128,7 @@ def quiet_stdout() -> None:
 
 def error_line(message: str) -> None:
     """One error line on stderr, control characters escaped."""
-    from handyjobs.render import printable
+    from handyjobs.views.render import printable
 
     print(f"handyjobs: error: {printable(message)}", file=sys.stderr)
 

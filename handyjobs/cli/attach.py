@@ -6,8 +6,8 @@ import os
 import sys
 from typing import NoReturn
 
-from handyjobs import jobs
 from handyjobs.cli.args import NameArg
+from handyjobs.core import jobs
 from handyjobs.errors import JobStateError
 
 

@@ -7,14 +7,14 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from handyjobs.core.records import JobState
 from handyjobs.errors import HandyjobsError, UsageError
-from handyjobs.records import JobState
 
 JSON_HELP = "JSON for scripts (schema in the README)."
 
 def complete_names(incomplete: str) -> list[str]:
     """Job names for shell completion (active and recent ones)."""
-    from handyjobs import registry
+    from handyjobs.core import registry
 
     try:
         records, _ = registry.load_recent(None, 200)
@@ -72,12 +72,12 @@ def do_list(
     value)."""
     every = all_jobs or group is not None
     if metric:
-        from handyjobs import observe
+        from handyjobs.views import observe
 
         listing = observe.list_with_metric(metric, every, parse_states(states))
         records, total, values = listing.records, listing.total, listing.values
     else:
-        from handyjobs import jobs
+        from handyjobs.core import jobs
 
         records, total = jobs.list_jobs(all_jobs=every, states=parse_states(states))
         values = {}
@@ -96,7 +96,7 @@ def do_list(
                 file=sys.stderr,
             )
         return
-    from handyjobs import render
+    from handyjobs.views import render
 
     render.print_jobs(records, total, every or bool(states), metric, values)
 
@@ -109,7 +109,7 @@ def pick_names(
     what: str,
 ) -> list[str]:
     """The jobs a command acts on: the names given, or those of ``--group`` / ``--all``."""
-    from handyjobs import jobs
+    from handyjobs.core import jobs
 
     forms = sum([bool(names), group is not None, every])
     if forms != 1:

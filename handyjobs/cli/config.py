@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import config, paths
+from handyjobs.core import config, paths
 from handyjobs.errors import UsageError
 
 

@@ -6,13 +6,13 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import jobs
 from handyjobs.cli.common import JSON_HELP, dump_json
+from handyjobs.core import jobs
 
 
 def gpus(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """GPUs, their memory and use, their processes, and the job that holds each."""
-    from handyjobs import render
+    from handyjobs.views import render
 
     discovery, held = jobs.gpu_overview()
     if as_json:

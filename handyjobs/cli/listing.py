@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import observe
 from handyjobs.cli.args import NameArg
 from handyjobs.cli.common import JSON_HELP, do_list, dump_json
+from handyjobs.views import observe
 
 
 def list_(
@@ -35,6 +35,6 @@ def show(
         doc["metrics"] = {s.metric: s.to_dict() for s in view.metrics}
         dump_json(doc)
         return
-    from handyjobs import render
+    from handyjobs.views import render
 
     render.print_record(view.record, view.metrics)

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import jobs
 from handyjobs.cli.args import NameArg
+from handyjobs.core import jobs
+from handyjobs.core.records import returncode
 from handyjobs.errors import UsageError
-from handyjobs.records import returncode
 
 
 def show_log(
@@ -25,9 +25,10 @@ def show_log(
     plain: bool = False,
 ) -> int | None:
     """Print the log (or its last lines), then follow it; the job's code when followed."""
-    from handyjobs import logs as logmod
-    from handyjobs import render, rotation
-    from handyjobs.terminal import Renderer, TagMode
+    from handyjobs.core import logs as logmod
+    from handyjobs.jobside import rotation
+    from handyjobs.jobside.terminal import Renderer, TagMode
+    from handyjobs.views import render
 
     if lines is not None and lines < 0:
         raise UsageError(f"-n {lines}: give 0 or more lines")

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import observe
 from handyjobs.errors import UsageError
+from handyjobs.views import observe
 
 
 def plot(
@@ -22,7 +22,7 @@ def plot(
     width: Annotated[int | None, typer.Option(help="Columns (default: the terminal's).")] = None,
 ) -> None:
     """Draw a metric's curves of jobs (a sweep overlaid); --png writes a picture."""
-    from handyjobs import views
+    from handyjobs.views import charts as views
 
     if height < 3 or (width is not None and width < 20):
         raise UsageError("--height 3 or more and --width 20 or more, please")

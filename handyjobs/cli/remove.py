@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import jobs
 from handyjobs.cli.args import NamesArg
 from handyjobs.cli.common import each_name, parse_states
+from handyjobs.core import jobs
 from handyjobs.errors import UsageError
 
 

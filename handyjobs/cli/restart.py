@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import jobs
 from handyjobs.cli.args import GroupOpt
 from handyjobs.cli.common import complete_names, each_name, pick_names
+from handyjobs.core import jobs
+from handyjobs.core.records import JobState
 from handyjobs.errors import UsageError
-from handyjobs.records import JobState
 
 
 def restart(

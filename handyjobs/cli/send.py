@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import jobs
 from handyjobs.cli.args import NameArg
+from handyjobs.core import jobs
 
 
 def send(

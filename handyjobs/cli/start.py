@@ -11,11 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
-from handyjobs import jobs
+from handyjobs.backends.slurm.sbatch import SlurmRequest
+from handyjobs.core import jobs
+from handyjobs.core.records import JobRecord, JobSpec, JobState, SlurmSpec, returncode
+from handyjobs.core.spec import StartRequest
 from handyjobs.errors import UsageError
-from handyjobs.records import JobRecord, JobSpec, JobState, SlurmSpec, returncode
-from handyjobs.sbatch import SlurmRequest
-from handyjobs.spec import StartRequest
 
 # The options `start` and `sweep` share, declared once.
 Gpus = Annotated[str | None, typer.Option(help="GPUs by nvidia-smi index or UUID: 2,4")]
@@ -349,7 +349,7 @@ def start(
 
 def announce(record: JobRecord, req: StartRequest, brief: bool = False) -> None:
     """Say where the job runs, or why it waits; with ``brief``, one line."""
-    from handyjobs import render
+    from handyjobs.views import render
 
     run = record.current
     if record.spec.slurm is not None:

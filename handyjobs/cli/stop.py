@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import jobs
 from handyjobs.cli.args import AllOpt, GroupOpt, NamesArg
 from handyjobs.cli.common import each_name, pick_names
-from handyjobs.records import JobState
+from handyjobs.core import jobs
+from handyjobs.core.records import JobState
 
 
 def stop(

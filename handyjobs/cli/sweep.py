@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import jobs, registry
 from handyjobs.cli import start as startmod
+from handyjobs.core import jobs, registry
+from handyjobs.core.spec import check_name, default_stem
 from handyjobs.errors import UsageError
-from handyjobs.spec import check_name, default_stem
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 

@@ -14,7 +14,7 @@ def top(
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
 ) -> None:
     """A live view of jobs: state, CPU, memory, GPUs, progress, last line (q quits)."""
-    from handyjobs import live
+    from handyjobs.views import top as live
 
     if not interval > 0:
         raise UsageError(f"--interval {interval}: give a number of seconds above 0")

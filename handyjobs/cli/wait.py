@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from handyjobs import jobs
 from handyjobs.cli.args import AllOpt, GroupOpt, NamesArg
 from handyjobs.cli.common import pick_names
-from handyjobs.records import exit_summary, returncode
+from handyjobs.core import jobs
+from handyjobs.core.records import exit_summary, returncode
 
 
 def wait(
@@ -31,7 +31,7 @@ def wait(
         if how:
             print(f"{name}: {record.state.value} ({how})", file=sys.stderr)
         else:  # never started, or lost: say why rather than "no exit code"
-            from handyjobs import render
+            from handyjobs.views import render
 
             print(f"{name}: {render.state_text(record)}", file=sys.stderr)
         code = returncode(run)

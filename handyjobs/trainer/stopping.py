@@ -41,7 +41,8 @@ REPEAT_WINDOW_S = 5.0
 _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 _DEFAULTS = (signal.SIG_DFL, signal.default_int_handler)
 
-#: Set by :mod:`handyjobs.node` to the signals it made torchrun ignore (``"SIGUSR1"``) so that
+#: Set by :mod:`handyjobs.backends.slurm.node`
+#: to the signals it made torchrun ignore (``"SIGUSR1"``) so that
 #: torchrun survives Slurm's warning; workers inherit SIG_IGN, which is then not the script's.
 IGNORED_FOR_TORCHRUN_ENV = "HANDYJOBS_IGNORED_FOR_TORCHRUN"
 

@@ -1,0 +1,1 @@
+"""Runs on a Slurm cluster: sbatch script, srun step, node wrapper, squeue views."""

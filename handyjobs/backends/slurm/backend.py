@@ -1,0 +1,437 @@
+"""The Slurm backend: ``sbatch`` a script that runs the runner inside the allocation.
+
+The job side is the same runner as on this machine: it starts ``srun`` (one torchrun per
+node), tees every byte to the job's log and writes the outcome into the job's folder, which is
+on a file system every node shares (``HANDYJOBS_HOME``). This side only submits, asks and
+cancels:
+
+- ``launch`` writes ``jobs/NAME/slurm-RUNID.sbatch`` (:mod:`handyjobs.backends.slurm.sbatch`)
+  and submits it
+  with ``sbatch --parsable``; the run's handle is the Slurm job id.
+- ``observe`` gives Slurm's view of a run as data (:class:`ClusterState`): one ``squeue`` call
+  lists every job of the user, kept for a moment in memory and in a small file, so ``list``,
+  ``wait`` and ``logs -f`` never poll Slurm in a tight loop. A job squeue no longer lists (or
+  one that ended without an outcome of its own) is looked up with ``scontrol``, then ``sacct``
+  where accounting exists, for its end state and exit code.
+- ``terminate`` is ``scancel``: Slurm sends SIGTERM to every process of the job (the runner
+  passes it on and records how the job ended), SIGKILL after the grace period if it lingers.
+
+Slurm's words are kept as they are (``show`` prints them); :func:`verdict` says what each
+means for the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from handyjobs.backends.base import Launched, LaunchRequest
+from handyjobs.core import paths
+from handyjobs.core.procs import Ended
+from handyjobs.core.records import ClusterState, JobState, Run
+from handyjobs.errors import HandyjobsError, JobStateError, UsageError
+
+SCHEDULER = "slurm"
+#: Seconds one ``squeue`` answer is reused (in this process and, through a file, by others).
+CACHE_ENV = "HANDYJOBS_SLURM_CACHE_S"
+DEFAULT_CACHE_S = 2.0
+#: Seconds a Slurm command may take before we give up on it for now.
+COMMAND_TIMEOUT_S = 30.0
+#: Seconds between two looks at a job that ``stop`` cancelled.
+STOP_POLL_S = 1.0
+
+_QUEUED = {
+    "PENDING",
+    "CONFIGURING",  # nodes allocated, still booting: the runner has not started
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESV_DEL_HOLD",
+}
+_ENDED = {
+    "COMPLETED": JobState.SUCCEEDED,
+    "CANCELLED": JobState.STOPPED,
+    "FAILED": JobState.FAILED,
+    "TIMEOUT": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "DEADLINE": JobState.FAILED,
+    "PREEMPTED": JobState.FAILED,
+    "SPECIAL_EXIT": JobState.FAILED,
+    "REVOKED": JobState.FAILED,
+    "NODE_FAIL": JobState.LOST,
+}
+# Slurm's answer when it has forgotten a job (or never had it).
+_UNKNOWN_JOB = "Invalid job id"
+# sbatch errors that say Slurm could not be reached, not that the request was wrong.
+_UNREACHABLE = ("Unable to contact", "Socket timed out", "Zero Bytes", "Connection refused")
+
+
+class SlurmError(HandyjobsError):
+    """A Slurm command failed (controller unreachable, cancel refused)."""
+
+
+class SlurmRejected(UsageError):
+    """sbatch refused the job as asked (partition, account, size): exit code 2."""
+
+
+def verdict(state: str) -> JobState:
+    """What a Slurm state means for the run: QUEUED, RUNNING, or how it ended.
+
+    A state word this handyjobs does not know counts as running: a run is never ended on a
+    word it cannot read (``show`` still prints it).
+    """
+    word = state.split()[0].rstrip("+") if state.split() else ""
+    if word in _QUEUED:
+        return JobState.QUEUED
+    return _ENDED.get(word, JobState.RUNNING)
+
+
+def _exit(text: str | None) -> tuple[int | None, int | None]:
+    """Slurm's ``ExitCode=N:S`` -> (exit code, signal); a signal means no exit code."""
+    if not text or ":" not in text:
+        return None, None
+    code, _, sig = text.partition(":")
+    if not (code.isdigit() and sig.isdigit()):
+        return None, None
+    if int(sig):
+        return None, int(sig)
+    return int(code), None
+
+
+def state_of(
+    job_id: str,
+    state: str,
+    reason: str | None = None,
+    nodes: str | None = None,
+    restarts: int = 0,
+    exit_code: str | None = None,
+) -> ClusterState:
+    """One job as data, Slurm's words kept and their meaning added."""
+    word = state.split()[0] if state.split() else "UNKNOWN"  # sacct: "CANCELLED by 1000"
+    code, sig = _exit(exit_code)
+    return ClusterState(
+        scheduler=SCHEDULER,
+        job_id=job_id,
+        state=word,
+        verdict=verdict(word),
+        reason=None if reason in (None, "", "None", "(null)") else reason,
+        nodes=nodes or None,
+        exit_code=code,
+        signal=sig,
+        restarts=restarts,
+    )
+
+
+def parse_squeue(text: str) -> dict[str, ClusterState]:
+    """``squeue -O JobID:|,State:|,Reason:|,NodeList:|,RestartCnt:|`` lines -> job id -> state."""
+    jobs = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 5 or not parts[0].strip():
+            continue
+        job_id, state, reason, nodes, restarts = (p.strip() for p in parts[:5])
+        jobs[job_id] = state_of(
+            job_id, state, reason, nodes, int(restarts) if restarts.isdigit() else 0
+        )
+    return jobs
+
+
+_FIELD = re.compile(r"(?:^|\s)([A-Za-z][\w/:]*)=(.*?)(?=\s[A-Za-z][\w/:]*=|$)")
+
+
+def parse_scontrol(text: str) -> ClusterState | None:
+    """``scontrol show job -o ID`` -> the job's state, exit code, reason and nodes."""
+    fields = dict(_FIELD.findall(text.strip()))
+    if "JobId" not in fields or "JobState" not in fields:
+        return None
+    restarts = fields.get("Restarts", "0")
+    return state_of(
+        fields["JobId"],
+        fields["JobState"],
+        fields.get("Reason"),
+        fields.get("NodeList"),
+        int(restarts) if restarts.isdigit() else 0,
+        fields.get("ExitCode"),
+    )
+
+
+def parse_sacct(text: str, job_id: str) -> ClusterState | None:
+    """``sacct -X -n -P -o JobID,State,ExitCode,NodeList,Reason`` -> the job's line, if any."""
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 5 and parts[0] == job_id:
+            return state_of(job_id, parts[1], parts[4], parts[3], 0, parts[2])
+    return None
+
+
+def _run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+    """Run a Slurm command; (-1, "", why) when it cannot run or takes too long."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return -1, "", str(exc)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# ---- one squeue for everybody ---------------------------------------------------------------
+
+_memo: tuple[float, str, dict[str, ClusterState]] | None = None
+
+
+def _cache_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(CACHE_ENV, DEFAULT_CACHE_S)))
+    except ValueError:
+        return DEFAULT_CACHE_S
+
+
+def _cache_key() -> str:
+    """Which cluster and user an answer is about (tests run several clusters side by side)."""
+    return f"{os.environ.get('SLURM_CONF', '')}|{os.getuid()}"
+
+
+def _cache_path() -> Path:
+    return paths.home() / "slurm-squeue.json"
+
+
+def snapshot(fresh: bool = False) -> dict[str, ClusterState] | None:
+    """Every job of this user that Slurm still lists, by id; None when Slurm cannot be asked."""
+    global _memo
+    now, key, ttl = time.time(), _cache_key(), _cache_s()
+    if not fresh and _memo is not None and _memo[1] == key and now - _memo[0] < ttl:
+        return _memo[2]
+    if not fresh and ttl > 0:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            doc = json.loads(_cache_path().read_bytes())
+            if doc["key"] == key and 0 <= now - float(doc["taken"]) < ttl:
+                jobs = {
+                    j: c
+                    for j, d in doc["jobs"].items()
+                    if (c := ClusterState.from_dict(d)) is not None
+                }
+                _memo = (float(doc["taken"]), key, jobs)
+                return jobs
+    code, out, _ = _run(
+        [
+            "squeue",
+            "--me",
+            "--states=all",
+            "--noheader",
+            "--Format=JobID:|,State:|,Reason:|,NodeList:|,RestartCnt:|",
+        ]
+    )
+    if code != 0:
+        return None
+    jobs = parse_squeue(out)
+    _memo = (now, key, jobs)
+    if ttl > 0:
+        # Best effort: a read-only or full state folder only costs the next command a call.
+        doc = {"key": key, "taken": now, "jobs": {j: c.to_dict() for j, c in jobs.items()}}
+        with contextlib.suppress(OSError, HandyjobsError):
+            if _cache_path().parent.is_dir():
+                paths.write_atomic(_cache_path(), json.dumps(doc).encode())
+    return jobs
+
+
+def forget_snapshot() -> None:
+    """Drop the answer kept in memory (the file's is checked by age)."""
+    global _memo
+    _memo = None
+
+
+def details(job_id: str) -> ClusterState | bool | None:
+    """A job's full state from scontrol (then sacct): None if unknown now, False if forgotten."""
+    code, out, err = _run(["scontrol", "show", "job", "-o", job_id])
+    if code == 0:
+        found = parse_scontrol(out)
+        if found is not None:
+            return found
+    elif _UNKNOWN_JOB not in err:
+        return None  # the controller did not answer: we know nothing new
+    code, out, err = _run(
+        ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Reason"]
+    )
+    if code == 0:
+        found = parse_sacct(out, job_id)
+        if found is not None:
+            return found
+    return False
+
+
+class SlurmBackend:
+    """Submits the runner with sbatch; asks squeue/scontrol/sacct; cancels with scancel."""
+
+    name = "slurm"
+    queues = True
+
+    def check(self) -> None:
+        """Slurm's commands must be on PATH."""
+        missing = [c for c in ("sbatch", "squeue", "scancel", "scontrol") if not shutil.which(c)]
+        if missing:
+            raise UsageError(
+                f"--slurm needs Slurm's commands on PATH ({', '.join(missing)} not found); "
+                "run handyjobs on a login node of the cluster"
+            )
+
+    def session_name(self, wanted: str, run: int, run_id: str) -> str:
+        """Slurm job names need not be unique: the job's name."""
+        return wanted
+
+    def launch(self, req: LaunchRequest) -> Launched:
+        """Write the batch script into the job's folder and submit it."""
+        from handyjobs.backends.slurm import sbatch
+
+        if req.spec is None or req.spec.slurm is None:
+            raise ValueError("a Slurm launch needs the job's Slurm spec")
+        path = Path(req.cwd) / f"slurm-{req.run_id}.sbatch"
+        after = sbatch.dependency(req.after, req.spec.after_any)
+        text = sbatch.script(
+            req.spec,
+            req.name,
+            req.run,
+            req.run_id,
+            req.argv,
+            req.cwd,
+            req.env.get("PYTHONPATH"),
+            after,
+        )
+        try:
+            paths.write_atomic(path, text.encode())
+        except OSError as exc:
+            from handyjobs.errors import storage_error
+
+            raise storage_error(exc, "write the batch script") from exc
+        env = dict(req.env) if req.env else None
+        code, out, err = _run(["sbatch", "--parsable", str(path)], env)
+        job_id = out.strip().split(";", 1)[0]
+        if code != 0 or not job_id.isdigit():
+            path.unlink(missing_ok=True)
+            why = _last_line(err) or _last_line(out) or f"exit code {code}"
+            why = why.removeprefix("sbatch: error: ")
+            if code == -1 or any(s in why for s in _UNREACHABLE):
+                raise SlurmError(f"sbatch could not submit the job: {why}; try again later")
+            raise SlurmRejected(
+                f"sbatch refused the job: {why}; change the Slurm options (see `sinfo` for "
+                "partitions and nodes)"
+            )
+        forget_snapshot()
+        return Launched({"job_id": job_id, "script": str(path)}, None)
+
+    def observe(self, run: Run) -> ClusterState | None:
+        """Slurm's view of the run; None when Slurm cannot be asked right now."""
+        job_id = run.handle.get("job_id")
+        if not job_id:
+            return None
+        jobs = snapshot()
+        if jobs is None:
+            return None
+        view = jobs.get(job_id)
+        if view is not None and view.verdict in (JobState.QUEUED, JobState.RUNNING):
+            return view
+        # Ended (squeue has no exit code) or not listed (just submitted, or long gone).
+        found = details(job_id)
+        if found is None:
+            return view
+        if found is False:
+            return view or ClusterState(SCHEDULER, job_id, "UNKNOWN", JobState.LOST)
+        assert isinstance(found, ClusterState)
+        if view is not None and not found.restarts:
+            return replace(found, restarts=view.restarts)
+        return found
+
+    def runner_alive(self, run: Run) -> bool:
+        """While Slurm has the job queued or running (or cannot say)."""
+        view = self.observe(run)
+        return view is None or view.verdict in (JobState.QUEUED, JobState.RUNNING)
+
+    def leftover_pids(self, run: Run) -> tuple[int, ...]:
+        """Processes on the cluster's nodes are Slurm's to end: none to list from here."""
+        return ()
+
+    def terminate(self, run: Run, grace_s: float) -> Ended:
+        """``scancel``, then wait for the job to end; SIGKILL to all of it after ``grace_s``."""
+        job_id = run.handle.get("job_id")
+        if not job_id:
+            return Ended((), ())
+        code, _, err = _run(["scancel", job_id])
+        if code != 0:
+            raise SlurmError(
+                f"scancel {job_id} failed: {_last_line(err) or code}; try again, or "
+                f"`scancel {job_id}` yourself"
+            )
+        killed = False
+        deadline = time.monotonic() + grace_s
+        while True:
+            forget_snapshot()
+            jobs = snapshot(fresh=True)
+            view = None if jobs is None else jobs.get(job_id)
+            if jobs is not None and (view is None or view.verdict not in _ALIVE):
+                break
+            if time.monotonic() >= deadline:
+                if killed:
+                    break
+                _run(["scancel", "--full", "--signal=KILL", job_id])
+                killed, deadline = True, time.monotonic() + 15.0
+            time.sleep(STOP_POLL_S)
+        return Ended((), ())
+
+    def end_runner(self, run: Run) -> None:
+        """SIGKILL to every process of the job, the batch script included."""
+        job_id = run.handle.get("job_id")
+        if job_id:
+            _run(["scancel", "--full", "--signal=KILL", job_id])
+            forget_snapshot()
+
+    def session_alive(self, run: Run) -> bool:
+        """True while Slurm runs the job."""
+        view = self.observe(run)
+        return view is not None and view.verdict is JobState.RUNNING
+
+    def attach_argv(self, run: Run) -> list[str]:
+        """There is no terminal to attach to: say what can be done instead."""
+        job_id = run.handle.get("job_id", "?")
+        raise JobStateError(
+            f"a Slurm job has no terminal to attach to; follow its output with `handyjobs logs "
+            f"{run_name(run)} -f`, or open a shell in its allocation with `srun --jobid "
+            f"{job_id} --overlap --pty bash` (`sattach {job_id}.0` shows the step's own I/O)"
+        )
+
+    def send(self, run: Run, text: str) -> None:
+        """A batch job's standard input is not a terminal: nothing can be typed into it."""
+        raise JobStateError(
+            "a Slurm job reads no terminal; pass input through a file on the shared file system"
+        )
+
+    def log_path(self, name: str, root: Path) -> Path:
+        """The log the runner tees into, in the job's folder (shared with the nodes)."""
+        return paths.log_path(name, root)
+
+
+_ALIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+def run_name(run: Run) -> str:
+    """The job's name as the backend knows it (the batch script's job name)."""
+    script = run.handle.get("script", "")
+    return Path(script).parent.name if script else "NAME"

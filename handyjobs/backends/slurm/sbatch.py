@@ -1,0 +1,336 @@
+"""Pure: Slurm options checked into a :class:`SlurmSpec`, the sbatch script, and the step's argv.
+
+Nothing here runs Slurm. :func:`check` turns what ``handyjobs start --slurm`` was given into a
+spec (or one usage error); :func:`script` writes the batch script that runs the runner inside
+the allocation; :func:`step_argv` is the command the runner starts there: one ``torchrun`` per
+node through ``srun``, meeting in a c10d rendezvous on the batch host (the allocation's first
+node), each node's torchrun wrapped by
+:mod:`handyjobs.backends.slurm.node` (one process on one node runs
+plain python, as on this machine).
+
+Why the batch script gets ``--signal=B:USR1@S``: Slurm then sends the warning only to the
+batch shell, which is our runner; the runner passes it to ``srun``, which signals every
+process of the step. torchrun would die of a SIGUSR1 (it has no handler), so the node wrapper
+starts it with SIGUSR1 ignored; its workers inherit that, and a trainer that wants the
+warning installs its own handler (``trainer.should_stop``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from handyjobs.core.records import JobSpec, JobState, Run, SlurmSpec
+from handyjobs.errors import UsageError
+
+#: Signal and lead time of Slurm's warning before the time limit (``--signal=B:USR1@60``).
+WARNING_SIGNAL = "USR1"
+DEFAULT_SIGNAL_BEFORE_S = 60
+#: Slurm keeps the lead time of ``--signal`` in 16 bits.
+MAX_SIGNAL_BEFORE_S = 65535
+
+# sbatch's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or no limit.
+_TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2})$")
+_TIME_WORDS = ("UNLIMITED", "INFINITE", "infinite", "unlimited")
+# sbatch's --mem: a number of megabytes, or with a unit.
+_MEM_RE = re.compile(r"^\d+[KMGTkmgt]?$")
+# Partition, account and constraint values: what Slurm's names and feature expressions use.
+_WORD_RE = re.compile(r"^[A-Za-z0-9_.,:@&|!*\[\]()+-]+$")
+
+
+@dataclass(frozen=True)
+class SlurmRequest:
+    """What ``handyjobs start --slurm`` was given, before it is checked."""
+
+    #: ``--slurm`` itself; the other fields may come without it, which is an error.
+    submit: bool = True
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    partition: str | None = None
+    time: str | None = None
+    account: str | None = None
+    mem: str | None = None
+    constraint: str | None = None
+    extra: Sequence[str] = field(default_factory=tuple)
+    requeue: bool = False
+    signal_before_s: int | None = None
+
+
+def _printable(text: str) -> str:
+    from handyjobs.views import render
+
+    return render.printable(repr(text))
+
+
+def _word(option: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _WORD_RE.match(value):
+        raise UsageError(
+            f"{option} {_printable(value)}: use the name as Slurm shows it (letters, digits "
+            "and . , : _ - ; no spaces)"
+        )
+    return value
+
+
+def check(req: SlurmRequest) -> SlurmSpec:
+    """Check Slurm options; every problem is one usage error saying what to give instead."""
+    if not req.submit:
+        options = {
+            "--nodes": req.nodes,
+            "--gpus-per-node": req.gpus_per_node,
+            "--partition": req.partition,
+            "--time": req.time,
+            "--account": req.account,
+            "--mem": req.mem,
+            "--constraint": req.constraint,
+            "--slurm-arg": req.extra or None,
+            "--requeue": req.requeue or None,
+            "--signal-before": req.signal_before_s,
+        }
+        given = next((opt for opt, value in options.items() if value is not None), "that option")
+        raise UsageError(f"{given} is for Slurm jobs: add --slurm")
+    nodes = 1 if req.nodes is None else req.nodes
+    if nodes < 1:
+        raise UsageError(f"--nodes {nodes}: ask for at least 1 node")
+    if req.gpus_per_node is not None and req.gpus_per_node < 1:
+        raise UsageError(f"--gpus-per-node {req.gpus_per_node}: ask for at least 1 GPU, or --cpu")
+    if req.time is not None and not (req.time in _TIME_WORDS or _TIME_RE.match(req.time)):
+        raise UsageError(
+            f"--time {_printable(req.time)}: give minutes, HH:MM:SS or D-HH:MM:SS as sbatch "
+            "takes them (e.g. 90, 2:00:00, 1-12:00:00)"
+        )
+    if req.mem is not None and not _MEM_RE.match(req.mem):
+        raise UsageError(
+            f"--mem {_printable(req.mem)}: give a size per node as sbatch takes it (e.g. 64G, 500M)"
+        )
+    before = DEFAULT_SIGNAL_BEFORE_S if req.signal_before_s is None else req.signal_before_s
+    if not 0 < before <= MAX_SIGNAL_BEFORE_S:
+        raise UsageError(
+            f"--signal-before {before}: give seconds between 1 and {MAX_SIGNAL_BEFORE_S}"
+        )
+    extra = []
+    for arg in req.extra:
+        if not arg.startswith("-") or any(c in arg for c in "\"'\\\n\r\t\0") or arg.strip() != arg:
+            raise UsageError(
+                f"--slurm-arg {_printable(arg)}: give one sbatch option such as --qos=high "
+                "or --exclusive (no quotes or line breaks)"
+            )
+        extra.append(arg)
+    return SlurmSpec(
+        nodes=nodes,
+        gpus_per_node=req.gpus_per_node,
+        partition=_word("--partition", req.partition),
+        time=req.time,
+        account=_word("--account", req.account),
+        mem=req.mem,
+        constraint=_word("--constraint", req.constraint),
+        extra=tuple(extra),
+        requeue=req.requeue,
+        signal_before_s=before,
+    )
+
+
+def _directive(option: str) -> str:
+    """One ``#SBATCH`` line; sbatch reads a double-quoted value with spaces as one argument."""
+    key, sep, value = option.partition("=")
+    if sep and (" " in value or "#" in value):
+        return f'#SBATCH {key}="{value}"'
+    return f"#SBATCH {option}"
+
+
+def dependency(after: Mapping[str, Run], after_any: bool) -> str | None:
+    """sbatch's ``--dependency`` for ``--after``/``--after-any``; None when nothing is left to wait
+    for. A job waits only for Slurm jobs: for anything else it is one usage error."""
+    ids = []
+    for name, run in after.items():
+        job_id = run.handle.get("job_id") if run.backend == "slurm" else None
+        if not job_id:
+            raise UsageError(
+                f"--after {name}: {name} runs on this machine, and a Slurm job can wait only for "
+                f"Slurm jobs; start {name} with --slurm too, or start this job once it ended"
+            )
+        if run.state.active:
+            ids.append(job_id)
+        elif run.state is not JobState.SUCCEEDED and not after_any:
+            raise UsageError(
+                f"--after {name}: {name} already ended {run.state.value}, so this job would "
+                "never start; use --after-any to start it anyway"
+            )
+    if not ids:
+        return None
+    return ("afterany:" if after_any else "afterok:") + ":".join(ids)
+
+
+def options(spec: JobSpec, job_dir: str, after: str | None = None) -> list[str]:
+    """The sbatch options of a job, in the order the script lists them (extras last: they win).
+
+    ``after``: the ``--dependency`` value (:func:`dependency`).
+    """
+    slurm = spec.slurm
+    if slurm is None:
+        raise ValueError("not a Slurm job")
+    opts = [f"--nodes={slurm.nodes}", "--ntasks-per-node=1"]
+    if spec.cpu:
+        # One task per node runs torchrun and its workers: it needs a CPU for each of them.
+        opts.append(f"--cpus-per-task={spec.procs}")
+    if slurm.gpus_per_node:
+        opts.append(f"--gpus-per-node={slurm.gpus_per_node}")
+    for key in ("partition", "time", "account", "mem", "constraint"):
+        value = getattr(slurm, key)
+        if value is not None:
+            opts.append(f"--{key}={value}")
+    opts += [
+        # The runner tees the job's output into output.log; this file gets only what the
+        # batch step itself prints (the runner's own lines, Slurm's messages).
+        f"--output={job_dir}/slurm-%j.out",
+        "--open-mode=append",
+        # The caller's environment reaches the job through the job's private env.json, never
+        # through Slurm's record of the job.
+        "--export=NONE",
+        f"--signal=B:{WARNING_SIGNAL}@{slurm.signal_before_s}",
+        "--requeue" if slurm.requeue else "--no-requeue",
+    ]
+    if after:
+        # A dependency that can no longer be met (it failed) cancels this job at once instead
+        # of leaving it pending for ever; the run then reads "never started" with the reason.
+        opts += [f"--dependency={after}", "--kill-on-invalid-dep=yes"]
+    opts += [
+        *slurm.extra,
+    ]
+    return opts
+
+
+def script(
+    spec: JobSpec,
+    name: str,
+    run: int,
+    run_id: str,
+    runner: Sequence[str],
+    job_dir: str,
+    pythonpath: str | None = None,
+    after: str | None = None,
+) -> str:
+    """The batch script: the job's sbatch options, then the runner, exec'd (it gets the signals)."""
+    # --export=NONE keeps the login shell's environment out, but the runner must import the
+    # same handyjobs that submitted it: a PYTHONPATH the submitter had goes along.
+    path = [f"export PYTHONPATH={shlex.quote(pythonpath)}"] if pythonpath else []
+    lines = [
+        "#!/bin/bash",
+        f"# handyjobs job {name}, run {run} (run id {run_id}), submitted with sbatch.",
+        "# The runner starts one torchrun per node through srun, copies every byte of output",
+        "# to output.log and records the outcome in this folder, which every node must share.",
+        f"#SBATCH --job-name={name}",
+        *(_directive(opt) for opt in options(spec, job_dir, after)),
+        *path,
+        f"export HANDYJOBS_RUNNER_OF={run_id}",
+        # Slurm signals this script (scancel, the time-limit warning) from its first moment.
+        "export HANDYJOBS_SCHEDULED=slurm",
+        f"exec {shlex.join(runner)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The allocation the batch script runs in, as Slurm describes it in the environment."""
+
+    job_id: str
+    nnodes: int
+    #: The node the batch script runs on: Slurm's first node of the allocation.
+    head: str
+    nodelist: str = ""
+    cpus_per_task: int | None = None
+    restarts: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Allocation:
+        """Read ``SLURM_JOB_ID``, ``SLURM_JOB_NUM_NODES``, ``SLURMD_NODENAME`` and friends."""
+        try:
+            job_id = env["SLURM_JOB_ID"]
+            nnodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or "1")
+            head = env.get("SLURMD_NODENAME") or first_host(env["SLURM_JOB_NODELIST"])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"not inside a Slurm allocation ({exc} is missing)") from exc
+        cpus = env.get("SLURM_CPUS_PER_TASK")
+        return cls(
+            job_id=job_id,
+            nnodes=nnodes,
+            head=head,
+            nodelist=env.get("SLURM_JOB_NODELIST", ""),
+            cpus_per_task=int(cpus) if cpus and cpus.isdigit() else None,
+            restarts=int(env.get("SLURM_RESTART_COUNT") or 0),
+        )
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: ``gpu[07-09,12],cpu1`` -> ``gpu07``."""
+    m = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not m or not m.group(1):
+        raise ValueError(f"cannot read the node list {nodelist!r}")
+    prefix, ranges = m.group(1), m.group(2)
+    if not ranges:
+        return prefix
+    first = ranges.split(",", 1)[0].split("-", 1)[0]
+    return prefix + first
+
+
+def endpoint(alloc: Allocation, port: int) -> str:
+    """``HEAD:PORT``: where the nodes of the allocation meet."""
+    return f"{alloc.head}:{port}"
+
+
+def step_argv(spec: JobSpec, alloc: Allocation, port: int) -> list[str]:
+    """``srun`` starting one wrapped torchrun per node, all meeting on the head node."""
+    srun = [
+        "srun",
+        # sbatch ran with --export=NONE, which srun would inherit: the job's environment
+        # (the caller's, from env.json) must reach the tasks.
+        "--export=ALL",
+        "--unbuffered",  # progress lines as they come, not in 4 KiB blocks
+        "--kill-on-bad-exit=1",  # a node whose torchrun fails ends the step on every node
+        f"--nodes={alloc.nnodes}",
+        f"--ntasks={alloc.nnodes}",
+        "--ntasks-per-node=1",
+    ]
+    if alloc.cpus_per_task:
+        # srun does not take the batch job's --cpus-per-task from its environment (22.05+).
+        srun.append(f"--cpus-per-task={alloc.cpus_per_task}")
+    if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
+        # One process, as on this machine: plain python, whose exit code is the job's own.
+        target = ["-m", spec.script] if spec.module else [spec.script]
+        return [
+            *srun,
+            spec.python,
+            "-m",
+            "handyjobs.backends.slurm.node",
+            alloc.head,
+            "--",
+            spec.python,
+            *target,
+            *spec.args,
+        ]
+    torchrun = [
+        spec.python,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={alloc.nnodes}",
+        f"--nproc-per-node={spec.procs}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint(alloc, port)}",
+        f"--rdzv-id={alloc.job_id}",
+        *([] if spec.max_restarts is None else [f"--max-restarts={spec.max_restarts}"]),
+        *(["--module"] if spec.module else []),
+        spec.script,
+        *spec.args,
+    ]
+    return [*srun, spec.python, "-m", "handyjobs.backends.slurm.node", alloc.head, "--", *torchrun]
+
+
+def rendezvous(spec: JobSpec, alloc: Allocation, port: int) -> str | None:
+    """How the run records its rendezvous (``show``); None for a single process."""
+    if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
+        return None
+    return f"c10d {endpoint(alloc, port)} id={alloc.job_id} nnodes={alloc.nnodes}"

@@ -1,0 +1,1 @@
+"""Runs on this machine, each in a tmux session of its own."""

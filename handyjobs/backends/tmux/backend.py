@@ -1,0 +1,209 @@
+"""The tmux backend: the runner in a tagged tmux session on this machine, through libtmux.
+
+libtmux (imported lazily: it costs ~50 ms that ``handyjobs list`` must not pay) drives the
+server on our socket (``HANDYJOBS_TMUX_SOCKET``: ``tmux -L NAME``, or ``-S PATH`` for a path).
+Sessions, their tags and attach go through it. ``new-session`` goes through libtmux's raw
+``Server.cmd`` rather than ``Server.new_session``, because the latter takes the pane's command
+as one string that tmux hands to a shell; with the argv after ``--`` tmux execs the runner
+directly and no shell ever sees the job's arguments.
+
+A session is ours only if we tagged it when we made it: the user option ``@handyjobs-run``
+holds the run id, set in the same tmux invocation as ``new-session`` (a separate call would
+be too late for a runner that exits at once). A session of the job's name that carries no
+tag, or another run's, is never killed; the new run then gets another session name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from handyjobs.backends.base import Launched, LaunchRequest
+from handyjobs.core import paths, procs
+from handyjobs.core.procs import Ended
+from handyjobs.core.records import ClusterState, Run
+from handyjobs.errors import TmuxError, UsageError
+
+if TYPE_CHECKING:
+    from libtmux import Server
+
+SOCKET_ENV = "HANDYJOBS_TMUX_SOCKET"
+TAG = "@handyjobs-run"
+#: The job's terminal size when no client is attached (tmux's default 80x24 wraps logs early).
+WIDTH, HEIGHT = 200, 50
+
+
+class TmuxMissing(UsageError):
+    """tmux is not installed."""
+
+
+def tmux_binary() -> str:
+    """The tmux executable, or a clear error saying how to install it."""
+    found = shutil.which("tmux")
+    if not found:
+        raise TmuxMissing(
+            "tmux is not installed; install it (e.g. `sudo apt-get install tmux`) and try again"
+        )
+    return found
+
+
+def socket_args() -> list[str]:
+    """``-L NAME``, or ``-S PATH`` when ``HANDYJOBS_TMUX_SOCKET`` is a path; else nothing."""
+    sock = os.environ.get(SOCKET_ENV)
+    if not sock:
+        return []
+    return ["-S", sock] if "/" in sock else ["-L", sock]
+
+
+def server() -> Server:
+    """The libtmux server on our socket."""
+    import libtmux
+
+    sock = os.environ.get(SOCKET_ENV)
+    binary = tmux_binary()
+    if sock and "/" in sock:
+        return libtmux.Server(socket_path=sock, tmux_bin=binary)
+    return libtmux.Server(socket_name=sock or None, tmux_bin=binary)
+
+
+def sessions() -> dict[str, tuple[str, str]]:
+    """Session id -> (name, run-id tag or "") of every session on our socket."""
+    srv = server()
+    proc = srv.cmd("list-sessions", "-F", f"#{{session_id}}\t#{{session_name}}\t#{{{TAG}}}")
+    if proc.returncode != 0:  # "no server running": no sessions
+        return {}
+    out = {}
+    for line in proc.stdout:
+        parts = line.split("\t")
+        if len(parts) == 3:
+            out[parts[0]] = (parts[1], parts[2])
+    return out
+
+
+class TmuxBackend:
+    """Runs the runner in a detached, tagged tmux session on this machine."""
+
+    name = "tmux"
+    queues = False
+
+    def check(self) -> None:
+        """tmux must be installed."""
+        tmux_binary()
+
+    def session_name(self, wanted: str, run: int, run_id: str) -> str:
+        """``wanted``, else ``wanted-rN``, else one with the run id: never a taken name."""
+        taken = {name for name, _ in sessions().values()}
+        for candidate in (wanted, f"{wanted}-r{run}", f"{wanted}-{run_id}"):
+            if candidate not in taken:
+                return candidate
+        raise TmuxError(f"tmux sessions named {wanted} exist; remove them or pick another --name")
+
+    def launch(self, req: LaunchRequest) -> Launched:
+        """Create the session running the runner's argv (no shell), tagged with the run id."""
+        proc = server().cmd(
+            "new-session",
+            "-d",
+            "-P",
+            "-F",
+            "#{session_id} #{pane_pid}",
+            "-s",
+            req.session,
+            "-c",
+            req.cwd,
+            "-x",
+            str(WIDTH),
+            "-y",
+            str(HEIGHT),
+            # Visible in `ps` for the moment tmux runs, which is fine for a run id: the
+            # caller's environment never goes on a command line (it is in a 0600 file).
+            "-e",
+            f"{procs.RUNNER_ENV}={req.run_id}",
+            "--",
+            *req.argv,
+            ";",
+            "set-option",
+            "-t",
+            f"={req.session}:",  # set-option takes a pane target: "=NAME:" is that session
+            TAG,
+            req.run_id,
+        )
+        if proc.returncode != 0 or not proc.stdout:
+            msg = " ".join(proc.stderr).strip() or f"exit code {proc.returncode}"
+            if proc.stdout:  # the session was made (we know its id) but not tagged
+                server().cmd("kill-session", "-t", proc.stdout[0].partition(" ")[0])
+            raise TmuxError(f"tmux could not start the job's session: {msg}")
+        session_id, _, pane_pid = proc.stdout[0].partition(" ")
+        runner = procs.proc_id(int(pane_pid)) if pane_pid.isdigit() else None
+        return Launched({"session": req.session, "session_id": session_id}, runner)
+
+    def runner_alive(self, run: Run) -> bool:
+        """The runner's pid still names the process that started then (or carries the id)."""
+        return run.runner is not None and procs.is_same(run.runner, run.run_id)
+
+    def leftover_pids(self, run: Run) -> tuple[int, ...]:
+        """Processes that still carry the run's marker."""
+        return tuple(sorted(procs.marked(run.run_id)))
+
+    def terminate(self, run: Run, grace_s: float) -> Ended:
+        """End the job's processes by marker; the runner (unmarked) records the outcome."""
+        return procs.terminate(run.run_id, grace_s=grace_s)
+
+    def end_runner(self, run: Run) -> None:
+        """Kill a runner that hangs (checked by identity), then its session if it is tagged."""
+        if run.runner is not None and procs.is_same(run.runner, run.run_id):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(run.runner.pid, signal.SIGKILL)
+        sid = run.handle.get("session_id")
+        live = sessions()
+        if sid in live and live[sid][1] == run.run_id:
+            server().cmd("kill-session", "-t", sid)
+
+    def session_alive(self, run: Run) -> bool:
+        """The session made for this run exists and still carries its tag."""
+        sid = run.handle.get("session_id")
+        live = sessions()
+        if sid is not None:
+            return sid in live and live[sid][1] == run.run_id
+        session = run.handle.get("session")
+        return any(name == session and tag == run.run_id for name, tag in live.values())
+
+    def attach_argv(self, run: Run) -> list[str]:
+        """``tmux attach-session`` (``switch-client`` from inside our own server)."""
+        target = run.handle.get("session_id") or f"={run.handle.get('session', '')}"
+        base = [tmux_binary(), *socket_args()]
+        if inside_same_server():
+            return [*base, "switch-client", "-t", target]
+        return [*base, "attach-session", "-t", target]
+
+    def send(self, run: Run, text: str) -> None:
+        """``send-keys -l`` (literally: no key names) then Enter, into our tagged session."""
+        sid = run.handle.get("session_id")
+        live = sessions()
+        if sid is None or sid not in live or live[sid][1] != run.run_id:
+            raise TmuxError("the job's tmux session is gone; nothing can read what you send")
+        srv = server()
+        for args in (("-l", text), ("Enter",)):
+            proc = srv.cmd("send-keys", "-t", sid, *args)
+            if proc.returncode != 0:
+                raise TmuxError(f"tmux could not send the text: {' '.join(proc.stderr)}")
+
+    def log_path(self, name: str, root: Path) -> Path:
+        """The log the runner tees into, in the job's folder."""
+        return paths.log_path(name, root)
+
+    def observe(self, run: Run) -> ClusterState | None:
+        """No scheduler here: the runner's pid and status file say everything."""
+        return None
+
+
+def inside_same_server() -> bool:
+    """True when this process runs inside a pane of the server on our socket."""
+    current = os.environ.get("TMUX", "").split(",")[0]
+    if not current:
+        return False
+    proc = server().cmd("list-sessions", "-F", "#{socket_path}")
+    return proc.returncode == 0 and bool(proc.stdout) and proc.stdout[0].strip() == current

@@ -1,0 +1,1 @@
+"""What a job is and how it changes, independent of where it runs."""

@@ -1,0 +1,218 @@
+"""Find the processes of a run by identity, and end them; never touch one that is not ours.
+
+A process belongs to a run only if, at the moment it is signalled, it carries the run's
+marker (``HANDYJOBS_RUN_ID=<run id>`` in its environment) and has the start time it had when
+it was found. A pid alone is a guess: pids are reused. Signals go through a pidfd where the
+kernel has them (Linux 5.3+), opened before the identity check, so a process that exits and
+whose pid is reused in between is never hit.
+
+torchrun starts each worker in its own session, so signalling the job's process group misses
+them; the marker reaches every process the job starts, however it detaches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from handyjobs.core.records import ProcId
+
+MARKER_ENV = "HANDYJOBS_RUN_ID"
+#: Put on the runner itself (through tmux's ``new-session -e``), so the runner is not among
+#: the processes that carry the job's marker, yet can be recognised.
+RUNNER_ENV = "HANDYJOBS_RUNNER_OF"
+
+_PROC = Path("/proc")
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 onwards of ``/proc/PID/stat`` (after the command name), or None."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks after boot (field 22 of stat), or None."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20:
+        return None
+    return int(fields[19])
+
+
+def proc_id(pid: int) -> ProcId | None:
+    """The identity of a live process, or None when it is gone."""
+    start = start_time(pid)
+    return None if start is None else ProcId(pid, start)
+
+
+def _state(pid: int) -> bytes | None:
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def is_running(pid: int) -> bool:
+    """True for a live process; False for a gone one or a zombie waiting to be reaped."""
+    state = _state(pid)
+    return state is not None and state not in (b"Z", b"X")
+
+
+def is_same(ident: ProcId, token: str | None = None) -> bool:
+    """True while the process ``ident`` names still runs (same pid and same start time).
+
+    Records of the first release have no start time; for those the process must at least
+    carry ``token`` (the run id) in its command line or environment.
+    """
+    if not is_running(ident.pid):
+        return False
+    if ident.start is not None:
+        return start_time(ident.pid) == ident.start
+    if token is None:
+        return False
+    needle = token.encode()
+    for part in ("cmdline", "environ"):
+        with contextlib.suppress(OSError):
+            if needle in (_PROC / str(ident.pid) / part).read_bytes():
+                return True
+    return False
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return (_PROC / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or another user's process
+        return []
+
+
+def has_marker(pid: int, run_id: str) -> bool:
+    """True when the process carries ``HANDYJOBS_RUN_ID=<run_id>`` in its environment."""
+    return f"{MARKER_ENV}={run_id}".encode() in _environ(pid)
+
+
+def _all_pids() -> list[int]:
+    try:
+        return [int(p.name) for p in _PROC.iterdir() if p.name.isdigit()]
+    except FileNotFoundError:  # no /proc: nothing can be found this way
+        return []
+
+
+def marked(run_id: str, exclude: Iterable[int] = ()) -> dict[int, int]:
+    """Live processes carrying the run's marker: pid -> start time."""
+    skip = {os.getpid(), *exclude}
+    marker = f"{MARKER_ENV}={run_id}".encode()
+    found: dict[int, int] = {}
+    for pid in _all_pids():
+        if pid in skip or marker not in _environ(pid):
+            continue
+        start = start_time(pid)
+        if start is not None and is_running(pid):
+            found[pid] = start
+    return found
+
+
+def signal_verified(pid: int, start: int, run_id: str, sig: int) -> bool:
+    """Send ``sig`` to ``pid`` only if it is still the marked process that started at ``start``.
+
+    Returns True when the signal was sent.
+    """
+    pidfd = -1
+    if hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pidfd = -1  # an old kernel: fall back to kill after the check
+    try:
+        # With a pidfd held, the checks read the process the pidfd names (or, if it died and
+        # the pid was reused, a process the pidfd does not name: then the signal fails).
+        if start_time(pid) != start or not has_marker(pid, run_id):
+            return False
+        try:
+            if pidfd >= 0:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What :func:`terminate` did: every pid it signalled, and the ones still alive after."""
+
+    pids: tuple[int, ...]
+    left: tuple[int, ...]
+
+
+def terminate(
+    run_id: str,
+    grace_s: float = 10.0,
+    exclude: Iterable[int] = (),
+    first: int = signal.SIGTERM,
+    poll_s: float = 0.05,
+) -> Ended:
+    """Signal every process of the run (``first``, SIGKILL after ``grace_s``) until none is left.
+
+    Processes are found by marker again on every round, so children forked meanwhile are
+    ended too. Returns every pid it ended (signalled, or gone by itself once found) and those
+    that survived SIGKILL (normally none).
+    """
+    skip = tuple(exclude)
+    seen: dict[int, int] = {}
+    sig = first
+    deadline = time.monotonic() + grace_s
+    while True:
+        found = marked(run_id, skip)
+        if not found:
+            return Ended(tuple(sorted(seen)), ())
+        for pid, start in found.items():
+            if sig == first and seen.get(pid) == start:
+                continue  # asked once already; SIGKILL is sent again every round
+            if signal_verified(pid, start, run_id, sig) or start_time(pid) in (None, start):
+                # Signalled, or it ended between the look and the signal (a rank wrapper
+                # passes our SIGTERM on to its worker first): either way it was ours and ended.
+                seen[pid] = start
+        now = time.monotonic()
+        if sig != signal.SIGKILL and now >= deadline:
+            sig = signal.SIGKILL
+            deadline = now + 5.0
+            continue
+        if sig == signal.SIGKILL and now >= deadline:
+            return Ended(tuple(sorted(seen)), tuple(sorted(found)))
+        time.sleep(poll_s)
+
+
+def set_child_subreaper() -> bool:
+    """Make this process adopt its orphaned descendants (Linux); False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_child_subreaper = 36
+        return int(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_children() -> None:
+    """Collect the exit statuses of finished children (we are the subreaper of the job's tree)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

@@ -1,0 +1,507 @@
+"""The job registry: storage only. Load, locked update, atomic write, migrations.
+
+Two files keep every record (schema version 2)::
+
+    registry.json    {"schema_version": 2, "next_id": 7, "finished": 9812, "jobs": [
+                     {"name": "exp1", "state": "running", ...}
+                     ]}
+    history.jsonl    {"schema_version": 2}
+                     {"name": "train-1", "state": "succeeded", ...}
+                     ...
+
+``registry.json`` holds only active records (queued, running), so writing it costs the same
+with 10 finished jobs as with 10,000. A record that ends is appended to ``history.jsonl``, one
+line each; the last line of a name wins, and a name that is active again (restarted) is read
+from ``registry.json``. ``rm`` and ``clean`` rewrite the history without the forgotten names.
+
+Reads take no lock: ``registry.json`` is replaced atomically and history lines are appended
+whole (a torn last line, from a crash mid-append, is skipped). Every read-modify-write holds
+an exclusive ``flock`` on the state folder itself, which no one can delete or replace while
+it is held (a lock *file* can be deleted, letting a second writer in). Where a folder cannot
+be locked (some network file systems) a lock file is used, checked to be the file on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from handyjobs.core import paths
+from handyjobs.core.logs import lines_backwards
+from handyjobs.core.records import SCHEMA_VERSION, JobRecord, ProcId
+from handyjobs.errors import RegistryError, storage_error
+
+_HISTORY_HEADER = json.dumps({"schema_version": SCHEMA_VERSION}).encode() + b"\n"
+# Reading the history backwards, a block at a time.
+_BLOCK = 64 * 1024
+
+
+# ---- the locked view -----------------------------------------------------------------------
+
+
+@dataclass
+class Registry:
+    """What one locked read-modify-write sees: active records, counters, and changes to save."""
+
+    root: Path
+    active: dict[str, JobRecord] = field(default_factory=dict)
+    next_id: int = 1
+    finished_count: int = 0
+    modified: bool = False
+    #: Finished records to append to the history, by name.
+    _ended: dict[str, JobRecord] = field(default_factory=dict)
+    #: Finished names to drop from the history.
+    _forgotten: set[str] = field(default_factory=set)
+    #: History lookups made during this lock (the file does not change while we hold it).
+    _looked_up: dict[str, JobRecord | None] = field(default_factory=dict)
+
+    def records(self) -> list[JobRecord]:
+        """The active records."""
+        return list(self.active.values())
+
+    def get(self, name: str) -> JobRecord | None:
+        """A record by name, active or finished."""
+        if name in self.active:
+            return self.active[name]
+        if name in self._forgotten:
+            return None
+        if name in self._ended:
+            return self._ended[name]
+        return self._lookup(name)
+
+    def _lookup(self, name: str) -> JobRecord | None:
+        if name not in self._looked_up:
+            self._looked_up[name] = _history_lookup(self.root, name)
+        return self._looked_up[name]
+
+    def exists(self, name: str) -> bool:
+        """True when a record of this name is kept (active or finished)."""
+        return self.get(name) is not None
+
+    def put(self, record: JobRecord) -> None:
+        """Add or replace a record; an ended one moves to the history when saved."""
+        name = record.name
+        was_active = name in self.active
+        if record.state.active:
+            if not was_active and self._finished_exists(name):
+                self.finished_count -= 1  # restarted: it is active again
+            self.active.pop(name, None)
+            self.active[name] = record  # last activity at the end
+            self._ended.pop(name, None)
+        else:
+            if was_active or not self._finished_exists(name):
+                self.finished_count += 1
+            self.active.pop(name, None)
+            self._ended[name] = record
+        self._forgotten.discard(name)
+        self.modified = True
+
+    def forget(self, name: str) -> None:
+        """Drop a finished record (its history lines go at the next save)."""
+        if name in self.active:
+            raise ValueError(f"job {name} is active; end it before forgetting it")
+        if self._finished_exists(name):
+            self.finished_count -= 1
+        self._ended.pop(name, None)
+        self._forgotten.add(name)
+        self.modified = True
+
+    def _finished_exists(self, name: str) -> bool:
+        if name in self._forgotten:
+            return False
+        return name in self._ended or self._lookup(name) is not None
+
+    def take_id(self) -> int:
+        """A number never handed out before, for default job names."""
+        value = self.next_id
+        self.next_id += 1
+        self.modified = True
+        return value
+
+    def save(self) -> None:
+        """Write the changes: history first, then ``registry.json`` (the commit point)."""
+        if not self.modified:
+            return
+        hist = paths.history_path(self.root)
+        if self._forgotten:
+            _rewrite_history(hist, self._forgotten, set(self.active), self._ended)
+        elif self._ended:
+            _append_history(hist, self._ended.values())
+        try:
+            paths.remove_stale_temps(self.root)
+            paths.write_atomic(paths.registry_path(self.root), self._bytes())
+        except OSError as exc:
+            raise storage_error(exc, "write the registry") from exc
+        self._ended.clear()
+        self._forgotten.clear()
+        self._looked_up.clear()
+        self.modified = False
+
+    def _bytes(self) -> bytes:
+        head = json.dumps(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "next_id": self.next_id,
+                "finished": max(0, self.finished_count),
+            }
+        )
+        body = [json.dumps(r.to_dict(), ensure_ascii=False).encode() for r in self.active.values()]
+        return head[:-1].encode() + b', "jobs": [\n' + b",\n".join(body) + b"\n]}\n"
+
+
+# ---- locks ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _lock(root: Path, mode: int) -> Iterator[None]:
+    """Hold an flock on the state folder (or, where that cannot be locked, on the lock file)."""
+    while True:
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise storage_error(exc, "open the state folder") from exc
+        try:
+            try:
+                fcntl.flock(fd, mode)
+            except OSError as exc:
+                if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise storage_error(exc, "lock the state folder") from exc
+                os.close(fd)
+                fd = -1
+                with _lock_file(root, mode):
+                    yield
+                return
+            # The folder may have been replaced between open and flock: lock the one on disk.
+            if _same_file(fd, root):
+                yield
+                return
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def _lock_file(root: Path, mode: int) -> Iterator[None]:
+    """Fallback lock on ``registry.lock``, retried until the locked file is the one on disk."""
+    path = paths.lock_path(root)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise storage_error(exc, "open the lock file") from exc
+        try:
+            fcntl.flock(fd, mode)
+            if _same_file(fd, path):
+                yield
+                return
+        finally:
+            os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+@contextlib.contextmanager
+def locked(root: Path | None = None) -> Iterator[Registry]:
+    """Hold the registry lock, yield the registry, save it if it was modified.
+
+    Nothing is saved when the block raises. The state folder is created (0700) if missing.
+    """
+    base = paths.ensure_home(root)
+    with _lock(base, fcntl.LOCK_EX):
+        reg = _load_locked(base)
+        yield reg
+        reg.save()
+
+
+@contextlib.contextmanager
+def shared(root: Path | None = None) -> Iterator[None]:
+    """Hold the lock shared: wait for a writer in the middle of its read-modify-write."""
+    with _lock(root or paths.home(), fcntl.LOCK_SH):
+        yield
+
+
+# ---- reading -------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise storage_error(exc, "read") from exc
+
+
+def _bad(path: Path, exc: Exception) -> RegistryError:
+    return RegistryError(f"the registry {path} is not valid ({exc}); move it aside to start afresh")
+
+
+def _decode_head(data: bytes, path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        version = int(doc.get("schema_version", 0))
+    except (ValueError, TypeError) as exc:
+        raise _bad(path, exc) from exc
+    if version > SCHEMA_VERSION:
+        raise RegistryError(
+            f"{path} was written by a newer handyjobs (schema {version}); upgrade handyjobs"
+        )
+    return doc
+
+
+def _records(raw: Iterable[Any], version: int, path: Path) -> list[JobRecord]:
+    try:
+        return [JobRecord.from_dict(migrate(d, version)) for d in raw]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _bad(path, exc) from exc
+
+
+def migrate(d: dict[str, Any], version: int) -> dict[str, Any]:
+    """Bring one record from an older schema version up to the current one."""
+    if version < 2:
+        # v1 kept the session on the record, pids as a flat dict, and why a job waited as an
+        # English sentence (now data, recomputed by the next scheduling pass).
+        d = dict(d)
+        runs = [dict(r) for r in d.get("runs", [])]
+        if runs:
+            runs[-1].setdefault("handle", {"session": d.get("session", d["name"])})
+        for r in runs:
+            pids = r.get("pids") or {}
+            if "runner" not in r and pids.get("runner"):
+                r["runner"] = ProcId(int(pids["runner"])).to_dict()
+            if "main" not in r and pids.get("main"):
+                r["main"] = ProcId(int(pids["main"])).to_dict()
+            r.pop("waiting_for", None)
+        d["runs"] = runs
+    return d
+
+
+@dataclass
+class _Snapshot:
+    """``registry.json`` as read: active records (and, from a v1 file, the finished ones)."""
+
+    version: int
+    next_id: int
+    finished_count: int
+    active: list[JobRecord]
+    legacy_finished: list[JobRecord]
+
+
+def _snapshot(root: Path) -> _Snapshot:
+    path = paths.registry_path(root)
+    data = _read(path)
+    if data is None:
+        return _Snapshot(SCHEMA_VERSION, 1, 0, [], [])
+    doc = _decode_head(data, path)
+    version = int(doc.get("schema_version", 0))
+    records = _records(doc.get("jobs", []), version, path)
+    if version < 2:  # the first release kept every record here
+        active = [r for r in records if r.state.active]
+        done = [r for r in records if not r.state.active]
+        next_id = int(doc.get("next_id", len(records) + 1))
+        return _Snapshot(version, next_id, len(done), active, done)
+    return _Snapshot(
+        version, int(doc.get("next_id", 1)), int(doc.get("finished", 0)), records, []
+    )
+
+
+def _load_locked(root: Path) -> Registry:
+    """Read the registry under the lock, migrating a first-release file to this layout."""
+    snap = _snapshot(root)
+    reg = Registry(root, {r.name: r for r in snap.active}, snap.next_id, snap.finished_count)
+    if snap.version < 2:
+        # Written once, under the lock: the finished records move to the history, then the
+        # active ones are saved in the new layout. A crash in between repeats the migration.
+        _write_history(paths.history_path(root), snap.legacy_finished)
+        reg.modified = True
+        reg.save()
+    return reg
+
+
+def _parse_line(line: bytes, path: Path) -> JobRecord | None:
+    """A history line as a record; None for the header or a torn line."""
+    if not line.startswith(b'{"name": '):
+        return None
+    try:
+        return JobRecord.from_dict(migrate(json.loads(line), SCHEMA_VERSION))
+    except ValueError:
+        return None  # torn by a crash mid-append: the record is still active or appended again
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise _bad(path, exc) from exc
+
+
+def _line_name(line: bytes) -> str | None:
+    """The name of a history line, read without parsing it (names need no JSON escapes)."""
+    if not line.startswith(b'{"name": "'):
+        return None
+    end = line.find(b'"', 10)
+    return line[10:end].decode() if end > 10 else None
+
+
+def _lines_backwards(path: Path) -> Iterator[bytes]:
+    """The history's lines, last first, read a block at a time from the end."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise storage_error(exc, "read") from exc
+    try:
+        yield from lines_backwards(fd, _BLOCK)
+    finally:
+        os.close(fd)
+
+
+def _history_lookup(root: Path, name: str) -> JobRecord | None:
+    """The last history line of ``name``, parsed; None when there is none."""
+    path = paths.history_path(root)
+    data = _read(path)
+    if not data:
+        return None
+    needle = b'\n{"name": ' + json.dumps(name).encode() + b", "
+    pos = data.rfind(needle)
+    while pos != -1:
+        end = data.find(b"\n", pos + 1)
+        record = _parse_line(data[pos + 1 : None if end == -1 else end], path)
+        if record is not None:
+            return record
+        pos = data.rfind(needle, 0, pos)
+    return None
+
+
+def load_active(root: Path | None = None) -> list[JobRecord]:
+    """The active records, read without the lock."""
+    return _snapshot(root or paths.home()).active
+
+
+def load_one(name: str, root: Path | None = None) -> JobRecord | None:
+    """One record by name (active first, else its last history line), without the lock."""
+    base = root or paths.home()
+    snap = _snapshot(base)
+    for record in snap.active:
+        if record.name == name:
+            return record
+    if snap.version < 2:
+        return next((r for r in snap.legacy_finished if r.name == name), None)
+    return _history_lookup(base, name)
+
+
+def load_recent(root: Path | None = None, finished: int = 20) -> tuple[list[JobRecord], int]:
+    """The active records plus the ``finished`` newest finished ones, and the total count.
+
+    Only those history lines are parsed, read backwards from the end of the file, so
+    ``handyjobs list`` costs the same with 100 finished jobs as with 10,000.
+    """
+    base = root or paths.home()
+    snap = _snapshot(base)
+    total = len(snap.active) + snap.finished_count
+    if snap.version < 2:
+        done = snap.legacy_finished[::-1][:finished]
+        return snap.active + done, total
+    seen = {r.name for r in snap.active}
+    picked: list[JobRecord] = []
+    path = paths.history_path(base)
+    for line in _lines_backwards(path):
+        if len(picked) >= finished:
+            break
+        name = _line_name(line)
+        if name is None or name in seen:
+            continue
+        record = _parse_line(line, path)
+        if record is not None:
+            seen.add(name)
+            picked.append(record)
+    return snap.active + picked, total
+
+
+def load_all(root: Path | None = None) -> list[JobRecord]:
+    """Every record: active ones, then every finished one (newest last), without the lock."""
+    base = root or paths.home()
+    snap = _snapshot(base)
+    if snap.version < 2:
+        return snap.active + snap.legacy_finished
+    active = {r.name for r in snap.active}
+    finished: dict[str, JobRecord] = {}
+    path = paths.history_path(base)
+    for line in (_read(path) or b"").split(b"\n"):
+        name = _line_name(line)
+        if name is None or name in active:
+            continue
+        record = _parse_line(line, path)
+        if record is not None:
+            finished.pop(name, None)
+            finished[name] = record
+    return snap.active + list(finished.values())
+
+
+# ---- writing the history -------------------------------------------------------------------
+
+
+def _line(record: JobRecord) -> bytes:
+    return json.dumps(record.to_dict(), ensure_ascii=False).encode() + b"\n"
+
+
+def _append_history(path: Path, records: Iterable[JobRecord]) -> None:
+    """Append records as whole lines, fsynced; a failed append is cut back off the file."""
+    data = b"".join(_line(r) for r in records)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise storage_error(exc, "write the job history") from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            data = _HISTORY_HEADER + data
+        elif os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # a torn line from a crash: start on a line of our own
+        try:
+            paths.write_all(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise storage_error(exc, "write the job history") from exc
+    finally:
+        os.close(fd)
+
+
+def _write_history(path: Path, records: Iterable[JobRecord]) -> None:
+    try:
+        paths.write_atomic(path, _HISTORY_HEADER + b"".join(_line(r) for r in records))
+    except OSError as exc:
+        raise storage_error(exc, "write the job history") from exc
+
+
+def _rewrite_history(
+    path: Path, forgotten: set[str], active: set[str], ended: dict[str, JobRecord]
+) -> None:
+    """Rewrite the history without forgotten names, keeping one (the last) line per name."""
+    keep: dict[str, bytes] = {}
+    for line in (_read(path) or b"").split(b"\n"):
+        name = _line_name(line)
+        if name is None or name in forgotten or name in active or name in ended:
+            continue
+        if _parse_line(line, path) is not None:
+            keep.pop(name, None)
+            keep[name] = line + b"\n"
+    body = b"".join(keep.values()) + b"".join(_line(r) for r in ended.values())
+    try:
+        paths.write_atomic(path, _HISTORY_HEADER + body)
+    except OSError as exc:
+        raise storage_error(exc, "write the job history") from exc

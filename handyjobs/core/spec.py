@@ -1,0 +1,382 @@
+"""Turn what ``handyjobs start`` was asked into a checked :class:`JobSpec`, or one clear error.
+
+Everything here happens before the registry lock is taken: paths, names, the interpreter, the
+GPU spec, and the one GPU discovery a start needs (used both to resolve ``--gpus`` and to book).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from handyjobs.core.records import NAME_RE, JobSpec, Rendezvous
+from handyjobs.errors import UsageError
+
+if TYPE_CHECKING:
+    from handyjobs.backends.slurm.sbatch import SlurmRequest
+    from handyjobs.gpus.discovery import Discovery
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """What ``handyjobs start`` was asked, before any of it is checked."""
+
+    script: str
+    args: Sequence[str] = ()
+    module: bool = False
+    name: str | None = None
+    gpus: str | None = None
+    ngpus: int | None = None
+    cpu: bool = False
+    nproc: int | None = None
+    env: Sequence[str] = ()
+    cwd: str | None = None
+    python: str | None = None
+    wait: bool = False
+    force: bool = False
+    executable: bool = False
+    group: str | None = None
+    after: Sequence[str] = ()
+    after_any: bool = False
+    priority: int = 0
+    on_exit: str | None = None
+    max_restarts: int | None = None
+    params: Sequence[tuple[str, str]] = ()
+    #: One node of a job on several machines: ``--nnodes``, ``--node-rank``,
+    #: ``--rdzv-endpoint``, ``--rdzv-id``.
+    nnodes: int | None = None
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
+    caller_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    #: Submitted to Slurm (``--slurm`` and its options).
+    slurm: SlurmRequest | None = None
+
+    @property
+    def on_slurm(self) -> bool:
+        """True when the job goes to Slurm."""
+        return self.slurm is not None and self.slurm.submit
+
+
+#: torchrun's port for a c10d endpoint given without one.
+DEFAULT_RDZV_PORT = 29400
+_RDZV_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HOST_PORT_RE = re.compile(r"^(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$")
+
+
+def check_nodes(req: StartRequest) -> Rendezvous | None:
+    """One node's part of a multi-node rendezvous (None on one machine); node 0 makes up the
+    id that the other nodes are given."""
+    from handyjobs.views import render
+
+    given = (req.node_rank, req.rdzv_endpoint, req.rdzv_id)
+    if req.nnodes is None:
+        if any(v is not None for v in given):
+            raise UsageError("--node-rank, --rdzv-endpoint and --rdzv-id go with --nnodes N")
+        return None
+    if req.nnodes < 2:
+        raise UsageError(f"--nnodes {req.nnodes}: give 2 or more (one machine needs no --nnodes)")
+    if req.executable:
+        raise UsageError("--nnodes runs torchrun; with --exec give your launcher its own options")
+    rank = 0 if req.node_rank is None else req.node_rank
+    if not 0 <= rank < req.nnodes:
+        raise UsageError(
+            f"--node-rank {rank}: give 0 to {req.nnodes - 1} for --nnodes {req.nnodes}"
+        )
+    if not req.rdzv_endpoint:
+        raise UsageError(
+            "--nnodes needs --rdzv-endpoint HOST:PORT: node 0's address and a free port on it"
+        )
+    m = _HOST_PORT_RE.match(req.rdzv_endpoint)
+    port = int(m.group("port") or DEFAULT_RDZV_PORT) if m else 0
+    if m is None or not 0 < port < 65536:
+        raise UsageError(
+            f"--rdzv-endpoint {render.printable(req.rdzv_endpoint)}: write it as HOST:PORT "
+            "(node 0's host name or address, and a free port on it)"
+        )
+    rdzv_id = req.rdzv_id
+    if rdzv_id is None:
+        if rank != 0:
+            raise UsageError(
+                f"--node-rank {rank} needs --rdzv-id: pass the id the start on node 0 printed"
+            )
+        import secrets
+
+        rdzv_id = secrets.token_hex(4)
+    elif not _RDZV_ID_RE.match(rdzv_id):
+        raise UsageError(f"--rdzv-id {render.printable(rdzv_id)}: use 1 to 64 of A-Z a-z 0-9 _ -")
+    return Rendezvous(req.nnodes, rank, f"{m.group('host')}:{port}", rdzv_id)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A checked start: the spec, the discovery it was resolved against, the git state."""
+
+    spec: JobSpec
+    discovery: Discovery | None
+    git: dict[str, object] | None
+
+
+def check_name(name: str) -> str:
+    """A job name as given, or a usage error that says what names look like."""
+    if not NAME_RE.match(name):
+        from handyjobs.views import render
+
+        raise UsageError(
+            f"invalid job name {render.printable(repr(name))}: use 1 to 64 of A-Z a-z 0-9 _ -, "
+            "starting with a letter or digit (tmux rewrites . and :)"
+        )
+    return name
+
+
+def default_stem(script: str, module: bool) -> str:
+    """The stem of a default job name: the script's (or module's) last part, cleaned."""
+    stem = script.rsplit(".", 1)[-1] if module else Path(script).stem
+    clean = "".join(c if c.isalnum() or c in "_-" else "-" for c in stem).strip("-_") or "job"
+    return clean[:48]
+
+
+def find_python(requested: str | None, env: Mapping[str, str], cwd: Path) -> str:
+    """The interpreter the job runs with: ``--python``, else ``python`` on the caller's PATH."""
+    path = env.get("PATH", os.defpath)
+    if requested:
+        candidate = Path(requested).expanduser()
+        if "/" in requested:
+            candidate = candidate if candidate.is_absolute() else cwd / candidate
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+        else:
+            found = shutil.which(requested, path=path)
+            if found:
+                return found
+        raise UsageError(f"--python {requested}: no such executable; give a path or a name on PATH")
+    for name in ("python", "python3"):
+        found = shutil.which(name, path=path)
+        if found:
+            return found
+    return sys.executable
+
+
+def parse_env(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--env K=V`` items as sorted pairs; a malformed one is a usage error."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not (key.replace("_", "a").isalnum() and not key[0].isdigit()):
+            from handyjobs.views import render
+
+            raise UsageError(
+                f"--env {render.printable(repr(item))}: write it as KEY=VALUE, KEY a variable name"
+            )
+        out[key] = value
+    return tuple(sorted(out.items()))
+
+
+def git_info(directory: Path) -> dict[str, object] | None:
+    """Commit and dirty flag of the repository holding the script, when there is one."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def caller_cwd(env: Mapping[str, str]) -> str:
+    """The caller's directory, spelled as its shell does ($PWD keeps symlinks) when it is one."""
+    here = os.getcwd()
+    pwd = env.get("PWD")
+    try:
+        if pwd and os.path.samefile(pwd, here):
+            return pwd
+    except OSError:
+        pass
+    return here
+
+
+def _names(items: Sequence[str], option: str) -> tuple[str, ...]:
+    """``--after a,b --after c`` as names, each checked, duplicates once."""
+    out: dict[str, None] = {}
+    for item in items:
+        for name in item.split(","):
+            name = name.strip()
+            if not name:
+                raise UsageError(f"{option} {item!r} has an empty name; give job names: a,b")
+            check_name(name)
+            out[name] = None
+    return tuple(out)
+
+
+def _command_line(text: str, option: str) -> tuple[str, ...]:
+    """A command line split as a shell would (no shell ever runs it)."""
+    import shlex
+
+    from handyjobs.views import render
+
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise UsageError(f"{option} {render.printable(repr(text))}: {exc}") from None
+    if not argv:
+        raise UsageError(f"{option} is empty; give the command to run")
+    return argv
+
+
+def _script(req: StartRequest, cwd: Path) -> str:
+    """The script, module or command to run, checked; a path is made absolute."""
+    from handyjobs.views import render
+
+    shown = render.printable(req.script)
+    if req.module:
+        if req.executable:
+            raise UsageError("-m and --exec both given: run a module, or a command")
+        if not req.script or not all(part.isidentifier() for part in req.script.split(".")):
+            raise UsageError(f"-m {render.printable(repr(req.script))}: not a module name")
+        return req.script
+    path = Path(req.script).expanduser()
+    if req.executable:
+        if "/" not in req.script:
+            if shutil.which(req.script, path=req.caller_env.get("PATH", os.defpath)) is None:
+                raise UsageError(f"command {shown} not found on your PATH; give its path")
+            return req.script  # looked up on the job's PATH when it starts, as a shell would
+        path = path if path.is_absolute() else cwd / path
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise UsageError(f"{shown} is not an executable file in {cwd} (chmod +x it?)")
+        return str(path)
+    path = path if path.is_absolute() else cwd / path
+    if not path.is_file():
+        raise UsageError(f"script {shown} not found in {cwd}; check the path or --cwd")
+    if path.suffix != ".py":
+        raise UsageError(
+            f"{shown} is not a Python script; to run it as a command, "
+            f"`handyjobs start --exec {shown}` (its own shebang, no python in front)"
+        )
+    return str(path)
+
+
+def make_spec(
+    req: StartRequest, root: Path | None = None, discovery: Discovery | None = None
+) -> Checked:
+    """Check a start request and turn it into a spec; every problem is a one-line UsageError.
+
+    Settings come from the environment first, then from the config file under ``root``.
+    ``discovery``, when given, is used instead of discovering the GPUs again (a sweep).
+    """
+    from handyjobs.core import booking, config
+
+    cwd = Path(req.cwd or caller_cwd(req.caller_env)).expanduser()
+    if not cwd.is_absolute():
+        cwd = Path(os.getcwd()) / cwd
+    if not cwd.is_dir():
+        raise UsageError(f"--cwd {cwd}: no such directory")
+    if req.name is not None:
+        check_name(req.name)
+    if req.group is not None:
+        check_name(req.group)
+    if req.nproc is not None and req.nproc < 1:
+        raise UsageError(f"--nproc {req.nproc}: give at least 1 process")
+    if req.ngpus is not None and req.ngpus < 1:
+        raise UsageError(f"--ngpus {req.ngpus}: ask for at least 1 GPU, or use --cpu")
+    if req.cpu and (req.gpus is not None or req.ngpus is not None):
+        raise UsageError("--cpu cannot be combined with --gpus/--ngpus; pick one")
+    if req.gpus is not None and req.ngpus is not None:
+        raise UsageError("--gpus and --ngpus both given; pick GPUs by number or by count")
+    if req.force and req.gpus is None:
+        raise UsageError("--force overrides checks on GPUs you name: use it with --gpus")
+    if req.executable and req.nproc is not None and req.nproc > 1:
+        raise UsageError(
+            f"--nproc {req.nproc} with --exec: handyjobs runs a command once; let it start its "
+            "processes (accelerate launch --num_processes N, torchrun --nproc-per-node N)"
+        )
+    if req.max_restarts is not None:
+        if req.max_restarts < 0:
+            raise UsageError(f"--max-restarts {req.max_restarts}: give 0 or more")
+        if req.executable:
+            raise UsageError("--max-restarts is torchrun's; with --exec pass it to your launcher")
+    after = _names(req.after, "--after")
+    if req.after_any and not after:
+        raise UsageError("--after-any goes with --after NAME: the jobs to start after")
+    rdzv = check_nodes(req)
+    cfg = config.load(root)
+    env = {**cfg.env_defaults(), **req.caller_env}
+    script = _script(req, cwd)
+    policy = booking.policy_from_env(env)
+    on_exit_text = req.on_exit if req.on_exit is not None else env.get(config.ON_EXIT_ENV)
+    on_exit = _command_line(on_exit_text, "--on-exit") if on_exit_text else ()
+    slurm = None
+    if req.slurm is not None:
+        from handyjobs.backends.slurm import sbatch
+
+        slurm = sbatch.check(req.slurm)
+        if req.gpus is not None or req.ngpus is not None or req.wait or req.force:
+            raise UsageError(
+                "--gpus, --ngpus, --wait and --force pick GPUs on this machine; on Slurm ask "
+                "for them with --gpus-per-node"
+            )
+        if rdzv is not None:
+            raise UsageError("--nnodes is for machines you start by hand; on Slurm use --nodes")
+        if req.cpu and slurm.gpus_per_node:
+            raise UsageError("--cpu cannot be combined with --gpus-per-node; pick one")
+        if req.priority:
+            raise UsageError(
+                "--priority orders this machine's queue; Slurm orders its own: ask for a "
+                "quality of service with --slurm-arg=--qos=NAME, or lower yours with "
+                "--slurm-arg=--nice=N"
+            )
+    resolved: tuple[int, ...] | None = None
+    if req.gpus is not None or req.ngpus is not None:
+        from handyjobs.gpus import discovery as gpumod
+
+        tokens = gpumod.parse_gpu_spec(req.gpus) if req.gpus is not None else None
+        if discovery is None:
+            discovery = gpumod.discover(req.caller_env)  # the start's one discovery
+        if tokens is not None:
+            resolved = tuple(gpumod.resolve_gpus(tokens, discovery))
+            booking.check_allowed(resolved, policy)
+    spec = JobSpec(
+        script=script,
+        args=tuple(req.args),
+        module=req.module,
+        cwd=str(cwd),
+        python=find_python(req.python, req.caller_env, cwd),
+        gpus=resolved,
+        ngpus=req.ngpus,
+        cpu=req.cpu,
+        nproc=req.nproc,
+        env=parse_env(req.env),
+        wait=req.wait,
+        force=req.force,
+        policy=policy,
+        executable=req.executable,
+        group=req.group,
+        after=after,
+        after_any=req.after_any,
+        priority=req.priority,
+        on_exit=on_exit,
+        max_restarts=req.max_restarts,
+        params=tuple(req.params),
+        rdzv=rdzv,
+        slurm=slurm,
+    )
+    where = Path(script).parent if not req.module and "/" in script else cwd
+    git = git_info(where)
+    return Checked(spec, discovery if spec.books_gpus else None, git)

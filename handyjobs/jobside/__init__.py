@@ -1,0 +1,1 @@
+"""What runs in the job's session, whatever the backend: runner, tee, launch, ranks."""

@@ -1,0 +1,83 @@
+"""The ``--on-exit`` command: run when a job ends, with its outcome in the environment.
+
+It runs without a shell (its argv was split once, at ``start``: write ``sh -c '...'`` for a
+shell), in the job's folder of work, with the job's environment plus::
+
+    HANDYJOBS_JOB, HANDYJOBS_RUN, HANDYJOBS_STATE (succeeded, failed, stopped, ...),
+    HANDYJOBS_EXIT_CODE (empty when killed by a signal), HANDYJOBS_SIGNAL (SIGTERM, ...),
+    HANDYJOBS_DURATION_S, HANDYJOBS_LOG, HANDYJOBS_GPUS (0,1; empty on CPU), HANDYJOBS_GROUP
+
+Its output goes to the job's log. It may take :data:`TIMEOUT_S`; a command that fails, hangs
+or does not exist is noted in the log and never changes the job's outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Mapping
+
+from handyjobs.core.records import JobSpec, Run, exit_summary
+
+#: Seconds an on-exit command may run before it is killed.
+TIMEOUT_S = 60.0
+
+
+def outcome_env(
+    name: str, run: Run | None, state: str, log_path: str, group: str | None
+) -> dict[str, str]:
+    """The variables that tell an on-exit command how the job ended."""
+    from handyjobs.core.records import parse_time
+
+    duration = ""
+    if run is not None and run.started_at and run.ended_at:
+        seconds = (parse_time(run.ended_at) - parse_time(run.started_at)).total_seconds()
+        duration = f"{seconds:.1f}"
+    how = "" if run is None else exit_summary(run)
+    return {
+        "HANDYJOBS_JOB": name,
+        "HANDYJOBS_RUN": "" if run is None else str(run.run),
+        "HANDYJOBS_STATE": state,
+        "HANDYJOBS_EXIT_CODE": "" if run is None or run.exit_code is None else str(run.exit_code),
+        "HANDYJOBS_SIGNAL": how if run is not None and run.signal is not None else "",
+        "HANDYJOBS_DURATION_S": duration,
+        "HANDYJOBS_LOG": log_path,
+        "HANDYJOBS_GPUS": "" if run is None else ",".join(map(str, run.gpus)),
+        "HANDYJOBS_GROUP": group or "",
+    }
+
+
+def run_on_exit(
+    spec: JobSpec,
+    name: str,
+    run: Run | None,
+    state: str,
+    env: Mapping[str, str],
+    log_fd: int,
+    log_path: str,
+) -> str | None:
+    """Run the command; return a note for the log when it did not succeed, else None."""
+    full = {**env, **outcome_env(name, run, state, log_path, spec.group)}
+    full.pop("HANDYJOBS_RUN_ID", None)  # it is not one of the job's processes: stop skips it
+    try:
+        proc = subprocess.Popen(
+            list(spec.on_exit),
+            cwd=spec.cwd,
+            env=full,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return f"on-exit command {spec.on_exit[0]!r} could not run: {exc.strerror or exc}"
+    try:
+        code = proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return f"on-exit command killed after {TIMEOUT_S:g}s"
+    if code != 0:
+        return f"on-exit command exited {code}"
+    return None

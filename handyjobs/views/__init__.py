@@ -1,0 +1,1 @@
+"""Words and pictures: tables, show, top, plot, curves; no state changes here."""

@@ -1,0 +1,173 @@
+"""Rich renderings for looking at jobs: the ``plot`` chart and the ``top`` screen.
+
+Like :mod:`handyjobs.views.render`, this is where words are made; it imports rich, so only the
+commands that draw (``plot``, ``top``) import it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from handyjobs.core.records import JobState
+from handyjobs.views import render
+from handyjobs.views.observe import Curves, LiveJob, Progress, Snapshot
+from handyjobs.views.plot import COLOURS, chart_lines
+
+# The colour of each state, as `list` draws it (rich style names).
+_STATE = render.STATE_STYLE
+
+
+def console(width: int | None = None) -> Console:
+    """A console that follows ``NO_COLOR`` and the terminal (no colour when piped)."""
+    return Console(highlight=False, soft_wrap=False, width=width)
+
+
+# ---- plot ------------------------------------------------------------------------------------
+
+
+def chart(curves: Curves, width: int, height: int, log_y: bool, smooth: int) -> RenderableType:
+    """The metric's curves overlaid, with a title and a legend (last and best of each)."""
+    from handyjobs.views.curves import higher_is_better
+
+    how = []
+    if smooth > 1:
+        how.append(f"moving average of {smooth} points")
+    if log_y:
+        how.append("log scale")
+    title = Text(render.printable(curves.metric), style="bold")
+    if how:
+        title.append(f"  ({', '.join(how)})", style="dim")
+    body = Text(no_wrap=True, overflow="crop")
+    for pieces in chart_lines(curves.series, width, height, log_y):
+        for text, colour in pieces:
+            body.append(text, style=COLOURS[colour % len(COLOURS)] if colour is not None else "dim")
+        body.append("\n")
+    legend = Text()
+    pick = max if higher_is_better(curves.metric) else min
+    for index, series in enumerate(curves.series):
+        last_x, last_y = series.points[-1]
+        best_x, best_y = pick(series.points, key=lambda p: p[1])
+        legend.append("━━ ", style=COLOURS[index % len(COLOURS)])
+        legend.append(render.printable(series.label), style=COLOURS[index % len(COLOURS)])
+        legend.append(
+            f"  last {render.metric_value(last_y)} (step {last_x:g})"
+            f"  best {render.metric_value(best_y)} (step {best_x:g})\n"
+        )
+    parts: list[RenderableType] = [title, body, legend]
+    if curves.missing:
+        parts.append(
+            Text(
+                f"no point of {curves.metric} yet: {', '.join(curves.missing)}",
+                style="dim",
+            )
+        )
+    return Group(*parts)
+
+
+# ---- top -------------------------------------------------------------------------------------
+
+
+def _progress(p: Progress | None) -> str:
+    if p is None:
+        return ""
+    head = f"{p.desc} " if p.desc else ""
+    if p.total:
+        return f"{head}{p.done}/{p.total} {100 * p.done // max(p.total, 1)}%"
+    return f"{head}{p.done}"
+
+
+def _eta(p: Progress | None) -> str:
+    if p is None or p.eta_s is None:
+        return ""
+    return render.duration(p.eta_s)
+
+
+def _gpus(job: LiveJob) -> str:
+    if job.gpus:
+        return " ".join(
+            f"{i}:{mem}M" + ("" if util is None else f"/{util}%")
+            for i, (mem, util) in sorted(job.gpus.items())
+        )
+    return render.gpu_text(job.record)
+
+
+def top_screen(
+    snap: Snapshot, selected: int, message: str = "", width: int | None = None
+) -> RenderableType:
+    """The whole ``top`` screen: jobs, GPUs, keys and the last message."""
+    running = sum(1 for j in snap.jobs if j.record.state is JobState.RUNNING)
+    queued = sum(1 for j in snap.jobs if j.record.state is JobState.QUEUED)
+    head = Text("handyjobs top", style="bold")
+    head.append(f"  {running} running, {queued} queued  {time.strftime('%H:%M:%S')}", style="dim")
+    table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
+    for column, kw in (
+        ("NAME", {"no_wrap": True}),
+        ("STATE", {"no_wrap": True}),
+        ("DURATION", {"justify": "right", "no_wrap": True}),
+        ("CPU%", {"justify": "right", "no_wrap": True}),
+        ("RSS", {"justify": "right", "no_wrap": True}),
+        ("GPUS", {"no_wrap": True}),
+        ("PROGRESS", {"no_wrap": True}),
+        ("ETA", {"justify": "right", "no_wrap": True}),
+        ("LAST LINE", {"no_wrap": True, "overflow": "ellipsis", "ratio": 1}),
+    ):
+        table.add_column(column, **kw)
+    for index, job in enumerate(snap.jobs):
+        record = job.record
+        cells = [
+            render.printable(record.name),
+            record.state.value,
+            render.duration(record.duration_s()),
+            "" if job.cpu_pct is None else f"{job.cpu_pct:.0f}",
+            "" if job.rss_bytes is None else render.size(job.rss_bytes),
+            _gpus(job),
+            render.printable(_progress(job.progress)),
+            _eta(job.progress),
+            render.printable(job.last_line),
+        ]
+        # Text, never markup: a job's line such as "[handyjobs] ..." must show as it is.
+        row = [Text(c, style=_STATE[record.state] if i == 1 else "") for i, c in enumerate(cells)]
+        table.add_row(*row, style="reverse" if index == selected else None)
+    parts: list[RenderableType] = [head, table]
+    if snap.discovery is not None and snap.discovery.gpus:
+        gpus = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("GPU", "NAME", "MEMORY", "UTIL"):
+            gpus.add_column(column, no_wrap=True)
+        for g in snap.discovery.gpus:
+            gpus.add_row(
+                *(
+                    Text(c)
+                    for c in (
+                        str(g.index),
+                        g.name,
+                        f"{g.memory_used_mib}/{g.memory_total_mib} MiB",
+                        "" if g.utilization_pct is None else f"{g.utilization_pct}%",
+                    )
+                )
+            )
+        parts += [Text(""), gpus]
+    elif snap.gpu_note:
+        parts.append(Text(snap.gpu_note, style="dim"))
+    if not snap.jobs:
+        parts.append(Text("no jobs yet; start one with `handyjobs start SCRIPT`", style="dim"))
+    keys = Text("q quit  ↑/↓ select  f follow its log  s stop it", style="dim")
+    parts += [Text(""), Text(message) if message else keys]
+    return Group(*parts)
+
+
+def stop_message(name: str, pids: Sequence[int], error: str | None) -> str:
+    """What happened to a stop asked from ``top``."""
+    if error:
+        return f"could not stop {name}: {error}"
+    n = len(pids)
+    return f"stopped {name} ({n} process{'' if n == 1 else 'es'} ended)"
+
+
+def followed_message(name: str) -> str:
+    """What ``top`` says under a log it followed to the end."""
+    return f"\n(end of {name}'s log: press a key to go back to top)"

@@ -1,0 +1,662 @@
+"""Turn records and GPUs into text: rich tables on a terminal, plain columns elsewhere.
+
+Plain output does not import rich, which keeps ``handyjobs list | grep`` fast; colour follows
+``NO_COLOR`` and TTY detection (rich's own rules).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from handyjobs.core.records import (
+    Blocker,
+    BlockKind,
+    Cost,
+    GpuUser,
+    JobRecord,
+    JobState,
+    LostKind,
+    Reason,
+    Wait,
+    exit_summary,
+    parse_time,
+)
+
+# Control characters (C0, DEL, C1) that a terminal would act on instead of showing.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x1B: "\\x1b"})
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown escaped (``\\n``, ``\\x1b``), never acted on.
+
+    An argument with a newline must not break a table line, and one with an escape sequence
+    must not recolour or clear the user's terminal.
+    """
+    return text.translate(_CONTROL)
+
+
+if TYPE_CHECKING:
+    from handyjobs.gpus.discovery import Discovery
+    from handyjobs.views.curves import Summary
+
+#: The colour of each state in tables (rich style names; `list` maps them to ANSI codes).
+STATE_STYLE = {
+    JobState.QUEUED: "yellow",
+    JobState.RUNNING: "bold cyan",
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "bold red",
+    JobState.STOPPED: "magenta",
+    JobState.LOST: "red",
+}
+
+
+def fancy() -> bool:
+    """True when stdout is a terminal (rich tables); False for pipes and files."""
+    return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def duration(seconds: float | None) -> str:
+    """``4.2s``, ``3m12s``, ``1h02m``, ``2d03h``."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def when(stamp: str | None, now: datetime | None = None) -> str:
+    """A timestamp in local time: ``23:08:55`` today, ``11-20 23:08`` this year, else a date."""
+    if not stamp:
+        return ""
+    moment = parse_time(stamp).astimezone()
+    today = (now or datetime.now(timezone.utc)).astimezone()
+    if moment.date() == today.date():
+        return moment.strftime("%H:%M:%S")
+    if moment.year == today.year:
+        return moment.strftime("%m-%d %H:%M")
+    return moment.strftime("%Y-%m-%d")
+
+
+def gpu_text(record: JobRecord) -> str:
+    """The GPUs of a run, or what it waits for, or ``cpu``."""
+    run = record.current
+    slurm = record.spec.slurm
+    if slurm is not None:
+        if slurm.gpus_per_node:
+            return f"{slurm.gpus_per_node}/node"
+        return "cpu" if record.spec.cpu else "-"
+    if run.gpus:
+        return ",".join(map(str, run.gpus))
+    spec = record.spec
+    if run.state is JobState.QUEUED and spec.books_gpus:
+        return f"wait {','.join(map(str, spec.gpus))}" if spec.gpus else f"wait any {spec.ngpus}"
+    return "cpu" if spec.cpu else "-"
+
+
+def job_rows(records: Sequence[JobRecord], params: bool = False) -> list[list[str]]:
+    """One row of strings per record, in the list's column order (``params``: a sweep's
+    values before the command)."""
+    now = datetime.now(timezone.utc)
+    rows = []
+    for r in records:
+        command = printable(r.spec.command)
+        home = os.path.expanduser("~")
+        if command.startswith(home + "/"):
+            command = "~" + command[len(home) :]
+        row = [
+            r.name,
+            _list_state(r),
+            gpu_text(r),
+            nproc_text(r),
+            when(r.current.started_at or r.created_at, now),
+            duration(r.duration_s(now)),
+            exit_summary(r.current),
+        ]
+        if params:
+            row.append(printable(" ".join(f"{k}={v}" for k, v in r.spec.params)) or "-")
+        rows.append([*row, command])
+    return rows
+
+
+def nnodes(record: JobRecord) -> int:
+    """How many machines the job runs on (Slurm nodes, or nodes started by hand)."""
+    spec = record.spec
+    return spec.slurm.nodes if spec.slurm else spec.rdzv.nnodes if spec.rdzv else 1
+
+
+def nproc_text(record: JobRecord) -> str:
+    """Processes: ``2``, or nodes x processes per node (``2x4``) for several machines."""
+    n = nnodes(record)
+    return f"{n}x{record.current.nproc}" if n > 1 else str(record.current.nproc)
+
+
+def _list_state(record: JobRecord) -> str:
+    """The STATE cell: a queued run carries its place in the queue (``queued #2``)."""
+    wait = record.current.wait
+    if record.state is JobState.QUEUED and wait is not None and wait.position is not None:
+        return f"queued #{wait.position}"
+    return record.state.value
+
+
+def queue_lines(records: Sequence[JobRecord]) -> list[str]:
+    """Under the table, why each queued job waits, first in the queue first."""
+    queued = [r for r in records if r.state is JobState.QUEUED]
+    last = len(records) + 1  # runs waiting for dependencies have no place yet: after the rest
+
+    def place(r: JobRecord) -> int:
+        wait = r.current.wait
+        return wait.position if wait is not None and wait.position is not None else last
+
+    lines = []
+    for r in sorted(queued, key=place):
+        wait = r.current.wait
+        why = wait_text(wait) if wait is not None else "waiting for the next scheduling pass"
+        where = f"#{wait.position} " if wait is not None and wait.position is not None else ""
+        lines.append(f"{where}{r.name}: {printable(why)}")
+    return lines
+
+
+JOB_COLUMNS = ["NAME", "STATE", "GPUS", "NPROC", "STARTED", "DURATION", "EXIT", "COMMAND"]
+
+
+def job_columns(params: bool) -> list[str]:
+    """The list's header, with PARAMS when a sweep's jobs are shown."""
+    return [*JOB_COLUMNS[:-1], "PARAMS", JOB_COLUMNS[-1]] if params else JOB_COLUMNS
+
+
+def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, the last one left ragged."""
+    widths = [
+        max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+        for i, h in enumerate(header)
+    ]
+    lines = []
+    for row in [list(header), *rows]:
+        cells = [c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def print_jobs(
+    records: Sequence[JobRecord],
+    total: int,
+    all_shown: bool,
+    metric: str | None = None,
+    values: dict[str, float | None] | None = None,
+) -> None:
+    """The ``list`` table, and a hint when some records are not shown."""
+    params = any(r.spec.params for r in records)
+    rows = job_rows(records, params)
+    columns = job_columns(params)
+    if metric:  # a column for the metric, before the command (which is left ragged)
+        columns = [*columns[:-1], printable(metric).upper(), columns[-1]]
+        rows = [
+            [*row[:-1], metric_value((values or {}).get(r.name)), row[-1]]
+            for r, row in zip(records, rows, strict=True)
+        ]
+    note = ""
+    if not all_shown and total > len(records):
+        note = f"{len(records)} of {total} jobs shown; `handyjobs list --all` shows every one"
+    if not records:
+        if total == 0:
+            print("no jobs yet; start one with `handyjobs start SCRIPT`")
+        else:
+            print(f"no job matches ({total} in the registry; `handyjobs list --all` shows them)")
+        return
+    waits = queue_lines(records)
+    if not fancy():
+        print(plain_table(columns, rows))
+        if waits:
+            print("\n".join(waits))
+        if note:
+            print(note, file=sys.stderr)
+        return
+    # A terminal: the same columns, coloured by state and cut to the window's width. Drawn by
+    # hand rather than with rich, whose import alone would double `list`'s start-up time.
+    import shutil
+
+    width = shutil.get_terminal_size().columns
+    lines = plain_table(columns, rows).splitlines()
+    colour = use_colour()
+    out = [_style(lines[0][:width], "1", colour)]
+    for record, line in zip(records, lines[1:], strict=True):
+        out.append(_style_state(line[:width], record.state, colour))
+    out.extend(_style(line[:width], "2", colour) for line in waits)
+    if note:
+        out.append(_style(note, "2", colour))
+    print("\n".join(out))
+
+
+_ANSI = {
+    "yellow": "33",
+    "bold cyan": "1;36",
+    "green": "32",
+    "bold red": "1;31",
+    "magenta": "35",
+    "red": "31",
+}
+
+
+def use_colour() -> bool:
+    """Colour on a terminal unless ``NO_COLOR`` is set (https://no-color.org)."""
+    return fancy() and not os.environ.get("NO_COLOR")
+
+
+def _style(text: str, code: str, colour: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+
+def _style_state(line: str, state: JobState, colour: bool) -> str:
+    """Colour the state word of a table line (the second column)."""
+    if not colour:
+        return line
+    at = line.find(" " + state.value) + 1
+    if at <= 0:
+        return line
+    code = _ANSI[STATE_STYLE[state]]
+    end = at + len(state.value)
+    return f"{line[:at]}\x1b[{code}m{line[at:end]}\x1b[0m{line[end:]}"
+
+
+def state_text(record: JobRecord) -> str:
+    """The state with why: ``queued (GPU 2 is held by job exp1)``, ``lost (runner killed)``."""
+    run = record.current
+    if run.state is JobState.QUEUED and run.wait is not None:
+        return f"queued ({wait_text(run.wait)})"
+    if run.reason is not None and run.state in (JobState.LOST, JobState.FAILED):
+        return f"{run.state.value} ({reason_text(run.reason)})"
+    view = run.cluster
+    if view is not None and not run.state.active and view.state not in _PLAIN_ENDS:
+        return f"{run.state.value} ({_scheduler(view.scheduler)} says {view.state})"
+    return run.state.value
+
+
+# Slurm end states that say no more than our own state does.
+_PLAIN_ENDS = ("COMPLETED", "FAILED", "RUNNING", "COMPLETING", "PENDING")
+
+
+def _scheduler(name: str | None) -> str:
+    return {"slurm": "Slurm"}.get(name or "", name or "the scheduler")
+
+
+def record_fields(record: JobRecord) -> list[tuple[str, str]]:
+    """``show``'s key/value lines."""
+    run, spec = record.current, record.spec
+    git = record.git or {}
+    log = record.log_path + (f" (not all written: {run.log_error})" if run.log_error else "")
+    fields = [
+        ("name", record.name),
+        ("state", state_text(record)),
+        ("exit", exit_summary(run) or "-"),
+        ("command", printable(spec.command)),
+        ("cwd", spec.cwd),
+        ("python", spec.python),
+        ("gpus", gpu_text(record)),
+        ("nproc", str(run.nproc)),
+        *_nodes_fields(record),
+        ("rendezvous", run.rendezvous or "-"),
+        *_backend_fields(record),
+        ("pids", " ".join(f"{k}={v}" for k, v in sorted(run.pids.items())) or "-"),
+        ("leftovers", f"{run.leftovers} ended after the main process" if run.leftovers else "-"),
+        *(cost_fields(run.cost) if run.cost is not None else []),
+        ("created", record.created_at),
+        ("started", run.started_at or "-"),
+        ("ended", run.ended_at or "-"),
+        ("duration", duration(record.duration_s()) or "-"),
+        ("log", log),
+        (
+            "git",
+            f"{git.get('commit', '')[:12]}{' (dirty)' if git.get('dirty') else ''}" if git else "-",
+        ),
+        ("env", " ".join(f"{k}=..." for k, _ in spec.env) or "-"),
+        ("group", spec.group or "-"),
+        ("params", printable(" ".join(f"{k}={v}" for k, v in spec.params)) or "-"),
+        ("after", ", ".join(spec.after) + (" (any outcome)" if spec.after_any else "") or "-"),
+        ("priority", str(spec.priority)),
+        (
+            "restarts",
+            "-"
+            if spec.max_restarts is None
+            else f"{run.cost.restarts if run.cost else 0} of at most {spec.max_restarts} "
+            "(torchrun's elastic restarts)",
+        ),
+        ("on exit", printable(" ".join(spec.on_exit)) or "-"),
+        ("runs", str(len(record.runs))),
+    ]
+    for old in record.runs[:-1]:
+        fields.append(
+            (
+                f"  run {old.run}",
+                f"{old.state.value} {exit_summary(old)} "
+                f"{old.started_at or old.created_at} -> {old.ended_at or '-'}"
+                + (f" ({reason_text(old.reason)})" if old.reason else ""),
+            )
+        )
+    return fields
+
+
+def _nodes_fields(record: JobRecord) -> list[tuple[str, str]]:
+    rdzv = record.spec.rdzv
+    if rdzv is not None:
+        host = " (hosts the rendezvous store)" if rdzv.node_rank == 0 else ""
+        return [("nodes", f"{rdzv.nnodes}; this is node rank {rdzv.node_rank}{host}")]
+    if record.spec.slurm is not None:
+        return [("nodes", str(record.spec.slurm.nodes))]
+    return []
+
+
+def _backend_fields(record: JobRecord) -> list[tuple[str, str]]:
+    run = record.current
+    if run.backend != "slurm":
+        return [("tmux session", record.session)]
+    view = run.cluster
+    state = "-"
+    if view is not None:
+        state = view.state + (f" ({view.reason})" if view.reason else "")
+        if not run.state.active and view.verdict in (JobState.QUEUED, JobState.RUNNING):
+            # Its last word while the job ran; the job side recorded how it ended.
+            state = f"{view.state} when last asked; the job recorded its own end"
+        if view.restarts:
+            state += f"; requeued {view.restarts}x"
+    fields = [
+        ("slurm job", run.handle.get("job_id", "-")),
+        ("slurm state", state),
+        ("slurm nodes", (view.nodes if view else None) or "-"),
+        ("sbatch script", run.handle.get("script", "-")),
+    ]
+    slurm = record.spec.slurm
+    if slurm is not None:
+        asked = [f"--{k}={getattr(slurm, k)}" for k in _SLURM_OPTS if getattr(slurm, k)]
+        fields.append(("slurm options", " ".join([*asked, *slurm.extra]) or "-"))
+    return fields
+
+
+_SLURM_OPTS = ("partition", "time", "account", "mem", "constraint")
+
+
+def submitted_lines(record: JobRecord) -> list[str]:
+    """What ``start --slurm`` prints: the Slurm job, its size, where its script and log are."""
+    run, slurm = record.current, record.spec.slurm
+    assert slurm is not None
+    nodes = f"{slurm.nodes} node{'s' if slurm.nodes > 1 else ''}"
+    per = f"{run.nproc} process{'es' if run.nproc > 1 else ''}"
+    gpus = (
+        f", {slurm.gpus_per_node} GPUs"
+        if slurm.gpus_per_node
+        else (", CPU" if record.spec.cpu else "")
+    )
+    return [
+        f"submitted {record.name} to Slurm as job {run.handle.get('job_id')}: {nodes}, "
+        f"{per}{gpus} per node ({state_text(record)})",
+        f"  script: {run.handle.get('script')}",
+        f"  log:    {record.log_path}",
+        f"  follow: handyjobs logs {record.name} -f    state: handyjobs show {record.name}",
+    ]
+
+
+def print_record(record: JobRecord, metrics: Sequence[Summary] = ()) -> None:
+    """``show``: one field a line (and the last and best value of each metric)."""
+    fields = record_fields(record) + metric_fields(metrics)
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        print(f"{key.ljust(width)}  {value}")
+
+
+def gpu_rows(discovery: Discovery, held: dict[int, str]) -> list[list[str]]:
+    """One row per GPU for ``handyjobs gpus``."""
+    rows = []
+    for g in discovery.gpus:
+        procs = ", ".join(f"{p.pid}{'/' + p.user if p.user else ''}" for p in g.processes)
+        util = "" if g.utilization_pct is None else f"{g.utilization_pct}%"
+        memory = f"{g.memory_used_mib}/{g.memory_total_mib} MiB"
+        if g.error is not None and not g.memory_total_mib:
+            memory = "unknown"  # a MIG parent read without root, or a GPU that did not answer
+        rows.append(
+            [
+                str(g.index),
+                g.name + (" [MIG]" if g.mig else ""),
+                memory,
+                util,
+                held.get(g.index, "-"),
+                procs or "-",
+            ]
+        )
+    return rows
+
+
+GPU_COLUMNS = ["GPU", "NAME", "MEMORY", "UTIL", "JOB", "PROCESSES (pid/user)"]
+
+
+def print_gpus(discovery: Discovery, held: dict[int, str]) -> None:
+    """``handyjobs gpus`` as a table."""
+    if not discovery.gpus:
+        print(
+            f"no NVIDIA GPU found ({discovery.note or 'nothing detected'}); "
+            "jobs can still run with --cpu"
+        )
+        return
+    print(plain_table(GPU_COLUMNS, gpu_rows(discovery, held)))
+    for g in discovery.gpus:
+        if g.error is not None:
+            print(f"GPU {g.index}: {printable(g.error)}")
+    if discovery.note:  # something hung, or a fallback was used: say so under the table
+        print(f"note: {printable(discovery.note)}")
+
+
+def gpus_json(discovery: Discovery, held: dict[int, str]) -> dict[str, Any]:
+    """``handyjobs gpus --json``: discovery plus the holding job of each GPU."""
+    doc = discovery.to_dict()
+    for entry in doc["gpus"]:
+        entry["job"] = held.get(entry["index"])
+    return doc
+
+
+# ---- reasons as words ----------------------------------------------------------------------
+
+
+def _gpu_user(proc: GpuUser) -> str:
+    """``pid 4242 python by alice``, leaving out what is unknown."""
+    text = f"pid {proc.pid}"
+    if proc.name:
+        text += f" {proc.name}"
+    if proc.user:
+        text += f" by {proc.user}"
+    return text
+
+
+def busy_text(b: Blocker) -> str:
+    """What makes a GPU busy, without the GPU: ``2 processes (pid 1 by bob, ...)``."""
+    if b.kind is BlockKind.PROCESSES:
+        n = len(b.processes)
+        noun = "process" if n == 1 else "processes"
+        return f"{n} {noun} ({', '.join(_gpu_user(p) for p in b.processes)})"
+    if b.kind is BlockKind.MEMORY:
+        return f"{b.used_mib} MiB of memory in use (threshold {b.threshold_mib} MiB)"
+    if b.kind is BlockKind.MIG:
+        return "MIG mode is on (a plain index reaches one instance at most; --force to use it)"
+    if b.kind is BlockKind.UNREADABLE:
+        return f"it could not be read ({b.detail})"
+    return str(b.kind.value)
+
+
+def blocker_text(b: Blocker) -> str:
+    """One GPU's blocker as a clause: ``GPU 2 is held by job exp1``."""
+    if b.kind is BlockKind.HELD:
+        return f"GPU {b.gpu} is held by job {b.job}"
+    if b.kind is BlockKind.WANTED:
+        return f"GPU {b.gpu} is wanted by queued job {b.job}"
+    if b.kind is BlockKind.MISSING:
+        return f"GPU {b.gpu} is not there"
+    return f"GPU {b.gpu} is busy: {busy_text(b)}"
+
+
+# Slurm's commonest pending reasons (squeue's REASON column), in words.
+_SLURM_REASONS = {
+    "None": "Slurm has not looked at it yet",
+    "Resources": "waiting for free nodes, CPUs or GPUs",
+    "Priority": "jobs of higher priority are ahead of it",
+    "Dependency": "waiting for a job it depends on",
+    "DependencyNeverSatisfied": "a job it depends on failed; it will never start",
+    "JobHeldUser": "held by its user; `scontrol release` with its job id lets it go",
+    "JobHeldAdmin": "held by an administrator",
+    "BeginTime": "its start time has not come (a requeued job waits a little)",
+    "ReqNodeNotAvail": "a node it needs is not available",
+    "PartitionTimeLimit": "its --time is over the partition's limit",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionDown": "its partition is down",
+    "NodeDown": "a node it needs is down",
+    "Reservation": "waiting for its reservation",
+    "InvalidAccount": "its account is not valid here",
+    "InvalidQOS": "its QOS is not valid here",
+    "CONFIGURING": "its nodes are being set up",
+    "REQUEUED": "it was requeued and will start again",
+}
+
+
+def scheduler_reason(scheduler: str | None, reason: str | None) -> str:
+    """A scheduler's pending reason, as it names it and in words: ``Slurm: Priority, jobs ...``."""
+    word = reason or "None"
+    key = word.split(",", 1)[0]
+    words = _SLURM_REASONS.get(key)
+    if words is None and (key.startswith(("Assoc", "QOS", "MaxCpu", "MaxGRES", "MaxNode"))):
+        words = "a limit of its account or QOS"
+    return f"{_scheduler(scheduler)}: {printable(word)}" + (f", {words}" if words else "")
+
+
+def wait_text(wait: Wait) -> str:
+    """Why a run waits, in one line."""
+    if wait.scheduler is not None:
+        return scheduler_reason(wait.scheduler, wait.reason)
+    if wait.after:
+        return f"waiting for {', '.join(wait.after)} to end"
+    if wait.limit is not None:
+        whose = f" of group {wait.group}" if wait.group else ""
+        return f"{wait.running} of {wait.limit} jobs{whose} allowed at once are running"
+    reasons = "; ".join(blocker_text(b) for b in wait.blockers)
+    if wait.by_count:
+        head = f"only {wait.free} of the {wait.needed} GPUs asked for are free"
+        return head + (f" ({reasons})" if reasons else "")
+    return reasons or "the GPUs asked for are not free"
+
+
+_LOST = {
+    LostKind.RUNNER_DIED: "its runner ended without recording an outcome (killed?)",
+    LostKind.SESSION_GONE: "its tmux session went away (killed, or the tmux server ended)",
+    LostKind.REBOOT: "the machine restarted while it ran",
+    LostKind.RUNNER_ERROR: "its runner failed",
+    LostKind.START_FAILED: "it could not start",
+    LostKind.CLUSTER_ENDED: "the cluster ended it and the job recorded no outcome",
+    LostKind.DEPENDENCY_FAILED: "never started",
+}
+
+
+def reason_text(reason: Reason) -> str:
+    """Why a run was lost or failed to start, in words, with what is left of it."""
+    text = _LOST[reason.kind]
+    if reason.kind is LostKind.DEPENDENCY_FAILED:
+        how = "is gone" if reason.detail in (None, "gone") else reason.detail
+        return f"{text}: job {reason.job}, which it was to start after, {how}"
+    if reason.detail and reason.kind in (LostKind.RUNNER_ERROR, LostKind.START_FAILED):
+        text += f": {printable(reason.detail)}"
+    if reason.detail and reason.kind is LostKind.CLUSTER_ENDED:
+        text += f" (its state: {printable(reason.detail)})"
+    if reason.pids:
+        n = len(reason.pids)
+        which = "1 of its processes still runs" if n == 1 else f"{n} of its processes still run"
+        text += f"; {which} ({', '.join(map(str, reason.pids))}): `handyjobs stop` ends them"
+    return text
+
+
+# ---- logs, ranks, cost ---------------------------------------------------------------------
+
+
+def no_such_rank(name: str, rank: int, procs: int) -> str:
+    """The error for ``logs --rank N`` past the job's ranks."""
+    ranks = "rank 0" if procs == 1 else f"ranks 0-{procs - 1}"
+    noun = "processes" if procs > 1 else "process"
+    return f"job {name} runs {procs} {noun} ({ranks}); there is no rank {rank}"
+
+
+def rank_log_missing(record: JobRecord, rank: int, path: object) -> str:
+    """The error for a rank whose own log is not there."""
+    return (
+        f"rank {rank} of job {record.name} has no log ({path}): it has not started yet, or the "
+        f"job ran before handyjobs kept logs per rank; see `handyjobs logs {record.name}`"
+    )
+
+
+def no_metric(metric: str, jobs_without: Sequence[str], seen: Sequence[str]) -> str:
+    """The error when no job named has a point of the metric."""
+    names = ", ".join(jobs_without)
+    if seen:
+        who = "it" if len(jobs_without) == 1 else "they"
+        return (
+            f"no point of metric {metric!r} in {names}; {who} logged {', '.join(seen)}: "
+            "pick one with --metric"
+        )
+    return (
+        f"{names} logged no metrics yet; log them from the job with trainer.log_metrics "
+        "or handyjobs.log_metrics"
+    )
+
+
+def size(n: int | None) -> str:
+    """Bytes for people: ``512 MiB``, ``1.5 GiB``."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
+def cost_fields(cost: Cost) -> list[tuple[str, str]]:
+    """``show``'s lines about what a run used."""
+    looks = f"{cost.samples} look{'s' if cost.samples != 1 else ''} {cost.interval_s:g}s apart"
+    out = [
+        (
+            "memory",
+            f"peak {size(cost.peak_rss_bytes)} together ({looks}), "
+            f"largest process {size(cost.max_rss_bytes)} at its peak",
+        ),
+        ("cpu time", duration(cost.cpu_time_s)),
+    ]
+    for g in cost.gpus:
+        util = "" if g.mean_utilization_pct is None else f", {g.mean_utilization_pct:.0f}% mean use"
+        out.append((f"gpu {g.index}", f"peak {g.peak_memory_mib} MiB by the job{util}"))
+    return out
+
+
+def metric_value(value: float | None) -> str:
+    """A metric's value in a table cell."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def metric_fields(summaries: Sequence[Summary]) -> list[tuple[str, str]]:
+    """``show``'s lines about the job's metrics: last and best value of each."""
+    out = []
+    for s in summaries:
+        best = "max" if s.higher_is_better else "min"
+        out.append(
+            (
+                f"metric {printable(s.metric)}",
+                f"last {metric_value(s.last)} (step {s.last_step:g}), "
+                f"best {metric_value(s.best)} (step {s.best_step:g}, {best})",
+            )
+        )
+    return out
