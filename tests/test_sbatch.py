@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from handyjobs.backends.slurm import node, sbatch
+from handyjobs.backends.slurm import jobside, node, sbatch, step
 from handyjobs.core.records import JobSpec, JobState, Run
 from handyjobs.errors import UsageError
 from handyjobs.jobside import launch
@@ -40,21 +40,21 @@ def slurm_spec(**given: object) -> JobSpec:
 
 
 def test_the_rendezvous_is_on_the_first_node_of_the_allocation() -> None:
-    alloc = sbatch.Allocation.from_env(TWO_NODES)
+    alloc = step.Allocation.from_env(TWO_NODES)
     assert (alloc.job_id, alloc.nnodes, alloc.head, alloc.restarts) == ("4242", 2, "gpu07", 1)
-    assert sbatch.first_host("gpu[07-09,12],cpu1") == "gpu07"
-    assert sbatch.first_host("node3,node1") == "node3"
+    assert step.first_host("gpu[07-09,12],cpu1") == "gpu07"
+    assert step.first_host("node3,node1") == "node3"
     # Without SLURMD_NODENAME the head is read from the node list.
     env = {k: v for k, v in TWO_NODES.items() if k != "SLURMD_NODENAME"}
-    assert sbatch.Allocation.from_env(env).head == "gpu07"
+    assert step.Allocation.from_env(env).head == "gpu07"
     with pytest.raises(ValueError, match="not inside a Slurm allocation"):
-        sbatch.Allocation.from_env({})
+        step.Allocation.from_env({})
 
 
 def test_one_torchrun_per_node_through_srun() -> None:
     spec = slurm_spec(nodes=2)
-    alloc = sbatch.Allocation.from_env(TWO_NODES)
-    argv = sbatch.step_argv(spec, alloc, 29512)
+    alloc = step.Allocation.from_env(TWO_NODES)
+    argv = step.step_argv(spec, alloc, 29512)
     assert argv[0] == "srun"
     for opt in ("--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=4"):
         assert opt in argv
@@ -71,12 +71,12 @@ def test_one_torchrun_per_node_through_srun() -> None:
     ):
         assert opt in torchrun
     assert torchrun[-3:] == ["/home/u/train.py", "--epochs", "3"]
-    assert sbatch.rendezvous(spec, alloc, 29512) == "c10d gpu07:29512 id=4242 nnodes=2"
+    assert step.rendezvous(spec, alloc, 29512) == "c10d gpu07:29512 id=4242 nnodes=2"
 
 
 def test_the_head_node_hosts_the_store_and_the_others_do_not() -> None:
     spec = slurm_spec(nodes=2)
-    argv = sbatch.step_argv(spec, sbatch.Allocation.from_env(TWO_NODES), 29512)
+    argv = step.step_argv(spec, step.Allocation.from_env(TWO_NODES), 29512)
     args = argv[argv.index("handyjobs.backends.slurm.node") + 1 :]
     on_head = node.node_argv(args, {"SLURMD_NODENAME": "gpu07"})
     on_other = node.node_argv(args, {"SLURMD_NODENAME": "gpu08"})
@@ -89,7 +89,8 @@ def test_the_head_node_hosts_the_store_and_the_others_do_not() -> None:
 def test_the_runner_builds_the_srun_step_from_its_environment() -> None:
     spec = slurm_spec(nodes=2)
     ctx = launch.RunContext("job", 1, "abc123", None, "/tmp/x.log", rdzv_port=29555)
-    built = launch.build(spec, ctx, {"PATH": "/usr/bin", "SLURM_JOB_ID": "1"}, pane_env=TWO_NODES)
+    caller = {"PATH": "/usr/bin", "SLURM_JOB_ID": "1"}
+    built = jobside.JobSide().command(spec, ctx, caller, TWO_NODES)
     assert built.argv[0] == "srun"
     assert "--rdzv-endpoint=gpu07:29555" in built.argv
     assert built.rendezvous == "c10d gpu07:29555 id=4242 nnodes=2"
@@ -190,7 +191,7 @@ def test_after_a_job_slurm_cannot_wait_for_is_one_usage_error(
 def test_max_restarts_reaches_torchrun_even_for_one_process() -> None:
     spec = replace(slurm_spec(), nproc=1, max_restarts=2)
     one_node = {**TWO_NODES, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07"}
-    argv = sbatch.step_argv(spec, sbatch.Allocation.from_env(one_node), 29512)
+    argv = step.step_argv(spec, step.Allocation.from_env(one_node), 29512)
     torchrun = argv[argv.index("handyjobs.backends.slurm.node") + 3 :]
     assert torchrun[1:3] == ["-m", "torch.distributed.run"]
     assert "--max-restarts=2" in torchrun

@@ -7,8 +7,10 @@ NAME RUN_ID``), which is the same everywhere: it starts the job, tees its output
 its outcome. So a backend only has to say how to start a runner somewhere, whether it is
 still there, how to end what it started, and how a person can look at it.
 
-Adding a backend: write ``backends/<name>.py`` with a class that satisfies :class:`Backend`,
-add it to :func:`get`, and run the shared lifecycle tests against it. A backend whose runs are
+Adding a backend: a folder ``backends/<name>/`` with ``backend.py`` (``BACKEND``, a class that
+satisfies :class:`Backend`) and ``jobside.py`` (``JobSide``, satisfying :class:`JobSide`: what
+the runner does there), its name in :data:`KNOWN`, and the shared lifecycle tests run against
+it. A backend whose runs are
 queued by a scheduler of its own (Slurm) says so with ``queues = True``: handyjobs' queue then
 never grants its runs, and reconciling asks it for the scheduler's view (:meth:`observe`)
 instead of judging the runner by a local pid.
@@ -16,13 +18,21 @@ instead of judging the runner by a local pid.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 from handyjobs.core.procs import Ended
-from handyjobs.core.records import ClusterState, JobSpec, ProcId, Run
+from handyjobs.core.records import ClusterState, JobRecord, JobSpec, ProcId, Run
+from handyjobs.errors import UsageError
+from handyjobs.jobside.launch import Launch, RunContext
+
+#: The backends this handyjobs has, each a folder ``handyjobs/backends/NAME/`` holding
+#: ``backend.py`` (``BACKEND``: the core's half) and ``jobside.py`` (``JobSide``: the runner's).
+KNOWN = ("tmux", "slurm")
 
 
 @dataclass(frozen=True)
@@ -96,21 +106,112 @@ class Backend(Protocol):
         """The scheduler's view of the run; None when there is none or it cannot be had now."""
 
 
+class JobControl(Protocol):
+    """What the runner offers its backend's job side while the job runs."""
+
+    def main_pid(self) -> int | None:
+        """The job's main process (the runner's child), once started."""
+
+    def say(self, text: str) -> None:
+        """Write one ``handyjobs:`` line into the job's log."""
+
+    def record_requeue(self, requeued: bool) -> None:
+        """Record (True) or take back (False) that the run was requeued by its scheduler."""
+
+
+class JobSide(Protocol):
+    """A backend's half inside the job's session: how the runner starts and ends the job there.
+
+    The runner is the same everywhere; what differs by backend is asked of this object: who
+    grants the run, which signals mean what, the command that starts the job's processes, how
+    the run describes where it runs, and whether a clean exit after a warning means "again".
+    """
+
+    #: A scheduler of the backend's own grants, signals and requeues the run.
+    scheduled: bool
+    #: Someone may watch the runner's terminal: echo the job's output there, pass input on.
+    interactive: bool
+    #: The scheduler ended the job: the end is the scheduler's to name.
+    ended_by_scheduler: bool
+
+    def take_signals(self, control: JobControl) -> None:
+        """Install the backend's signal handling once the runner knows its run."""
+
+    def ended_before_start(self) -> str | None:
+        """A line for the log when the job must not start at all; None to go on."""
+
+    def where(self, env: Mapping[str, str]) -> str:
+        """Where the run runs, for the log's header ("" when there is nothing to add)."""
+
+    def command(
+        self,
+        spec: JobSpec,
+        ctx: RunContext,
+        base_env: Mapping[str, str],
+        pane_env: Mapping[str, str],
+    ) -> Launch:
+        """The argv and environment that start the job's processes."""
+
+    def job_ended(self) -> list[str]:
+        """The job's main process ended: stop what repeats; lines for the log."""
+
+    def goes_on(self, spec: JobSpec, exit_code: int | None) -> bool:
+        """True when the run goes on after this exit (requeued): record no outcome."""
+
+
+class Describe(Protocol):
+    """A backend's part of the views: its own words for its runs (used by views/render)."""
+
+    #: The backend's (or its scheduler's) name as people write it.
+    title: str
+    #: Scheduler end states that say no more than the run's own state.
+    plain_ends: tuple[str, ...]
+
+    def gpus(self, record: JobRecord) -> str | None:
+        """The GPUS column for the run, or None to show the run's own GPUs."""
+
+    def nnodes(self, spec: JobSpec) -> int | None:
+        """How many nodes the job asked the backend for, or None when it did not say."""
+
+    def reason_words(self, key: str) -> str | None:
+        """A scheduler's pending reason in words, when it is a well-known one."""
+
+    def show_fields(self, record: JobRecord) -> list[tuple[str, str]]:
+        """``show``'s lines about where the run is: a session, a scheduler's job."""
+
+    def submitted(self, record: JobRecord, state: str) -> list[str]:
+        """What ``start`` prints when the backend took the job; [] to let ``start`` say it."""
+
+
+def _module(name: str, part: str) -> ModuleType:
+    """``handyjobs.backends.NAME.PART``; a usage error for a backend this handyjobs lacks."""
+    if name not in KNOWN:
+        raise UsageError(f"unknown backend {name!r}; this handyjobs knows: {', '.join(KNOWN)}")
+    # Looked up by name, as plugins are: the core names no backend, and a backend's module
+    # (which imports the core) is loaded only by the commands that reach it.
+    return importlib.import_module(f"handyjobs.backends.{name}.{part}")
+
+
 def get(name: str) -> Backend:
     """The backend of that name (``tmux`` for runs on this machine, ``slurm`` for a cluster)."""
-    if name == "tmux":
-        from handyjobs.backends.tmux.backend import TmuxBackend
-
-        return TmuxBackend()
-    if name == "slurm":
-        from handyjobs.backends.slurm.backend import SlurmBackend
-
-        return SlurmBackend()
-    from handyjobs.errors import UsageError
-
-    raise UsageError(f"unknown backend {name!r}; this handyjobs knows: tmux, slurm")
+    backend: Backend = _module(name, "backend").BACKEND()
+    return backend
 
 
-def for_spec(spec: JobSpec) -> Backend:
-    """The backend a spec asks for: Slurm for ``--slurm``, else tmux on this machine."""
-    return get("slurm" if spec.slurm is not None else "tmux")
+def job_side(name: str) -> JobSide:
+    """The job side of the backend of that name, for the runner."""
+    side: JobSide = _module(name, "jobside").JobSide()
+    return side
+
+
+def describe(name: str) -> Describe:
+    """The views' part of the backend of that name."""
+    found: Describe = _module(name, "describe").DESCRIBE
+    return found
+
+
+def early_signals(name: str) -> None:
+    """The runner's first act under a scheduler: catch its signals until the runner is ready."""
+    early = getattr(_module(name, "jobside"), "early", None)
+    if early is not None:
+        early()

@@ -172,11 +172,15 @@ class Plan:
     failed: dict[str, tuple[str, JobState | None]]
 
 
+#: Backends whose runs wait in this machine's queue (a cluster's scheduler queues its own).
+OWN_QUEUE = frozenset({"tmux"})
+
+
 def queue_order(records: Iterable[JobRecord]) -> list[JobRecord]:
     """Queued runs: higher ``--priority`` first, then first queued first."""
-    # Runs queued by Slurm wait in Slurm's queue, not in this machine's.
+    # Runs a cluster's scheduler queues wait in its queue, not in this machine's.
     return sorted(
-        (r for r in records if r.state is JobState.QUEUED and r.spec.slurm is None),
+        (r for r in records if r.state is JobState.QUEUED and r.current.backend in OWN_QUEUE),
         key=lambda r: (-r.spec.priority, r.current.created_at, r.name),
     )
 

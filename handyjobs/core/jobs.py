@@ -145,7 +145,7 @@ def _launch(
         deps[dep], after[dep] = found.state, found.current
     reg.put(record)
     # A cluster's scheduler queues and places its runs itself: the run stays queued until
-    # Slurm's view or its runner says it started; handyjobs' own queue stays out of it.
+    # the scheduler's view or its runner says it started; handyjobs' own queue stays out of it.
     if not backend.queues:
         limits = config.load(reg.root).limits(env)
         got, wait = booking.book(record, reg.records(), discovery, deps, limits)
@@ -315,8 +315,8 @@ def get_job(name: str) -> JobRecord:
 def with_final_view(record: JobRecord) -> JobRecord:
     """A cluster run that ended before its scheduler was asked how: asked once now (``show``).
 
-    The job side records its own outcome, often before Slurm has moved on; what Slurm says of
-    the end (COMPLETED, TIMEOUT, its exit code) is looked up here for the reader, not stored,
+    The job side records its own outcome, often before the scheduler has moved on; what it says
+    of the end (its end state, its exit code) is looked up here for the reader, not stored,
     since ended records live in the append-only history.
     """
     run = record.current
@@ -577,7 +577,7 @@ def restart_job(
 
     overrides = parse_env(env)
     record = get_job(name)
-    backend = backends.for_spec(record.spec)
+    backend = backends.get(record.current.backend)
     backend.check()
     if record.state.active:
         with contextlib.suppress(JobStateError):  # it may end by itself meanwhile

@@ -3,12 +3,14 @@
 One process runs ``python SCRIPT ARGS`` (as the seed README does for one GPU); more run under
 ``python -m torch.distributed.run --standalone``, whose c10d rendezvous binds a port the OS
 picks, so two jobs on one machine never collide on 29500. A node of a multi-node job
-(``--nnodes``) runs torchrun with a c10d rendezvous at the endpoint the user gave; a Slurm
-job runs ``srun`` with one torchrun per node (:func:`handyjobs.backends.slurm.sbatch.step_argv`).
+(``--nnodes``) runs torchrun with a c10d rendezvous at the endpoint the user gave. A backend
+whose scheduler places the processes builds its step around :func:`torchrun_argv`, the one
+torchrun command every backend uses, so each rank runs in the same wrapper everywhere.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,10 +23,6 @@ STANDALONE = "standalone (c10d on a free localhost port)"
 _PANE_VARS = ("TMUX", "TMUX_PANE")
 # Set on a runner by its backend; a job started from inside another job must not inherit it.
 _RUNNER_VARS = ("HANDYJOBS_RUNNER_OF",)
-# Inside a Slurm allocation the runner's own SLURM_* variables describe the job's allocation;
-# the caller's (from a shell inside another allocation, say) must not reach srun. SLURM_CONF
-# says which cluster, and is the caller's to choose.
-_SLURM_PREFIX, _SLURM_KEEP = "SLURM_", ("SLURM_CONF",)
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,13 @@ class RunContext:
     log_path: str
     #: The job's folder: metrics and progress files live there.
     job_dir: str = ""
-    #: A Slurm job's rendezvous port, free on the allocation's first node (the runner's).
+    #: The rendezvous port a scheduler's job uses, free on its first node (the runner's).
     rdzv_port: int | None = None
     #: The interpreter that runs :mod:`handyjobs.jobside.rank` around each rank of a job of several
     #: processes (the runner's own: the job's may not have handyjobs); None runs ranks bare.
     rank_python: str | None = None
+    #: Nodes the run spans when a scheduler placed it (None: as the spec says).
+    nnodes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,38 +65,13 @@ def build(
     ``base_env`` is the environment of the shell that ran ``handyjobs start`` (like nohup);
     ``pane_env`` supplies the tmux variables of the pane the job really runs in.
     """
-    nproc = spec.procs
     target: list[str] = ["-m", spec.script] if spec.module else [spec.script]
     rendezvous: str | None = None
-    if spec.slurm is not None:
-        from handyjobs.backends.slurm import sbatch
-
-        # Inside the batch script: one torchrun per node through srun, rendezvous on node 0.
-        alloc = sbatch.Allocation.from_env(pane_env or {})
-        port = ctx.rdzv_port or 29400  # torchrun's default c10d port
-        argv = sbatch.step_argv(spec, alloc, port)
-        rendezvous = sbatch.rendezvous(spec, alloc, port)
-    elif spec.executable:
+    if spec.executable:
         argv = [spec.script, *spec.args]  # as typed: its shebang says how it runs
-    elif nproc > 1 or spec.max_restarts is not None or spec.rdzv is not None:
+    elif spec.procs > 1 or spec.max_restarts is not None or spec.rdzv is not None:
         # torchrun also for one process when elastic restarts are asked for: they are its.
-        restarts = [] if spec.max_restarts is None else [f"--max-restarts={spec.max_restarts}"]
-        torchrun = [
-            spec.python,
-            "-m",
-            "torch.distributed.run",
-            *_rendezvous_args(spec),
-            f"--nproc-per-node={nproc}",
-            *restarts,
-        ]
-        if ctx.rank_python and (nproc > 1 or spec.rdzv is not None):
-            # Each rank in its own wrapper (per-rank log, whole lines only on the shared
-            # terminal); the worker is what torchrun would run itself: python -u SCRIPT ARGS.
-            worker = [spec.python, "-u", *target, *spec.args]
-            wrapper = [ctx.rank_python, "-m", "handyjobs.jobside.rank", "--"]
-            argv = [*torchrun, "--no-python", *wrapper, *worker]
-        else:
-            argv = [*torchrun, *(["--module"] if spec.module else []), spec.script, *spec.args]
+        argv = torchrun_argv(spec, ctx, _rendezvous_args(spec))
         rendezvous = STANDALONE if spec.rdzv is None else rendezvous_text(spec)
     else:
         argv = [spec.python, *target, *spec.args]
@@ -105,13 +80,6 @@ def build(
     for key in _PANE_VARS:
         if pane_env and key in pane_env:
             env[key] = pane_env[key]
-    if spec.slurm is not None:
-        env = {k: v for k, v in env.items() if not _from_allocation(k)}
-        env.update({k: v for k, v in (pane_env or {}).items() if _from_allocation(k)})
-        # Slurm gives each step the GPUs it allocated; the login node's choice means nothing.
-        env.pop("CUDA_VISIBLE_DEVICES", None)
-        # Tasks write to Slurm's pipes, not a terminal: unbuffered, lines arrive as printed.
-        env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(dict(spec.env))
     env.update(handyjobs_vars(spec, ctx))
     if spec.cpu:
@@ -121,6 +89,32 @@ def build(
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # numbers as nvidia-smi shows them
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in ctx.gpus)
     return Launch(argv, env, rendezvous)
+
+
+def torchrun_argv(spec: JobSpec, ctx: RunContext, rendezvous_args: Sequence[str]) -> list[str]:
+    """torchrun running the spec's script on this node, each rank in handyjobs' rank wrapper.
+
+    ``rendezvous_args`` says how the nodes meet (``--standalone`` on one machine, a c10d
+    endpoint across nodes). With ``ctx.rank_python`` every rank runs in
+    :mod:`handyjobs.jobside.rank` (its own log, whole lines on the shared terminal, ``--prefix``).
+    """
+    restarts = [] if spec.max_restarts is None else [f"--max-restarts={spec.max_restarts}"]
+    head = [
+        spec.python,
+        "-m",
+        "torch.distributed.run",
+        *rendezvous_args,
+        f"--nproc-per-node={spec.procs}",
+        *restarts,
+    ]
+    across_nodes = spec.rdzv is not None or (ctx.nnodes or 1) > 1
+    if ctx.rank_python and (spec.procs > 1 or across_nodes):
+        # The worker is what torchrun would run itself: python -u SCRIPT ARGS.
+        target = ["-m", spec.script] if spec.module else [spec.script]
+        worker = [spec.python, "-u", *target, *spec.args]
+        wrapper = [ctx.rank_python, "-m", "handyjobs.jobside.rank", "--"]
+        return [*head, "--no-python", *wrapper, *worker]
+    return [*head, *(["--module"] if spec.module else []), spec.script, *spec.args]
 
 
 def _rendezvous_args(spec: JobSpec) -> list[str]:
@@ -163,7 +157,7 @@ def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
             out[f"HANDYJOBS_PARAM_{_env_key(key)}"] = value
     if spec.group:
         out["HANDYJOBS_GROUP"] = spec.group
-    nnodes = spec.slurm.nodes if spec.slurm else spec.rdzv.nnodes if spec.rdzv else 1
+    nnodes = ctx.nnodes or (spec.rdzv.nnodes if spec.rdzv else 1)
     if nnodes > 1:
         out["HANDYJOBS_NNODES"] = str(nnodes)
     if ctx.job_dir:
@@ -177,11 +171,6 @@ def handyjobs_vars(spec: JobSpec, ctx: RunContext) -> dict[str, str]:
     return out
 
 
-def _from_allocation(key: str) -> bool:
-    """True for a ``SLURM_*`` variable that describes the allocation (taken from the step)."""
-    return key.startswith(_SLURM_PREFIX) and key not in _SLURM_KEEP
-
-
 def _env_key(key: str) -> str:
     """A sweep key as an environment variable suffix: ``lr`` -> ``LR``, ``batch-size`` ->
     ``BATCH_SIZE``."""
@@ -190,6 +179,4 @@ def _env_key(key: str) -> str:
 
 def display(argv: Sequence[str]) -> str:
     """A copy-pasteable rendering of argv for headers and ``show``."""
-    import shlex
-
     return shlex.join(argv)

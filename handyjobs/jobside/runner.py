@@ -17,13 +17,10 @@ Invoked as ``python -m handyjobs.jobside.runner HOME NAME RUN_ID``. Its life:
 If the runner's own terminal goes away (tmux session or server killed: SIGHUP) or it is told
 to end (SIGTERM), it ends the job's processes and records the run as ``lost`` with why.
 
-Inside a Slurm allocation (the batch script execs the runner) the scheduler grants the run,
-so step 4 is skipped, and the command is ``srun`` with one torchrun per node. SIGTERM there is
-Slurm ending the job (``scancel``, the time limit, preemption): Slurm signals every process of
-the job itself, so the runner keeps copying output until the job ends and records the outcome
-as ended by the scheduler, whose own state says which end it was. SIGUSR1 is Slurm's warning
-before the time limit (``--signal=B:USR1@S``): the runner passes it to ``srun``, which signals
-the job's processes; after the job exits cleanly, a ``--requeue`` job asks Slurm to requeue it.
+What differs by backend is asked of the run's backend's job side
+(:class:`handyjobs.backends.base.JobSide`): under a scheduler of its own the run is granted by
+that scheduler (step 4 is skipped), its signals mean what the scheduler means by them, the
+command is the backend's, and a clean exit after a warning may mean the run goes on.
 """
 
 from __future__ import annotations
@@ -40,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from handyjobs.backends import base as backends
 from handyjobs.core import lifecycle, paths, procs, registry
 from handyjobs.core.records import (
     JobRecord,
@@ -71,30 +69,9 @@ STATUS_SIZE = 4096
 RESERVE_SIZE = 64 * 1024
 #: Seconds between two tries to store the outcome while the disk is full.
 DISK_RETRY_S = 2.0
-#: Seconds between repeats of Slurm's time-limit warning to the job, until it ends.
-WARNING_REPEAT_S = 5.0
-
-
-#: Set by the batch script a scheduler runs: Slurm, not a terminal, signals this runner.
+#: Set by the batch script a scheduler runs, to the backend's name: that scheduler, not a
+#: terminal, signals this runner, from its first moment.
 SCHEDULED_ENV = "HANDYJOBS_SCHEDULED"
-
-
-class _Early:
-    """Slurm's signals that came before the runner was ready for them (it is still starting)."""
-
-    #: Slurm's SIGTERM (scancel, preemption): the job is to end; do not start it.
-    term = False
-    #: Slurm's time-limit warning (SIGUSR1): passed on once the job runs.
-    warned = False
-
-
-def _on_early(signum: int, frame: FrameType | None) -> None:
-    # Slurm signals the batch script as soon as it likes (a stop right after submitting, a
-    # warning sent early): remember it; dying of it, or recording "lost", would be wrong.
-    if signum == signal.SIGTERM:
-        _Early.term = True
-    else:
-        _Early.warned = True
 
 
 class RunnerEnd(Exception):
@@ -214,11 +191,8 @@ class Runner:
         self.main: int | None = None
         #: Set once the record was found: before that, nothing of ours may be written.
         self.verified = False
-        #: A cluster's scheduler runs this runner (Slurm): it grants, signals and requeues.
-        self.scheduled = False
-        #: When the scheduler's time-limit warning came, and whether it told the job to end.
-        self.warned_at: str | None = None
-        self.ended_by_scheduler = False
+        #: The run's backend's half in this session (known once the record was read).
+        self.side: backends.JobSide | None = None
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -349,17 +323,15 @@ class Runner:
         run = record.current
         self.verified = True
         spec: JobSpec = record.spec
-        from handyjobs.backends import base as backends
-
-        # Under Slurm the scheduler grants, signals and requeues: the runner lets it.
-        self.scheduled = backends.get(run.backend).queues
-        if self.scheduled:
-            self._take_scheduler_signals()
+        # Under a scheduler of the backend's own, it grants, signals and requeues.
+        side = self.side = backends.job_side(run.backend)
+        side.take_signals(self)
         self.log_fd, self.log_error = _open_log(record.log_path)
-        if self.ended_by_scheduler:
-            # Slurm ended the job before it started (scancel just after the submit): nothing
-            # to start, nothing to record; Slurm's own view says how it ended.
-            _say(self.log_fd, "Slurm ended the job before it started")
+        never = side.ended_before_start()
+        if never:
+            # Ended by the scheduler before it started (cancelled just after the submit):
+            # nothing to start, nothing to record; the scheduler's own view says how it ended.
+            _say(self.log_fd, never)
             return 143
         try:
             env = self._env()
@@ -380,7 +352,7 @@ class Runner:
             return self._fail_to_start(f"cannot write the run's status file ({exc})")
         self.status.reserve()
         gpus: tuple[int, ...] | None = run.gpus
-        if run.state is JobState.QUEUED and not self.scheduled:
+        if run.state is JobState.QUEUED and not side.scheduled:
             gpus = self._wait_for_grant(env)
             if gpus is None:
                 self.status.path.unlink(missing_ok=True)
@@ -395,10 +367,10 @@ class Runner:
             booked,
             record.log_path,
             str(paths.job_dir(self.name, self.root)),
-            rdzv_port=_free_port() if self.scheduled else None,
+            rdzv_port=_free_port() if side.scheduled else None,
             rank_python=sys.executable,
         )
-        job = launch.build(spec, ctx, env, pane_env=os.environ)
+        job = side.command(spec, ctx, env, os.environ)
         limit, bad_limit = rotation.limit_from_env(env)
         if bad_limit:
             _say(self.log_fd, bad_limit)
@@ -407,12 +379,8 @@ class Runner:
         pane_filter = terminal.PaneFilter().feed if spec.procs > 1 else None
         sampler = Sampler(self.run_id, env, gpus=not spec.cpu)
         where = f"GPUs {','.join(map(str, booked))}" if booked else ("CPU" if spec.cpu else "")
-        if self.scheduled and "SLURM_JOB_ID" in os.environ:
-            restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
-            where = (
-                f"Slurm job {os.environ['SLURM_JOB_ID']} ({os.environ.get('SLURM_JOB_NODELIST')}"
-                f"{', restart ' + restarts if restarts != '0' else ''})"
-            ) + (f", {where}" if where else "")
+        placed = side.where(os.environ)
+        where = ", ".join(w for w in (placed, where) if w)
         _say(
             self.log_fd,
             f"run {ctx.run} of {self.name} started {utcnow()}{' on ' + where if where else ''}: "
@@ -431,14 +399,13 @@ class Runner:
             self.log_fd,
             on_start=on_start,
             # In a batch script nobody reads the runner's own output: the log has every byte.
-            echo_fd=None if self.scheduled else 1,
-            input_fd=None if self.scheduled else 0,
+            echo_fd=1 if side.interactive else None,
+            input_fd=0 if side.interactive else None,
             rotator=rotator,
             pane_filter=pane_filter,
         )
         cost = sampler.finish(result.rusage)
-        if self.warned_at:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        notes = side.job_ended()
         leftovers = self._end_leftovers()
         how = (
             f"exit code {result.exit_code}" if result.signal is None else f"signal {result.signal}"
@@ -449,19 +416,10 @@ class Runner:
             f"run {ctx.run} of {self.name} ended {utcnow()}: {how} after "
             f"{time.monotonic() - started:.1f}s{extra}",
         )
-        if self.warned_at:
-            _say(
-                self.log_fd,
-                f"Slurm's time-limit warning (SIGUSR1) reached the job {self.warned_at}",
-            )
-        if (
-            self.warned_at
-            and spec.slurm is not None
-            and spec.slurm.requeue
-            and result.exit_code == 0
-            and not self.ended_by_scheduler
-            and self._requeue()
-        ):
+        for note in notes:
+            _say(self.log_fd, note)
+        if side.goes_on(spec, result.exit_code):
+            self.status.release()
             return 0
         outcome = Outcome(
             result.exit_code,
@@ -469,7 +427,7 @@ class Runner:
             utcnow(),
             leftovers=leftovers,
             log_error=self.log_error or result.log_error,
-            by_scheduler=self.ended_by_scheduler,
+            by_scheduler=side.ended_by_scheduler,
             cost=cost,
         )
         self._conclude(outcome, None)
@@ -477,64 +435,23 @@ class Runner:
         self._on_exit(spec, env)
         return result.returncode
 
-    def _take_scheduler_signals(self) -> None:
-        """Slurm's SIGTERM ends the job (Slurm signals it too); its SIGUSR1 warns the job."""
+    # -- what the backend's job side may ask (JobControl) -----------------------------------
 
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            # Every process of the job got the same signal from Slurm: keep copying output
-            # until they end, then record how, as ended by the scheduler.
-            self.ended_by_scheduler = True
+    def main_pid(self) -> int | None:
+        """The job's main process, once started (our own child until it is reaped)."""
+        return self.main
 
-        def pass_on(signum: int, frame: FrameType | None) -> None:
-            if self.main is not None:
-                # Our own child, not reaped before run_on_pty returns: the pid is still ours.
-                # srun passes the signal to every process of the step.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.main, signal.SIGUSR1)
+    def say(self, text: str) -> None:
+        """One ``handyjobs:`` line into the log."""
+        _say(self.log_fd, text)
 
-        def on_warning(signum: int, frame: FrameType | None) -> None:
-            if self.warned_at is None:
-                self.warned_at = utcnow()
-                # Slurm may warn up to a minute early, before the job's processes listen:
-                # say it again every few seconds until the job ends (a flag set twice is set).
-                signal.signal(signal.SIGALRM, pass_on)
-                signal.setitimer(signal.ITIMER_REAL, WARNING_REPEAT_S, WARNING_REPEAT_S)
-            pass_on(signum, frame)
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGUSR1, on_warning)
-        # What came while the runner started up (see _on_early).
-        self.ended_by_scheduler = self.ended_by_scheduler or _Early.term
-        if _Early.warned:
-            on_warning(signal.SIGUSR1, None)  # passed on by the repeat once the job runs
-
-    def _requeue(self) -> bool:
-        """Have Slurm requeue the job (same run, started again); False when it refuses."""
-        import subprocess
-
-        job_id = os.environ.get("SLURM_JOB_ID", "")
+    def record_requeue(self, requeued: bool) -> None:
+        """Record that the scheduler requeues the run (True), or take that back (False)."""
         st = self.status.status
-        st.requeued = True
-        self.status.write()
-        self._fold(st, "record the requeue in the registry")
-        _say(self.log_fd, f"asking Slurm to requeue job {job_id}: the same run starts again")
-        # Slurm ends this batch script as it requeues the job; nothing is left to do then.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            proc = subprocess.run(
-                ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60
-            )
-            why = proc.stderr.strip() or f"exit code {proc.returncode}"
-            ok = proc.returncode == 0
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            ok, why = False, str(exc)
-        if ok:
-            self.status.release()
-            return True
-        signal.signal(signal.SIGTERM, lambda s, f: setattr(self, "ended_by_scheduler", True))
-        _say(self.log_fd, f"Slurm did not requeue the job ({why}); recording how it ended")
-        st.requeued = False
-        return False
+        st.requeued = requeued
+        if requeued:
+            self.status.write()
+            self._fold(st, "record the requeue in the registry")
 
     def _ended_run(self) -> tuple[JobRecord | None, str]:
         """Our record as it is now, and our run's end state (as far as it can be read)."""
@@ -584,7 +501,7 @@ class Runner:
             with contextlib.suppress(OSError):
                 self._conclude(self.status.status.outcome, None)
             return 128 + exc.signum
-        if self.scheduled:
+        if self.side is not None and self.side.scheduled:
             return 128 + exc.signum  # the scheduler ended it before it started: its view says
         kind = LostKind.SESSION_GONE if exc.signum == signal.SIGHUP else LostKind.RUNNER_DIED
         with contextlib.suppress(OSError):
@@ -629,9 +546,9 @@ def _try_lock(path: Path) -> int:
 def run(root: Path, name: str, run_id: str) -> int:
     """Run one run to its end; returns the job's shell-style exit code."""
     signal.signal(signal.SIGHUP, _on_signal)
-    if os.environ.get(SCHEDULED_ENV):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, _on_early)
+    scheduled_by = os.environ.get(SCHEDULED_ENV)
+    if scheduled_by:
+        backends.early_signals(scheduled_by)
     else:
         signal.signal(signal.SIGTERM, _on_signal)
     runner = Runner(root, name, run_id)

@@ -1,9 +1,9 @@
 """Stop signals become ``trainer.should_stop``: checkpoint and leave instead of being killed.
 
 ``handyjobs stop`` sends SIGTERM to every process of the job (torchrun's agent and each
-worker), waits a grace period (10 s by default), then sends SIGKILL; Slurm sends SIGUSR1 some
-time before a time limit when asked to (``--signal=USR1@120``). The rules, chosen so that a
-script that never asks keeps dying promptly:
+worker), waits a grace period (10 s by default), then sends SIGKILL; a cluster's scheduler
+sends SIGUSR1 some time before a time limit when asked to (``--signal-before``). The rules,
+chosen so that a script that never asks keeps dying promptly:
 
 * A stop signal is swallowed only once the script has *read* the flag (``should_stop`` or
   ``stop_requested``) at least once. Before that, it takes its default action: SIGTERM ends
@@ -32,7 +32,7 @@ from typing import Any
 
 from handyjobs.trainer.errors import TrainerError, TrainerWarning
 
-#: What ``config.stop_signals`` defaults to: ``handyjobs stop`` and Slurm's warning signal.
+#: What ``config.stop_signals`` defaults to: ``handyjobs stop`` and a scheduler's warning.
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 #: Seconds within which a repeat of the same signal is the same stop request (see above).
@@ -41,9 +41,9 @@ REPEAT_WINDOW_S = 5.0
 _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 _DEFAULTS = (signal.SIG_DFL, signal.default_int_handler)
 
-#: Set by :mod:`handyjobs.backends.slurm.node`
-#: to the signals it made torchrun ignore (``"SIGUSR1"``) so that
-#: torchrun survives Slurm's warning; workers inherit SIG_IGN, which is then not the script's.
+#: Set by a backend's node wrapper to the signals it made torchrun ignore (``"SIGUSR1"``) so
+#: that torchrun survives a scheduler's warning; workers inherit SIG_IGN, which is then not
+#: the script's.
 IGNORED_FOR_TORCHRUN_ENV = "HANDYJOBS_IGNORED_FOR_TORCHRUN"
 
 
@@ -200,7 +200,7 @@ class StopListener:
             return
         previous = self._previous.get(signum, signal.SIG_DFL)
         if previous is signal.SIG_IGN:
-            # Ignored before the trainer came (SIGUSR1 under Slurm, for torchrun's sake): a
+            # Ignored before the trainer came (SIGUSR1 under a scheduler, for torchrun's sake): a
             # warning that comes too early or again is dropped, never fatal.
             return
         if callable(previous):

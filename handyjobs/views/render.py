@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from handyjobs.backends import base as backends
 from handyjobs.core.records import (
     Blocker,
     BlockKind,
@@ -92,11 +93,9 @@ def when(stamp: str | None, now: datetime | None = None) -> str:
 def gpu_text(record: JobRecord) -> str:
     """The GPUs of a run, or what it waits for, or ``cpu``."""
     run = record.current
-    slurm = record.spec.slurm
-    if slurm is not None:
-        if slurm.gpus_per_node:
-            return f"{slurm.gpus_per_node}/node"
-        return "cpu" if record.spec.cpu else "-"
+    own = backends.describe(run.backend).gpus(record)
+    if own is not None:
+        return own
     if run.gpus:
         return ",".join(map(str, run.gpus))
     spec = record.spec
@@ -131,9 +130,10 @@ def job_rows(records: Sequence[JobRecord], params: bool = False) -> list[list[st
 
 
 def nnodes(record: JobRecord) -> int:
-    """How many machines the job runs on (Slurm nodes, or nodes started by hand)."""
+    """How many machines the job runs on (a scheduler's nodes, or nodes started by hand)."""
     spec = record.spec
-    return spec.slurm.nodes if spec.slurm else spec.rdzv.nnodes if spec.rdzv else 1
+    asked = backends.describe(record.current.backend).nnodes(spec)
+    return asked if asked is not None else spec.rdzv.nnodes if spec.rdzv else 1
 
 
 def nproc_text(record: JobRecord) -> str:
@@ -278,17 +278,21 @@ def state_text(record: JobRecord) -> str:
     if run.reason is not None and run.state in (JobState.LOST, JobState.FAILED):
         return f"{run.state.value} ({reason_text(run.reason)})"
     view = run.cluster
-    if view is not None and not run.state.active and view.state not in _PLAIN_ENDS:
-        return f"{run.state.value} ({_scheduler(view.scheduler)} says {view.state})"
+    if view is not None and not run.state.active:
+        plain = _describer(view.scheduler)
+        if plain is None or view.state not in plain.plain_ends:
+            return f"{run.state.value} ({_scheduler(view.scheduler)} says {view.state})"
     return run.state.value
 
 
-# Slurm end states that say no more than our own state does.
-_PLAIN_ENDS = ("COMPLETED", "FAILED", "RUNNING", "COMPLETING", "PENDING")
+def _describer(name: str | None) -> backends.Describe | None:
+    """The views' part of a backend named by a record; None for a name this handyjobs lacks."""
+    return backends.describe(name) if name in backends.KNOWN else None
 
 
 def _scheduler(name: str | None) -> str:
-    return {"slurm": "Slurm"}.get(name or "", name or "the scheduler")
+    known = _describer(name)
+    return known.title if known is not None else name or "the scheduler"
 
 
 def record_fields(record: JobRecord) -> list[tuple[str, str]]:
@@ -352,58 +356,17 @@ def _nodes_fields(record: JobRecord) -> list[tuple[str, str]]:
     if rdzv is not None:
         host = " (hosts the rendezvous store)" if rdzv.node_rank == 0 else ""
         return [("nodes", f"{rdzv.nnodes}; this is node rank {rdzv.node_rank}{host}")]
-    if record.spec.slurm is not None:
-        return [("nodes", str(record.spec.slurm.nodes))]
-    return []
+    asked = backends.describe(record.current.backend).nnodes(record.spec)
+    return [("nodes", str(asked))] if asked is not None else []
 
 
 def _backend_fields(record: JobRecord) -> list[tuple[str, str]]:
-    run = record.current
-    if run.backend != "slurm":
-        return [("tmux session", record.session)]
-    view = run.cluster
-    state = "-"
-    if view is not None:
-        state = view.state + (f" ({view.reason})" if view.reason else "")
-        if not run.state.active and view.verdict in (JobState.QUEUED, JobState.RUNNING):
-            # Its last word while the job ran; the job side recorded how it ended.
-            state = f"{view.state} when last asked; the job recorded its own end"
-        if view.restarts:
-            state += f"; requeued {view.restarts}x"
-    fields = [
-        ("slurm job", run.handle.get("job_id", "-")),
-        ("slurm state", state),
-        ("slurm nodes", (view.nodes if view else None) or "-"),
-        ("sbatch script", run.handle.get("script", "-")),
-    ]
-    slurm = record.spec.slurm
-    if slurm is not None:
-        asked = [f"--{k}={getattr(slurm, k)}" for k in _SLURM_OPTS if getattr(slurm, k)]
-        fields.append(("slurm options", " ".join([*asked, *slurm.extra]) or "-"))
-    return fields
-
-
-_SLURM_OPTS = ("partition", "time", "account", "mem", "constraint")
+    return backends.describe(record.current.backend).show_fields(record)
 
 
 def submitted_lines(record: JobRecord) -> list[str]:
-    """What ``start --slurm`` prints: the Slurm job, its size, where its script and log are."""
-    run, slurm = record.current, record.spec.slurm
-    assert slurm is not None
-    nodes = f"{slurm.nodes} node{'s' if slurm.nodes > 1 else ''}"
-    per = f"{run.nproc} process{'es' if run.nproc > 1 else ''}"
-    gpus = (
-        f", {slurm.gpus_per_node} GPUs"
-        if slurm.gpus_per_node
-        else (", CPU" if record.spec.cpu else "")
-    )
-    return [
-        f"submitted {record.name} to Slurm as job {run.handle.get('job_id')}: {nodes}, "
-        f"{per}{gpus} per node ({state_text(record)})",
-        f"  script: {run.handle.get('script')}",
-        f"  log:    {record.log_path}",
-        f"  follow: handyjobs logs {record.name} -f    state: handyjobs show {record.name}",
-    ]
+    """What ``start`` prints when a backend's scheduler took the job ([] when it says nothing)."""
+    return backends.describe(record.current.backend).submitted(record, state_text(record))
 
 
 def print_record(record: JobRecord, metrics: Sequence[Summary] = ()) -> None:
@@ -502,36 +465,11 @@ def blocker_text(b: Blocker) -> str:
     return f"GPU {b.gpu} is busy: {busy_text(b)}"
 
 
-# Slurm's commonest pending reasons (squeue's REASON column), in words.
-_SLURM_REASONS = {
-    "None": "Slurm has not looked at it yet",
-    "Resources": "waiting for free nodes, CPUs or GPUs",
-    "Priority": "jobs of higher priority are ahead of it",
-    "Dependency": "waiting for a job it depends on",
-    "DependencyNeverSatisfied": "a job it depends on failed; it will never start",
-    "JobHeldUser": "held by its user; `scontrol release` with its job id lets it go",
-    "JobHeldAdmin": "held by an administrator",
-    "BeginTime": "its start time has not come (a requeued job waits a little)",
-    "ReqNodeNotAvail": "a node it needs is not available",
-    "PartitionTimeLimit": "its --time is over the partition's limit",
-    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
-    "PartitionDown": "its partition is down",
-    "NodeDown": "a node it needs is down",
-    "Reservation": "waiting for its reservation",
-    "InvalidAccount": "its account is not valid here",
-    "InvalidQOS": "its QOS is not valid here",
-    "CONFIGURING": "its nodes are being set up",
-    "REQUEUED": "it was requeued and will start again",
-}
-
-
 def scheduler_reason(scheduler: str | None, reason: str | None) -> str:
-    """A scheduler's pending reason, as it names it and in words: ``Slurm: Priority, jobs ...``."""
+    """A scheduler's pending reason, as it names it and in words (``NAME: Priority, jobs ...``)."""
     word = reason or "None"
-    key = word.split(",", 1)[0]
-    words = _SLURM_REASONS.get(key)
-    if words is None and (key.startswith(("Assoc", "QOS", "MaxCpu", "MaxGRES", "MaxNode"))):
-        words = "a limit of its account or QOS"
+    known = _describer(scheduler)
+    words = known.reason_words(word.split(",", 1)[0]) if known is not None else None
     return f"{_scheduler(scheduler)}: {printable(word)}" + (f", {words}" if words else "")
 
 

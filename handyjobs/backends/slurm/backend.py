@@ -435,3 +435,7 @@ def run_name(run: Run) -> str:
     """The job's name as the backend knows it (the batch script's job name)."""
     script = run.handle.get("script", "")
     return Path(script).parent.name if script else "NAME"
+
+
+#: The core's half of this backend, as :func:`handyjobs.backends.base.get` finds it.
+BACKEND = SlurmBackend

@@ -2,11 +2,7 @@
 
 Nothing here runs Slurm. :func:`check` turns what ``handyjobs start --slurm`` was given into a
 spec (or one usage error); :func:`script` writes the batch script that runs the runner inside
-the allocation; :func:`step_argv` is the command the runner starts there: one ``torchrun`` per
-node through ``srun``, meeting in a c10d rendezvous on the batch host (the allocation's first
-node), each node's torchrun wrapped by
-:mod:`handyjobs.backends.slurm.node` (one process on one node runs
-plain python, as on this machine).
+the allocation; :mod:`handyjobs.backends.slurm.step` builds the command the runner starts there.
 
 Why the batch script gets ``--signal=B:USR1@S``: Slurm then sends the warning only to the
 batch shell, which is our runner; the runner passes it to ``srun``, which signals every
@@ -231,106 +227,3 @@ def script(
         f"exec {shlex.join(runner)}",
     ]
     return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """The allocation the batch script runs in, as Slurm describes it in the environment."""
-
-    job_id: str
-    nnodes: int
-    #: The node the batch script runs on: Slurm's first node of the allocation.
-    head: str
-    nodelist: str = ""
-    cpus_per_task: int | None = None
-    restarts: int = 0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Allocation:
-        """Read ``SLURM_JOB_ID``, ``SLURM_JOB_NUM_NODES``, ``SLURMD_NODENAME`` and friends."""
-        try:
-            job_id = env["SLURM_JOB_ID"]
-            nnodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or "1")
-            head = env.get("SLURMD_NODENAME") or first_host(env["SLURM_JOB_NODELIST"])
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"not inside a Slurm allocation ({exc} is missing)") from exc
-        cpus = env.get("SLURM_CPUS_PER_TASK")
-        return cls(
-            job_id=job_id,
-            nnodes=nnodes,
-            head=head,
-            nodelist=env.get("SLURM_JOB_NODELIST", ""),
-            cpus_per_task=int(cpus) if cpus and cpus.isdigit() else None,
-            restarts=int(env.get("SLURM_RESTART_COUNT") or 0),
-        )
-
-
-def first_host(nodelist: str) -> str:
-    """The first host of a Slurm node list: ``gpu[07-09,12],cpu1`` -> ``gpu07``."""
-    m = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if not m or not m.group(1):
-        raise ValueError(f"cannot read the node list {nodelist!r}")
-    prefix, ranges = m.group(1), m.group(2)
-    if not ranges:
-        return prefix
-    first = ranges.split(",", 1)[0].split("-", 1)[0]
-    return prefix + first
-
-
-def endpoint(alloc: Allocation, port: int) -> str:
-    """``HEAD:PORT``: where the nodes of the allocation meet."""
-    return f"{alloc.head}:{port}"
-
-
-def step_argv(spec: JobSpec, alloc: Allocation, port: int) -> list[str]:
-    """``srun`` starting one wrapped torchrun per node, all meeting on the head node."""
-    srun = [
-        "srun",
-        # sbatch ran with --export=NONE, which srun would inherit: the job's environment
-        # (the caller's, from env.json) must reach the tasks.
-        "--export=ALL",
-        "--unbuffered",  # progress lines as they come, not in 4 KiB blocks
-        "--kill-on-bad-exit=1",  # a node whose torchrun fails ends the step on every node
-        f"--nodes={alloc.nnodes}",
-        f"--ntasks={alloc.nnodes}",
-        "--ntasks-per-node=1",
-    ]
-    if alloc.cpus_per_task:
-        # srun does not take the batch job's --cpus-per-task from its environment (22.05+).
-        srun.append(f"--cpus-per-task={alloc.cpus_per_task}")
-    if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
-        # One process, as on this machine: plain python, whose exit code is the job's own.
-        target = ["-m", spec.script] if spec.module else [spec.script]
-        return [
-            *srun,
-            spec.python,
-            "-m",
-            "handyjobs.backends.slurm.node",
-            alloc.head,
-            "--",
-            spec.python,
-            *target,
-            *spec.args,
-        ]
-    torchrun = [
-        spec.python,
-        "-m",
-        "torch.distributed.run",
-        f"--nnodes={alloc.nnodes}",
-        f"--nproc-per-node={spec.procs}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint(alloc, port)}",
-        f"--rdzv-id={alloc.job_id}",
-        *([] if spec.max_restarts is None else [f"--max-restarts={spec.max_restarts}"]),
-        *(["--module"] if spec.module else []),
-        spec.script,
-        *spec.args,
-    ]
-    return [*srun, spec.python, "-m", "handyjobs.backends.slurm.node", alloc.head, "--", *torchrun]
-
-
-def rendezvous(spec: JobSpec, alloc: Allocation, port: int) -> str | None:
-    """How the run records its rendezvous (``show``); None for a single process."""
-    if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
-        return None
-    return f"c10d {endpoint(alloc, port)} id={alloc.job_id} nnodes={alloc.nnodes}"

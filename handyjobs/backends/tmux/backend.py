@@ -207,3 +207,7 @@ def inside_same_server() -> bool:
         return False
     proc = server().cmd("list-sessions", "-F", "#{socket_path}")
     return proc.returncode == 0 and bool(proc.stdout) and proc.stdout[0].strip() == current
+
+
+#: The core's half of this backend, as :func:`handyjobs.backends.base.get` finds it.
+BACKEND = TmuxBackend

@@ -1,0 +1,114 @@
+"""How a Slurm run describes itself in ``list``, ``show`` and ``start``: Slurm's words, kept here.
+
+The views ask the run's backend for these pieces (:class:`handyjobs.backends.base.Describe`);
+Slurm's job numbers, state names and pending reasons never leave this folder as code.
+"""
+
+from __future__ import annotations
+
+from handyjobs.core.records import JobRecord, JobSpec, JobState
+
+#: The scheduler's name as people write it.
+TITLE = "Slurm"
+
+#: End states that say no more than our own state does.
+PLAIN_ENDS = ("COMPLETED", "FAILED", "RUNNING", "COMPLETING", "PENDING")
+
+# Slurm's commonest pending reasons (squeue's REASON column), in words.
+_REASONS = {
+    "None": "Slurm has not looked at it yet",
+    "Resources": "waiting for free nodes, CPUs or GPUs",
+    "Priority": "jobs of higher priority are ahead of it",
+    "Dependency": "waiting for a job it depends on",
+    "DependencyNeverSatisfied": "a job it depends on failed; it will never start",
+    "JobHeldUser": "held by its user; `scontrol release` with its job id lets it go",
+    "JobHeldAdmin": "held by an administrator",
+    "BeginTime": "its start time has not come (a requeued job waits a little)",
+    "ReqNodeNotAvail": "a node it needs is not available",
+    "PartitionTimeLimit": "its --time is over the partition's limit",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionDown": "its partition is down",
+    "NodeDown": "a node it needs is down",
+    "Reservation": "waiting for its reservation",
+    "InvalidAccount": "its account is not valid here",
+    "InvalidQOS": "its QOS is not valid here",
+    "CONFIGURING": "its nodes are being set up",
+    "REQUEUED": "it was requeued and will start again",
+}
+# Reasons that all mean a limit of the user's account or QOS.
+_LIMIT_PREFIXES = ("Assoc", "QOS", "MaxCpu", "MaxGRES", "MaxNode")
+# The options shown back in `show`, in this order.
+_SHOWN_OPTS = ("partition", "time", "account", "mem", "constraint")
+
+
+class Describe:
+    """Slurm's part of the views."""
+
+    title = TITLE
+    plain_ends = PLAIN_ENDS
+
+    def gpus(self, record: JobRecord) -> str | None:
+        """The GPUS column: GPUs per node, ``cpu``, or ``-``."""
+        slurm = record.spec.slurm
+        if slurm is None:
+            return None
+        if slurm.gpus_per_node:
+            return f"{slurm.gpus_per_node}/node"
+        return "cpu" if record.spec.cpu else "-"
+
+    def nnodes(self, spec: JobSpec) -> int | None:
+        """How many nodes the job asked Slurm for."""
+        return spec.slurm.nodes if spec.slurm is not None else None
+
+    def reason_words(self, key: str) -> str | None:
+        """A pending reason in words, when it is a well-known one."""
+        words = _REASONS.get(key)
+        if words is None and key.startswith(_LIMIT_PREFIXES):
+            words = "a limit of its account or QOS"
+        return words
+
+    def show_fields(self, record: JobRecord) -> list[tuple[str, str]]:
+        """``show``'s lines about the Slurm job: its number, state, nodes, script, options."""
+        run = record.current
+        view = run.cluster
+        state = "-"
+        if view is not None:
+            state = view.state + (f" ({view.reason})" if view.reason else "")
+            if not run.state.active and view.verdict in (JobState.QUEUED, JobState.RUNNING):
+                # Its last word while the job ran; the job side recorded how it ended.
+                state = f"{view.state} when last asked; the job recorded its own end"
+            if view.restarts:
+                state += f"; requeued {view.restarts}x"
+        fields = [
+            ("slurm job", run.handle.get("job_id", "-")),
+            ("slurm state", state),
+            ("slurm nodes", (view.nodes if view else None) or "-"),
+            ("sbatch script", run.handle.get("script", "-")),
+        ]
+        slurm = record.spec.slurm
+        if slurm is not None:
+            asked = [f"--{k}={getattr(slurm, k)}" for k in _SHOWN_OPTS if getattr(slurm, k)]
+            fields.append(("slurm options", " ".join([*asked, *slurm.extra]) or "-"))
+        return fields
+
+    def submitted(self, record: JobRecord, state: str) -> list[str]:
+        """What ``start`` prints: the Slurm job, its size, where its script and log are."""
+        run, slurm = record.current, record.spec.slurm
+        assert slurm is not None
+        nodes = f"{slurm.nodes} node{'s' if slurm.nodes > 1 else ''}"
+        per = f"{run.nproc} process{'es' if run.nproc > 1 else ''}"
+        gpus = (
+            f", {slurm.gpus_per_node} GPUs"
+            if slurm.gpus_per_node
+            else (", CPU" if record.spec.cpu else "")
+        )
+        return [
+            f"submitted {record.name} to Slurm as job {run.handle.get('job_id')}: {nodes}, "
+            f"{per}{gpus} per node ({state})",
+            f"  script: {run.handle.get('script')}",
+            f"  log:    {record.log_path}",
+            f"  follow: handyjobs logs {record.name} -f    state: handyjobs show {record.name}",
+        ]
+
+
+DESCRIBE = Describe()

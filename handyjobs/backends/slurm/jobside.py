@@ -1,0 +1,197 @@
+"""The Slurm backend's job side: what the runner does differently inside a Slurm allocation.
+
+The batch script execs the runner with ``HANDYJOBS_SCHEDULED=slurm``. Slurm grants the run (the
+runner does not queue), signals it (``scancel``, preemption, the time limit) and may requeue it:
+
+- SIGTERM from Slurm ends the job: every process of the step got it too; the runner keeps
+  copying output until they end and records the end as the scheduler's, whose own state says
+  which end it was. A SIGTERM that comes before the job started means: start nothing.
+- SIGUSR1 is the time-limit warning (``--signal=B:USR1@S``): passed on to the step, and
+  repeated every few seconds until the job ends, since Slurm may warn before the job's
+  processes listen. After the job then exits 0, a ``--requeue`` job asks Slurm to requeue it.
+- Nobody reads the runner's own output in a batch script: the log has every byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Mapping
+from types import FrameType
+
+from handyjobs.backends.base import JobControl
+from handyjobs.backends.slurm import step
+from handyjobs.core.records import JobSpec, utcnow
+from handyjobs.jobside import launch
+
+#: Seconds between repeats of Slurm's time-limit warning to the job, until it ends.
+WARNING_REPEAT_S = 5.0
+
+# Inside the allocation the runner's own SLURM_* variables describe the job's allocation; the
+# caller's (from a shell inside another allocation, say) must not reach srun. SLURM_CONF says
+# which cluster, and is the caller's to choose.
+_PREFIX, _KEEP = "SLURM_", ("SLURM_CONF",)
+
+
+class _Early:
+    """Slurm's signals that came before the runner was ready for them (it is still starting)."""
+
+    #: Slurm's SIGTERM (scancel, preemption): the job is to end; do not start it.
+    term = False
+    #: Slurm's time-limit warning (SIGUSR1): passed on once the job runs.
+    warned = False
+
+
+def _on_early(signum: int, frame: FrameType | None) -> None:
+    # Slurm signals the batch script as soon as it likes (a stop right after submitting, a
+    # warning sent early): remember it; dying of it, or recording "lost", would be wrong.
+    if signum == signal.SIGTERM:
+        _Early.term = True
+    else:
+        _Early.warned = True
+
+
+def early() -> None:
+    """The runner's first act under Slurm: remember SIGTERM and SIGUSR1 until it is ready."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, _on_early)
+
+
+def _from_allocation(key: str) -> bool:
+    """True for a ``SLURM_*`` variable that describes the allocation (taken from the step)."""
+    return key.startswith(_PREFIX) and key not in _KEEP
+
+
+class JobSide:
+    """The runner's Slurm half: signals, the srun step, the log header, requeue."""
+
+    #: Slurm grants, signals and requeues the run.
+    scheduled = True
+    #: The runner's output goes to Slurm's output file, which nobody reads live.
+    interactive = False
+
+    def __init__(self) -> None:
+        """Nothing is installed until :meth:`take_signals`."""
+        self.control: JobControl | None = None
+        #: When the time-limit warning came (ISO-8601), or None.
+        self.warned_at: str | None = None
+        #: Slurm ended the job (SIGTERM): the end is the scheduler's to name.
+        self.ended_by_scheduler = False
+
+    def take_signals(self, control: JobControl) -> None:
+        """Install Slurm's handling, taking over what came while the runner started up."""
+        self.control = control
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGUSR1, self._on_warning)
+        self.ended_by_scheduler = self.ended_by_scheduler or _Early.term
+        if _Early.warned:
+            self._on_warning(signal.SIGUSR1, None)  # passed on by the repeat once the job runs
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        # Every process of the job got the same signal from Slurm: keep copying output until
+        # they end, then record how, as ended by the scheduler.
+        self.ended_by_scheduler = True
+
+    def _pass_on(self, signum: int, frame: FrameType | None) -> None:
+        main = self.control.main_pid() if self.control else None
+        if main is not None:
+            # Our own child, not reaped before the job's end is seen: the pid is still ours.
+            # srun passes the signal to every process of the step.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(main, signal.SIGUSR1)
+
+    def _on_warning(self, signum: int, frame: FrameType | None) -> None:
+        if self.warned_at is None:
+            self.warned_at = utcnow()
+            # Slurm may warn up to a minute early, before the job's processes listen: say it
+            # again every few seconds until the job ends (a flag set twice is set).
+            signal.signal(signal.SIGALRM, self._pass_on)
+            signal.setitimer(signal.ITIMER_REAL, WARNING_REPEAT_S, WARNING_REPEAT_S)
+        self._pass_on(signum, frame)
+
+    def ended_before_start(self) -> str | None:
+        """Why the job is not to start at all (Slurm ended it before it started), or None."""
+        return "Slurm ended the job before it started" if self.ended_by_scheduler else None
+
+    def where(self, env: Mapping[str, str]) -> str:
+        """Where the run runs, for the log's header: the Slurm job, its nodes, its restart."""
+        if "SLURM_JOB_ID" not in env:
+            return ""
+        restarts = env.get("SLURM_RESTART_COUNT", "0")
+        again = f", restart {restarts}" if restarts != "0" else ""
+        return f"Slurm job {env['SLURM_JOB_ID']} ({env.get('SLURM_JOB_NODELIST')}{again})"
+
+    def command(
+        self,
+        spec: JobSpec,
+        ctx: launch.RunContext,
+        base_env: Mapping[str, str],
+        pane_env: Mapping[str, str],
+    ) -> launch.Launch:
+        """The srun step, with the allocation's variables and no GPU choice of the login node."""
+        alloc = step.Allocation.from_env(pane_env)
+        port = ctx.rdzv_port or 29400  # torchrun's default c10d port
+        ctx = launch.RunContext(
+            ctx.name,
+            ctx.run,
+            ctx.run_id,
+            ctx.gpus,
+            ctx.log_path,
+            ctx.job_dir,
+            rdzv_port=port,
+            rank_python=ctx.rank_python,
+            nnodes=alloc.nnodes,
+        )
+        built = launch.build(spec, ctx, base_env, pane_env)
+        env = {k: v for k, v in built.env.items() if not _from_allocation(k)}
+        env.update({k: v for k, v in pane_env.items() if _from_allocation(k)})
+        env.update({k: v for k, v in spec.env if _from_allocation(k)})
+        if not spec.cpu and "CUDA_VISIBLE_DEVICES" not in dict(spec.env):
+            # Slurm gives each step the GPUs it allocated; the login node's choice means nothing.
+            env.pop("CUDA_VISIBLE_DEVICES", None)
+        # Tasks write to Slurm's pipes, not a terminal: unbuffered, lines arrive as printed.
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        argv = step.step_argv(spec, alloc, port, ctx)
+        return launch.Launch(argv, env, step.rendezvous(spec, alloc, port))
+
+    def job_ended(self) -> list[str]:
+        """Stop repeating the warning; the lines the log gets about it."""
+        if self.warned_at is None:
+            return []
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return [f"Slurm's time-limit warning (SIGUSR1) reached the job {self.warned_at}"]
+
+    def goes_on(self, spec: JobSpec, exit_code: int | None) -> bool:
+        """After a clean exit that followed the warning, requeue a ``--requeue`` job.
+
+        True when Slurm took the requeue: the same run starts again, nothing is recorded.
+        """
+        asked = spec.slurm is not None and spec.slurm.requeue
+        if not (self.warned_at and asked and exit_code == 0 and not self.ended_by_scheduler):
+            return False
+        return self._requeue()
+
+    def _requeue(self) -> bool:
+        """Have Slurm requeue the job (same run, started again); False when it refuses."""
+        assert self.control is not None
+        job_id = os.environ.get("SLURM_JOB_ID", "")
+        self.control.record_requeue(True)
+        self.control.say(f"asking Slurm to requeue job {job_id}: the same run starts again")
+        # Slurm ends this batch script as it requeues the job; nothing is left to do then.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            proc = subprocess.run(
+                ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60
+            )
+            why = proc.stderr.strip() or f"exit code {proc.returncode}"
+            ok = proc.returncode == 0
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            ok, why = False, str(exc)
+        if ok:
+            return True
+        signal.signal(signal.SIGTERM, self._on_term)
+        self.control.say(f"Slurm did not requeue the job ({why}); recording how it ended")
+        self.control.record_requeue(False)
+        return False

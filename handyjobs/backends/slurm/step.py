@@ -1,0 +1,110 @@
+"""The srun step a Slurm job's runner starts: one torchrun per node, meeting on the head node.
+
+Pure: the allocation as Slurm describes it in the batch script's environment, and the command
+built from it. Each node's torchrun is wrapped by :mod:`handyjobs.backends.slurm.node`, which
+names the node that hosts the rendezvous store; one process on one node runs plain python, as
+on this machine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from handyjobs.core.records import JobSpec
+from handyjobs.jobside import launch
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The allocation the batch script runs in, as Slurm describes it in the environment."""
+
+    job_id: str
+    nnodes: int
+    #: The node the batch script runs on: Slurm's first node of the allocation.
+    head: str
+    nodelist: str = ""
+    cpus_per_task: int | None = None
+    restarts: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Allocation:
+        """Read ``SLURM_JOB_ID``, ``SLURM_JOB_NUM_NODES``, ``SLURMD_NODENAME`` and friends."""
+        try:
+            job_id = env["SLURM_JOB_ID"]
+            nnodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or "1")
+            head = env.get("SLURMD_NODENAME") or first_host(env["SLURM_JOB_NODELIST"])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"not inside a Slurm allocation ({exc} is missing)") from exc
+        cpus = env.get("SLURM_CPUS_PER_TASK")
+        return cls(
+            job_id=job_id,
+            nnodes=nnodes,
+            head=head,
+            nodelist=env.get("SLURM_JOB_NODELIST", ""),
+            cpus_per_task=int(cpus) if cpus and cpus.isdigit() else None,
+            restarts=int(env.get("SLURM_RESTART_COUNT") or 0),
+        )
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: ``gpu[07-09,12],cpu1`` -> ``gpu07``."""
+    m = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not m or not m.group(1):
+        raise ValueError(f"cannot read the node list {nodelist!r}")
+    prefix, ranges = m.group(1), m.group(2)
+    if not ranges:
+        return prefix
+    first = ranges.split(",", 1)[0].split("-", 1)[0]
+    return prefix + first
+
+
+def endpoint(alloc: Allocation, port: int) -> str:
+    """``HEAD:PORT``: where the nodes of the allocation meet."""
+    return f"{alloc.head}:{port}"
+
+
+def step_argv(
+    spec: JobSpec, alloc: Allocation, port: int, ctx: launch.RunContext | None = None
+) -> list[str]:
+    """``srun`` starting one wrapped torchrun per node, all meeting on the head node.
+
+    The torchrun command is :func:`handyjobs.jobside.launch.torchrun_argv`, the one every
+    backend uses: with ``ctx.rank_python`` each rank runs in handyjobs' rank wrapper, so per-rank
+    logs and ``--prefix`` work here as on one machine.
+    """
+    srun = [
+        "srun",
+        # sbatch ran with --export=NONE, which srun would inherit: the job's environment
+        # (the caller's, from env.json) must reach the tasks.
+        "--export=ALL",
+        "--unbuffered",  # progress lines as they come, not in 4 KiB blocks
+        "--kill-on-bad-exit=1",  # a node whose torchrun fails ends the step on every node
+        f"--nodes={alloc.nnodes}",
+        f"--ntasks={alloc.nnodes}",
+        "--ntasks-per-node=1",
+    ]
+    if alloc.cpus_per_task:
+        # srun does not take the batch job's --cpus-per-task from its environment (22.05+).
+        srun.append(f"--cpus-per-task={alloc.cpus_per_task}")
+    node = [spec.python, "-m", "handyjobs.backends.slurm.node", alloc.head, "--"]
+    if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
+        # One process, as on this machine: plain python, whose exit code is the job's own.
+        target = ["-m", spec.script] if spec.module else [spec.script]
+        return [*srun, *node, spec.python, *target, *spec.args]
+    ctx = ctx or launch.RunContext("", 0, "", None, "", nnodes=alloc.nnodes)
+    rdzv = [
+        f"--nnodes={alloc.nnodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint(alloc, port)}",
+        f"--rdzv-id={alloc.job_id}",
+    ]
+    return [*srun, *node, *launch.torchrun_argv(spec, ctx, rdzv)]
+
+
+def rendezvous(spec: JobSpec, alloc: Allocation, port: int) -> str | None:
+    """How the run records its rendezvous (``show``); None for a single process."""
+    if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
+        return None
+    return f"c10d {endpoint(alloc, port)} id={alloc.job_id} nnodes={alloc.nnodes}"

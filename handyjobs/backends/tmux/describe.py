@@ -1,0 +1,35 @@
+"""How a run on this machine describes itself in the views: its tmux session, nothing more."""
+
+from __future__ import annotations
+
+from handyjobs.core.records import JobRecord, JobSpec
+
+
+class Describe:
+    """The tmux backend's part of the views."""
+
+    title = "tmux"
+    plain_ends: tuple[str, ...] = ()
+
+    def gpus(self, record: JobRecord) -> str | None:
+        """None: the run's own GPUs (or what it waits for) say it."""
+        return None
+
+    def nnodes(self, spec: JobSpec) -> int | None:
+        """None: nodes started by hand (``--nnodes``) say it."""
+        return None
+
+    def reason_words(self, key: str) -> str | None:
+        """No scheduler of its own: no reasons of its own."""
+        return None
+
+    def show_fields(self, record: JobRecord) -> list[tuple[str, str]]:
+        """The session to attach to."""
+        return [("tmux session", record.session)]
+
+    def submitted(self, record: JobRecord, state: str) -> list[str]:
+        """Nothing: ``start`` announces a run on this machine itself."""
+        return []
+
+
+DESCRIBE = Describe()
