@@ -1,30 +1,33 @@
-"""Every transition of a run, in one place, addressed by run id; and the scheduling pass.
+"""Every transition of a run, in one place, addressed by run id, along one table; reconcile.
 
-A run's ``state`` is assigned nowhere else. Each transition takes the registry (held under
-the lock by the caller), the job's name and the run id the caller read: a stop meant for run
-1 can never mark run 2, and a runner that finishes late never touches its successor. A
-transition that no longer applies (the run ended meanwhile, the job was removed) changes
-nothing and returns False.
+A run's ``state`` is assigned nowhere else, and here only by :func:`_apply`, which lets a
+change through when :data:`TABLE` has a row for it. Each transition takes the registry (held
+under the lock by the caller), the job's name and the run id the caller read: a stop meant
+for run 1 can never mark run 2, and a runner that finishes late never touches its successor.
+A transition that does not apply (the run ended meanwhile, the job was removed, the table has
+no such row) changes nothing and returns False.
 
 ::
 
-    queued ──grant──> running ──finish──> succeeded | failed | stopped (stop was requested)
-       │                 │
-       ├──cancel──> stopped     running/queued ──lose──> lost (runner died, session gone,
-       └──fail_to_start──> failed                                reboot; with a reason)
+    queued ──grant / begin──> running ──finish──> succeeded | failed | stopped
+       │  <──requeue / observe──┘ │
+       ├──cancel──> stopped       ├──cancel──> stopped (its runner went after a stop)
+       ├──fail_to_start──> failed └──fail_to_start──> failed (granted, never began)
+       └──lose──> lost            └──lose──> lost (runner died, session gone, reboot)
 
-A run that a cluster's scheduler queues (Slurm) also moves by that scheduler's view
-(:func:`observe`): queued with its reason, running once it runs, back to queued when it is
-requeued (:func:`requeue`), and ended by the scheduler's verdict when the job side could not
-say (:func:`end_by_cluster`).
+A run whose backend has a scheduler of its own (``Probe.queues``) also moves by that
+scheduler's view, as the backend puts it into neutral data (:class:`ClusterState`): queued with
+its reason, running once it runs, back to queued when it is requeued (:func:`observe`,
+:func:`requeue`), and ended by the scheduler's verdict when the job side could not say
+(:func:`end_by_cluster`).
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
-from dataclasses import replace
+import copy
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,10 +45,99 @@ from handyjobs.core.records import (
     Wait,
     utcnow,
 )
+from handyjobs.core.status import read_status as read_status  # callers read it from here
 
 if TYPE_CHECKING:
     from handyjobs.core.booking import Limits
     from handyjobs.gpus.discovery import Discovery
+
+
+class Event(str, enum.Enum):
+    """What happened to a run: each transition function below is one event."""
+
+    GRANT = "grant"
+    SET_WAIT = "set_wait"
+    BEGIN = "begin"
+    REQUEST_STOP = "request_stop"
+    OBSERVE = "observe"
+    REQUEUE = "requeue"
+    FINISH = "finish"
+    CANCEL = "cancel"
+    FAIL_TO_START = "fail_to_start"
+    LOSE = "lose"
+    END_BY_CLUSTER = "end_by_cluster"
+    CLEAN = "clean"
+
+
+_Q, _R = JobState.QUEUED, JobState.RUNNING
+_OK, _FAILED, _STOPPED, _LOST = JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST
+
+#: The legal changes of a run: (from state, event) -> {to state: what the row means}. A row
+#: whose two states are the same changes what is known of the run, not where it is. Nothing
+#: leaves an end state except the clean-up of a lost run's leftovers.
+TABLE: Mapping[tuple[JobState, Event], Mapping[JobState, str]] = {
+    (_Q, Event.GRANT): {_R: "this machine's queue booked its GPUs (or a free slot): it may start"},
+    (_Q, Event.SET_WAIT): {_Q: "why it waits changed (GPUs held, a dependency, a limit, place)"},
+    (_Q, Event.BEGIN): {
+        _Q: "its runner is up and waits in the queue: the runner's identity is recorded",
+        _R: "its runner started the command though the record said queued (a scheduler of the "
+        "backend's own granted it)",
+    },
+    (_R, Event.BEGIN): {_R: "its runner started the command: pids, start time, rendezvous"},
+    (_Q, Event.REQUEST_STOP): {_Q: "the user asked it to stop while it waits: it never starts"},
+    (_R, Event.REQUEST_STOP): {_R: "the user asked it to stop: its end will read stopped"},
+    (_Q, Event.OBSERVE): {
+        _Q: "the scheduler says it still waits: its reason becomes the wait",
+        _R: "the scheduler says it runs now",
+    },
+    (_R, Event.OBSERVE): {
+        _R: "the scheduler says it still runs (on these nodes)",
+        _Q: "the scheduler queued it again after it ran (preempted, node failed): a restart",
+    },
+    (_R, Event.REQUEUE): {
+        _Q: "the job side had the scheduler requeue it (time-limit warning): it starts again"
+    },
+    (_R, Event.FINISH): {
+        _OK: "its command exited 0 and no stop was asked",
+        _FAILED: "its command exited non-zero or by a signal, and no stop was asked",
+        _STOPPED: "its command ended after the user asked it to stop",
+    },
+    (_Q, Event.CANCEL): {_STOPPED: "stopped while it waited: it never began"},
+    (_R, Event.CANCEL): {_STOPPED: "stopped, and its runner went before recording the end"},
+    (_Q, Event.FAIL_TO_START): {
+        _FAILED: "it could not start: its files, or a dependency that did not succeed",
+        _STOPPED: "it could not start, and a stop had been asked",
+    },
+    (_R, Event.FAIL_TO_START): {
+        _FAILED: "granted, but its runner could not start the command (its files)",
+        _STOPPED: "granted, could not start, and a stop had been asked",
+    },
+    (_Q, Event.LOSE): {_LOST: "its runner went while it waited (session killed, reboot)"},
+    (_R, Event.LOSE): {
+        _LOST: "its runner went with no outcome (killed, session gone, reboot, own error)"
+    },
+    (_Q, Event.END_BY_CLUSTER): {
+        _FAILED: "the scheduler failed it before it began (a dependency, nodes that did not boot)",
+        _STOPPED: "the scheduler cancelled it before it began",
+        _LOST: "the scheduler ended it before it began, for reasons of its own, or forgot it",
+    },
+    (_R, Event.END_BY_CLUSTER): {
+        _OK: "the scheduler says it completed",
+        _FAILED: "the scheduler says it failed (time limit, memory, preemption)",
+        _STOPPED: "the scheduler cancelled it, or it ended after a stop was asked",
+        _LOST: "the scheduler ended it and the job side recorded nothing (node failure)",
+    },
+    (_LOST, Event.CLEAN): {_LOST: "stop ended a lost run's leftover processes: none is left"},
+}
+
+
+def allowed(event: Event, src: JobState, dst: JobState) -> bool:
+    """True when :data:`TABLE` has the row: ``event`` may take a run from ``src`` to ``dst``."""
+    return dst in TABLE.get((src, event), {})
+
+
+#: The scheduler-neutral word a requeue leaves as the scheduler's state until it next answers.
+REQUEUED = "requeued"
 
 
 class Store(Protocol):
@@ -121,14 +213,26 @@ def _target(store: Store, name: str, run_id: str) -> tuple[JobRecord, Run] | Non
     return None if run is None else (record, run)
 
 
-def _change(store: Store, name: str, run_id: str, fn: Callable[[Run], bool]) -> bool:
-    """Apply ``fn`` to the run if it exists and is active; put the record when it changed."""
+def _apply(
+    store: Store, name: str, run_id: str, event: Event, step: Callable[[Run], JobState | None]
+) -> bool:
+    """The one place a run changes: ``step`` edits a copy and names the state it moves to
+    (None: it does not apply); the change lands only when :data:`TABLE` allows it and it is
+    news, else the run is left exactly as it was."""
     target = _target(store, name, run_id)
     if target is None:
         return False
     record, run = target
-    if not run.state.active or not fn(run):
+    work = copy.deepcopy(run)
+    to = step(work)
+    if to is None or not allowed(event, run.state, to):
         return False
+    work.state = to
+    if work == run:
+        return False
+    # In place: callers hold this Run object (a start sets its handle after granting it).
+    for f in fields(Run):
+        setattr(run, f.name, getattr(work, f.name))
     store.put(record)
     return True
 
@@ -146,32 +250,29 @@ def grant(
     """Queued -> running: the run may start (on ``gpus``, now booked for it, which looked as
     ``baseline`` says when they were booked)."""
 
-    def go(run: Run) -> bool:
-        if run.state is not JobState.QUEUED or run.stop_requested:
-            return False
-        run.state, run.gpus, run.wait, run.baseline = JobState.RUNNING, gpus, None, baseline
-        return True
+    def step(run: Run) -> JobState | None:
+        if run.stop_requested:
+            return None
+        run.gpus, run.wait, run.baseline = gpus, None, baseline
+        return JobState.RUNNING
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.GRANT, step)
 
 
 def set_wait(store: Store, name: str, run_id: str, wait: Wait) -> bool:
     """Record why a queued run waits (data); True when that changed."""
 
-    def go(run: Run) -> bool:
-        if run.state is not JobState.QUEUED or run.wait == wait:
-            return False
+    def step(run: Run) -> JobState | None:
         run.wait = wait
-        return True
+        return run.state
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.SET_WAIT, step)
 
 
 def begin(store: Store, name: str, run_id: str, status: RunStatus) -> bool:
     """The runner started the command: pids, start time, rendezvous; True when news."""
 
-    def go(run: Run) -> bool:
-        before = run.to_dict()
+    def step(run: Run) -> JobState | None:
         if status.started_at and run.started_at is None:
             run.started_at = status.started_at
         if status.main is not None:
@@ -182,11 +283,12 @@ def begin(store: Store, name: str, run_id: str, status: RunStatus) -> bool:
             run.rendezvous = status.rendezvous
         if status.gpus is not None and status.started_at:
             run.gpus = status.gpus
-        if status.started_at and run.state is JobState.QUEUED:
-            run.state, run.wait = JobState.RUNNING, None
-        return run.to_dict() != before
+        if status.started_at:
+            run.wait = None
+            return JobState.RUNNING
+        return run.state
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.BEGIN, step)
 
 
 def _ended(run: Run, outcome: Outcome) -> None:
@@ -199,41 +301,40 @@ def _ended(run: Run, outcome: Outcome) -> None:
 
 
 def finish(store: Store, name: str, run_id: str, outcome: Outcome) -> bool:
-    """The command ended: succeeded (exit 0), stopped (a stop was asked), or failed."""
+    """The command ended: succeeded (exit 0), stopped (a stop was asked), or failed.
 
-    def go(run: Run) -> bool:
+    Only a running run finishes: one that never began ends by the rows that say so.
+    """
+
+    def step(run: Run) -> JobState | None:
         _ended(run, outcome)
         if run.stop_requested:
-            run.state = JobState.STOPPED
-        elif outcome.exit_code == 0 and outcome.signal is None:
-            run.state = JobState.SUCCEEDED
-        else:
-            run.state = JobState.FAILED
-        return True
+            return JobState.STOPPED
+        if outcome.exit_code == 0 and outcome.signal is None:
+            return JobState.SUCCEEDED
+        return JobState.FAILED
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.FINISH, step)
 
 
 def request_stop(store: Store, name: str, run_id: str) -> bool:
     """Mark that the user asked this run to stop (its end will read ``stopped``)."""
 
-    def go(run: Run) -> bool:
-        if run.stop_requested:
-            return False
+    def step(run: Run) -> JobState | None:
         run.stop_requested = True
-        return True
+        return run.state
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.REQUEST_STOP, step)
 
 
 def cancel(store: Store, name: str, run_id: str) -> bool:
     """An active run whose runner is gone after a stop: ``stopped``, now."""
 
-    def go(run: Run) -> bool:
-        run.state, run.ended_at, run.wait = JobState.STOPPED, run.ended_at or utcnow(), None
-        return True
+    def step(run: Run) -> JobState | None:
+        run.ended_at, run.wait = run.ended_at or utcnow(), None
+        return JobState.STOPPED
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.CANCEL, step)
 
 
 def lose(
@@ -241,42 +342,43 @@ def lose(
 ) -> bool:
     """The run ended with no outcome of its own: ``lost``, with why (and what was left)."""
 
-    def go(run: Run) -> bool:
+    def step(run: Run) -> JobState | None:
         if outcome is not None:
             _ended(run, outcome)
-        run.state, run.reason = JobState.LOST, reason
-        run.ended_at = run.ended_at or utcnow()
-        return True
+        run.reason = reason
+        run.ended_at, run.wait = run.ended_at or utcnow(), None
+        return JobState.LOST
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.LOSE, step)
 
 
 def fail_to_start(store: Store, name: str, run_id: str, reason: Reason) -> bool:
-    """The run could not start its command: ``failed``, with the reason."""
+    """The run could not start its command: ``failed``, with the reason (``stopped`` when a
+    stop was asked). A run whose command began cannot fail to start."""
 
-    def go(run: Run) -> bool:
-        if run.stop_requested:
-            run.state = JobState.STOPPED
-        else:
-            run.state, run.reason = JobState.FAILED, reason
+    def step(run: Run) -> JobState | None:
+        if run.started_at is not None:
+            return None
         run.ended_at, run.wait = utcnow(), None
-        return True
+        if run.stop_requested:
+            return JobState.STOPPED
+        run.reason = reason
+        return JobState.FAILED
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.FAIL_TO_START, step)
 
 
 def cleaned(store: Store, name: str, run_id: str, pids: tuple[int, ...]) -> bool:
     """A lost run's leftover processes were ended by ``stop``: the reason says none is left."""
-    target = _target(store, name, run_id)
-    if target is None:
-        return False
-    record, run = target
-    if run.state is not JobState.LOST or run.reason is None:
-        return False
-    run.reason = replace(run.reason, pids=())
-    run.leftovers = len(pids)
-    store.put(record)
-    return True
+
+    def step(run: Run) -> JobState | None:
+        if run.reason is None:
+            return None
+        run.reason = replace(run.reason, pids=())
+        run.leftovers = len(pids)
+        return run.state
+
+    return _apply(store, name, run_id, Event.CLEAN, step)
 
 
 def _scheduler_wait(view: ClusterState) -> Wait:
@@ -286,40 +388,36 @@ def _scheduler_wait(view: ClusterState) -> Wait:
 def observe(store: Store, name: str, run_id: str, view: ClusterState) -> bool:
     """Take in a scheduler's view of an active run: why it waits, that it runs, a requeue."""
 
-    def go(run: Run) -> bool:
-        before = run.to_dict()
-        if run.cluster is not None and view.restarts < run.cluster.restarts:
-            return False  # an answer from before the last requeue
-        if view.verdict is JobState.QUEUED and run.state is JobState.RUNNING:
-            # Queued again after it ran: requeued (preempted, its node failed, or our runner
-            # asked after the time-limit warning), which counts a restart. A view without a
-            # new restart is older than the runner's start (answers are kept a moment): skip it.
-            known = run.cluster.restarts if run.cluster else 0
-            if view.restarts <= known:
-                return False
-            run.state = JobState.QUEUED
+    def step(run: Run) -> JobState | None:
+        known = run.cluster.restarts if run.cluster else 0
+        if view.restarts < known:
+            return None  # an answer from before the last requeue
+        to = run.state
         if view.verdict is JobState.QUEUED:
-            run.wait = _scheduler_wait(view)
-        elif view.verdict is JobState.RUNNING and run.state is JobState.QUEUED:
-            run.state, run.wait = JobState.RUNNING, None
+            if run.state is JobState.RUNNING and view.restarts <= known:
+                # Queued again after it ran means requeued, which counts a restart: a view
+                # without one is older than the runner's start (answers are kept a moment).
+                return None
+            to, run.wait = JobState.QUEUED, _scheduler_wait(view)
+        elif view.verdict is JobState.RUNNING:
+            to, run.wait = JobState.RUNNING, None
+        else:
+            return None  # an end is the scheduler's verdict: end_by_cluster
         run.cluster = view
-        return run.to_dict() != before
+        return to
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.OBSERVE, step)
 
 
 def requeue(store: Store, name: str, run_id: str) -> bool:
     """Running -> queued: the job side had the scheduler requeue it; the same run starts again."""
 
-    def go(run: Run) -> bool:
-        if run.state is not JobState.RUNNING:
-            return False
-        run.state = JobState.QUEUED
+    def step(run: Run) -> JobState | None:
         if run.cluster is not None:
             # A requeue counts one restart: answers given before it are recognised as old.
             run.cluster = replace(
                 run.cluster,
-                state="REQUEUED",
+                state=REQUEUED,
                 verdict=JobState.QUEUED,
                 reason=None,
                 restarts=run.cluster.restarts + 1,
@@ -327,9 +425,9 @@ def requeue(store: Store, name: str, run_id: str) -> bool:
             run.wait = _scheduler_wait(run.cluster)
         else:
             run.wait = None
-        return True
+        return JobState.QUEUED
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.REQUEUE, step)
 
 
 def end_by_cluster(
@@ -340,11 +438,12 @@ def end_by_cluster(
     ``outcome`` is what the runner saw when the scheduler signalled the job (its exit code or
     signal); which kind of end it was (a cancel, the time limit) is the scheduler's to say.
     """
-
     target = _target(store, name, run_id)
     after = target[0].spec.after if target is not None else ()
 
-    def go(run: Run) -> bool:
+    def step(run: Run) -> JobState | None:
+        if view.verdict.active:
+            return None  # not an end: observe takes it
         run.cluster = view
         if outcome is not None:
             _ended(run, outcome)
@@ -353,46 +452,24 @@ def end_by_cluster(
                 run.exit_code, run.signal = view.exit_code, view.signal
             run.ended_at, run.wait = run.ended_at or utcnow(), None
         if run.stop_requested:
-            run.state = JobState.STOPPED
-        elif run.started_at is None and after and (view.reason or "").startswith("Dependency"):
-            # Slurm cancelled it because a job it was to start after did not succeed
-            # (--kill-on-invalid-dep): it failed to start, as on this machine.
-            run.state = JobState.FAILED
-            run.reason = Reason(
-                LostKind.DEPENDENCY_FAILED, "did not succeed", job=", ".join(after)
-            )
-        elif view.verdict in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED):
-            run.state = view.verdict
-        else:
-            run.state = JobState.LOST
-            run.reason = Reason(LostKind.CLUSTER_ENDED, detail=view.state)
-        return True
+            return JobState.STOPPED
+        if run.started_at is None and after and view.dependency_failed:
+            # A job it was to start after did not succeed and the scheduler cancelled it:
+            # it failed to start, as on this machine.
+            run.reason = Reason(LostKind.DEPENDENCY_FAILED, "did not succeed", job=", ".join(after))
+            return JobState.FAILED
+        if view.verdict in (JobState.FAILED, JobState.STOPPED) or (
+            view.verdict is JobState.SUCCEEDED and run.state is JobState.RUNNING
+        ):
+            return view.verdict
+        # Ended with no outcome of the job side's, or "completed" without ever beginning.
+        run.reason = Reason(LostKind.CLUSTER_ENDED, detail=view.state)
+        return JobState.LOST
 
-    return _change(store, name, run_id, go)
+    return _apply(store, name, run_id, Event.END_BY_CLUSTER, step)
 
 
 # ---- the job side's status ---------------------------------------------------------------
-
-
-def read_status(name: str, run_id: str, root: Path) -> RunStatus | None:
-    """The run's status file, or None when there is none (yet) or it cannot be read.
-
-    The runner may be rewriting it in place (on a full disk): a torn read is read again.
-    """
-    path = paths.status_path(name, run_id, root)
-    for attempt in range(3):
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return None
-        try:
-            status = RunStatus.from_dict(json.loads(data))
-        except (ValueError, KeyError, TypeError):
-            if attempt < 2:
-                time.sleep(0.01)
-            continue
-        return status if status.run_id == run_id else None
-    return None
 
 
 def fold_status(store: Store, record: JobRecord, status: RunStatus) -> bool:
@@ -456,13 +533,16 @@ def _reconcile_cluster(store: Store, name: str, run: Run, probe: Probe, root: Pa
     # show it late): take it if it is a plain one, else the scheduler's verdict with it.
     status = read_status(name, run.run_id, root)
     outcome = None
+    changed = False
     if status is not None and not status.requeued and status.outcome is not None:
         if not status.outcome.by_scheduler:
             record = store.get(name)
             if record is not None and fold_status(store, record, status):
                 return True
         outcome = status.outcome
-    return end_by_cluster(store, name, run.run_id, view, outcome)
+        # Its start first (seen only now, maybe): a run that began ends from running.
+        changed = begin(store, name, run.run_id, status)
+    return end_by_cluster(store, name, run.run_id, view, outcome) or changed
 
 
 # ---- the queue ---------------------------------------------------------------------------

@@ -358,6 +358,9 @@ class ClusterState:
     signal: int | None = None
     #: How many times the scheduler requeued the job.
     restarts: int = 0
+    #: The scheduler ended the job, never started, because a job it was to start after did
+    #: not succeed (the backend says so from its own reason words).
+    dependency_failed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""

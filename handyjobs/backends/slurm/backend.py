@@ -118,16 +118,20 @@ def state_of(
     """One job as data, Slurm's words kept and their meaning added."""
     word = state.split()[0] if state.split() else "UNKNOWN"  # sacct: "CANCELLED by 1000"
     code, sig = _exit(exit_code)
+    meaning = verdict(word)
     return ClusterState(
         scheduler=SCHEDULER,
         job_id=job_id,
         state=word,
-        verdict=verdict(word),
+        verdict=meaning,
         reason=None if reason in (None, "", "None", "(null)") else reason,
         nodes=nodes or None,
         exit_code=code,
         signal=sig,
         restarts=restarts,
+        # --kill-on-invalid-dep: Slurm cancels a job whose dependency did not succeed and
+        # leaves a reason that starts with "Dependency" (DependencyNeverSatisfied).
+        dependency_failed=not meaning.active and (reason or "").startswith("Dependency"),
     )
 
 
