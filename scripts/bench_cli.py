@@ -11,7 +11,12 @@ same run (cases are interleaved round by round, so drift and noise hit them alik
 * the delay from a line printed by a job (it carries ``time.time()``) to ``logs -f`` showing it;
 * the write path with 100 and with 10,000 finished jobs, interleaved, and their ratio (target
   <= 1.3: writers must not slow down with history): ``start`` until the command returns,
-  ``stop`` of a running job, and one scheduling pass over queued jobs (in-process, on fake GPUs).
+  ``stop`` of a running job, and one scheduling pass over queued jobs (in-process, on fake GPUs);
+* the start-up of each command (``start``, ``stop --help``, ``list``, ``show``, ``logs``,
+  ``wait``, ``gpus``, ``--help``) as a ratio to ``python -c pass`` timed in the same rounds
+  (target: 3x each, 5x for ``start``, which creates a tmux session). ``--commands`` times only
+  these; ``--compare DIR`` times them again with ``PYTHONPATH=DIR`` (an older checkout) in the
+  same rounds, for a before/after table from one run on one machine.
 
 Registries are written in the first release's layout (one ``registry.json`` with every record)
 and migrated by an untimed warm-up command, so the same script also measures an older checkout
@@ -26,6 +31,7 @@ Usage::
     python scripts/bench_cli.py            # 15 runs per case
     python scripts/bench_cli.py --runs 25
     python scripts/bench_cli.py --quick    # fewer runs, shorter logs -f job
+    python scripts/bench_cli.py --commands --compare /tmp/old-checkout
 """
 
 from __future__ import annotations
@@ -70,6 +76,9 @@ TARGET_LIST_10K = 7.0
 TARGET_WRITE_RATIO = 1.3
 TARGET_START_MS = 500.0
 TARGET_LOGS_MS = 200.0
+#: Each command's start-up against ``python -c pass``; ``start`` also creates a tmux session.
+TARGET_COMMAND = 3.0
+TARGET_START_COMMAND = 5.0
 
 ONE_LINE_SCRIPT = 'print("bench-first-line")\n'
 SLEEPER_SCRIPT = textwrap.dedent(
@@ -619,6 +628,81 @@ class Bench:
             label = f"{verb}: 10,000 / 100 = {ratio}"
             self.rows.append(Row(label, None, f"<= {TARGET_WRITE_RATIO}", verdict))
 
+    # ---- each command's start-up ----
+
+    def command_home(self) -> Path:
+        """A home with one finished job (``bench-done``) for show, logs and wait."""
+        home = self.tmp / "home-commands"
+        paths.ensure_private_dir(home)
+        env = self.env(home)
+        run_quiet([*self.cli, "start", str(self.tmp / "one.py"), "--name", "bench-done"], env)
+        run_quiet([*self.cli, "wait", "bench-done", "--timeout", "20"], env)
+        return home
+
+    def command_cases(self, home: Path, src: str | None) -> list[Case]:
+        """One case per command; with ``src``, the same commands of that checkout."""
+        env = self.env(home)
+        tag = ""
+        if src is not None:
+            env["PYTHONPATH"] = src
+            tag = " (before)"
+        script = str(self.tmp / "one.py")
+        count = [0]
+
+        def start_once() -> float:
+            count[0] += 1
+            name = f"bench-c{count[0]}-{'b' if src else 'a'}"
+            try:
+                return time_pipe([*self.cli, "start", script, "--name", name], env)
+            finally:  # untimed: let it end, then forget it
+                run_quiet([*self.cli, "wait", name, "--timeout", "20"], env)
+                run_quiet([*self.cli, "rm", name, "--force", "--logs"], env)
+
+        def within(limit: float) -> Callable[[float, float], bool]:
+            return lambda median, base: median <= limit * base
+
+        def timed(argv: list[str]) -> Callable[[], float]:
+            return lambda: time_pipe([*self.cli, *argv], env)
+
+        plain = {
+            "stop --help": ["stop", "--help"],
+            "list": ["list"],
+            "show": ["show", "bench-done"],
+            "logs": ["logs", "bench-done"],
+            "wait": ["wait", "bench-done"],
+            "gpus": ["gpus"],
+            "--help": ["--help"],
+        }
+        limit = f"<= {TARGET_START_COMMAND:g}x"
+        cases = [Case(f"start{tag}", start_once, limit, within(TARGET_START_COMMAND))]
+        limit = f"<= {TARGET_COMMAND:g}x"
+        for label, argv in plain.items():
+            cases.append(Case(f"{label}{tag}", timed(argv), limit, within(TARGET_COMMAND)))
+        return cases
+
+    def run_commands(self, compare: str | None) -> None:
+        """Time every command's start-up (and the older checkout's) in the same rounds."""
+        self.write_scripts()
+        home = self.command_home()
+        env = self.env(home)
+        base_case = Case(
+            "python -c pass (baseline)", lambda: time_pipe([self.python, "-c", "pass"], env)
+        )
+        cases = [base_case, *self.command_cases(home, None)]
+        if compare is not None:
+            cases += self.command_cases(home, compare)
+        self.time_round_robin(cases)
+        base = _median(base_case.samples)
+        for case in cases:
+            median = _median(case.samples)
+            verdict = case.target
+            if case.check is not None:
+                ok = median is not None and base is not None and case.check(median, base)
+                verdict = "pass" if ok else "FAIL"
+            note = f"{len(case.errors)} errors: {case.errors[0]}" if case.errors else ""
+            self.rows.append(Row(case.label, median, case.target, verdict, note))
+        self.print_table(base, 0, 0)
+
     # ---- clean-up ----
 
     def cleanup(self) -> None:
@@ -651,7 +735,7 @@ class Bench:
             if paths.registry_path(h).exists()
         }
 
-        cases = self.list_cases(homes)
+        cases = self.list_cases(homes) + self.command_cases(self.command_home(), None)
         self.time_round_robin(cases)
         base = _median(cases[0].samples)
 
@@ -731,7 +815,11 @@ class Bench:
         print(f"commands: {self.cli_kind} next to the interpreter ({Path(self.cli[0]).name})")
         print(f"median of {self.runs} runs per case (one warm-up run not counted);")
         print("bytecode cached in a temp PYTHONPYCACHEPREFIX (as for an installed package);")
-        print(f"logs -f over {ticks} lines (empty registry) and {ticks_10k} lines (10,000 records)")
+        if ticks or ticks_10k:
+            print(
+                f"logs -f over {ticks} lines (empty registry) and {ticks_10k} lines (10,000 "
+                "records)"
+            )
         print()
         print(fmt(header))
         print(fmt(["-" * w for w in widths]))
@@ -749,10 +837,16 @@ class Bench:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``--runs N`` and ``--quick``."""
+    """``--runs N``, ``--quick``, ``--commands`` and ``--compare DIR``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="timed runs per case (default 15)")
     parser.add_argument("--quick", action="store_true", help="5 runs per case, shorter logs -f")
+    parser.add_argument(
+        "--commands", action="store_true", help="only each command's start-up against python"
+    )
+    parser.add_argument(
+        "--compare", metavar="DIR", help="also time the commands of the checkout in DIR"
+    )
     args = parser.parse_args(argv)
     if args.quick and args.runs == 15:
         args.runs = 5
@@ -768,7 +862,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     bench = Bench(args.runs, args.quick)
     try:
-        bench.run()
+        if args.commands:
+            bench.run_commands(args.compare)
+        else:
+            bench.run()
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
     finally:
