@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from handyjobs.core.records import JobRecord, JobSpec, JobState, Run, utcnow
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -61,7 +63,35 @@ def wait_state(box: Sandbox, name: str, *states: str, timeout: float = 60) -> di
 
 
 def log_of(box: Sandbox, name: str) -> str:
+    """``handyjobs logs NAME``."""
     return box.cli("logs", name, check=True).stdout
+
+
+def make_record(
+    name: str,
+    state: JobState = JobState.SUCCEEDED,
+    created: str | None = None,
+    run_id: str | None = None,
+) -> JobRecord:
+    """A plausible record (no process behind it), for registry tests fast and end to end."""
+    stamp = created or utcnow()
+    run = Run(
+        run=1,
+        run_id=run_id or f"id-{name}",
+        state=state,
+        created_at=stamp,
+        started_at=stamp,
+        ended_at=None if state.active else stamp,
+        exit_code=None if state.active else 0,
+        handle={"session": name},
+    )
+    return JobRecord(
+        name=name,
+        spec=JobSpec(script="/w/train.py", args=("--x", "1"), cwd="/w"),
+        log_path=f"/s/jobs/{name}/output.log",
+        created_at=stamp,
+        runs=[run],
+    )
 
 
 @dataclass
@@ -106,10 +136,12 @@ class Sandbox:
         return proc
 
     def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run tmux on this sandbox's socket."""
-        return subprocess.run(
-            ["tmux", "-L", self.env["HANDYJOBS_TMUX_SOCKET"], *args], capture_output=True, text=True
-        )
+        """Run tmux on this sandbox's socket; where tmux is missing, a failed call."""
+        argv = ["tmux", "-L", self.env["HANDYJOBS_TMUX_SOCKET"], *args]
+        try:
+            return subprocess.run(argv, capture_output=True, text=True)
+        except FileNotFoundError:  # the fast layer runs where tmux is not installed
+            return subprocess.CompletedProcess(argv, 127, "", "tmux: not found\n")
 
     def write(self, name: str, text: str) -> Path:
         """Write a file (a test script) into the sandbox and return its path."""

@@ -578,7 +578,7 @@ def test_bare_command_prints_short_help_and_attach_needs_a_terminal(sandbox: San
 
 
 def test_a_damaged_old_record_does_not_stop_writers(sandbox: Sandbox) -> None:
-    from test_registry import make_record
+    from conftest import make_record
 
     with registry.locked(sandbox.home) as reg:
         for i in range(200):

@@ -379,7 +379,7 @@ def test_list_show_json_and_filters(sandbox: Sandbox) -> None:
 
 
 def test_list_shows_active_and_twenty_recent_unless_all(sandbox: Sandbox) -> None:
-    from test_registry import make_record
+    from conftest import make_record
 
     from handyjobs.core import registry
 
@@ -575,7 +575,7 @@ def test_twenty_starts_at_once_give_twenty_jobs(sandbox: Sandbox) -> None:
 def test_start_killed_mid_write_leaves_a_valid_registry_and_no_orphan_session(
     sandbox: Sandbox,
 ) -> None:
-    from test_registry import make_record
+    from conftest import make_record
 
     from handyjobs.core import registry
 

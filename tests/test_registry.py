@@ -13,39 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, make_record
 
 from handyjobs.core import paths, registry
-from handyjobs.core.records import SCHEMA_VERSION, JobRecord, JobSpec, JobState, Run, utcnow
+from handyjobs.core.records import SCHEMA_VERSION, JobState, Run, utcnow
 from handyjobs.errors import RegistryError, UsageError
 
 DATA = Path(__file__).parent / "data"
-
-
-def make_record(
-    name: str,
-    state: JobState = JobState.SUCCEEDED,
-    created: str | None = None,
-    run_id: str | None = None,
-) -> JobRecord:
-    """A plausible record (no process behind it)."""
-    stamp = created or utcnow()
-    run = Run(
-        run=1,
-        run_id=run_id or f"id-{name}",
-        state=state,
-        created_at=stamp,
-        started_at=stamp,
-        ended_at=None if state.active else stamp,
-        exit_code=None if state.active else 0,
-        handle={"session": name},
-    )
-    return JobRecord(
-        name=name,
-        spec=JobSpec(script="/w/train.py", args=("--x", "1"), cwd="/w"),
-        log_path=f"/s/jobs/{name}/output.log",
-        created_at=stamp,
-        runs=[run],
-    )
 
 
 def _fill(root: Path, active: int, finished: int) -> None:
@@ -216,7 +190,7 @@ import sys
 from pathlib import Path
 from handyjobs.core import registry
 sys.path.insert(0, sys.argv[2])
-from test_registry import make_record
+from conftest import make_record
 from handyjobs.core.records import JobState
 root = Path(sys.argv[1])
 n = 0
@@ -234,7 +208,7 @@ def test_sigkill_mid_write_leaves_whole_files(tmp_path: Path) -> None:
     _fill(root, active=300, finished=300)  # big enough that a write takes a while
     for delay in (0.05, 0.13, 0.21, 0.37):
         proc = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(root), str(Path(__file__).parent)],
+            [sys.executable, "-c", _WRITER, str(root), str(REPO / "tests")],
             stdout=subprocess.PIPE,
             text=True,
         )
