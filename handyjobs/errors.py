@@ -39,16 +39,15 @@ class GpuBusy(GpuError):
     """The GPUs a job asks for are not free and it may not wait; carries why, as data."""
 
     def __init__(self, wait: Wait, by_count: bool) -> None:
-        """Keep the reason and make the one-line message from it."""
-        from handyjobs.views import render
-
+        """Keep the reason as data; :func:`handyjobs.views.render.error_text` words it."""
         self.wait = wait
-        hint = (
+        #: What the user can do next, for the line the CLI prints.
+        self.hint = (
             "add --wait to queue for them"
             if by_count
             else "pick other GPUs, add --wait to queue, or pass --force"
         )
-        super().__init__(f"{render.wait_text(wait)}; {hint} (see `handyjobs gpus`)")
+        super().__init__(f"the GPUs asked for are busy; {self.hint} (see `handyjobs gpus`)")
 
 
 class TmuxError(HandyjobsError):

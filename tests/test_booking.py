@@ -261,7 +261,8 @@ def test_book_refuses_with_data_or_queues() -> None:
     with pytest.raises(GpuBusy) as err:
         booking.book(clash, [running, clash], FOUR)
     assert err.value.wait.blockers == (Blocker(2, BlockKind.HELD, job="exp1"),)
-    assert str(err.value).startswith("GPU 2 is held by job exp1; pick other GPUs")
+    line = render.error_text(err.value)
+    assert line.startswith("GPU 2 is held by job exp1; pick other GPUs")
     queued = _job("queued", JobState.QUEUED, gpus=(2,), at=_t(1))
     got, wait = booking.book(queued, [running, queued], FOUR)
     assert got is None and wait is not None and wait.blockers[0].job == "exp1"

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
 
             code = app.run(args)
     except HandyjobsError as exc:
-        fail(str(exc), exc.exit_code)
+        from handyjobs.views.render import error_text  # only on an error: list stays lean
+
+        fail(error_text(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except BrokenPipeError:

@@ -54,7 +54,9 @@ def each_name(names: Sequence[str], act: Callable[[str], None]) -> int:
         try:
             act(name)
         except HandyjobsError as exc:
-            error_line(str(exc))
+            from handyjobs.views import render  # only on an error: list stays lean
+
+            error_line(render.error_text(exc))
             codes.append(exc.exit_code)
     if not codes:
         return 0

@@ -341,7 +341,7 @@ def start(
 
         exec_attach(record.name)
     if follow:
-        from handyjobs.cli.logs import follow_to_end
+        from handyjobs.views.logview import follow_to_end
 
         follow_to_end(record.name)
         raise typer.Exit(returncode(jobs.get_job(record.name).current))

@@ -7,9 +7,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeAlias
 
-__all__ = ["chunks", "follow", "lines_backwards", "tail", "tail_bytes", "tail_files"]
+__all__ = [
+    "SUFFIX",
+    "chunks",
+    "follow",
+    "lines_backwards",
+    "previous",
+    "tail",
+    "tail_bytes",
+    "tail_files",
+]
 
 StrPath: TypeAlias = "str | os.PathLike[str]"
+
+#: A rotated log's earlier part is the live file's name with this suffix.
+SUFFIX = ".1"
 
 # Read backwards in blocks of this size when looking for the last lines of a log.
 _BLOCK = 64 * 1024
@@ -110,18 +122,32 @@ def lines_backwards(fd: int, block: int = _BLOCK) -> Iterator[bytes]:
         yield rest
 
 
-def chunks(paths: Sequence[StrPath], size: int = _CHUNK) -> Iterator[bytes]:
-    """Every byte of the files, one after another, in pieces of at most ``size``."""
-    for path in paths:
+def previous(path: str) -> str:
+    """Where the part of a rotated log before the live file is kept."""
+    return path + SUFFIX
+
+
+def chunks(
+    paths: Sequence[StrPath], size: int = _CHUNK, last_end: int | None = None
+) -> Iterator[bytes]:
+    """Every byte of the files, one after another, in pieces of at most ``size``.
+
+    ``last_end`` stops the last file there: a reader that follows on from that offset then
+    prints every byte exactly once, however fast the file grows meanwhile.
+    """
+    for i, path in enumerate(paths):
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             continue
+        left = last_end if last_end is not None and i == len(paths) - 1 else None
         try:
-            while True:
-                data = os.read(fd, size)
+            while left is None or left > 0:
+                data = os.read(fd, size if left is None else min(size, left))
                 if not data:
                     break
+                if left is not None:
+                    left -= len(data)
                 yield data
         finally:
             os.close(fd)
@@ -225,8 +251,6 @@ class _Follower:
 
     def _catch_up(self, was: tuple[int, int]) -> None:
         """Copy the previous file of a rotated log when it is not the one just finished."""
-        from handyjobs.jobside.rotation import previous
-
         try:
             fd = os.open(previous(os.fspath(self.path)), os.O_RDONLY)
         except OSError:

@@ -14,12 +14,15 @@ import math
 import os
 from collections.abc import Callable, Mapping
 
+from handyjobs.core import logs
+
 MAX_ENV = "HANDYJOBS_LOG_MAX_MB"
 #: A generous default: a chatty job for days, not a disk filled by a runaway loop.
 DEFAULT_MAX_MB = 1024.0
 #: Past the cap, how far a line without a newline may run before it is cut anyway.
 SLACK = 1 << 20
-SUFFIX = ".1"
+SUFFIX = logs.SUFFIX
+previous = logs.previous
 
 
 def limit_from_env(env: Mapping[str, str]) -> tuple[int | None, str | None]:
@@ -38,10 +41,6 @@ def limit_from_env(env: Mapping[str, str]) -> tuple[int | None, str | None]:
         return None, None  # 0: never rotate
     return max(1, int(value * (1 << 20))), None
 
-
-def previous(path: str) -> str:
-    """Where the file before the live one is kept."""
-    return path + SUFFIX
 
 
 class Rotator:

@@ -26,6 +26,7 @@ from handyjobs.core.records import (
     exit_summary,
     parse_time,
 )
+from handyjobs.errors import GpuBusy, HandyjobsError
 
 # Control characters (C0, DEL, C1) that a terminal would act on instead of showing.
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
@@ -471,6 +472,13 @@ def scheduler_reason(scheduler: str | None, reason: str | None) -> str:
     known = _describer(scheduler)
     words = known.reason_words(word.split(",", 1)[0]) if known is not None else None
     return f"{_scheduler(scheduler)}: {printable(word)}" + (f", {words}" if words else "")
+
+
+def error_text(exc: HandyjobsError) -> str:
+    """The one line the CLI prints for an error: its message, with its reason in words."""
+    if isinstance(exc, GpuBusy):
+        return f"{wait_text(exc.wait)}; {exc.hint} (see `handyjobs gpus`)"
+    return str(exc)
 
 
 def wait_text(wait: Wait) -> str:

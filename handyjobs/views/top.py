@@ -108,8 +108,8 @@ class _Screen:
 
     def _follow(self, name: str) -> None:
         """The job's log until it ends (or Ctrl-C), then a key to come back to the screen."""
-        from handyjobs.cli.logs import show_log
         from handyjobs.views import charts as views
+        from handyjobs.views.logview import show_log
 
         try:
             show_log(name, 20, True)
