@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Sandbox, wait_until
+from conftest import REPO, Sandbox, wait_until
 
 from handyjobs.core import booking
 from handyjobs.core.records import GpuPolicy
 from handyjobs.errors import UsageError
 from handyjobs.gpus import discovery as gpus
-from handyjobs.gpus import nvml, smi
+from handyjobs.gpus import nvml, pidinfo, select, smi
 from handyjobs.gpus.discovery import Discovery, GpuInfo, GpuProcess
 
-DATA = Path(__file__).parent / "data"
+DATA = REPO / "tests" / "data"
 
 
 def _read(name: str) -> str:
@@ -150,7 +150,7 @@ def test_parse_smi_garbled_raises_value_error(parser: Any, text: str) -> None:
     ],
 )
 def test_parse_gpu_spec_good(text: str, tokens: list[str]) -> None:
-    assert gpus.parse_gpu_spec(text) == tokens
+    assert select.parse_gpu_spec(text) == tokens
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ def test_parse_gpu_spec_good(text: str, tokens: list[str]) -> None:
 )
 def test_parse_gpu_spec_bad(text: str, message: str) -> None:
     with pytest.raises(UsageError) as err:
-        gpus.parse_gpu_spec(text)
+        select.parse_gpu_spec(text)
     text_of = str(err.value)
     assert message in text_of
     assert "\n" not in text_of
@@ -180,17 +180,17 @@ def test_parse_gpu_spec_bad(text: str, message: str) -> None:
 
 def test_parse_gpu_spec_names_its_source() -> None:
     with pytest.raises(UsageError, match=r"^HANDYJOBS_GPUS '0,x'"):
-        gpus.parse_gpu_spec("0,x", source="HANDYJOBS_GPUS")
+        select.parse_gpu_spec("0,x", source="HANDYJOBS_GPUS")
 
 
 def test_resolve_gpus_indices_and_uuids() -> None:
-    assert gpus.resolve_gpus(["4", "GPU-fake-2"], EIGHT) == [4, 2]
-    assert gpus.resolve_gpus(["GPU-FAKE-7"], EIGHT) == [7]  # UUIDs match in any case
+    assert select.resolve_gpus(["4", "GPU-fake-2"], EIGHT) == [4, 2]
+    assert select.resolve_gpus(["GPU-FAKE-7"], EIGHT) == [7]  # UUIDs match in any case
 
 
 def test_resolve_gpus_missing_index_lists_what_exists() -> None:
     with pytest.raises(UsageError) as err:
-        gpus.resolve_gpus(["9"], EIGHT)
+        select.resolve_gpus(["9"], EIGHT)
     assert str(err.value) == (
         "GPU 9 does not exist; this machine has GPUs 0-7 (see `handyjobs gpus`)"
     )
@@ -199,28 +199,28 @@ def test_resolve_gpus_missing_index_lists_what_exists() -> None:
 def test_resolve_gpus_several_missing_and_gaps() -> None:
     box = _box(_gpu(0), _gpu(1), _gpu(3))
     with pytest.raises(UsageError) as err:
-        gpus.resolve_gpus(["2", "GPU-nope", "1"], box)
+        select.resolve_gpus(["2", "GPU-nope", "1"], box)
     assert str(err.value) == (
         "GPUs 2, GPU-nope do not exist; this machine has GPUs 0-1,3 (see `handyjobs gpus`)"
     )
     with pytest.raises(UsageError, match=r"this machine has GPU 0 \("):
-        gpus.resolve_gpus(["1"], _box(_gpu(0)))
+        select.resolve_gpus(["1"], _box(_gpu(0)))
 
 
 def test_resolve_gpus_same_gpu_by_index_and_uuid() -> None:
     with pytest.raises(UsageError, match="GPU 2 is named twice"):
-        gpus.resolve_gpus(["2", "GPU-fake-2"], EIGHT)
+        select.resolve_gpus(["2", "GPU-fake-2"], EIGHT)
 
 
 def test_resolve_gpus_mig_instance() -> None:
     with pytest.raises(UsageError, match="MIG instance"):
-        gpus.resolve_gpus(["MIG-1b2c3d4e-5f6a-7b8c-9d0e-1f2a3b4c5d6e"], EIGHT)
+        select.resolve_gpus(["MIG-1b2c3d4e-5f6a-7b8c-9d0e-1f2a3b4c5d6e"], EIGHT)
 
 
 def test_resolve_gpus_no_gpus_at_all() -> None:
     none = Discovery("none", (), note="no NVIDIA driver (libnvidia-ml not found)")
     with pytest.raises(UsageError) as err:
-        gpus.resolve_gpus(["0"], none)
+        select.resolve_gpus(["0"], none)
     assert str(err.value) == (
         "no NVIDIA GPU found (no NVIDIA driver (libnvidia-ml not found)); "
         "use --cpu to run on the CPU"
@@ -228,21 +228,11 @@ def test_resolve_gpus_no_gpus_at_all() -> None:
 
 
 def test_format_indices() -> None:
-    assert gpus.format_indices([]) == ""
-    assert gpus.format_indices([3, 0, 1, 2, 5, 7, 6]) == "0-3,5-7"
+    assert select.format_indices([]) == ""
+    assert select.format_indices([3, 0, 1, 2, 5, 7, 6]) == "0-3,5-7"
 
 
 ALICE = GpuProcess(4242, 5000, "alice", "python")
-
-
-def test_compute_pids() -> None:
-    shared = GpuProcess(100, 10, None, None)
-    box = _box(
-        _gpu(0, procs=(shared, ALICE)),
-        _gpu(1, procs=(shared,)),
-        _gpu(2),
-    )
-    assert gpus.compute_pids(box) == {100: [0, 1], 4242: [0]}
 
 
 # --------------------------------------------------------------------------- discover
@@ -274,11 +264,11 @@ def test_discover_fake_reads_fresh_each_call(tmp_path: Path) -> None:
     assert first.source == "fake"
     assert [(g.index, g.uuid) for g in first.gpus] == [(0, "GPU-fake-0"), (1, "GPU-fake-1")]
     assert first.gpus[1].processes == (GpuProcess(4242, 5000, "alice", "python"),)
-    assert booking.choose_free(first, 2, {}, GpuPolicy()) is None
+    assert booking.free_gpus(first, {}, GpuPolicy()) == [0]
 
     _write_fake(fake, [_fake_gpu(1), _fake_gpu(0)])  # the job on GPU 1 ended
     second = gpus.discover(env)
-    assert booking.choose_free(second, 2, {}, GpuPolicy()) == [0, 1]
+    assert booking.free_gpus(second, {}, GpuPolicy()) == [0, 1]
 
 
 def test_discover_fake_round_trips_to_dict(tmp_path: Path) -> None:
@@ -403,8 +393,7 @@ def test_query_nvidia_smi_runs_the_two_queries(tmp_path: Path) -> None:
     assert [g.index for g in found.gpus] == list(range(8))
     assert [p.pid for p in found.gpus[3].processes] == [190877, 191002]
     assert not any(g.mig for g in found.gpus)
-    assert gpus.compute_pids(found) == {183422: [0], 183423: [1], 190877: [3], 191002: [3]}
-    assert booking.choose_free(found, 3, {}, GpuPolicy()) == [2, 4, 6]
+    assert [[p.pid for p in g.processes] for g in found.gpus[:2]] == [[183422], [183423]]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX shell")
@@ -504,7 +493,7 @@ def test_query_nvidia_smi_names_only_processes_proc_vouches_for(tmp_path: Path) 
     )
     found = gpus.query_nvidia_smi(path=_fake_smi(tmp_path, body))
     me, missing = found.gpus[1].processes
-    if gpus.host_pid_namespace():
+    if pidinfo.host_pid_namespace():
         # the driver's pid is ours: the user from /proc, nvidia-smi's path made short
         assert me == GpuProcess(os.getpid(), 700, pwd.getpwuid(os.getuid()).pw_name, "python3.11")
         assert found.pids_comparable
@@ -517,7 +506,7 @@ def test_query_nvidia_smi_names_only_processes_proc_vouches_for(tmp_path: Path) 
 
 # ---------------------------------------------------------------- NVML: the stand-in driver
 
-FAKE_NVML = Path(__file__).parent / "fake_nvml"
+FAKE_NVML = REPO / "tests" / "fake_nvml"
 A100 = "NVIDIA A100-SXM4-80GB"
 
 
@@ -589,7 +578,7 @@ def _me() -> dict[str, Any]:
 
 
 host_only = pytest.mark.skipif(
-    not gpus.host_pid_namespace(), reason="needs the host pid namespace (this is a container)"
+    not pidinfo.host_pid_namespace(), reason="needs the host pid namespace (this is a container)"
 )
 
 
@@ -905,13 +894,13 @@ def test_vouch_refuses_a_pid_that_started_after_the_driver_answered() -> None:
         [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
     )
     try:
-        assert not gpus._vouch(child.pid, asked, host=True)
-        assert gpus._vouch(child.pid, nvml.boot_clock(), host=True)
+        assert not pidinfo.vouch(child.pid, asked, host=True)
+        assert pidinfo.vouch(child.pid, nvml.boot_clock(), host=True)
         # outside the host namespace a process must hold an NVIDIA device: this one does not
-        assert not gpus._vouch(child.pid, nvml.boot_clock(), host=False)
+        assert not pidinfo.vouch(child.pid, nvml.boot_clock(), host=False)
     finally:
         child.communicate(b"")
-    assert not gpus._vouch(nvml.PID_MAX_LIMIT - 1, None, host=True)
+    assert not pidinfo.vouch(nvml.PID_MAX_LIMIT - 1, None, host=True)
 
 
 def _can_unshare() -> bool:
@@ -925,9 +914,9 @@ def _can_unshare() -> bool:
 
 CONTAINER_PROBE = """
 import json, os
-from handyjobs.gpus import discovery as gpus
+from handyjobs.gpus import discovery as gpus, pidinfo
 found = gpus.discover({"PATH": ""})
-print(json.dumps({"host": gpus.host_pid_namespace(), "me": os.getpid(), **found.to_dict()}))
+print(json.dumps({"host": pidinfo.host_pid_namespace(), "me": os.getpid(), **found.to_dict()}))
 """
 
 
@@ -1048,7 +1037,7 @@ def test_cli_gpus_json_through_the_stand_in(sandbox: Sandbox, tmp_path: Path) ->
     assert (idle["memory_used_mib"], idle["error"], idle["processes"]) == (3, None, [])
     (proc,) = busy["processes"]
     assert (proc["pid"], proc["used_memory_mib"]) == (os.getpid(), 700)
-    if gpus.host_pid_namespace():
+    if pidinfo.host_pid_namespace():
         assert doc["pids_comparable"] is True
         assert proc["user"] is not None and proc["name"] is not None
     table = sandbox.cli("gpus", env=_cli_env(scenario), check=True).stdout
@@ -1102,7 +1091,7 @@ def test_nvml_and_nvidia_smi_agree() -> None:
     found = gpus.discover(env)
     if not found.gpus:
         pytest.skip(f"no NVIDIA GPU visible ({found.note})")
-    nvml_found = gpus.query_nvml()
+    nvml_found = found  # discover asks NVML first
     smi = gpus.query_nvidia_smi()
     if nvml_found.source != "nvml" or smi.source != "nvidia-smi":
         pytest.skip(f"needs both NVML ({nvml_found.note}) and nvidia-smi ({smi.note})")

@@ -15,12 +15,11 @@ from typing import Any
 import numpy
 import pytest
 import torch
+from conftest import REPO
 
 from handyjobs import metrics
 from handyjobs.errors import HandyjobsError
 from handyjobs.metrics import MetricRecord, MetricsError, log_metrics, read_metrics, series, summary
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)

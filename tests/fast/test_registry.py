@@ -19,7 +19,7 @@ from handyjobs.core import paths, registry
 from handyjobs.core.records import SCHEMA_VERSION, JobState, Run, utcnow
 from handyjobs.errors import RegistryError, UsageError
 
-DATA = Path(__file__).parent / "data"
+DATA = REPO / "tests" / "data"
 
 
 def _fill(root: Path, active: int, finished: int) -> None:
