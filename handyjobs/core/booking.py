@@ -26,7 +26,8 @@ from handyjobs.core.records import (
     Wait,
 )
 from handyjobs.errors import GpuBusy, UsageError
-from handyjobs.gpus.discovery import Discovery, GpuInfo, parse_gpu_spec
+from handyjobs.gpus.model import Discovery, GpuInfo
+from handyjobs.gpus.select import parse_gpu_spec
 
 ALLOWED_ENV = "HANDYJOBS_GPUS"
 THRESHOLD_ENV = "HANDYJOBS_GPU_MEM_THRESHOLD_MIB"
@@ -133,16 +134,6 @@ def free_gpus(discovery: Discovery, held: Mapping[int, str], policy: GpuPolicy) 
         and g.index not in held
         and blocker(g, policy.threshold_mib) is None
     ]
-
-
-def choose_free(
-    discovery: Discovery, n: int, held: Mapping[int, str], policy: GpuPolicy
-) -> list[int] | None:
-    """The ``n`` lowest-index free GPUs, or None when there are fewer."""
-    if n < 1:
-        raise UsageError(f"asked for {n} GPUs; ask for at least 1, or use --cpu")
-    free = free_gpus(discovery, held, policy)
-    return free[:n] if len(free) >= n else None
 
 
 # ---- the queue --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""GPU discovery (fake file, NVML, nvidia-smi) and GPU spec parsing; no policy (see booking.py).
+"""GPU discovery: the fake file, NVML, nvidia-smi, one deadline; no policy (see core/booking.py).
 
 Discovery goes through :func:`discover` (one look) or :func:`watch` (many looks with NVML
 started once), which try in order:
@@ -19,61 +19,38 @@ are still reported, and the note says which GPU hangs. A wedged driver never han
 Process ids come from the driver. Older drivers report them in the host's pid namespace, which
 inside a container are not this namespace's pids; newer ones translate them and hide what the
 container cannot see. A process's user and name are filled in from /proc only when /proc vouches
-for it (:func:`_vouch`), and :attr:`Discovery.pids_comparable` says whether a job's pid can be
-looked for among the driver's (:func:`leftovers` uses it).
+for it (:func:`handyjobs.gpus.pidinfo.vouch`), and :attr:`Discovery.pids_comparable` says
+whether a job's pid can be looked for among the driver's (:func:`leftovers` uses it).
 
 GPU indices are nvidia-smi's (PCI bus order, which is also NVML's index order); jobs get
 ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so CUDA numbers the GPUs the same way. Nothing here imports
 torch or initialises CUDA.
 
-JSON schema of :meth:`GpuInfo.to_dict` (used by ``handyjobs gpus --json``); a fake GPU file has
-the same shape, ``{"gpus": [<gpu>, ...]}``::
-
-    {
-      "index": 0,                          # int, nvidia-smi's index
-      "uuid": "GPU-6a1c...",               # str ("" when unreadable); a fake may leave it out:
-                                           #   "GPU-fake-<index>"
-      "name": "NVIDIA A100-SXM4-80GB",     # str
-      "memory_used_mib": 3,                # int; without what the driver reserves, as nvidia-smi
-      "memory_total_mib": 81920,           # int
-      "utilization_pct": 0,                # int or null (unknown, e.g. in MIG mode)
-      "mig": false,                        # bool: MIG mode is on (a fake may leave it out)
-      "error": null,                       # str or null: why (part of) this GPU could not be read
-      "processes": [                       # compute processes; a fake may leave it out: []
-        {"pid": 4242,                      # int, the driver's pid
-         "used_memory_mib": 5000,          # int or null (unknown)
-         "user": "alice",                  # str or null (null unless /proc vouches for the pid);
-                                           #   a fake may leave it out: read from /proc
-         "name": "python"}                 # str or null, likewise
-      ]
-    }
-
-:meth:`Discovery.to_dict` wraps these as
-``{"source": ..., "note": ..., "pids_comparable": ..., "gpus": [<gpu>, ...]}``; a fake file may
-set ``"pids_comparable": false`` at the top to play a container whose driver reports host pids.
-
-Which GPU counts as busy, allowed or free for a job is decided in :mod:`handyjobs.core.booking`.
+The records (:mod:`handyjobs.gpus.model`), the fake seam (:mod:`handyjobs.gpus.fake`), what
+/proc says of a driver's pid (:mod:`handyjobs.gpus.pidinfo`) and ``--gpus`` parsing
+(:mod:`handyjobs.gpus.select`) live beside this module. Which GPU counts as busy, allowed or
+free for a job is decided in :mod:`handyjobs.core.booking`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import re
 import shutil
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from handyjobs.errors import UsageError
+from handyjobs.gpus.fake import FAKE_ENV, read_fake
+from handyjobs.gpus.model import Discovery, GpuInfo, GpuProcess
+from handyjobs.gpus.pidinfo import comparable, described, host_pid_namespace, vouch
 
 if TYPE_CHECKING:
     from handyjobs.gpus import nvml
 
-FAKE_ENV = "HANDYJOBS_FAKE_GPUS"
 TIMEOUT_ENV = "HANDYJOBS_GPU_TIMEOUT_S"
 #: Seconds one look at the GPUs may take (NVML and nvidia-smi together); a wedged driver must
 #: not hang `handyjobs list`, `stop` or a queued runner that looks every second.
@@ -84,86 +61,6 @@ SMI_TIMEOUT_S = 10.0
 #: own bookkeeping moves a few MiB between looks, while a CUDA context left behind is hundreds.
 RELEASE_SLACK_MIB = 128
 
-_INDEX_RE = re.compile(r"[0-9]+")
-# GPU-<uuid>, MIG-<uuid> and the older MIG-GPU-<uuid>/<gi>/<ci>; fake files use GPU-fake-<n>.
-_UUID_RE = re.compile(r"(GPU|MIG)-[A-Za-z0-9_/-]+")
-# PROC_PID_INIT_INO: the inode of the initial (host) pid namespace, fixed by the kernel.
-_INIT_PID_NS_INO = 0xEFFFFFFC
-
-
-@dataclass(frozen=True)
-class GpuProcess:
-    """A compute process running on a GPU."""
-
-    pid: int
-    used_memory_mib: int | None
-    user: str | None = None
-    name: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the process as JSON-ready data (schema in the module docstring)."""
-        return {
-            "pid": self.pid,
-            "used_memory_mib": self.used_memory_mib,
-            "user": self.user,
-            "name": self.name,
-        }
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """One physical GPU as seen at discovery time."""
-
-    index: int
-    uuid: str
-    name: str
-    memory_used_mib: int
-    memory_total_mib: int
-    utilization_pct: int | None
-    processes: tuple[GpuProcess, ...] = field(default=())
-    #: MIG mode is on: CUDA_VISIBLE_DEVICES=<index> then exposes at most one instance.
-    mig: bool = False
-    #: Why part of this GPU could not be read (it then never counts as free), else None.
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the GPU as JSON-ready data (schema in the module docstring)."""
-        return {
-            "index": self.index,
-            "uuid": self.uuid,
-            "name": self.name,
-            "memory_used_mib": self.memory_used_mib,
-            "memory_total_mib": self.memory_total_mib,
-            "utilization_pct": self.utilization_pct,
-            "processes": [p.to_dict() for p in self.processes],
-            "mig": self.mig,
-            "error": self.error,
-        }
-
-
-@dataclass(frozen=True)
-class Discovery:
-    """What discovery found, where it looked, and (when nothing) why."""
-
-    source: str
-    gpus: tuple[GpuInfo, ...]
-    note: str | None = None
-    #: The driver's pids are this pid namespace's, so a job's pid can be looked for among them.
-    #: False in a container whose driver reports the host's pids (see :func:`leftovers`).
-    pids_comparable: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the discovery as JSON-ready data (schema in the module docstring)."""
-        return {
-            "source": self.source,
-            "note": self.note,
-            "pids_comparable": self.pids_comparable,
-            "gpus": [g.to_dict() for g in self.gpus],
-        }
-
-    def by_index(self) -> dict[int, GpuInfo]:
-        """Return the GPUs keyed by index."""
-        return {g.index: g for g in self.gpus}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -266,130 +163,6 @@ def _join(*notes: str | None) -> str | None:
     return text or None
 
 
-def read_fake(path: str) -> Discovery:
-    """Read a fake GPU file (the testing seam); a missing or malformed file is a UsageError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise UsageError(
-            f"{FAKE_ENV}={path}: cannot read it ({e.strerror}); "
-            f"point it at a JSON file of fake GPUs or unset it"
-        ) from e
-    except ValueError as e:
-        raise UsageError(
-            f"{FAKE_ENV}={path}: not valid JSON ({e}); fix the file or unset {FAKE_ENV}"
-        ) from e
-    try:
-        gpus = _fake_gpus(data)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"{FAKE_ENV}={path}: {e}; fix the file or unset {FAKE_ENV}") from e
-    comparable = data.get("pids_comparable", True) if isinstance(data, dict) else True
-    if not isinstance(comparable, bool):
-        raise UsageError(
-            f"{FAKE_ENV}={path}: pids_comparable must be true or false, not {comparable!r}; "
-            f"fix the file or unset {FAKE_ENV}"
-        )
-    return Discovery("fake", gpus, pids_comparable=comparable)
-
-
-def _fake_gpus(data: object) -> tuple[GpuInfo, ...]:
-    """Validate the parsed fake file and build its GPUs, sorted by index."""
-    if not isinstance(data, dict) or not isinstance(data.get("gpus"), list):
-        raise ValueError('expected an object {"gpus": [...]}')
-    gpus: dict[int, GpuInfo] = {}
-    for i, raw in enumerate(data["gpus"]):
-        where = f"gpus[{i}]"
-        if not isinstance(raw, dict):
-            raise ValueError(f"{where} is not an object")
-        index = _req_int(raw, "index", where)
-        if index in gpus:
-            raise ValueError(f"{where}: index {index} appears twice")
-        raw_procs = raw.get("processes", [])
-        if not isinstance(raw_procs, list):
-            raise ValueError(f"{where}.processes is not a list")
-        procs = []
-        for j, rp in enumerate(raw_procs):
-            pwhere = f"{where}.processes[{j}]"
-            if not isinstance(rp, dict):
-                raise ValueError(f"{pwhere} is not an object")
-            pid = _req_int(rp, "pid", pwhere)
-            proc = GpuProcess(
-                pid=pid,
-                used_memory_mib=_opt_int(rp, "used_memory_mib", pwhere),
-                user=_opt_str(rp, "user", pwhere),
-                name=_opt_str(rp, "name", pwhere),
-            )
-            procs.append(_with_proc_info(proc))
-        uuid = _opt_str(raw, "uuid", where) or f"GPU-fake-{index}"
-        name = _opt_str(raw, "name", where)
-        if name is None:
-            raise ValueError(f"{where}.name is missing")
-        gpus[index] = GpuInfo(
-            index=index,
-            uuid=uuid,
-            name=name,
-            memory_used_mib=_req_int(raw, "memory_used_mib", where),
-            memory_total_mib=_req_int(raw, "memory_total_mib", where),
-            utilization_pct=_opt_int(raw, "utilization_pct", where),
-            processes=tuple(procs),
-            mig=_opt_bool(raw, "mig", where),
-            error=_opt_str(raw, "error", where),
-        )
-    return tuple(gpus[k] for k in sorted(gpus))
-
-
-def _opt_bool(raw: Mapping[str, object], key: str, where: str) -> bool:
-    """Return an optional boolean field of a fake-file object (absent: False)."""
-    value = raw.get(key, False)
-    if not isinstance(value, bool):
-        raise ValueError(f"{where}.{key} must be true or false, not {value!r}")
-    return value
-
-
-def _req_int(raw: Mapping[str, object], key: str, where: str) -> int:
-    """Return a required non-negative integer field of a fake-file object."""
-    value = _opt_int(raw, key, where)
-    if value is None:
-        raise ValueError(f"{where}.{key} is missing")
-    return value
-
-
-def _opt_int(raw: Mapping[str, object], key: str, where: str) -> int | None:
-    """Return an optional non-negative integer field of a fake-file object."""
-    value = raw.get(key)
-    if value is None:
-        return None
-    # bool is an int subclass; true/false in the file is a mistake, not 1/0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{where}.{key} must be a non-negative integer, not {value!r}")
-    return value
-
-
-def _opt_str(raw: Mapping[str, object], key: str, where: str) -> str | None:
-    """Return an optional string field of a fake-file object."""
-    value = raw.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{where}.{key} must be a string, not {value!r}")
-    return value
-
-
-def query_nvml(timeout_s: float = DEFAULT_TIMEOUT_S) -> Discovery:
-    """Ask NVML for the GPUs; source "nvml", or "none" with a note when NVML is unusable."""
-    from handyjobs.gpus import nvml
-
-    session = nvml.Session(timeout_s)
-    try:
-        reading = session.read()
-    finally:
-        session.close()
-    if not reading.ok:
-        return Discovery("none", (), note=reading.note)
-    return _nvml_discovery(reading)
-
-
 def _nvml_discovery(reading: nvml.Reading) -> Discovery:
     """Turn NVML's raw reading into GpuInfo, vouching for each process through /proc."""
     host = host_pid_namespace()
@@ -399,9 +172,9 @@ def _nvml_discovery(reading: nvml.Reading) -> Discovery:
     for raw in reading.gpus:
         procs = []
         for rp in raw.processes:
-            ok = _vouch(rp.pid, raw.asked_at, host)
+            ok = vouch(rp.pid, raw.asked_at, host)
             vouched.append(ok)
-            procs.append(_described(rp.pid, rp.used_mib, ok, rp.nvml_name, prefer_proc=True))
+            procs.append(described(rp.pid, rp.used_mib, ok, rp.nvml_name, prefer_proc=True))
         errors = list(raw.errors)
         if raw.lacks:
             errors.append(f"process list: {raw.lacks}")
@@ -425,7 +198,7 @@ def _nvml_discovery(reading: nvml.Reading) -> Discovery:
     if not found:
         return Discovery("nvml", (), note="the NVIDIA driver reports no GPUs")
     return Discovery(
-        "nvml", tuple(found), note=_join(*notes), pids_comparable=_comparable(host, vouched)
+        "nvml", tuple(found), note=_join(*notes), pids_comparable=comparable(host, vouched)
     )
 
 
@@ -452,219 +225,19 @@ def query_nvidia_smi(path: str | None = None, timeout_s: float = SMI_TIMEOUT_S) 
     for g in reading.gpus:
         procs = []
         for p in reading.apps.get(g.uuid, ()):
-            ok = _vouch(p.pid, reading.asked_at, host)
+            ok = vouch(p.pid, reading.asked_at, host)
             vouched.append(ok)
-            procs.append(_described(p.pid, p.used_memory_mib, ok, p.name, prefer_proc=False))
+            procs.append(described(p.pid, p.used_memory_mib, ok, p.name, prefer_proc=False))
         found.append(replace(g, processes=tuple(procs)))
     if not found:
         return Discovery("nvidia-smi", (), note="nvidia-smi reports no GPUs")
-    return Discovery("nvidia-smi", tuple(found), pids_comparable=_comparable(host, vouched))
+    return Discovery("nvidia-smi", tuple(found), pids_comparable=comparable(host, vouched))
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def host_pid_namespace() -> bool:
-    """Whether this process lives in the host's (initial) pid namespace, as the driver does."""
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino == _INIT_PID_NS_INO
-    except OSError:
-        return False  # no /proc/self/ns: cannot tell, so do not assume the pids match
-
-
-def _comparable(host: bool, vouched: Sequence[bool]) -> bool:
-    """Whether the driver's pids are ours: in the host namespace, or /proc vouched for each."""
-    # Outside the host namespace an older driver reports host pids; a newer one translates them,
-    # and then /proc vouches for every pid it lists. With nothing listed, nothing shows which.
-    return host or (bool(vouched) and all(vouched))
-
-
-def _vouch(pid: int, asked_at: float | None, host: bool) -> bool:
-    """Whether /proc vouches that ``pid`` is the process the driver listed under that number.
-
-    It must exist and have started before the driver was asked (else the pid was reused).
-    Outside the host pid namespace, where the driver may speak of another namespace's pids,
-    it must also hold an NVIDIA device open (readable for our own processes, or as root).
-    """
-    started = _proc_start_s(pid)
-    if started is None:
-        return False
-    if asked_at is not None and started > asked_at:
-        return False
-    if host:
-        return True
-    return _holds_nvidia_device(pid) is True
-
-
-def _described(
-    pid: int, used_mib: int | None, vouched: bool, driver_name: str | None, *, prefer_proc: bool
-) -> GpuProcess:
-    """A process with its user and short name when /proc vouches for it, else neither."""
-    if not vouched:
-        # a name or user read for this number would be another process's: say nothing
-        return GpuProcess(pid, used_mib)
-    driver = (os.path.basename(driver_name) or None) if driver_name else None
-    comm = _proc_comm(pid)
-    name = (comm or driver) if prefer_proc else (driver or comm)
-    return GpuProcess(pid, used_mib, _proc_user(pid), name)
-
-
-def _with_proc_info(proc: GpuProcess) -> GpuProcess:
-    """Fill in a fake process's user and short name from /proc where they are missing."""
-    user = proc.user if proc.user is not None else _proc_user(proc.pid)
-    # NVML and nvidia-smi give paths ("/opt/conda/bin/python"); people know the last part
-    name = (os.path.basename(proc.name) or None) if proc.name else _proc_comm(proc.pid)
-    return GpuProcess(proc.pid, proc.used_memory_mib, user, name)
-
-
-def _proc_start_s(pid: int) -> float | None:
-    """When process ``pid`` started, in seconds since boot; None when /proc has no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        # the command name in parentheses may hold spaces; the fields after it are plain
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _holds_nvidia_device(pid: int) -> bool | None:
-    """Whether the process has an NVIDIA device file open; None when its fds are not readable."""
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        fds = os.listdir(fd_dir)
-    except OSError:
-        return None  # another user's process (without root), or gone
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            # every CUDA process holds /dev/nvidiactl and /dev/nvidia<N> (or -caps for MIG)
-            if os.readlink(f"{fd_dir}/{fd}").startswith("/dev/nvidia"):
-                return True
-    return False
-
-
-def _proc_user(pid: int) -> str | None:
-    """Return the login name owning /proc/<pid> (the uid as text when unnamed), or None."""
-    try:
-        uid = os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
-    try:
-        import pwd  # Unix only; imported here so the module still imports elsewhere
-
-        return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
-        return str(uid)
-
-
-def _proc_comm(pid: int) -> str | None:
-    """Return /proc/<pid>/comm, or None when unreadable."""
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
 # --------------------------------------------------------------------------- specs
-
-
-def parse_gpu_spec(text: str, *, source: str = "--gpus") -> list[str]:
-    """Split a GPU spec such as "2,4" or "GPU-8f3a...,1" into index and UUID tokens."""
-    hint = "give GPU indices or UUIDs separated by commas, such as 0,1 (see `handyjobs gpus`)"
-    if not text.strip():
-        raise UsageError(f"{source} is empty; {hint}")
-    tokens: list[str] = []
-    seen: dict[str, str] = {}
-    for raw in text.split(","):
-        item = raw.strip()
-        if _INDEX_RE.fullmatch(item):
-            token = str(int(item))  # "02" and "2" are the same GPU
-            key = token
-        elif _UUID_RE.fullmatch(item):
-            token = item
-            key = item.lower()
-        elif not item:
-            raise UsageError(f"{source} {text!r} has an empty item; {hint}")
-        else:
-            raise UsageError(f"{source} {text!r}: {item!r} is not a GPU index or UUID; {hint}")
-        if key in seen:
-            raise UsageError(f"{source} {text!r} names GPU {item} twice; give each GPU once")
-        seen[key] = item
-        tokens.append(token)
-    return tokens
-
-
-def resolve_gpus(tokens: Sequence[str], discovery: Discovery) -> list[int]:
-    """Map index and UUID tokens to GPU indices that exist, in the order given."""
-    if not discovery.gpus:
-        why = f" ({discovery.note})" if discovery.note else ""
-        raise UsageError(f"no NVIDIA GPU found{why}; use --cpu to run on the CPU")
-    by_index = discovery.by_index()
-    by_uuid = {g.uuid.lower(): g.index for g in discovery.gpus}
-    have = f"this machine has {_plural_gpus(sorted(by_index))} (see `handyjobs gpus`)"
-    indices: list[int] = []
-    missing: list[str] = []
-    for token in tokens:
-        if _INDEX_RE.fullmatch(token):
-            index = int(token)
-            if index in by_index:
-                indices.append(index)
-            else:
-                missing.append(str(index))
-        elif token.lower() in by_uuid:
-            indices.append(by_uuid[token.lower()])
-        elif token.upper().startswith("MIG-"):
-            # handyjobs schedules whole GPUs; GpuInfo does not list MIG instances
-            raise UsageError(
-                f"{token} is a MIG instance, which handyjobs cannot schedule; "
-                f"give the index of a whole GPU instead ({have})"
-            )
-        else:
-            missing.append(token)
-    if missing:
-        if len(missing) == 1:
-            raise UsageError(f"GPU {missing[0]} does not exist; {have}")
-        raise UsageError(f"GPUs {', '.join(missing)} do not exist; {have}")
-    dupes = sorted({i for i in indices if indices.count(i) > 1})
-    if dupes:
-        raise UsageError(
-            f"GPU {dupes[0]} is named twice (by index and by UUID); give each GPU once"
-        )
-    return indices
-
-
-def _plural_gpus(indices: Sequence[int]) -> str:
-    """Return "GPU 0" or "GPUs 0-3,5" for sorted indices."""
-    if len(indices) == 1:
-        return f"GPU {indices[0]}"
-    return f"GPUs {format_indices(indices)}"
-
-
-def format_indices(indices: Sequence[int]) -> str:
-    """Return sorted indices compactly, with runs as ranges: [0, 1, 2, 3, 5] -> "0-3,5"."""
-    parts: list[str] = []
-    ordered = sorted(set(indices))
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
-def compute_pids(discovery: Discovery) -> dict[int, list[int]]:
-    """Return, for each compute process, the sorted indices of the GPUs it runs on."""
-    pids: dict[int, list[int]] = {}
-    for gpu in sorted(discovery.gpus, key=lambda g: g.index):
-        for proc in gpu.processes:
-            indices = pids.setdefault(proc.pid, [])
-            if gpu.index not in indices:
-                indices.append(gpu.index)
-    return pids
 
 
 # --------------------------------------------------------------------------- after a job
@@ -724,3 +297,16 @@ def leftovers(
         if pids or extra:
             found.append(Leftover(index, tuple(pids), extra))
     return found
+
+
+__all__ = [
+    "FAKE_ENV",
+    "Discovery",
+    "GpuInfo",
+    "GpuProcess",
+    "Leftover",
+    "Watch",
+    "discover",
+    "leftovers",
+    "watch",
+]

@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from handyjobs.gpus.discovery import GpuInfo, GpuProcess
+from handyjobs.gpus.model import GpuInfo, GpuProcess
 
 GPU_QUERY = "index,uuid,name,memory.used,memory.total,utilization.gpu"
 #: Asked after GPU_QUERY when nvidia-smi knows it (R450 and later).

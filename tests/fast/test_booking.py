@@ -168,14 +168,14 @@ def test_mig_and_unreadable_gpus_are_never_free() -> None:
     assert bad is not None and "NVML NoPermission" in render.busy_text(bad)
 
 
-def test_choose_free_lowest_first_and_deterministic() -> None:
-    assert booking.choose_free(EIGHT, 2, {}, ANY) == [0, 1]
-    assert booking.choose_free(EIGHT, 8, {}, ANY) == list(range(8))
+def test_free_gpus_lowest_first_and_deterministic() -> None:
+    assert booking.free_gpus(EIGHT, {}, ANY) == list(range(8))
     shuffled = _box(*(_gpu(i) for i in (5, 2, 7, 0)))
-    assert booking.choose_free(shuffled, 3, {}, ANY) == [0, 2, 5]
+    assert booking.free_gpus(shuffled, {}, ANY) == [0, 2, 5, 7]
+    assert booking.free_gpus(Discovery("none", ()), {}, ANY) == []
 
 
-def test_choose_free_skips_held_busy_and_disallowed() -> None:
+def test_free_gpus_skips_held_busy_and_disallowed() -> None:
     box = _box(
         _gpu(0),  # held by a handyjobs job
         _gpu(1, used=6000, procs=(ALICE,)),  # busy by process
@@ -187,18 +187,10 @@ def test_choose_free_skips_held_busy_and_disallowed() -> None:
     )
     allowed = GpuPolicy((0, 1, 2, 3, 5, 6), 1024)
     held = {0: "exp1"}
-    assert booking.choose_free(box, 3, held, allowed) == [3, 5, 6]
-    assert booking.choose_free(box, 4, held, allowed) is None
-    assert booking.choose_free(box, 1, held, GpuPolicy((), 1024)) is None
+    assert booking.free_gpus(box, held, allowed) == [3, 5, 6]
+    assert booking.free_gpus(box, held, GpuPolicy((), 1024)) == []
     # a higher threshold frees GPU 2
-    assert booking.choose_free(box, 4, held, GpuPolicy(allowed.allowed, 9000)) == [2, 3, 5, 6]
-
-
-def test_choose_free_not_enough_and_no_gpus() -> None:
-    assert booking.choose_free(EIGHT, 9, {}, ANY) is None
-    assert booking.choose_free(Discovery("none", ()), 1, {}, ANY) is None
-    with pytest.raises(UsageError):
-        booking.choose_free(EIGHT, 0, {}, ANY)
+    assert booking.free_gpus(box, held, GpuPolicy(allowed.allowed, 9000)) == [2, 3, 5, 6]
 
 
 # ---- the queue ----------------------------------------------------------------------------
