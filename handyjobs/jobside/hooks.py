@@ -13,12 +13,16 @@ or does not exist is noted in the log and never changes the job's outcome.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
-from handyjobs.core.records import JobSpec, Run, exit_summary
+from handyjobs.core import paths, registry
+from handyjobs.core.records import JobRecord, JobSpec, Run, exit_summary
+from handyjobs.errors import HandyjobsError
 
 #: Seconds an on-exit command may run before it is killed.
 TIMEOUT_S = 60.0
@@ -81,3 +85,25 @@ def run_on_exit(
     if code != 0:
         return f"on-exit command exited {code}"
     return None
+
+
+def ended_run(root: Path, name: str, run_id: str) -> tuple[JobRecord | None, str]:
+    """The job's record as it is now, and the run's end state (as far as it can be read)."""
+    with contextlib.suppress(HandyjobsError):
+        record = registry.load_one(name, root)
+        run = None if record is None else record.run_by_id(run_id)
+        if record is not None and run is not None:
+            return record, run.state.value
+    return None, "unknown"
+
+
+def after_run(
+    root: Path, name: str, run_id: str, spec: JobSpec, env: Mapping[str, str], log_fd: int
+) -> str | None:
+    """Run the job's ``--on-exit`` command once its run ended; a note for the log, or None."""
+    if not spec.on_exit:
+        return None
+    record, state = ended_run(root, name, run_id)
+    run = None if record is None else record.run_by_id(run_id)
+    log_path = str(paths.log_path(name, root)) if record is None else record.log_path
+    return run_on_exit(spec, name, run, state, dict(env), log_fd, log_path)

@@ -26,20 +26,18 @@ command is the backend's, and a clean exit after a warning may mean the run goes
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from handyjobs.backends import base as backends
-from handyjobs.core import lifecycle, paths, procs, registry
+from handyjobs.core import lifecycle, paths, procs, registry, scheduler
 from handyjobs.core.records import (
+    Cost,
     JobRecord,
     JobSpec,
     JobState,
@@ -51,24 +49,15 @@ from handyjobs.core.records import (
     utcnow,
 )
 from handyjobs.errors import HandyjobsError, StorageError
-from handyjobs.jobside import launch
+from handyjobs.jobside import hooks, launch, rotation, terminal, waiting
+from handyjobs.jobside.sampler import Sampler
+from handyjobs.jobside.statusfile import DISK_RETRY_S, StatusFile, open_log, say, store
+from handyjobs.jobside.tee import Outcome as PtyResult
+from handyjobs.jobside.tee import run_on_pty
 from handyjobs.views import render
 
-if TYPE_CHECKING:
-    from handyjobs.gpus.discovery import Watch
-
-#: Seconds between two looks at the run's record while it is queued.
-QUEUE_POLL_S = 0.25
-#: Seconds between two scheduling passes by the queued runner that schedules.
-SCHEDULE_EVERY_S = 1.0
 #: Seconds the job's leftover processes get after SIGTERM, once its main process has ended.
 LEFTOVER_GRACE_S = 5.0
-#: Bytes the status file always takes, so the outcome can be written in place on a full disk.
-STATUS_SIZE = 4096
-#: Bytes set aside on the disk while the run lasts, given back to write the outcome.
-RESERVE_SIZE = 64 * 1024
-#: Seconds between two tries to store the outcome while the disk is full.
-DISK_RETRY_S = 2.0
 #: Set by the batch script a scheduler runs, to the backend's name: that scheduler, not a
 #: terminal, signals this runner, from its first moment.
 SCHEDULED_ENV = "HANDYJOBS_SCHEDULED"
@@ -88,95 +77,6 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     for sig in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     raise RunnerEnd(signum)
-
-
-class StatusFile:
-    """The run's status file, with room reserved so that the outcome always fits."""
-
-    def __init__(self, root: Path, name: str, run_id: str) -> None:
-        """Start the status with this runner's identity; nothing is written yet."""
-        self.root, self.name = root, name
-        self.path = paths.status_path(name, run_id, root)
-        self.reserve_path = paths.reserve_path(name, run_id, root)
-        me = procs.proc_id(os.getpid())
-        assert me is not None
-        self.status = RunStatus(run_id=run_id, runner=me, boot_id=paths.boot_id())
-
-    def _bytes(self) -> bytes:
-        data = json.dumps(self.status.to_dict()).encode()
-        return data + b" " * max(0, STATUS_SIZE - len(data) - 1) + b"\n"
-
-    def write(self) -> None:
-        """Replace the file atomically; on a full disk, overwrite it in place or use the room."""
-        data = self._bytes()
-        try:
-            paths.ensure_private_dir(self.path.parent)  # the job's folder may have been deleted
-            paths.write_atomic(self.path, data)
-            return
-        except (OSError, StorageError) as exc:
-            if isinstance(exc, OSError) and not paths.is_disk_full(exc):
-                raise
-        # The file already holds STATUS_SIZE bytes of blocks: writing over them needs no room.
-        with contextlib.suppress(OSError):
-            fd = os.open(self.path, os.O_WRONLY)
-            try:
-                if os.fstat(fd).st_size >= len(data):
-                    os.pwrite(fd, data, 0)
-                    os.fsync(fd)
-                    return
-            finally:
-                os.close(fd)
-        self.release()  # give back the reserved room and try once more
-        paths.write_atomic(self.path, data)
-
-    def reserve(self) -> None:
-        """Set room aside for the end of the run (best effort: a full disk may refuse it)."""
-        with contextlib.suppress(OSError):
-            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, RESERVE_SIZE)
-            finally:
-                os.close(fd)
-
-    def release(self) -> None:
-        """Give the reserved room back."""
-        with contextlib.suppress(OSError):
-            os.unlink(self.reserve_path)
-
-
-def _say(log_fd: int, text: str) -> None:
-    """A handyjobs line in the log and on the pane (dimmed there)."""
-    line = f"[handyjobs] {text}\n".encode(errors="replace")
-    with contextlib.suppress(OSError):  # the log may be unwritable; the pane still shows it
-        paths.write_all(log_fd, line)
-    with contextlib.suppress(OSError):  # the pane may be gone; the log has the line
-        os.write(1, b"\x1b[2m" + line + b"\x1b[0m" if os.isatty(1) else line)
-
-
-def _open_log(path: str) -> tuple[int, str | None]:
-    """The log, opened for appending; /dev/null and the reason when it cannot be opened."""
-    try:
-        paths.ensure_private_dir(Path(path).parent)
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), None
-    except (OSError, StorageError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else str(exc)
-        return os.open(os.devnull, os.O_WRONLY), f"cannot open the log: {why}"
-
-
-def _store(root: Path, step: str, fn: Callable[[registry.Registry], None], log_fd: int) -> None:
-    """Run a registry update, retrying while the disk is full (the status file has the truth)."""
-    said = False
-    for _ in range(5):
-        try:
-            with registry.locked(root) as reg:
-                fn(reg)
-            return
-        except StorageError as exc:
-            if not said:
-                _say(log_fd, f"cannot {step} yet ({exc}); retrying")
-                said = True
-            time.sleep(DISK_RETRY_S)
-    _say(log_fd, f"gave up trying to {step}; `handyjobs list` reads the outcome from its file")
 
 
 class Runner:
@@ -212,58 +112,11 @@ class Runner:
         return launch_env.env
 
     def _fail_to_start(self, detail: str) -> int:
-        _say(self.log_fd if self.log_fd >= 0 else os.open(os.devnull, os.O_WRONLY), detail)
+        say(self.log_fd if self.log_fd >= 0 else os.open(os.devnull, os.O_WRONLY), detail)
         reason = Reason(LostKind.START_FAILED, detail)
         with contextlib.suppress(HandyjobsError), registry.locked(self.root) as reg:
             lifecycle.fail_to_start(reg, self.name, self.run_id, reason)
         return 1
-
-    def _wait_for_grant(self, env: dict[str, str]) -> tuple[int, ...] | None:
-        """Wait in the queue; schedule for everyone while holding the scheduler lock."""
-        from handyjobs.core import scheduler
-
-        said = None
-        failed = ""
-        sched_fd = -1
-        next_pass = 0.0
-        looking: Watch | None = None  # one NVML session while this runner schedules
-        try:
-            while True:
-                record = registry.load_one(self.name, self.root)
-                run = None if record is None else record.run_by_id(self.run_id)
-                if run is None or not run.state.active:
-                    return None
-                if run.stop_requested:
-                    with registry.locked(self.root) as reg:
-                        lifecycle.cancel(reg, self.name, self.run_id)
-                    return None
-                if run.state is JobState.RUNNING:
-                    return run.gpus
-                if run.wait is not None and run.wait != said:
-                    _say(self.log_fd, f"queued: {render.wait_text(run.wait)}")
-                    said = run.wait
-                if sched_fd < 0:
-                    sched_fd = _try_lock(paths.scheduler_lock_path(self.root))
-                if sched_fd >= 0 and time.monotonic() >= next_pass:
-                    try:
-                        if looking is None:
-                            from handyjobs.gpus import discovery as gpus
-
-                            looking = gpus.Watch(env)
-                        scheduler.schedule_pass(self.root, env, looking)
-                    except HandyjobsError as exc:
-                        # A GPU that cannot be read (or a full disk) must not end the wait:
-                        # say so once, and try again at the next pass.
-                        if str(exc) != failed:
-                            _say(self.log_fd, f"cannot schedule yet: {exc}")
-                            failed = str(exc)
-                    next_pass = time.monotonic() + SCHEDULE_EVERY_S
-                time.sleep(QUEUE_POLL_S)
-        finally:
-            if looking is not None:
-                looking.close()
-            if sched_fd >= 0:
-                os.close(sched_fd)
 
     def _on_start(self, pid: int, job: launch.Launch, gpus: tuple[int, ...] | None) -> None:
         self.main = pid
@@ -294,7 +147,7 @@ class Runner:
                 break
             except (OSError, StorageError) as exc:
                 if not said:
-                    _say(self.log_fd, f"waiting for room on the disk to record the outcome ({exc})")
+                    say(self.log_fd, f"waiting for room on the disk to record the outcome ({exc})")
                     said = True
                 time.sleep(DISK_RETRY_S)
         self.status.release()
@@ -308,30 +161,46 @@ class Runner:
             if record is not None:
                 lifecycle.fold_status(reg, record, st)
 
-        _store(self.root, what, fold, self.log_fd)
+        store(self.root, what, fold, self.log_fd)
 
     def run(self) -> int:
         """The runner's whole life; returns the job's shell-style exit code."""
-        from handyjobs.jobside import rotation, terminal
-        from handyjobs.jobside.sampler import Sampler
-        from handyjobs.jobside.tee import run_on_pty
-
         procs.set_child_subreaper()  # orphaned torchrun workers come back to us, not to init
+        ready = self._prepare()
+        if isinstance(ready, int):
+            return ready
+        record, env = ready
+        gpus: tuple[int, ...] | None = record.current.gpus
+        if record.current.state is JobState.QUEUED and not self._side().scheduled:
+            gpus = waiting.wait_for_grant(self.root, self.name, self.run_id, env, self.log_fd)
+            if gpus is None:
+                self.status.path.unlink(missing_ok=True)
+                self.status.release()
+                self._never_started(record.spec, env)
+                return 1
+        return self._execute(record, env, gpus if record.spec.books_gpus else None)
+
+    def _side(self) -> backends.JobSide:
+        assert self.side is not None, "the job side is known once the record was read"
+        return self.side
+
+    def _prepare(self) -> tuple[JobRecord, dict[str, str]] | int:
+        """Find our record, take the backend's signals, open the log, read the environment,
+        write the first status; the record and environment, or the exit code to leave with."""
         record = self._record()
         if record is None:
             return 1  # the start that made this session died before saving: start nothing
         run = record.current
         self.verified = True
-        spec: JobSpec = record.spec
         # Under a scheduler of the backend's own, it grants, signals and requeues.
         side = self.side = backends.job_side(run.backend)
         side.take_signals(self)
-        self.log_fd, self.log_error = _open_log(record.log_path)
+        self.log_fd, self.log_error = open_log(record.log_path)
         never = side.ended_before_start()
         if never:
             # Ended by the scheduler before it started (cancelled just after the submit):
             # nothing to start, nothing to record; the scheduler's own view says how it ended.
-            _say(self.log_fd, never)
+            say(self.log_fd, never)
             return 143
         try:
             env = self._env()
@@ -342,7 +211,7 @@ class Runner:
             if run.stop_requested and run.state.active:
                 with contextlib.suppress(HandyjobsError), registry.locked(self.root) as reg:
                     lifecycle.cancel(reg, self.name, self.run_id)
-            self._never_started(spec, env)
+            self._never_started(record.spec, env)
             return 1
         # Settings such as the tmux socket and a fake GPU file are the caller's, not tmux's.
         os.environ.update({k: v for k, v in env.items() if k.startswith("HANDYJOBS_")})
@@ -351,18 +220,16 @@ class Runner:
         except (OSError, StorageError) as exc:
             return self._fail_to_start(f"cannot write the run's status file ({exc})")
         self.status.reserve()
-        gpus: tuple[int, ...] | None = run.gpus
-        if run.state is JobState.QUEUED and not side.scheduled:
-            gpus = self._wait_for_grant(env)
-            if gpus is None:
-                self.status.path.unlink(missing_ok=True)
-                self.status.release()
-                self._never_started(spec, env)
-                return 1
-        booked = gpus if spec.books_gpus else None
+        return record, env
+
+    def _execute(
+        self, record: JobRecord, env: dict[str, str], booked: tuple[int, ...] | None
+    ) -> int:
+        """Start the job on a terminal, tee it into the log until it ends, then conclude."""
+        spec, side = record.spec, self._side()
         ctx = launch.RunContext(
             self.name,
-            run.run,
+            record.current.run,
             self.run_id,
             booked,
             record.log_path,
@@ -373,15 +240,11 @@ class Runner:
         job = side.command(spec, ctx, env, os.environ)
         limit, bad_limit = rotation.limit_from_env(env)
         if bad_limit:
-            _say(self.log_fd, bad_limit)
-        rotator = rotation.Rotator(record.log_path, self.log_fd, limit) if limit else None
-        # Several ranks tag their lines; the pane shows rank 0's as a lone process would.
-        pane_filter = terminal.PaneFilter().feed if spec.procs > 1 else None
+            say(self.log_fd, bad_limit)
         sampler = Sampler(self.run_id, env, gpus=not spec.cpu)
         where = f"GPUs {','.join(map(str, booked))}" if booked else ("CPU" if spec.cpu else "")
-        placed = side.where(os.environ)
-        where = ", ".join(w for w in (placed, where) if w)
-        _say(
+        where = ", ".join(w for w in (side.where(os.environ), where) if w)
+        say(
             self.log_fd,
             f"run {ctx.run} of {self.name} started {utcnow()}{' on ' + where if where else ''}: "
             f"{render.printable(launch.display(job.argv))}",
@@ -401,23 +264,36 @@ class Runner:
             # In a batch script nobody reads the runner's own output: the log has every byte.
             echo_fd=1 if side.interactive else None,
             input_fd=0 if side.interactive else None,
-            rotator=rotator,
-            pane_filter=pane_filter,
+            rotator=rotation.Rotator(record.log_path, self.log_fd, limit) if limit else None,
+            # Several ranks tag their lines; the pane shows rank 0's as a lone process would.
+            pane_filter=terminal.PaneFilter().feed if spec.procs > 1 else None,
         )
         cost = sampler.finish(result.rusage)
+        return self._finish(record, env, result, cost, time.monotonic() - started)
+
+    def _finish(
+        self,
+        record: JobRecord,
+        env: dict[str, str],
+        result: PtyResult,
+        cost: Cost | None,
+        took_s: float,
+    ) -> int:
+        """The job ended: end what it left, say how it ended, record the outcome (or go on)."""
+        spec, side = record.spec, self._side()
         notes = side.job_ended()
         leftovers = self._end_leftovers()
         how = (
             f"exit code {result.exit_code}" if result.signal is None else f"signal {result.signal}"
         )
         extra = f"; ended {leftovers} leftover process(es)" if leftovers else ""
-        _say(
+        say(
             self.log_fd,
-            f"run {ctx.run} of {self.name} ended {utcnow()}: {how} after "
-            f"{time.monotonic() - started:.1f}s{extra}",
+            f"run {record.current.run} of {self.name} ended {utcnow()}: {how} after "
+            f"{took_s:.1f}s{extra}",
         )
         for note in notes:
-            _say(self.log_fd, note)
+            say(self.log_fd, note)
         if side.goes_on(spec, result.exit_code):
             self.status.release()
             return 0
@@ -443,7 +319,7 @@ class Runner:
 
     def say(self, text: str) -> None:
         """One ``handyjobs:`` line into the log."""
-        _say(self.log_fd, text)
+        say(self.log_fd, text)
 
     def record_requeue(self, requeued: bool) -> None:
         """Record that the scheduler requeues the run (True), or take that back (False)."""
@@ -453,42 +329,24 @@ class Runner:
             self.status.write()
             self._fold(st, "record the requeue in the registry")
 
-    def _ended_run(self) -> tuple[JobRecord | None, str]:
-        """Our record as it is now, and our run's end state (as far as it can be read)."""
-        with contextlib.suppress(HandyjobsError):
-            record = registry.load_one(self.name, self.root)
-            run = None if record is None else record.run_by_id(self.run_id)
-            if record is not None and run is not None:
-                return record, run.state.value
-        return None, "unknown"
-
     def _never_started(self, spec: JobSpec, env: dict[str, str]) -> None:
         """The run left the queue without starting (stopped, removed, a dependency failed)."""
-        record, state = self._ended_run()
+        record, state = hooks.ended_run(self.root, self.name, self.run_id)
         run = None if record is None else record.run_by_id(self.run_id)
         if run is not None and run.reason is not None:
-            _say(self.log_fd, render.reason_text(run.reason))
+            say(self.log_fd, render.reason_text(run.reason))
         else:
-            _say(self.log_fd, f"not started ({state} before it started)")
+            say(self.log_fd, f"not started ({state} before it started)")
         self._on_exit(spec, env)
 
     def _on_exit(self, spec: JobSpec, env: dict[str, str]) -> None:
         """Run the job's ``--on-exit`` command, its output into the log; a failure is noted."""
-        if not spec.on_exit:
-            return
-        from handyjobs.jobside import hooks
-
-        record, state = self._ended_run()
-        run = None if record is None else record.run_by_id(self.run_id)
-        log_path = str(paths.log_path(self.name, self.root)) if record is None else record.log_path
-        note = hooks.run_on_exit(spec, self.name, run, state, env, self.log_fd, log_path)
+        note = hooks.after_run(self.root, self.name, self.run_id, spec, env, self.log_fd)
         if note:
-            _say(self.log_fd, note)
+            say(self.log_fd, note)
 
     def _schedule_others(self, env: dict[str, str]) -> None:
         """Our GPUs are free now: let queued jobs have them without waiting for a poll."""
-        from handyjobs.core import scheduler
-
         with contextlib.suppress(HandyjobsError):
             scheduler.schedule_pass(self.root, env)
 
@@ -515,7 +373,7 @@ class Runner:
         self._end_leftovers()
         detail = f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError):
-            _say(self.log_fd, f"runner error: {detail}")
+            say(self.log_fd, f"runner error: {detail}")
             self._conclude(None, Reason(LostKind.RUNNER_ERROR, detail=detail))
         return 1
 
@@ -527,20 +385,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))
         return int(sock.getsockname()[1])
-
-
-def _try_lock(path: Path) -> int:
-    """An fd holding an exclusive lock on ``path``, or -1 when someone else holds it."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        return -1
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held by the queued runner that schedules now (or cannot be locked)
-        os.close(fd)
-        return -1
-    return fd
 
 
 def run(root: Path, name: str, run_id: str) -> int:
