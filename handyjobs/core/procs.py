@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from handyjobs import procfs
 from handyjobs.core.records import ProcId
 
 MARKER_ENV = "HANDYJOBS_RUN_ID"
@@ -30,22 +31,9 @@ RUNNER_ENV = "HANDYJOBS_RUNNER_OF"
 _PROC = Path("/proc")
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """Fields 3 onwards of ``/proc/PID/stat`` (after the command name), or None."""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    return stat[stat.rfind(b")") + 2 :].split()
-
-
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks after boot (field 22 of stat), or None."""
-    fields = _stat_fields(pid)
-    if fields is None or len(fields) < 20:
-        return None
-    return int(fields[19])
+    return procfs.start_ticks(pid)
 
 
 def proc_id(pid: int) -> ProcId | None:
@@ -54,14 +42,11 @@ def proc_id(pid: int) -> ProcId | None:
     return None if start is None else ProcId(pid, start)
 
 
-def _state(pid: int) -> bytes | None:
-    fields = _stat_fields(pid)
-    return fields[0] if fields else None
 
 
 def is_running(pid: int) -> bool:
     """True for a live process; False for a gone one or a zombie waiting to be reaped."""
-    state = _state(pid)
+    state = procfs.state(pid)
     return state is not None and state not in (b"Z", b"X")
 
 

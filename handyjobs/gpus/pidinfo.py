@@ -10,6 +10,7 @@ import contextlib
 import os
 from collections.abc import Sequence
 
+from handyjobs import procfs
 from handyjobs.gpus.model import GpuProcess
 
 # PROC_PID_INIT_INO: the inode of the initial (host) pid namespace, fixed by the kernel.
@@ -71,14 +72,8 @@ def with_proc_info(proc: GpuProcess) -> GpuProcess:
 
 def _proc_start_s(pid: int) -> float | None:
     """When process ``pid`` started, in seconds since boot; None when /proc has no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        # the command name in parentheses may hold spaces; the fields after it are plain
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
+    ticks = procfs.start_ticks(pid)
+    return None if ticks is None else ticks / procfs.TICKS
 
 
 def _holds_nvidia_device(pid: int) -> bool | None:

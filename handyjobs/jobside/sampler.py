@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from handyjobs import procfs
 from handyjobs.core.procs import MARKER_ENV
 from handyjobs.core.records import Cost, GpuUse
 
@@ -29,11 +30,6 @@ INTERVAL_S = 1.0
 _PROC = Path("/proc")
 _MARKER = MARKER_ENV.encode() + b"="
 _RESTART = b"TORCHELASTIC_RESTART_COUNT="
-try:
-    _TICKS = os.sysconf("SC_CLK_TCK")
-    _PAGE = os.sysconf("SC_PAGE_SIZE")
-except (OSError, ValueError, AttributeError):  # pragma: no cover - not Linux
-    _TICKS, _PAGE = 100, 4096
 
 
 @dataclass(frozen=True)
@@ -48,17 +44,14 @@ class ProcUsage:
 
 def usage(pid: int) -> ProcUsage | None:
     """Memory and CPU time of a process (None when it is gone or not readable)."""
+    used = procfs.cpu_and_rss(pid)
     try:
-        stat = (_PROC / str(pid) / "stat").read_bytes()
         status = (_PROC / str(pid) / "status").read_bytes()
     except OSError:
         return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        cpu = (int(fields[11]) + int(fields[12])) / _TICKS
-        rss = int(fields[21]) * _PAGE
-    except (IndexError, ValueError):
+    if used is None:
         return None
+    cpu, rss = used
     hwm = rss
     for line in status.splitlines():
         if line.startswith(b"VmHWM:"):  # the peak RSS since it started: catches short spikes
@@ -108,15 +101,9 @@ class ProcTable:
 
 
 def _start(pid: int) -> bytes | None:
-    """The start-time field of ``/proc/PID/stat`` (with the state: a zombie is not live)."""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None
-    return fields[19]
+    """The start-time field of ``/proc/PID/stat``, None for a zombie (it is not live)."""
+    ticks = procfs.start_ticks(pid, live_only=True)
+    return None if ticks is None else str(ticks).encode()
 
 
 def _marker(pid: int) -> tuple[str | None, int]:
