@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from handyjobs import procfs
 
@@ -28,7 +29,8 @@ def test_a_command_name_with_spaces_and_parentheses_is_skipped_whole() -> None:
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 20
-        while open(f"/proc/{proc.pid}/comm").read().strip() != "a) (b c":
+        comm = Path(f"/proc/{proc.pid}/comm")
+        while comm.read_text().strip() != "a) (b c":
             assert time.monotonic() < deadline, "the child never renamed itself"
             time.sleep(0.01)
         assert procfs.state(proc.pid) in (b"R", b"S")
