@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SLEEPER, Sandbox, log_of, show, wait_state, wait_until
+from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
 from handyjobs.core import procs, registry
 
@@ -44,7 +44,7 @@ def _run(box: Sandbox, name: str) -> dict[str, Any]:
 
 def _started(box: Sandbox, name: str) -> dict[str, Any]:
     """Wait until the job printed its pid (its main process is up), then return its run."""
-    wait_until(lambda: "pid" in log_of(box, name), 30, what=f"{name} to start")
+    wait_log(box, name, "pid", 30, what=f"{name} to start")
     return _run(box, name)
 
 
@@ -167,7 +167,7 @@ def test_sessions_we_did_not_tag_are_never_killed(sandbox: Sandbox) -> None:
 
 
 def _marked_alive(run_id: str) -> bool:
-    return bool(procs.marked(run_id))
+    return bool(procs.members(run_id))
 
 
 def test_stop_and_restart_at_the_same_moment_agree_with_reality(sandbox: Sandbox) -> None:
@@ -227,18 +227,20 @@ def test_stop_and_restart_at_the_same_moment_agree_with_reality(sandbox: Sandbox
 def test_sigkill_of_torchrun_ends_its_workers(sandbox: Sandbox) -> None:
     sandbox.write("sleep.py", SLEEPER)
     sandbox.cli("start", "sleep.py", "--cpu", "--nproc", "2", "--name", "tr", check=True)
-    wait_until(
-        lambda: "rank 0" in log_of(sandbox, "tr") and "rank 1" in log_of(sandbox, "tr"),
+    wait_log(
+        sandbox,
+        "tr",
+        lambda log: "rank 0" in log and "rank 1" in log,
         60,
         what="both ranks",
     )
     run = _run(sandbox, "tr")
-    workers = procs.marked(run["run_id"])
+    workers = procs.members(run["run_id"])
     assert len(workers) == 5  # torchrun, and for each rank its wrapper and its worker
     os.kill(run["main"]["pid"], signal.SIGKILL)
     rec = wait_state(sandbox, "tr", "failed")
     assert rec["signal"] == signal.SIGKILL and rec["runs"][-1]["leftovers"] == 4
-    assert not procs.marked(run["run_id"])
+    assert not procs.members(run["run_id"])
     assert all(_gone(pid) for pid in workers)
 
 
@@ -266,7 +268,7 @@ def test_killing_the_tmux_server_ends_the_job_and_says_lost(sandbox: Sandbox) ->
     rec = wait_state(sandbox, "hup", "lost", timeout=30)
     assert rec["reason"]["kind"] == "session_gone"
     wait_until(lambda: _gone(run["main"]["pid"]), 15, what="the job to be ended")
-    assert not procs.marked(run["run_id"])
+    assert not procs.members(run["run_id"])
 
 
 def test_rm_of_a_lost_job_with_leftovers_needs_force_and_ends_them(sandbox: Sandbox) -> None:

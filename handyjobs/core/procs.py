@@ -1,13 +1,15 @@
 """Find the processes of a run by identity, and end them; never touch one that is not ours.
 
-A process belongs to a run only if, at the moment it is signalled, it carries the run's
-marker (``HANDYJOBS_RUN_ID=<run id>`` in its environment) and has the start time it had when
-it was found. A pid alone is a guess: pids are reused. Signals go through a pidfd where the
-kernel has them (Linux 5.3+), opened before the identity check, so a process that exits and
-whose pid is reused in between is never hit.
+A process belongs to a run only if, at the moment it is signalled, it is a member of the run's
+cgroup (:mod:`handyjobs.core.cgroups`) and has the start time it had when it was found. Where
+the run got no cgroup, membership falls back to the run's marker (``HANDYJOBS_RUN_ID=<run id>``
+in the environment), which a process that scrubs its environment or rewrites its title loses.
+A pid alone is a guess: pids are reused. Signals go through a pidfd where the kernel has them
+(Linux 5.3+), opened before the identity check, so a process that exits and whose pid is
+reused in between is never hit.
 
 torchrun starts each worker in its own session, so signalling the job's process group misses
-them; the marker reaches every process the job starts, however it detaches.
+them; a cgroup (or the marker) reaches every process the job starts, however it detaches.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handyjobs import procfs
+from handyjobs.core import cgroups
 from handyjobs.core.records import ProcId
 
 MARKER_ENV = "HANDYJOBS_RUN_ID"
@@ -89,13 +92,22 @@ def _all_pids() -> list[int]:
         return []
 
 
-def marked(run_id: str, exclude: Iterable[int] = ()) -> dict[int, int]:
-    """Live processes carrying the run's marker: pid -> start time."""
+def members(run_id: str, exclude: Iterable[int] = ()) -> dict[int, int]:
+    """Live processes of the run: pid -> start time.
+
+    Found by containment in the run's cgroup when it has one (whatever their environment or
+    title), else by the ``HANDYJOBS_RUN_ID`` marker.
+    """
     skip = {os.getpid(), *exclude}
-    marker = f"{MARKER_ENV}={run_id}".encode()
+    group = cgroups.existing(run_id)
+    if group.dirs:
+        candidates: Iterable[int] = group.members()
+    else:
+        marker = f"{MARKER_ENV}={run_id}".encode()
+        candidates = (p for p in _all_pids() if marker in _environ(p))
     found: dict[int, int] = {}
-    for pid in _all_pids():
-        if pid in skip or marker not in _environ(pid):
+    for pid in candidates:
+        if pid in skip:
             continue
         start = start_time(pid)
         if start is not None and is_running(pid):
@@ -103,8 +115,14 @@ def marked(run_id: str, exclude: Iterable[int] = ()) -> dict[int, int]:
     return found
 
 
+def belongs(pid: int, run_id: str) -> bool:
+    """True when the process is the run's: in its cgroup, or (without one) marked with it."""
+    group = cgroups.existing(run_id)
+    return group.contains(pid) if group.dirs else has_marker(pid, run_id)
+
+
 def signal_verified(pid: int, start: int, run_id: str, sig: int) -> bool:
-    """Send ``sig`` to ``pid`` only if it is still the marked process that started at ``start``.
+    """Send ``sig`` to ``pid`` only if it is still the run's process that started at ``start``.
 
     Returns True when the signal was sent.
     """
@@ -119,7 +137,7 @@ def signal_verified(pid: int, start: int, run_id: str, sig: int) -> bool:
     try:
         # With a pidfd held, the checks read the process the pidfd names (or, if it died and
         # the pid was reused, a process the pidfd does not name: then the signal fails).
-        if start_time(pid) != start or not has_marker(pid, run_id):
+        if start_time(pid) != start or not belongs(pid, run_id):
             return False
         try:
             if pidfd >= 0:
@@ -151,8 +169,8 @@ def terminate(
 ) -> Ended:
     """Signal every process of the run (``first``, SIGKILL after ``grace_s``) until none is left.
 
-    Processes are found by marker again on every round, so children forked meanwhile are
-    ended too. Returns every pid it ended (signalled, or gone by itself once found) and those
+    Processes are found again on every round (:func:`members`), so children forked meanwhile
+    are ended too. Returns every pid it ended (signalled, or gone by itself once found) and those
     that survived SIGKILL (normally none).
     """
     skip = tuple(exclude)
@@ -160,7 +178,7 @@ def terminate(
     sig = first
     deadline = time.monotonic() + grace_s
     while True:
-        found = marked(run_id, skip)
+        found = members(run_id, skip)
         if not found:
             return Ended(tuple(sorted(seen)), ())
         for pid, start in found.items():

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 
 from handyjobs.backends import base as backends
-from handyjobs.core import lifecycle, paths, procs, registry, scheduler
+from handyjobs.core import cgroups, lifecycle, paths, procs, registry, scheduler
 from handyjobs.core.records import (
     Cost,
     JobRecord,
@@ -93,6 +93,8 @@ class Runner:
         self.verified = False
         #: The run's backend's half in this session (known once the record was read).
         self.side: backends.JobSide | None = None
+        #: The run's cgroup (empty until the job starts, and where none can be had).
+        self.group = cgroups.RunGroup(run_id)
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -131,9 +133,11 @@ class Runner:
                 lifecycle.begin(reg, self.name, self.run_id, st)
 
     def _end_leftovers(self) -> int:
-        """End every process still carrying the run's marker; return how many there were."""
+        """End every process of the run still there (its cgroup's members, or the marked ones
+        without one), then remove the emptied cgroup; return how many there were."""
         ended = procs.terminate(self.run_id, grace_s=LEFTOVER_GRACE_S)
         procs.reap_children()
+        self.group.remove()
         return len(ended.pids)
 
     def _conclude(self, outcome: Outcome | None, lost: Reason | None) -> None:
@@ -238,6 +242,7 @@ class Runner:
             rank_python=sys.executable,
         )
         job = side.command(spec, ctx, env, os.environ)
+        self.group = cgroups.create(self.run_id)
         limit, bad_limit = rotation.limit_from_env(env)
         if bad_limit:
             say(self.log_fd, bad_limit)
@@ -267,6 +272,7 @@ class Runner:
             rotator=rotation.Rotator(record.log_path, self.log_fd, limit) if limit else None,
             # Several ranks tag their lines; the pane shows rank 0's as a lone process would.
             pane_filter=terminal.PaneFilter().feed if spec.procs > 1 else None,
+            join=self.group.procs_files,
         )
         cost = sampler.finish(result.rusage)
         return self._finish(record, env, result, cost, time.monotonic() - started)

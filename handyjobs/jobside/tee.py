@@ -78,12 +78,15 @@ def run_on_pty(
     pane_filter: Callable[[bytes], bytes] | None = None,
     on_output: Callable[[bytes], None] | None = None,
     size_fd: int | None = None,
+    join: Sequence[str] = (),
 ) -> Outcome:
     """Run argv on a fresh pty, copy its output to log_fd and echo_fd, and return its outcome.
 
     ``rotator`` caps the log's size; ``pane_filter`` changes what the pane shows (never what
     the log gets); ``on_output`` sees every byte too, after the log has it. The job's
-    terminal takes its size from ``size_fd`` when given, else from the pane.
+    terminal takes its size from ``size_fd`` when given, else from the pane. ``join`` names
+    the ``cgroup.procs`` files the job enters before it execs (its run's cgroup), so that all
+    it ever starts is found there.
     """
     if not argv:
         raise ValueError("argv is empty: there is no command to run")
@@ -102,7 +105,7 @@ def run_on_pty(
             restore.append(_make_raw(input_tty))
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child execs or exits, coverage never sees it
-            _exec_child(argv, env, cwd, master, slave)
+            _exec_child(argv, env, cwd, master, slave, join)
         os.close(slave)
         slave = -1
         if on_start is not None:
@@ -206,11 +209,26 @@ _RESET_SIGNALS = tuple(
 
 
 def _exec_child(
-    argv: list[str], env: Mapping[str, str], cwd: str, master: int, slave: int
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: str,
+    master: int,
+    slave: int,
+    join: Sequence[str] = (),
 ) -> None:  # pragma: no cover - runs in the forked child
-    """In the forked child: take the pty as controlling terminal and stdio, then exec argv."""
+    """In the forked child: join the run's cgroup, take the pty as controlling terminal and
+    stdio, then exec argv."""
     code = 127
     try:
+        for procs_file in join:
+            # Best effort: the runner made the folder and checked it is writable; a job that
+            # cannot join is still found by its marker.
+            with contextlib.suppress(OSError):
+                fd = os.open(procs_file, os.O_WRONLY)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
         os.close(master)
         os.setsid()
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)

@@ -19,17 +19,19 @@ import contextlib
 import os
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handyjobs.backends.base import Launched, LaunchRequest
-from handyjobs.core import paths, procs
+from handyjobs.core import cgroups, paths, procs
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, Run
 from handyjobs.errors import TmuxError, UsageError
 
 if TYPE_CHECKING:
     from libtmux import Server
+    from libtmux.common import tmux_cmd
 
 SOCKET_ENV = "HANDYJOBS_TMUX_SOCKET"
 TAG = "@handyjobs-run"
@@ -104,7 +106,21 @@ class TmuxBackend:
 
     def launch(self, req: LaunchRequest) -> Launched:
         """Create the session running the runner's argv (no shell), tagged with the run id."""
-        proc = server().cmd(
+        with _not_the_jobs():
+            proc = self._new_session(req)
+        if proc.returncode != 0 or not proc.stdout:
+            msg = " ".join(proc.stderr).strip() or f"exit code {proc.returncode}"
+            if proc.stdout:  # the session was made (we know its id) but not tagged
+                server().cmd("kill-session", "-t", proc.stdout[0].partition(" ")[0])
+            raise TmuxError(f"tmux could not start the job's session: {msg}")
+        session_id, _, pane_pid = proc.stdout[0].partition(" ")
+        if pane_pid.isdigit():
+            _leave_the_jobs_cgroup(int(pane_pid))
+        runner = procs.proc_id(int(pane_pid)) if pane_pid.isdigit() else None
+        return Launched({"session": req.session, "session_id": session_id}, runner)
+
+    def _new_session(self, req: LaunchRequest) -> tmux_cmd:
+        return server().cmd(
             "new-session",
             "-d",
             "-P",
@@ -131,14 +147,6 @@ class TmuxBackend:
             TAG,
             req.run_id,
         )
-        if proc.returncode != 0 or not proc.stdout:
-            msg = " ".join(proc.stderr).strip() or f"exit code {proc.returncode}"
-            if proc.stdout:  # the session was made (we know its id) but not tagged
-                server().cmd("kill-session", "-t", proc.stdout[0].partition(" ")[0])
-            raise TmuxError(f"tmux could not start the job's session: {msg}")
-        session_id, _, pane_pid = proc.stdout[0].partition(" ")
-        runner = procs.proc_id(int(pane_pid)) if pane_pid.isdigit() else None
-        return Launched({"session": req.session, "session_id": session_id}, runner)
 
     def runner_alive(self, run: Run) -> bool:
         """The runner's pid still names the process that started then (or carries the id)."""
@@ -146,7 +154,7 @@ class TmuxBackend:
 
     def leftover_pids(self, run: Run) -> tuple[int, ...]:
         """Processes that still carry the run's marker."""
-        return tuple(sorted(procs.marked(run.run_id)))
+        return tuple(sorted(procs.members(run.run_id)))
 
     def terminate(self, run: Run, grace_s: float) -> Ended:
         """End the job's processes by marker; the runner (unmarked) records the outcome."""
@@ -198,6 +206,33 @@ class TmuxBackend:
     def observe(self, run: Run) -> ClusterState | None:
         """No scheduler here: the runner's pid and status file say everything."""
         return None
+
+
+@contextlib.contextmanager
+def _not_the_jobs() -> Iterator[None]:
+    """Start tmux without the marker of a job this command may run inside.
+
+    A job that runs ``handyjobs start`` itself would otherwise hand its marker to the tmux
+    server it starts (and so to every runner of that server): stopping the outer job would
+    then end the inner jobs. What handyjobs starts is never the job's.
+    """
+    saved = {k: os.environ.pop(k) for k in (procs.MARKER_ENV, procs.RUNNER_ENV) if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _leave_the_jobs_cgroup(pane_pid: int) -> None:
+    """Move the tmux server and the new runner out of a job's cgroup this command runs in."""
+    if not cgroups.inside_a_run():
+        return
+    proc = server().cmd("display-message", "-p", "#{pid}")
+    pids = [pane_pid]
+    if proc.returncode == 0 and proc.stdout and proc.stdout[0].isdigit():
+        pids.insert(0, int(proc.stdout[0]))
+    for pid in pids:
+        cgroups.move_out(pid)
 
 
 def inside_same_server() -> bool:
