@@ -34,6 +34,8 @@ _REASONS = {
     "InvalidQOS": "its QOS is not valid here",
     "CONFIGURING": "its nodes are being set up",
     "REQUEUED": "it was requeued and will start again",
+    # What the lifecycle itself writes when the job side had the run requeued.
+    "requeued": "it was requeued and will start again",
 }
 # Reasons that all mean a limit of the user's account or QOS.
 _LIMIT_PREFIXES = ("Assoc", "QOS", "MaxCpu", "MaxGRES", "MaxNode")
