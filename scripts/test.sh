@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Install what the tests need (tmux, a .venv with torch and the dev extra) and run them.
-# Usage: scripts/test.sh [pytest args...]     e.g. scripts/test.sh -k registry -x
+# Usage: scripts/test.sh [--fast] [pytest args...]     e.g. scripts/test.sh -k registry -x
+#   --fast   ruff, then the fast layer only (tests/fast: no tmux, torchrun or Slurm; under a
+#            minute); without it: ruff, mypy --strict, then every test, end to end included.
 set -euo pipefail
+fast=0
+if [ "${1:-}" = "--fast" ]; then
+    fast=1
+    shift
+fi
 export HANDYJOBS_EXTRAS=dev
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
@@ -12,6 +19,12 @@ export HANDYJOBS_TMUX_SOCKET="handyjobs-test-$$"
 trap 'tmux -L "$HANDYJOBS_TMUX_SOCKET" kill-server 2>/dev/null || true' EXIT
 echo "==> ruff"
 "$VENV/bin/ruff" check .
+if [ "$fast" = 1 ]; then
+    # mypy (about 20 s) stays in the full run: the fast layer is for every edit.
+    echo "==> pytest tests/fast"
+    "$PY" -m pytest tests/fast "$@"
+    exit
+fi
 echo "==> mypy --strict (package, tests, scripts)"
 "$VENV/bin/mypy" --strict
 echo "==> pytest"
