@@ -49,7 +49,9 @@ def _record() -> JobRecord:
         handle={"session": "exp1", "session_id": "$3"},
         runner=ProcId(10, 1234),
         main=ProcId(11, 1240),
-        wait=Wait(2, 1, (Blocker(4, BlockKind.PROCESSES, processes=(GpuUser(7, "bob"),)),)),
+        wait=Wait(
+            2, 1, blockers=(Blocker(4, BlockKind.PROCESSES, processes=(GpuUser(7, "bob"),)),)
+        ),
         reason=Reason(LostKind.RUNNER_DIED, pids=(12, 13)),
         cost=Cost(12.5, 3 << 30, 2 << 30, (GpuUse(2, 30000, 87.5, 9), GpuUse(4, 29000)), 1, 10, 1),
     )
