@@ -26,10 +26,10 @@ command is the backend's, and a clean exit after a warning may mean the run goes
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
+import termios
 import time
 from pathlib import Path
 from types import FrameType
@@ -41,7 +41,6 @@ from handyjobs.core.records import (
     JobRecord,
     JobSpec,
     JobState,
-    LaunchEnv,
     LostKind,
     Outcome,
     Reason,
@@ -51,9 +50,17 @@ from handyjobs.core.records import (
 from handyjobs.errors import HandyjobsError, StorageError
 from handyjobs.jobside import hooks, launch, rotation, terminal, waiting
 from handyjobs.jobside.sampler import Sampler
-from handyjobs.jobside.statusfile import DISK_RETRY_S, StatusFile, open_log, say, store
+from handyjobs.jobside.statusfile import (
+    DISK_RETRY_S,
+    StatusFile,
+    launch_env,
+    open_log,
+    own_record,
+    say,
+    store,
+)
 from handyjobs.jobside.tee import Outcome as PtyResult
-from handyjobs.jobside.tee import run_on_pty
+from handyjobs.jobside.tee import drop_typed_ahead, quiet_pane, run_on_pty
 from handyjobs.views import render
 
 #: Seconds the job's leftover processes get after SIGTERM, once its main process has ended.
@@ -97,21 +104,6 @@ class Runner:
         self.group = cgroups.RunGroup(run_id)
 
     # -- the steps ------------------------------------------------------------------------
-
-    def _record(self) -> JobRecord | None:
-        """Our record, if it still names this run; read under the shared lock."""
-        with registry.shared(self.root):
-            record = registry.load_one(self.name, self.root)
-        if record is None or record.current.run_id != self.run_id:
-            return None
-        return record
-
-    def _env(self) -> dict[str, str]:
-        data = paths.env_path(self.name, self.root).read_bytes()
-        launch_env = LaunchEnv.from_dict(json.loads(data))
-        if launch_env.name != self.name:
-            raise ValueError(f"the environment file belongs to job {launch_env.name}")
-        return launch_env.env
 
     def _fail_to_start(self, detail: str) -> int:
         say(self.log_fd if self.log_fd >= 0 else os.open(os.devnull, os.O_WRONLY), detail)
@@ -174,6 +166,16 @@ class Runner:
         if isinstance(ready, int):
             return ready
         record, env = ready
+        restore = quiet_pane() if self._side().interactive else []
+        try:
+            return self._wait_and_execute(record, env)
+        finally:
+            for step in reversed(restore):
+                with contextlib.suppress(OSError, termios.error):
+                    step()
+
+    def _wait_and_execute(self, record: JobRecord, env: dict[str, str]) -> int:
+        """Wait in the queue unless a scheduler granted the run, then run the job."""
         gpus: tuple[int, ...] | None = record.current.gpus
         if record.current.state is JobState.QUEUED and not self._side().scheduled:
             gpus = waiting.wait_for_grant(self.root, self.name, self.run_id, env, self.log_fd)
@@ -191,7 +193,7 @@ class Runner:
     def _prepare(self) -> tuple[JobRecord, dict[str, str]] | int:
         """Find our record, take the backend's signals, open the log, read the environment,
         write the first status; the record and environment, or the exit code to leave with."""
-        record = self._record()
+        record = own_record(self.root, self.name, self.run_id)
         if record is None:
             return 1  # the start that made this session died before saving: start nothing
         run = record.current
@@ -207,7 +209,7 @@ class Runner:
             say(self.log_fd, never)
             return 143
         try:
-            env = self._env()
+            env = launch_env(self.root, self.name)
         except (OSError, ValueError, KeyError) as exc:
             return self._fail_to_start(f"cannot read the job's environment file ({exc})")
         if not run.state.active or run.stop_requested:
@@ -260,6 +262,8 @@ class Runner:
             sampler.start()
             self._on_start(pid, job, booked)
 
+        if side.interactive:
+            drop_typed_ahead(0)
         result = run_on_pty(
             job.argv,
             job.env,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from handyjobs.core import paths, procs, registry
-from handyjobs.core.records import RunStatus
+from handyjobs.core.records import JobRecord, LaunchEnv, RunStatus
 from handyjobs.errors import StorageError
 
 #: Bytes the status file always takes, so the outcome can be written in place on a full disk.
@@ -110,3 +110,21 @@ def store(root: Path, step: str, fn: Callable[[registry.Registry], None], log_fd
                 said = True
             time.sleep(DISK_RETRY_S)
     say(log_fd, f"gave up trying to {step}; `handyjobs list` reads the outcome from its file")
+
+
+def own_record(root: Path, name: str, run_id: str) -> JobRecord | None:
+    """The job's record if it still names this run; read under the shared lock."""
+    with registry.shared(root):
+        record = registry.load_one(name, root)
+    if record is None or record.current.run_id != run_id:
+        return None
+    return record
+
+
+def launch_env(root: Path, name: str) -> dict[str, str]:
+    """The environment of the shell that started the job, from its 0600 file."""
+    data = paths.env_path(name, root).read_bytes()
+    found = LaunchEnv.from_dict(json.loads(data))
+    if found.name != name:
+        raise ValueError(f"the environment file belongs to job {found.name}")
+    return found.env

@@ -102,7 +102,7 @@ def run_on_pty(
     try:
         _prepare_job_terminal(slave, _winsize(size_fd))
         if input_tty is not None:
-            restore.append(_make_raw(input_tty))
+            restore.append(make_raw(input_tty))
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child execs or exits, coverage never sees it
             _exec_child(argv, env, cwd, master, slave, join)
@@ -169,7 +169,26 @@ def _prepare_job_terminal(slave: int, winsize: bytes) -> None:
     termios.tcsetattr(slave, termios.TCSANOW, attrs)
 
 
-def _make_raw(fd: int) -> Callable[[], None]:
+def quiet_pane() -> list[Callable[[], None]]:
+    """The runner's pane raw (Ctrl-S is a byte, never a stop of the runner's output) and
+    written without blocking (a pane that cannot take a line drops it; the log has every
+    byte), from the start: a queued runner must never wait on a pane. The restore steps."""
+    steps = []
+    for fd, make in ((0, make_raw), (1, nonblocking)):
+        with contextlib.suppress(OSError, termios.error):
+            if os.isatty(fd):
+                steps.append(make(fd))
+    return steps
+
+
+def drop_typed_ahead(fd: int) -> None:
+    """Forget keys pressed on the pane before the job started: they were for nobody, and
+    must not reach the job's terminal as its first input (a Ctrl-S would stop its output)."""
+    with contextlib.suppress(OSError, termios.error):
+        termios.tcflush(fd, termios.TCIFLUSH)
+
+
+def make_raw(fd: int) -> Callable[[], None]:
     """Put the pane's terminal in raw input mode and return the step that restores it."""
     saved = termios.tcgetattr(fd)
     attrs = termios.tcgetattr(fd)
@@ -335,7 +354,7 @@ class _Pump:
         for fd in (self.echo_fd, self.input_fd):
             # The pane's stdin and stdout usually share one open file, so restore both, in reverse.
             if fd is not None:
-                undo.append(_nonblocking(fd))
+                undo.append(nonblocking(fd))
         if self.size_fd is not None:
             undo.extend(self._watch_winch())
         return undo
@@ -555,7 +574,7 @@ class _Pump:
             fcntl.ioctl(self.master, termios.TIOCSWINSZ, _winsize(self.size_fd))
 
 
-def _nonblocking(fd: int) -> Callable[[], None]:
+def nonblocking(fd: int) -> Callable[[], None]:
     """Make fd non-blocking and return the step that restores its flags."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
