@@ -122,3 +122,14 @@ def test_a_nested_handyjobs_outlives_the_outer_job(sandbox: Sandbox) -> None:
         sandbox.cli("stop", "inner", env=inner_env)
         os.system(f"tmux -L {inner_sock} kill-server 2>/dev/null")
     assert inner_state() == "stopped"
+
+
+def test_show_says_how_the_runs_processes_are_found(sandbox: Sandbox) -> None:
+    script = sandbox.write("quick.py", "print('ok')\n")
+    sandbox.cli("start", str(script), "--name", "q", "--cpu", check=True)
+    record = wait_state(sandbox, "q", "succeeded")
+    assert record["runs"][-1]["containment"].startswith("cgroup v")
+    line = next(
+        ln for ln in sandbox.cli("show", "q", check=True).stdout.splitlines() if "containment" in ln
+    )
+    assert "cgroup v" in line and "whatever its environment" in line

@@ -281,6 +281,8 @@ def begin(store: Store, name: str, run_id: str, status: RunStatus) -> bool:
             run.runner = status.runner
         if status.rendezvous:
             run.rendezvous = status.rendezvous
+        if status.containment:
+            run.containment = status.containment
         if status.gpus is not None and status.started_at:
             run.gpus = status.gpus
         if status.started_at:

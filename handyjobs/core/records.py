@@ -406,6 +406,8 @@ class Run(JsonRecord):
     cluster: ClusterState | None = None
     #: The booked GPUs as they were when booked (memory, processes), for the check after stop.
     baseline: tuple[GpuBaseline, ...] = ()
+    #: How the run's processes are found: "cgroup v2", "cgroup v1" or "marker" (the runner's).
+    containment: str | None = field(default=None, metadata=OMIT_DEFAULT)
     cost: Cost | None = None
 
     @property
@@ -530,6 +532,8 @@ class RunStatus(JsonRecord):
     lost: Reason | None = None
     #: Set by a runner that had the cluster requeue its job (it starts again, same run).
     requeued: bool = False
+    #: How the run's processes are found: "cgroup v2", "cgroup v1" or "marker".
+    containment: str | None = field(default=None, metadata=OMIT_DEFAULT)
     schema_version: int = SCHEMA_VERSION
 
 

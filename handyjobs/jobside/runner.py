@@ -245,6 +245,7 @@ class Runner:
         )
         job = side.command(spec, ctx, env, os.environ)
         self.group = cgroups.create(self.run_id)
+        self.status.status.containment = self.group.kind
         limit, bad_limit = rotation.limit_from_env(env)
         if bad_limit:
             say(self.log_fd, bad_limit)

@@ -296,6 +296,15 @@ def _scheduler(name: str | None) -> str:
     return known.title if known is not None else name or "the scheduler"
 
 
+def _containment_text(kind: str | None) -> str:
+    """How ``stop`` and the runner find the run's processes."""
+    if kind is None:
+        return "-"
+    if kind == "marker":
+        return "marker (HANDYJOBS_RUN_ID; no cgroup could be had here)"
+    return f"{kind} (every process the job starts, whatever its environment)"
+
+
 def record_fields(record: JobRecord) -> list[tuple[str, str]]:
     """``show``'s key/value lines."""
     run, spec = record.current, record.spec
@@ -314,6 +323,7 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
         ("rendezvous", run.rendezvous or "-"),
         *_backend_fields(record),
         ("pids", " ".join(f"{k}={v}" for k, v in sorted(run.pids.items())) or "-"),
+        ("containment", _containment_text(run.containment)),
         ("leftovers", f"{run.leftovers} ended after the main process" if run.leftovers else "-"),
         *(cost_fields(run.cost) if run.cost is not None else []),
         ("created", record.created_at),
