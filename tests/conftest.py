@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from handyjobs.core import registry
 from handyjobs.core.records import JobRecord, JobSpec, JobState, Run, utcnow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,24 +48,101 @@ print("done", flush=True)
 """
 
 
-def show(box: Sandbox, name: str) -> dict[str, Any]:
-    """``handyjobs show NAME --json``."""
-    return json.loads(box.cli("show", name, "--json", check=True).stdout)  # type: ignore[no-any-return]
+def show(box: Sandbox, name: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``handyjobs show NAME --json`` (``env``: variables added for this call)."""
+    done = box.cli("show", name, "--json", env=env, check=True)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
-def wait_state(box: Sandbox, name: str, *states: str, timeout: float = 60) -> dict[str, Any]:
-    """Poll ``show`` until the job is in one of ``states``."""
+#: The most a wait lets pass without asking the real CLI. Some changes are made only when a
+#: command looks (a runner found gone becomes "lost", a queued job gets its turn), so the CLI
+#: is asked now and then even while the cheap read in this process shows nothing yet.
+CLI_EVERY_S = 1.0
 
-    def probe() -> dict[str, Any] | None:
-        rec = show(box, name)
+
+def confirm_when(
+    cheap: Callable[[], bool], dear: Callable[[], Any], every_s: float = CLI_EVERY_S
+) -> Callable[[], Any]:
+    """A probe for :func:`wait_until` that runs ``dear`` (a CLI call) only when it can pay.
+
+    ``cheap`` reads files in this process; ``dear`` runs the real CLI, which is the answer.
+    ``dear`` runs when ``cheap`` holds (at most every 0.25 s) and at least every ``every_s``.
+    A CLI call costs a Python start-up (about 0.4 s of CPU): asked 10 times a second, as the
+    waits did before, it took one of a 2-core machine's cores from the jobs being waited for.
+    """
+    last = -float("inf")
+
+    def probe() -> Any:
+        nonlocal last
+        now = time.monotonic()
+        hint = False
+        with contextlib.suppress(Exception):  # a file being replaced: the CLI decides
+            hint = cheap()
+        if now - last < (0.25 if hint else every_s):
+            return None
+        last = now
+        return dear()
+
+    return probe
+
+
+def _record(box: Sandbox, name: str, env: dict[str, str] | None = None) -> JobRecord | None:
+    """The job's record as the registry holds it now, read in this process without a lock."""
+    home = (env or {}).get("HANDYJOBS_HOME")
+    return registry.load_one(name, Path(home) if home else box.home)
+
+
+def wait_state(
+    box: Sandbox,
+    name: str,
+    *states: str,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Poll until the job is in one of ``states``; return ``show --json`` of it then."""
+
+    def recorded() -> bool:
+        record = _record(box, name, env)
+        return record is not None and record.state.value in states
+
+    def shown() -> dict[str, Any] | None:
+        rec = show(box, name, env)
         return rec if rec["state"] in states else None
 
-    return wait_until(probe, timeout, 0.1, f"{name} to be {'/'.join(states)}")  # type: ignore[return-value]
+    probe = confirm_when(recorded, shown)
+    return wait_until(probe, timeout, 0.05, f"{name} to be {'/'.join(states)}")  # type: ignore[return-value]
 
 
 def log_of(box: Sandbox, name: str) -> str:
     """``handyjobs logs NAME``."""
     return box.cli("logs", name, check=True).stdout
+
+
+def wait_log(
+    box: Sandbox,
+    name: str,
+    cond: str | Callable[[str], bool],
+    timeout: float = 20,
+    what: str | None = None,
+) -> str:
+    """Poll until ``handyjobs logs NAME`` shows ``cond`` (a text it contains, or a test).
+
+    The log file is read directly between CLI calls; the CLI's own output decides.
+    """
+    test = cond if callable(cond) else (lambda text: cond in text)
+
+    def written() -> bool:
+        record = _record(box, name)
+        if record is None:
+            return False
+        return test(Path(record.log_path).read_bytes().decode(errors="replace"))
+
+    def shown() -> str | None:
+        text = log_of(box, name)
+        return text if test(text) else None
+
+    why = what or (f"{cond!r} in the log of {name}" if isinstance(cond, str) else f"{name}'s log")
+    return wait_until(confirm_when(written, shown), timeout, 0.05, why)  # type: ignore[return-value]
 
 
 def make_record(

@@ -392,12 +392,7 @@ def wait_state_env(
     box: Sandbox, name: str, env: dict[str, str], *states: str, timeout: float = 60
 ) -> dict[str, Any]:
     """Like conftest.wait_state, under another environment."""
-
-    def probe() -> dict[str, Any] | None:
-        rec = json.loads(box.cli("show", name, "--json", env=env, check=True).stdout)
-        return rec if rec["state"] in states else None
-
-    return wait_until(probe, timeout, 0.1, f"{name} to end")  # type: ignore[return-value]
+    return wait_state(box, name, *states, timeout=timeout, env=env)
 
 
 @needs_root

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Sandbox, wait_until
+from conftest import Sandbox, wait_state, wait_until
 
 #: How soon a queued job must take a GPU once it is free ("within a few seconds"); the
 #: runner looks every second, so this leaves room for a busy machine.
@@ -165,15 +165,8 @@ def _state(box: Sandbox, name: str) -> str:
 
 
 def _wait_state(box: Sandbox, name: str, state: str, timeout: float = 20.0) -> dict[str, Any]:
-    """Poll ``show --json`` until the job is in ``state``; return its record."""
-
-    def reached() -> dict[str, Any] | None:
-        doc = _show(box, name)
-        return doc if doc["state"] == state else None
-
-    doc = wait_until(reached, timeout=timeout, interval=0.1, what=f"{name} to be {state}")
-    assert isinstance(doc, dict)
-    return doc
+    """Poll until the job is in ``state``; return its record as ``show --json`` gives it."""
+    return wait_state(box, name, state, timeout=timeout)
 
 
 def _waiting_for(box: Sandbox, name: str) -> str:

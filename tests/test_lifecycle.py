@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_state, wait_until
+from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
 from handyjobs.core.procs import is_running as pid_alive
 from handyjobs.core.records import JobState
@@ -76,7 +76,7 @@ print("exe", sys.executable)
 def test_secrets_never_appear_on_a_command_line(sandbox: Sandbox) -> None:
     sandbox.write("sleep.py", SLEEPER)
     sandbox.cli("start", "sleep.py", "--name", "s", env={"MY_TOKEN": "tok-4242-secret"}, check=True)
-    wait_until(lambda: "pid" in log_of(sandbox, "s"), what="job output")
+    wait_log(sandbox, "s", "pid")
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "tok-4242-secret" not in ps
     # the environment is kept for restarts, private to the user; nothing is left pending
@@ -189,7 +189,7 @@ def test_failing_script_ends_failed_with_its_code_and_traceback(sandbox: Sandbox
 def test_stop_leaves_no_process_of_a_two_rank_job(sandbox: Sandbox) -> None:
     sandbox.write("sleep.py", SLEEPER)
     sandbox.cli("start", "sleep.py", "--cpu", "--nproc", "2", "--name", "s2", check=True)
-    wait_until(lambda: log_of(sandbox, "s2").count("pid ") == 2, 60, what="both ranks")
+    wait_log(sandbox, "s2", lambda log: log.count("pid ") == 2, 60, what="both ranks")
     workers = [  # rank 0's line as printed, rank 1's tagged "[rank 1] pid ..."
         int(line.split("pid ")[1].split()[0])
         for line in log_of(sandbox, "s2").splitlines()
@@ -221,7 +221,7 @@ time.sleep(600)
 """,
     )
     sandbox.cli("start", "stubborn.py", "--name", "st", check=True)
-    wait_until(lambda: "pid" in log_of(sandbox, "st"), what="job output")
+    wait_log(sandbox, "st", "pid")
     pid = int(log_of(sandbox, "st").split("pid ")[1].split()[0])
     sandbox.cli("stop", "st", "--timeout", "1", check=True)
     assert not pid_alive(pid)
@@ -244,7 +244,7 @@ print("last", flush=True)
     )
     flag = sandbox.root / "go"
     sandbox.cli("start", "count.py", "--name", "c", "--", str(flag), check=True)
-    wait_until(lambda: "line 4" in log_of(sandbox, "c"), what="five lines")
+    wait_log(sandbox, "c", "line 4")
     assert sandbox.cli("logs", "c", "-n", "2", check=True).stdout.splitlines() == [
         "line 3",
         "line 4",
@@ -296,10 +296,10 @@ def test_restart_runs_with_the_first_starts_environment(sandbox: Sandbox) -> Non
     sandbox.cli("start", "env.py", "--name", "e", env={"FOO": "first"}, check=True)
     wait_state(sandbox, "e", "succeeded")
     sandbox.cli("restart", "e", env={"FOO": "from the restarting shell"}, check=True)
-    wait_until(lambda: log_of(sandbox, "e").count("FOO is") == 2, what="run 2")
+    wait_log(sandbox, "e", lambda log: log.count("FOO is") == 2, what="run 2")
     assert log_of(sandbox, "e").count("FOO is first") == 2
     sandbox.cli("restart", "e", "--env", "FOO=changed", check=True)
-    wait_until(lambda: "FOO is changed" in log_of(sandbox, "e"), what="run 3")
+    wait_log(sandbox, "e", "FOO is changed")
     assert show(sandbox, "e")["spec"]["env"] == {"FOO": "changed"}
 
 
@@ -423,7 +423,7 @@ def test_attach_puts_a_terminal_into_the_session_and_refuses_finished_jobs(
 
     sandbox.write("banner.py", SLEEPER.replace('print("pid"', 'print("BANNER-XYZ", "pid"'))
     sandbox.cli("start", "banner.py", "--name", "att", check=True)
-    wait_until(lambda: "BANNER-XYZ" in log_of(sandbox, "att"), what="banner")
+    wait_log(sandbox, "att", "BANNER-XYZ")
     pid, fd = pty.fork()
     if pid == 0:  # the child is a user's terminal running `handyjobs attach`
         os.execve(
@@ -460,7 +460,7 @@ def test_attach_puts_a_terminal_into_the_session_and_refuses_finished_jobs(
 def test_killing_the_tmux_server_makes_running_jobs_lost(sandbox: Sandbox) -> None:
     sandbox.write("sleep.py", SLEEPER)
     sandbox.cli("start", "sleep.py", "--name", "l1", check=True)
-    wait_until(lambda: "pid" in log_of(sandbox, "l1"), what="job output")
+    wait_log(sandbox, "l1", "pid")
     sandbox.tmux("kill-server")
     rec = wait_state(sandbox, "l1", "lost", "failed", timeout=20)
     assert rec["state"] == "lost" and rec["ended_at"]
@@ -523,6 +523,13 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     sandbox.write("ok.py", "print('ok')\n")
     sandbox.cli("start", "ok.py", "--name", "taken", check=True)
     wait_state(sandbox, "taken", "succeeded")
+
+    def taken_open() -> bool:
+        return "taken" in sandbox.tmux("list-sessions", "-F", "#{session_name}").stdout
+
+    # Its session closes a few ms after the outcome is recorded: wait for that, so the check
+    # below sees what the failed command did, not the session's own end.
+    wait_until(lambda: not taken_open(), 10, 0.02, "taken's session to close")
     before = (sandbox.home / "registry.json").read_bytes()
     sessions = sandbox.tmux("list-sessions", "-F", "#{session_name}").stdout
     proc = sandbox.cli(*args)

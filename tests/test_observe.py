@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_state, wait_until
+from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
 from handyjobs.views import curves, png
 from handyjobs.views.plot import tick
@@ -139,7 +139,7 @@ def test_top_shows_jobs_live_under_a_terminal_and_quits_on_q(sandbox: Sandbox) -
     sandbox.write("ok.py", "print('all done here')\n")
     sandbox.cli("start", "ok.py", "--name", "quick", check=True)
     wait_state(sandbox, "quick", "succeeded")
-    wait_until(lambda: "pid" in log_of(sandbox, "sleepy"), what="job output")
+    wait_log(sandbox, "sleepy", "pid")
     pid, fd = _pty_run(sandbox, "top", "--interval", "0.5")
     screen = Screen(fd)
     try:
@@ -167,7 +167,7 @@ def test_top_stops_the_selected_job_and_never_writes_the_registry(sandbox: Sandb
     sandbox.write("sleep.py", SLEEPER)
     sandbox.cli("start", "sleep.py", "--name", "victim", check=True)
     sandbox.cli("start", "sleep.py", "--name", "orphan", check=True)
-    wait_until(lambda: log_of(sandbox, "orphan").count("pid ") == 1, what="job output")
+    wait_log(sandbox, "orphan", lambda log: log.count("pid ") == 1)
     # A runner killed without recording an outcome: `list` would write "lost" into the
     # registry; top shows it lost but leaves the registry as it is.
     orphan = show(sandbox, "orphan")["runs"][-1]["pids"]

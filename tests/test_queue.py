@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SLEEPER, Sandbox, log_of, show, wait_state, wait_until
+from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
 # A job that notes when it started and ended (wall clock), so overlap and order can be checked.
 STAMPED = """
@@ -119,7 +119,7 @@ def test_a_failed_dependency_fails_the_job_which_never_starts(sandbox: Sandbox) 
 def test_send_answers_a_prompt(sandbox: Sandbox) -> None:
     sandbox.write("ask.py", "name = input('name? ')\nprint('hello', name, flush=True)\n")
     sandbox.cli("start", "ask.py", "--name", "ask", check=True)
-    wait_until(lambda: "name?" in log_of(sandbox, "ask"), what="the prompt")
+    wait_log(sandbox, "ask", "name?")
     assert "sent 13 characters" in sandbox.cli("send", "ask", "alice", "and bob", check=True).stdout
     wait_state(sandbox, "ask", "succeeded")
     assert "hello alice and bob" in log_of(sandbox, "ask")
@@ -140,7 +140,7 @@ def test_on_exit_runs_with_the_outcome_and_its_failure_is_only_noted(sandbox: Sa
     sandbox.cli("start", "exit.py", "--name", "bad-hook", "--on-exit", "/nonexistent/x", "--", "0",
                 check=True)
     assert wait_state(sandbox, "bad-hook", "succeeded")["exit_code"] == 0
-    wait_until(lambda: "could not run" in log_of(sandbox, "bad-hook"), what="the note")
+    wait_log(sandbox, "bad-hook", "could not run")
 
 
 def test_any_command_runs_with_exec_and_mistakes_say_how(sandbox: Sandbox) -> None:
@@ -185,7 +185,7 @@ def test_restart_with_new_arguments_and_start_like(sandbox: Sandbox) -> None:
     sandbox.cli("start", "echo.py", "--name", "a", "--group", "g", "--", "--lr", "1", check=True)
     wait_state(sandbox, "a", "succeeded")
     sandbox.cli("restart", "a", "--", "--lr", "2", check=True)
-    wait_until(lambda: "['--lr', '2']" in log_of(sandbox, "a"), what="run 2")
+    wait_log(sandbox, "a", "['--lr', '2']")
     out = sandbox.cli("start", "--like", "a", "--name", "b", "--", "--lr", "3", check=True).stdout
     assert "started b" in out
     wait_state(sandbox, "b", "succeeded")

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import SLEEPER, Sandbox, log_of, wait_state, wait_until
+from conftest import SLEEPER, Sandbox, log_of, wait_log, wait_state
 
 from handyjobs.core.procs import is_running
 from handyjobs.jobside.rank import LineForwarder
@@ -113,7 +113,7 @@ def test_views_of_a_two_rank_log_and_the_pane(sandbox: Sandbox) -> None:
     sandbox.cli(
         "start", "hold.py", "--cpu", "--nproc", "2", "--name", "v", "--", str(flag), check=True
     )
-    wait_until(lambda: log_of(sandbox, "v").count(" L002 ") == 2, 60, what="both ranks' lines")
+    wait_log(sandbox, "v", lambda log: log.count(" L002 ") == 2, 60, what="both ranks' lines")
     # The pane: rank 0 as a lone process would print it, rank 1 tagged, no line merged.
     pane = sandbox.tmux("capture-pane", "-p", "-J", "-t", "=v:").stdout.splitlines()
     assert expected(0)[:3] == [line for line in pane if line.startswith("R0 ")]
@@ -169,7 +169,7 @@ def test_a_sigkilled_wrapper_leaves_no_worker_behind(sandbox: Sandbox) -> None:
         "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SLEEPER,
     )
     sandbox.cli("start", "stubborn.py", "--cpu", "--nproc", "2", "--name", "k", check=True)
-    wait_until(lambda: log_of(sandbox, "k").count("pid ") == 2, 60, what="both ranks")
+    wait_log(sandbox, "k", lambda log: log.count("pid ") == 2, 60, what="both ranks")
     worker = int(
         next(
             line

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import SLEEPER, Sandbox, log_of, wait_state, wait_until
+from conftest import SLEEPER, Sandbox, log_of, wait_log, wait_state
 
 MIB = 1 << 20
 
@@ -65,7 +65,7 @@ def test_gpu_use_is_sampled_by_the_jobs_pids(sandbox: Sandbox, tmp_path: Path) -
     sandbox.cli(
         "start", "sleep.py", "--gpus", "0", "--name", "g", "--", str(flag), env=env, check=True
     )
-    wait_until(lambda: "pid" in log_of(sandbox, "g"), what="job output")
+    wait_log(sandbox, "g", "pid")
     pid = int(log_of(sandbox, "g").split("pid ")[1].split()[0])
     gpus([{"pid": pid, "used_memory_mib": 1234}])
     time.sleep(2.5)  # the runner looks once a second: let it see the job on the GPU twice
