@@ -8,6 +8,7 @@ CPU group (gloo), so a checkpoint sent to another node is never staged in GPU me
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -107,6 +108,50 @@ def _gather_tensor(state: ProcessState, tensor: torch.Tensor) -> torch.Tensor:
     dist.all_gather(parts, comm.contiguous())
     out = torch.cat([part[:n] for part, n in zip(parts, lengths, strict=True)])
     return out.to(tensor.device)
+
+
+def drop_padding(value: Any, cuts: Sequence[tuple[int, int]]) -> Any:
+    """``value`` without the padding rows at its end: ``(rows, padded)`` pairs say how many.
+
+    A tensor (or a list of per-sample objects) whose first dimension is one of the ``rows``
+    loses its last ``padded`` entries; dicts, lists and tuples of tensors are walked; anything
+    else is left alone.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 0:
+            for rows, padded in cuts:
+                if value.shape[0] == rows:
+                    return value[: rows - padded]
+        return value
+    if isinstance(value, Mapping):
+        return {key: drop_padding(item, cuts) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(item, (torch.Tensor, Mapping)) for item in value):
+            return type(value)(drop_padding(item, cuts) for item in value)
+        for rows, padded in cuts:
+            if len(value) == rows:
+                return value[: rows - padded]
+    return value
+
+
+def gather_for_metrics(
+    state: ProcessState, value: Any, cuts: Sequence[tuple[int, int]] = ()
+) -> Any:
+    """Every rank's ``value`` without padding duplicates: tensors concatenated, lists joined."""
+    return _gather_nested(state, drop_padding(value, cuts))
+
+
+def _gather_nested(state: ProcessState, value: Any) -> Any:
+    """Gather tensors inside dicts, lists and tuples; lists of other objects come back joined."""
+    if isinstance(value, torch.Tensor):
+        return gather(state, value)
+    if isinstance(value, Mapping):
+        return {key: _gather_nested(state, item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(item, (torch.Tensor, Mapping)) for item in value):
+            return type(value)(_gather_nested(state, item) for item in value)
+        return [item for part in gather(state, list(value)) for item in part]
+    return gather(state, value)
 
 
 def broadcast(state: ProcessState, value: T, src: int = 0) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,9 +18,16 @@ _DDP_HAS_FORWARD_SYNC = (
 )
 
 
-def wrap(model: nn.Module, state: ProcessState) -> nn.Module:
-    """Move ``model`` to the device and wrap it in DDP when distributed."""
+def wrap(model: nn.Module, state: ProcessState, **options: Any) -> nn.Module:
+    """Move ``model`` to the device and wrap it in DDP when distributed.
+
+    ``options`` are DDP's own keyword arguments for this model (``find_unused_parameters=True``)
+    and win over the config's. A model already sharded with FSDP2 (``fully_shard`` by hand)
+    is returned as it is: it synchronises its own gradients, and DDP cannot wrap it.
+    """
     config = state.config
+    if is_sharded(model):
+        return model
     model = model.to(state.device)
     if not state.synch:
         return model
@@ -46,7 +54,20 @@ def wrap(model: nn.Module, state: ProcessState) -> nn.Module:
         # torch 2.13 renamed it (and warns on the old name); older versions know only it.
         name = "forward_sync_buffers" if _DDP_HAS_FORWARD_SYNC else "broadcast_buffers"
         kwargs[name] = bool(broadcast_buffers)
+    if "broadcast_buffers" in options and _DDP_HAS_FORWARD_SYNC:
+        options["forward_sync_buffers"] = options.pop("broadcast_buffers")
+    kwargs.update(options)
     return DistributedDataParallel(model, **kwargs)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when FSDP2 (``fully_shard``) manages ``model`` or one of its submodules."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None:
+        # Nothing can be sharded before torch's FSDP was imported; not importing it here
+        # spares a DDP job over a second of start-up.
+        return False
+    return any(isinstance(module, fsdp.FSDPModule) for module in unwrap(model).modules())
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -7,8 +7,6 @@ owns the concern (see the package docstring).
 
 from __future__ import annotations
 
-import builtins
-import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, TypeVar
@@ -19,28 +17,52 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from handyjobs import metrics
 from handyjobs import progress as progress_output
-from handyjobs.trainer import collectives, models, rng, stopping
+from handyjobs.trainer import collectives, fsdp, models, stopping
 from handyjobs.trainer.checkpoint import Checkpoints
 from handyjobs.trainer.data import Loaders
-from handyjobs.trainer.data import to_device as move_to_device
+from handyjobs.trainer.errors import TrainerError
+from handyjobs.trainer.facets import CheckpointFacet, Communication, DataFacet, StepFacet
 from handyjobs.trainer.precision import Precision, resolve_precision
 from handyjobs.trainer.settings import config_value
 from handyjobs.trainer.state import ProcessState, clean_exit
 
 T = TypeVar("T")
 
+#: What ``strategy`` may be: DistributedDataParallel, or FSDP2's ``fully_shard``.
+STRATEGIES = ("ddp", "fsdp")
 
-class ParallelTrainer:
-    """Rank, device and DDP for one training script that runs on CPU, one GPU, or many."""
 
-    def __init__(self, synch: bool | None = None, config: Any = None) -> None:
-        """Read torchrun's environment, pick the device and start the process group if needed."""
+def resolve_strategy(strategy: str | None, config: Any) -> str:
+    """The strategy argument, else config.strategy, else 'ddp'; checked."""
+    chosen = str(strategy or config_value(config, "strategy", "ddp")).lower()
+    if chosen not in STRATEGIES:
+        raise TrainerError(f"strategy={chosen!r}; use 'ddp' (the default) or 'fsdp'")
+    return chosen
+
+
+class ParallelTrainer(Communication, DataFacet, StepFacet, CheckpointFacet):
+    """Rank, device and DDP or FSDP for one training script that runs on CPU, one GPU, or many."""
+
+    def __init__(
+        self, synch: bool | None = None, config: Any = None, *, strategy: str | None = None
+    ) -> None:
+        """Read torchrun's environment, pick the device and start the process group if needed.
+
+        ``strategy`` (or config.strategy) is 'ddp' (default) or 'fsdp': ``model_parallel``
+        then shards the model with FSDP2's ``fully_shard`` instead of wrapping it in DDP.
+        """
         self.config = config
+        self.strategy = resolve_strategy(strategy, config)
         stop_signals = stopping.parse_signals(config_value(config, "stop_signals"))
         precision = resolve_precision(config)
         self.state = ProcessState(synch, config)
-        self._precision = Precision(precision, self.state.device)
         self._loaders = Loaders(self.state)
+        self._precision = Precision(
+            precision,
+            self.state.device,
+            sharded=self.strategy == "fsdp" and self.state.synch,
+            batches_left=self._loaders.batches_left,
+        )
         self._checkpoints = Checkpoints(self.state, self._loaders, self._precision)
         self._stop_agreed = False
         label = f"rank {self.state.rank} " if self.state.synch else ""
@@ -107,21 +129,6 @@ class ParallelTrainer:
         """True when a process group is in use (DDP)."""
         return self.state.distributed
 
-    @property
-    def precision(self) -> str:
-        """'32', 'bf16' or 'fp16', from config.precision."""
-        return self._precision.name
-
-    @property
-    def scaler(self) -> torch.amp.GradScaler | None:
-        """The fp16 grad scaler (None for '32' and 'bf16')."""
-        return self._precision.scaler
-
-    @property
-    def sync_gradients(self) -> bool:
-        """False inside ``accumulate`` on a micro-step that does not all-reduce gradients."""
-        return self._precision.sync_gradients
-
     def __repr__(self) -> str:
         """Show rank, world size, device and backend."""
         return (
@@ -135,9 +142,21 @@ class ParallelTrainer:
         """The device to put models and data on (seed API)."""
         return self.state.device
 
-    def model_parallel(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` to the device and wrap it in DDP when distributed."""
-        return models.wrap(model, self.state)
+    def model_parallel(self, model: nn.Module, **options: Any) -> nn.Module:
+        """Move ``model`` to the device; wrap it in DDP (or shard it with FSDP2) when distributed.
+
+        ``options`` apply to this model only: DDP's keyword arguments under 'ddp'
+        (``find_unused_parameters=True``); under 'fsdp', ``policy`` (module classes, or a
+        function of a module, naming the blocks to shard; default config.fsdp_policy, ignored
+        under 'ddp') and ``fully_shard``'s keyword arguments. A model already sharded by hand
+        is left as it is. Under 'fsdp' make the optimizer after this call: its parameters
+        become sharded.
+        """
+        # Popped under DDP too, so that one script runs under either strategy.
+        policy = options.pop("policy", config_value(self.config, "fsdp_policy"))
+        if self.strategy == "fsdp":
+            return fsdp.shard(model, self.state, self._precision.name, policy, **options)
+        return models.wrap(model, self.state, **options)
 
     def dataset_parallel(self, dataset: Dataset[Any]) -> DistributedSampler[Any] | None:
         """A shuffling DistributedSampler under DDP, None in one process (seed API)."""
@@ -181,34 +200,6 @@ class ParallelTrainer:
         """The user's module inside the DDP (or torch.compile) wrapper."""
         return models.unwrap(model)
 
-    # -- collectives -------------------------------------------------------------------------
-
-    def barrier(self) -> None:
-        """Wait until every process gets here (no-op in one process)."""
-        self.state.barrier()
-
-    def main_process_first(self, local: bool = False) -> contextlib.AbstractContextManager[None]:
-        """Run the block on rank 0 (per node if ``local``) first, then on the others."""
-        return self.state.main_process_first(local)
-
-    def all_reduce(self, value: T, op: str = "mean") -> T:
-        """Reduce a tensor or a number over all processes: 'mean', 'sum', 'max' or 'min'."""
-        return collectives.all_reduce(self.state, value, op)
-
-    def gather(self, value: Any) -> Any:
-        """Every process's value on every process: tensors concatenated on dim 0, else a list."""
-        return collectives.gather(self.state, value)
-
-    def broadcast(self, value: T, src: int = 0) -> T:
-        """``value`` from rank ``src`` on every process (tensors need the same shape everywhere)."""
-        return collectives.broadcast(self.state, value, src)
-
-    def print(self, *args: Any, **kwargs: Any) -> None:
-        """``print`` on global rank 0 only, flushed so logs show it at once."""
-        if self.is_main:
-            kwargs.setdefault("flush", True)
-            builtins.print(*args, **kwargs)
-
     # -- stopping ----------------------------------------------------------------------------
 
     @property
@@ -236,93 +227,6 @@ class ParallelTrainer:
     def request_stop(self) -> None:
         """Ask for a stop from code (a time budget, a diverged loss), as a stop signal would."""
         stopping.listener.request()
-
-    # -- data --------------------------------------------------------------------------------
-
-    def loader(
-        self,
-        dataset: Dataset[Any],
-        batch_size: int,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        num_workers: int = 0,
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> DataLoader[Any]:
-        """A DataLoader giving this process ``batch_size`` samples a step from its own shard.
-
-        The shard's order changes on every pass (no ``set_epoch`` needed) and is the same on
-        every rank for a given seed; DataLoader workers get seeds that differ across ranks.
-        """
-        return self._loaders.loader(
-            dataset, batch_size, shuffle, drop_last, num_workers, seed, **kwargs
-        )
-
-    def to_device(self, data: T, non_blocking: bool = True) -> T:
-        """Move tensors, also inside nested dicts, lists and tuples, to this process's device."""
-        # Asynchronous copies only from pinned CPU memory to a GPU; elsewhere they buy nothing.
-        asynchronous = non_blocking and self.device.type == "cuda"
-        return move_to_device(data, self.device, asynchronous)  # type: ignore[no-any-return]
-
-    # -- the training step -------------------------------------------------------------------
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision for the forward pass as config.precision says (a no-op for '32')."""
-        return self._precision.autocast()
-
-    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        """``loss.backward()``, scaled for fp16 and divided by the steps of ``accumulate``."""
-        self._precision.backward(loss, **kwargs)
-
-    def accumulate(self, model: nn.Module, steps: int) -> contextlib.AbstractContextManager[bool]:
-        """Accumulate gradients over ``steps`` micro-steps; yields True on the one that syncs.
-
-        Put the forward pass and ``backward`` inside the block; DDP all-reduces gradients only
-        on the final micro-step. Step the optimizer after the block when it yielded True.
-        """
-        return self._precision.accumulate(model, steps)
-
-    def clip_grad_norm(
-        self,
-        model: nn.Module | Iterable[torch.Tensor],
-        max_norm: float,
-        norm_type: float = 2.0,
-        optimizer: torch.optim.Optimizer | None = None,
-    ) -> torch.Tensor:
-        """Clip gradients to ``max_norm`` and return their total norm (unscaled first for fp16)."""
-        return self._precision.clip_grad_norm(model, max_norm, norm_type, optimizer)
-
-    def step(self, optimizer: torch.optim.Optimizer, zero_grad: bool = True) -> None:
-        """``optimizer.step()`` (through the grad scaler for fp16), then zero the gradients."""
-        self._precision.step(optimizer, zero_grad)
-
-    # -- checkpoints and seeds -----------------------------------------------------------------
-
-    def save(self, path: str | os.PathLike[str], **state: Any) -> None:
-        """Save models, optimizers, schedulers, numbers, RNG and loader state; call on all ranks.
-
-        Modules are saved without their DDP wrapper (no ``module.`` prefix). Global rank 0
-        writes through a temp file and a rename; everyone waits until the file is in place.
-        """
-        self._checkpoints.save(path, **state)
-
-    def load(self, path: str | os.PathLike[str], **state: Any) -> dict[str, Any]:
-        """Restore what ``save`` wrote into the given objects; return every saved value.
-
-        Everything is read to the CPU first, then copied into the objects on their devices.
-        RNG and loader state are restored too, so training continues exactly where it stopped.
-        """
-        return self._checkpoints.load(path, **state)
-
-    def seed_everything(self, seed: int) -> int:
-        """Seed torch alike on every rank (same model init) and python/numpy per rank.
-
-        Loaders made afterwards shuffle with this seed and give their DataLoader workers
-        seeds that differ across ranks, so random augmentation differs from rank to rank.
-        """
-        self._loaders.seed = int(seed)
-        rng.seed_everything(int(seed), self.rank)
-        return int(seed)
 
     # -- output ------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import torch
 def numpy_module() -> Any:
     """NumPy if it is installed (it is optional for the trainer), else None."""
     try:
-        import numpy
+        import numpy  # optional: the trainer runs without NumPy
     except ImportError:
         return None
     return numpy

@@ -56,6 +56,7 @@ def _ours_to_take(sig: int, current: Handler) -> bool:
         return signal.Signals(sig).name in names
     return False
 
+
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
