@@ -4,19 +4,22 @@ This is the one place where errors become exit codes: 0 success, 1 an operation 
 2 bad usage or bad input, 124 ``wait --timeout`` ran out; ``wait`` and ``logs -f`` exit with
 the job's own code. Every error is one line on stderr.
 
-Typer is imported only when a command needs it: ``handyjobs list`` (the command people run
-all day, often in ``watch``) is parsed by hand, because Typer's start-up (it builds a
-pydantic adapter per option) alone costs several times Python's own start-up. One file per
-command sits beside this one; :mod:`handyjobs.cli.app` assembles them.
+One file per command sits beside this one, each declaring its arguments and options as data
+(:class:`handyjobs.cli.parse.Command`) and the function that runs it. Only the command asked
+for is imported, and :mod:`handyjobs.cli.parse` reads its command line; Typer is imported only
+for shell completion (:mod:`handyjobs.cli.app`), because its start-up (a pydantic adapter per
+option per call) costs several times Python's own.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
 
+from handyjobs.cli import parse
+from handyjobs.cli.commands import COMPLETE_VAR, command
+from handyjobs.cli.output import fail, quiet_stdout
 from handyjobs.errors import HandyjobsError
 
 SHORT_HELP = """\
@@ -42,61 +45,53 @@ usage: handyjobs COMMAND [ARGS]...
 
 `handyjobs COMMAND --help` says more about each command."""
 
+LONG_HELP = f"""{SHORT_HELP}
 
-def _fast_list(args: Sequence[str]) -> dict[str, Any] | None:
-    """Parse ``list`` options by hand; None when anything else (``--help``) is asked."""
-    if not args or args[0] != "list":
-        return None
-    out: dict[str, Any] = {"all_jobs": False, "states": [], "as_json": False, "group": None}
-    rest = list(args[1:])
-    while rest:
-        arg = rest.pop(0)
-        if arg in ("--all", "-a"):
-            out["all_jobs"] = True
-        elif arg == "--json":
-            out["as_json"] = True
-        elif arg == "--state" and rest:
-            out["states"].append(rest.pop(0))
-        elif arg.startswith("--state="):
-            out["states"].append(arg.split("=", 1)[1])
-        elif arg == "--group" and rest:
-            out["group"] = rest.pop(0)
-        elif arg.startswith("--group="):
-            out["group"] = arg.split("=", 1)[1]
-        else:
-            return None
-    return out
+options:
+  --version, -V          print the version
+  --help                 this help
+  --install-completion   install shell completion for the current shell
+  --show-completion      print shell completion for the current shell"""
+
+#: Typer's own options: it answers them (as it answers the shell's completion requests).
+_TYPER_OPTIONS = ("--install-completion", "--show-completion")
+
+
+def run(args: list[str]) -> int | None:
+    """Run the command line ``args`` (what follows ``handyjobs``); its exit code."""
+    if os.environ.get(COMPLETE_VAR) or (args and args[0] in _TYPER_OPTIONS):
+        from handyjobs.cli import app  # lazy: Typer's start-up is paid for completion only
+
+        app.complete(args)  # answers and exits
+    if not args:
+        print(SHORT_HELP)
+        return 0
+    if args in (["--version"], ["-V"]):
+        from handyjobs import __version__  # lazy: the package's root is not the CLI's to load
+
+        print(f"handyjobs {__version__}")
+        return 0
+    if args[0] == "--help":
+        print(LONG_HELP)
+        return 0
+    cmd = command(args[0])
+    parsed = parse.parse(cmd, args[1:])
+    if parsed.help:
+        import shutil  # lazy: only --help asks the terminal's width (start-up of the rest)
+
+        print(parse.help_text(cmd, min(shutil.get_terminal_size().columns, 100)), end="")
+        return 0
+    return cmd.run(parsed)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the command, turning expected errors into one line and a code."""
-    import gc
-
     gc.disable()  # a short-lived CLI: the collector only slows down parsing a big registry
-    args = sys.argv[1:] if argv is None else argv
-    code: object = 0
+    code: int | None = 0
     try:
-        fast = _fast_list(args)
-        if os.environ.get("_HANDYJOBS_COMPLETE"):
-            from handyjobs.cli import app
-
-            app.complete()  # the shell asks for completions: answer and exit
-        elif args in (["--version"], ["-V"]):
-            from handyjobs import __version__
-
-            print(f"handyjobs {__version__}")
-        elif not args:
-            print(SHORT_HELP)
-        elif fast is not None:
-            from handyjobs.cli.common import do_list
-
-            do_list(**fast)
-        else:
-            from handyjobs.cli import app
-
-            code = app.run(args)
+        code = run(sys.argv[1:] if argv is None else argv)
     except HandyjobsError as exc:
-        from handyjobs.views.render import error_text  # only on an error: list stays lean
+        from handyjobs.views.render import error_text  # lazy: only on an error
 
         fail(error_text(exc), exc.exit_code)
     except KeyboardInterrupt:
@@ -108,34 +103,4 @@ def main(argv: list[str] | None = None) -> None:
         # Storage is wrapped in StorageError; anything else the system refused is still one line.
         where = f" {exc.filename}" if exc.filename else ""
         fail(f"{exc.strerror or exc}{where}; check that path and try again", 1)
-    except Exception as exc:
-        # click's usage errors (whichever copy of click typer uses): one line, exit code 2.
-        fmt = getattr(exc, "format_message", None)
-        if fmt is None:
-            raise
-        if type(exc).__name__ == "Abort":
-            fail("aborted", 130)
-        ctx = getattr(exc, "ctx", None)
-        where = f"handyjobs {ctx.info_name} --help" if ctx and ctx.parent else "handyjobs --help"
-        fail(f"{fmt()} (see `{where}`)", int(getattr(exc, "exit_code", 2)))
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def quiet_stdout() -> None:
-    """Point stdout at /dev/null so Python's flush at exit does not raise on a closed pipe."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-def error_line(message: str) -> None:
-    """One error line on stderr, control characters escaped."""
-    from handyjobs.views.render import printable
-
-    print(f"handyjobs: error: {printable(message)}", file=sys.stderr)
-
-
-def fail(message: str, code: int) -> NoReturn:
-    """Print one error line and exit with ``code``."""
-    error_line(message)
-    sys.exit(code)
+    sys.exit(code or 0)

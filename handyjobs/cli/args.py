@@ -1,16 +1,12 @@
-"""Arguments several commands declare alike: job names, completed from the registry."""
+"""Arguments and options several commands declare alike: job names, ``--group``, ``--all``."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from handyjobs.cli.parse import Arg
+from handyjobs.core.options import option
 
-import typer
-
-from handyjobs.cli.common import complete_names
-
-NameArg = Annotated[str, typer.Argument(help="The job.", autocompletion=complete_names)]
-NamesArg = Annotated[
-    list[str] | None, typer.Argument(help="The jobs.", autocompletion=complete_names)
-]
-GroupOpt = Annotated[str | None, typer.Option(help="Every job of this group.")]
-AllOpt = Annotated[bool, typer.Option("--all", help="Every job.")]
+NAME = Arg("name", "The job.", required=True, complete="jobs")
+NAMES = Arg("names", "The jobs.", many=True, complete="jobs")
+GROUP = option("--group", "str", "GROUP", "Every job of this group.")
+ALL = option("--all", "flag", "", "Every job.", name="every")
+JSON = option("--json", "flag", "", "JSON for scripts (schema in the README).", name="as_json")

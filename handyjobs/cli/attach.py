@@ -6,13 +6,14 @@ import os
 import sys
 from typing import NoReturn
 
-from handyjobs.cli.args import NameArg
+from handyjobs.cli.args import NAME
+from handyjobs.cli.parse import Command, Parsed
 from handyjobs.core import jobs
 from handyjobs.errors import JobStateError
 
 
 def exec_attach(name: str) -> NoReturn:
-    """Replace this process with ``tmux attach`` (or ``switch-client`` inside our tmux)."""
+    """Replace this process with the command the core gives to attach (a terminal needed)."""
     argv = jobs.attach_argv(name)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise JobStateError(
@@ -25,6 +26,15 @@ def exec_attach(name: str) -> NoReturn:
     os.execvpe(argv[0], argv, env)
 
 
-def attach(name: NameArg) -> None:
-    """Put this terminal into the job's tmux session (detach with Ctrl-b d)."""
+def _run(p: Parsed) -> None:
+    name = p.text("name")
+    assert name is not None
     exec_attach(name)
+
+
+COMMAND = Command(
+    "attach",
+    "Put this terminal into the job's tmux session (detach with Ctrl-b d).",
+    _run,
+    args=(NAME,),
+)

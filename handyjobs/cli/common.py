@@ -1,5 +1,5 @@
-"""What several commands share: JSON output, ``--state`` parsing, one name at a time, and
-``list`` itself, which the hand-parsed fast path calls without importing Typer."""
+"""What several commands share: JSON output, ``--state`` parsing, one name at a time, job
+names for shell completion, and ``list`` itself."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from collections.abc import Callable, Sequence
 from handyjobs.core.records import JobState
 from handyjobs.errors import HandyjobsError, UsageError
 
-JSON_HELP = "JSON for scripts (schema in the README)."
 
 def complete_names(incomplete: str) -> list[str]:
-    """Job names for shell completion (active and recent ones)."""
-    from handyjobs.core import registry
+    """Job names for shell completion (active and recent ones); never writes the registry."""
+    from handyjobs.core import jobs  # lazy: only completion and the commands that act need it
 
     try:
-        records, _ = registry.load_recent(None, 200)
+        records = jobs.peek_jobs(200)
     except Exception:  # completion must never print a traceback into the user's prompt
         return []
     return [r.name for r in records if r.name.startswith(incomplete)]
@@ -47,14 +46,14 @@ def each_name(names: Sequence[str], act: Callable[[str], None]) -> int:
     Each failure is one error line; the exit code is 0 when all succeeded, else 1 (2 when every
     failure was bad usage).
     """
-    from handyjobs.cli import error_line
+    from handyjobs.cli.output import error_line  # lazy: `list` never reports per-name errors
 
     codes = []
     for name in dict.fromkeys(names):
         try:
             act(name)
         except HandyjobsError as exc:
-            from handyjobs.views import render  # only on an error: list stays lean
+            from handyjobs.views import render  # lazy: only on an error; list stays lean
 
             error_line(render.error_text(exc))
             codes.append(exc.exit_code)
@@ -74,12 +73,12 @@ def do_list(
     value)."""
     every = all_jobs or group is not None
     if metric:
-        from handyjobs.views import observe
+        from handyjobs.views import observe  # lazy: only --metric reads metrics
 
         listing = observe.list_with_metric(metric, every, parse_states(states))
         records, total, values = listing.records, listing.total, listing.values
     else:
-        from handyjobs.core import jobs
+        from handyjobs.core import jobs  # lazy: start-up of `list` is measured, see the bench
 
         records, total = jobs.list_jobs(all_jobs=every, states=parse_states(states))
         values = {}
@@ -98,7 +97,7 @@ def do_list(
                 file=sys.stderr,
             )
         return
-    from handyjobs.views import render
+    from handyjobs.views import render  # lazy: --json output never renders a table
 
     render.print_jobs(records, total, every or bool(states), metric, values)
 
@@ -111,7 +110,7 @@ def pick_names(
     what: str,
 ) -> list[str]:
     """The jobs a command acts on: the names given, or those of ``--group`` / ``--all``."""
-    from handyjobs.core import jobs
+    from handyjobs.core import jobs  # lazy: `list` imports this module and never picks names
 
     forms = sum([bool(names), group is not None, every])
     if forms != 1:

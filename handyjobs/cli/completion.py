@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
+from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.errors import UsageError
 
-COMPLETE_VAR = "_HANDYJOBS_COMPLETE"
 SHELLS = ("bash", "zsh", "fish")
 
 
-def completion(
-    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.")],
-) -> None:
-    """Print the completion script: `eval "$(handyjobs completion bash)"` in ~/.bashrc."""
+def _run(p: Parsed) -> None:
+    shell = p.text("shell")
     if shell not in SHELLS:
         raise UsageError(f"no completion for {shell!r}; pick one of {', '.join(SHELLS)}")
-    # Typer generates the scripts (it also answers their requests, through the app).
-    from typer._completion_shared import get_completion_script
+    # Typer writes the script (and answers it): imported only here, for start-up.
+    from handyjobs.cli import app
 
-    print(get_completion_script(prog_name="handyjobs", complete_var=COMPLETE_VAR, shell=shell))
+    app.show_script(shell)
+
+
+COMMAND = Command(
+    "completion",
+    'Print the completion script: `eval "$(handyjobs completion bash)"` in ~/.bashrc.',
+    _run,
+    args=(Arg("shell", "bash, zsh or fish.", required=True),),
+)

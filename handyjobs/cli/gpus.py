@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
-from handyjobs.cli.common import JSON_HELP, dump_json
+from handyjobs.cli.args import JSON
+from handyjobs.cli.common import dump_json
+from handyjobs.cli.parse import Command, Parsed
 from handyjobs.core import jobs
+from handyjobs.views import render
 
 
-def gpus(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
-    """GPUs, their memory and use, their processes, and the job that holds each."""
-    from handyjobs.views import render
-
+def _run(p: Parsed) -> None:
     discovery, held = jobs.gpu_overview()
-    if as_json:
+    if p.flag("as_json"):
         dump_json(render.gpus_json(discovery, held))
     else:
         render.print_gpus(discovery, held)
+
+
+COMMAND = Command(
+    "gpus",
+    "GPUs, their memory and use, their processes, and the job that holds each.",
+    _run,
+    options=(JSON,),
+)

@@ -4,32 +4,42 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated
 
-import typer
-
+from handyjobs.cli.parse import Arg, Command, Parsed
+from handyjobs.core.options import option
 from handyjobs.errors import UsageError
 from handyjobs.views import observe
 
 
-def plot(
-    names: Annotated[list[str], typer.Argument(help="Jobs to draw (overlaid).")],
-    metric: Annotated[str, typer.Option(help="The metric to draw.")] = "loss",
-    smooth: Annotated[int, typer.Option(help="Moving average over N points.")] = 1,
-    log_y: Annotated[bool, typer.Option("--log-y", help="Logarithmic y axis.")] = False,
-    png: Annotated[Path | None, typer.Option(help="Write a PNG picture here instead.")] = None,
-    height: Annotated[int, typer.Option(help="Rows of the chart.")] = 16,
-    width: Annotated[int | None, typer.Option(help="Columns (default: the terminal's).")] = None,
-) -> None:
-    """Draw a metric's curves of jobs (a sweep overlaid); --png writes a picture."""
-    from handyjobs.views import charts as views
+def _run(p: Parsed) -> None:
+    from handyjobs.views import charts as views  # lazy: rich's charts cost start-up
 
+    height, width, smooth = p.number("height"), p.number("width"), p.number("smooth")
+    metric = p.text("metric")
+    assert height is not None and smooth is not None and metric is not None
     if height < 3 or (width is not None and width < 20):
         raise UsageError("--height 3 or more and --width 20 or more, please")
-    curves = observe.job_curves(names, metric, smooth)
+    curves = observe.job_curves(p.items("names"), metric, smooth)
+    png = p.text("png")
     if png is not None:
-        size = observe.write_picture(curves, png, log_y)
+        size = observe.write_picture(curves, Path(png), p.flag("log_y"))
         print(f"wrote {png} ({size[0]}x{size[1]}, {len(curves.series)} curves)")
         return
     cols = width or min(shutil.get_terminal_size((100, 24)).columns, 160)
-    views.console(cols).print(views.chart(curves, cols, height, log_y, smooth))
+    views.console(cols).print(views.chart(curves, cols, height, p.flag("log_y"), smooth))
+
+
+COMMAND = Command(
+    "plot",
+    "Draw a metric's curves of jobs (a sweep overlaid); --png writes a picture.",
+    _run,
+    args=(Arg("names", "Jobs to draw (overlaid).", many=True, required=True, complete="jobs"),),
+    options=(
+        option("--metric", "str", "NAME", "The metric to draw.", default="loss"),
+        option("--smooth", "int", "N", "Moving average over N points.", default=1),
+        option("--log-y", "flag", "", "Logarithmic y axis."),
+        option("--png", "str", "FILE", "Write a PNG picture here instead."),
+        option("--height", "int", "ROWS", "Rows of the chart.", default=16),
+        option("--width", "int", "COLS", "Columns (default: the terminal's)."),
+    ),
+)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
-from handyjobs.cli.args import NameArg
+from handyjobs.cli.args import NAME
+from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core import jobs
 
 
-def send(
-    name: NameArg,
-    text: Annotated[list[str], typer.Argument(help="The line to type (words joined by spaces).")],
-) -> None:
-    """Type TEXT and Enter into a running job's terminal, as if attached."""
-    line = " ".join(text)
+def _run(p: Parsed) -> None:
+    name = p.text("name")
+    assert name is not None
+    line = " ".join(p.items("text"))
     jobs.send_text(name, line)
     print(f"sent {len(line)} character{'s' if len(line) != 1 else ''} and Enter to {name}")
+
+
+COMMAND = Command(
+    "send",
+    "Type TEXT and Enter into a running job's terminal, as if attached.",
+    _run,
+    args=(
+        NAME,
+        Arg("text", "The line to type (words joined by spaces).", many=True, required=True),
+    ),
+)

@@ -1,4 +1,9 @@
-"""``handyjobs start``: check, register and launch a job; print where it runs (or why it waits)."""
+"""``handyjobs start``: check, register and launch a job; print where it runs (or why it waits).
+
+Its options are the core's table (:data:`handyjobs.core.options.START_OPTIONS`) and each
+backend's own (declared in the backend's folder), merged here; the request, ``--like`` and
+``sweep``'s options come from the same declarations.
+"""
 
 from __future__ import annotations
 
@@ -6,354 +11,100 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import fields, replace
-from typing import Annotated, Any
+from dataclasses import replace
 
-import typer
-
-from handyjobs.backends.slurm.sbatch import SlurmRequest
+from handyjobs.backends.slurm import options as slurm_options
+from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core import jobs
-from handyjobs.core.records import JobRecord, JobSpec, JobState, SlurmSpec, returncode
-from handyjobs.core.spec import StartRequest
+from handyjobs.core import options as table
+from handyjobs.core.options import BackendOptions, Option
+from handyjobs.core.records import JobRecord, JobState, returncode
+from handyjobs.core.spec import LOCAL_BACKEND, BackendRequest, StartRequest
 from handyjobs.errors import UsageError
 
-# The options `start` and `sweep` share, declared once.
-Gpus = Annotated[str | None, typer.Option(help="GPUs by nvidia-smi index or UUID: 2,4")]
-Ngpus = Annotated[int | None, typer.Option(help="Any N free GPUs.")]
-Cpu = Annotated[bool, typer.Option("--cpu", help="Run on the CPU (gloo for DDP).")]
-Nproc = Annotated[int | None, typer.Option(help="Processes (default: one per GPU).")]
-Env = Annotated[list[str] | None, typer.Option(help="Extra KEY=VALUE for the job.")]
-Cwd = Annotated[str | None, typer.Option(help="Working directory of the job.")]
-Module = Annotated[bool, typer.Option("-m", "--module", help="SCRIPT is a module.")]
-Exec = Annotated[
-    bool, typer.Option("-x", "--exec", help="SCRIPT is a command, run as it is (no python).")
-]
-Python = Annotated[str | None, typer.Option(help="Python to run the job with.")]
-Wait = Annotated[bool, typer.Option("--wait", help="Queue until the GPUs are free.")]
-Force = Annotated[bool, typer.Option("--force", help="Use GPUs even if busy.")]
-Group = Annotated[str | None, typer.Option(help="Put the job in a group (list/stop/wait it).")]
-After = Annotated[
-    list[str] | None, typer.Option(help="Start after these jobs succeed: NAME[,NAME...]")
-]
-AfterAny = Annotated[
-    list[str] | None, typer.Option(help="Start after these jobs end, whatever their outcome.")
-]
-Priority = Annotated[int, typer.Option(help="Higher goes first in the queue.")]
-OnExit = Annotated[
-    str | None, typer.Option(help="Command to run when the job ends (no shell; see README).")
-]
-MaxRestarts = Annotated[int | None, typer.Option(help="torchrun's elastic restarts.")]
-# Slurm's options, named as sbatch names them.
-Slurm = Annotated[bool, typer.Option("--slurm", help="Submit to Slurm (sbatch).")]
-Nodes = Annotated[int | None, typer.Option(help="Slurm: nodes.")]
-GpusPerNode = Annotated[int | None, typer.Option(help="Slurm: GPUs per node.")]
-Partition = Annotated[str | None, typer.Option(help="Slurm: partition.")]
-Time = Annotated[str | None, typer.Option(help="Slurm: time limit (minutes or HH:MM:SS).")]
-Account = Annotated[str | None, typer.Option(help="Slurm: account.")]
-Mem = Annotated[str | None, typer.Option(help="Slurm: memory per node (64G).")]
-Constraint = Annotated[str | None, typer.Option(help="Slurm: node features.")]
-SlurmArg = Annotated[
-    list[str] | None, typer.Option(help="Slurm: any sbatch option, --slurm-arg=--qos=high.")
-]
-Requeue = Annotated[
-    bool, typer.Option("--requeue", help="Slurm: requeue after the time-limit warning.")
-]
-SignalBefore = Annotated[
-    int | None, typer.Option(help="Slurm: SIGUSR1 this many s before the limit (60).")
-]
+#: Each backend's own options of start and sweep, declared in its folder.
+BACKENDS: tuple[BackendOptions, ...] = (slurm_options,)
+#: ``start``'s options: the core's, then each backend's.
+OPTIONS: tuple[Option, ...] = (*table.START_OPTIONS, *(o for b in BACKENDS for o in b.OPTIONS))
+
+SCRIPT_HELP = "Script to run (a module with -m, a command with --exec)."
 
 
-def request(
-    script: str,
-    args: list[str] | None,
-    *,
-    name: str | None = None,
-    gpus: str | None = None,
-    ngpus: int | None = None,
-    cpu: bool = False,
-    nproc: int | None = None,
-    env: list[str] | None = None,
-    cwd: str | None = None,
-    module: bool = False,
-    executable: bool = False,
-    python: str | None = None,
-    wait: bool = False,
-    force: bool = False,
-    group: str | None = None,
-    after: list[str] | None = None,
-    after_any: list[str] | None = None,
-    priority: int = 0,
-    on_exit: str | None = None,
-    max_restarts: int | None = None,
-    params: list[tuple[str, str]] | None = None,
-    nnodes: int | None = None,
-    node_rank: int | None = None,
-    rdzv_endpoint: str | None = None,
-    rdzv_id: str | None = None,
-    slurm: SlurmRequest | None = None,
-) -> StartRequest:
-    """A start request from the command line's options."""
-    if after and after_any:
-        raise UsageError("--after and --after-any both given: pick one way to wait for jobs")
-    return StartRequest(
-        script=script,
-        args=list(args or []),
-        module=module,
-        name=name,
-        gpus=gpus,
-        ngpus=ngpus,
-        cpu=cpu,
-        nproc=nproc,
-        env=env or [],
-        cwd=cwd,
-        python=python,
-        wait=wait,
-        force=force,
-        executable=executable,
-        group=group,
-        after=list(after or after_any or []),
-        after_any=bool(after_any),
-        priority=priority,
-        on_exit=on_exit,
-        max_restarts=max_restarts,
-        params=list(params or []),
-        nnodes=nnodes,
-        node_rank=node_rank,
-        rdzv_endpoint=rdzv_endpoint,
-        rdzv_id=rdzv_id,
-        slurm=slurm if slurm is not None and slurm != SlurmRequest(submit=False) else None,
-    )
+def backend_part(given: Mapping[str, object]) -> BackendRequest | None:
+    """The request's backend part: the first backend whose options were typed, if any."""
+    for backend in BACKENDS:
+        part = backend.request(given)
+        if part is not None:
+            return part
+    return None
 
 
-def _like(
-    ctx: typer.Context, like: str, given: dict[str, Any], slurm: SlurmRequest
-) -> StartRequest:
+def _like(name: str, given: Mapping[str, object], new_args: list[str] | None) -> StartRequest:
     """A request from another job's spec, changed by the options typed on this command line."""
-    spec = jobs.get_job(like).spec
-    base = _from_spec(spec)
-    base = replace(base, slurm=_like_slurm(ctx, base.slurm, slurm))
-    if base.on_slurm and spec.slurm is None and base.slurm is not None:
-        # A job of this machine sent to Slurm: its GPU picks and queue place were this
-        # machine's. It asks Slurm for as many GPUs per node, unless told otherwise now.
-        count = len(spec.gpus) if spec.gpus else (spec.ngpus or None)
-        if count and not (_typed(ctx, "gpus_per_node") or _typed(ctx, "cpu")):
-            base = replace(base, slurm=replace(base.slurm, gpus_per_node=count))
-        base = replace(base, gpus=None, ngpus=None, wait=False, force=False, priority=0)
-    changes = {key: value for key, value in given.items() if key == "args" or _typed(ctx, key)}
-    if changes.get("args") is None:
-        changes.pop("args", None)  # no new arguments: the other job's
-    if changes.get("env"):
-        changes["env"] = [*base.env, *changes["env"]]  # added to the other job's
-    return replace(base, **{_FIELD.get(k, k): v for k, v in changes.items()})
+    if given.get("nnodes") is not None:
+        raise UsageError("--like starts a job on this machine; give --nnodes without --like")
+    spec = jobs.get_job(name).spec
+    base = table.request_from_spec(spec)
+    for backend in BACKENDS:
+        base = backend.like(base, spec, given)
+    req = table.request(base, given)
+    return req if new_args is None else replace(req, args=new_args)
 
 
-_FIELD = {"exec_": "executable"}
-
-# Slurm options on the command line and the SlurmRequest fields they fill.
-_SLURM_FIELD = {
-    "slurm": "submit",
-    "nodes": "nodes",
-    "gpus_per_node": "gpus_per_node",
-    "partition": "partition",
-    "time": "time",
-    "account": "account",
-    "mem": "mem",
-    "constraint": "constraint",
-    "slurm_arg": "extra",
-    "requeue": "requeue",
-    "signal_before": "signal_before_s",
-}
-
-
-def _like_slurm(
-    ctx: typer.Context, base: SlurmRequest | None, typed: SlurmRequest
-) -> SlurmRequest | None:
-    """A --like start's Slurm request: the other job's, changed by the Slurm options typed."""
-    # A Slurm job's --like goes to Slurm again; a local job's goes there when --slurm is typed.
-    merged = base or SlurmRequest(submit=False)
-    for option, key in _SLURM_FIELD.items():
-        if _typed(ctx, option) and not (key == "submit" and merged.submit):
-            merged = replace(merged, **{key: getattr(typed, key)})
-    return None if merged == SlurmRequest(submit=False) else merged
-
-
-def _typed(ctx: typer.Context, key: str) -> bool:
-    """True when the option was given on the command line (not left at its default)."""
-    source = ctx.get_parameter_source(key)
-    return source is not None and source.name != "DEFAULT"
-
-
-def _from_spec(spec: JobSpec) -> StartRequest:
-    """The request that would make this spec again (GPUs by index, the same settings)."""
-    return StartRequest(
-        script=spec.script,
-        args=list(spec.args),
-        module=spec.module,
-        gpus=None if spec.gpus is None else ",".join(map(str, spec.gpus)),
-        ngpus=spec.ngpus,
-        cpu=spec.cpu,
-        nproc=spec.nproc,
-        env=[f"{k}={v}" for k, v in spec.env],
-        cwd=spec.cwd,
-        python=spec.python,
-        wait=spec.wait,
-        force=spec.force,
-        executable=spec.executable,
-        group=spec.group,
-        after=list(spec.after),
-        after_any=spec.after_any,
-        priority=spec.priority,
-        on_exit=shlex.join(spec.on_exit) if spec.on_exit else None,
-        max_restarts=spec.max_restarts,
-        slurm=None if spec.slurm is None else _slurm_request(spec.slurm),
-    )
-
-
-def _slurm_request(slurm: SlurmSpec) -> SlurmRequest:
-    """The Slurm options that would make this Slurm spec again (the fields share names)."""
-    return SlurmRequest(True, **{f.name: getattr(slurm, f.name) for f in fields(slurm)})
-
-
-def slurm_request(params: Mapping[str, Any]) -> SlurmRequest:
-    """The Slurm options of a command line (``ctx.params`` of ``start`` or ``sweep``)."""
-    given = {key: params[option] for option, key in _SLURM_FIELD.items()}
-    return SlurmRequest(**{**given, "extra": tuple(given["extra"] or ())})
-
-
-def start(
-    ctx: typer.Context,
-    script: Annotated[
-        str | None,
-        typer.Argument(help="Script to run (a module with -m, a command with --exec)."),
-    ] = None,
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script.")] = None,
-    gpus: Gpus = None,
-    ngpus: Ngpus = None,
-    cpu: Cpu = False,
-    nproc: Nproc = None,
-    name: Annotated[str | None, typer.Option(help="Job and tmux session name.")] = None,
-    env: Env = None,
-    cwd: Cwd = None,
-    module: Module = False,
-    exec_: Exec = False,
-    python: Python = None,
-    wait: Wait = False,
-    force: Force = False,
-    group: Group = None,
-    after: After = None,
-    after_any: AfterAny = None,
-    priority: Priority = 0,
-    on_exit: OnExit = None,
-    max_restarts: MaxRestarts = None,
-    like: Annotated[
-        str | None, typer.Option(help="Start from another job's spec, with these changes.")
-    ] = None,
-    nnodes: Annotated[
-        int | None, typer.Option(help="Machines the job spans (start it on each one).")
-    ] = None,
-    node_rank: Annotated[
-        int | None, typer.Option(help="This machine's place: 0 hosts the rendezvous.")
-    ] = None,
-    rdzv_endpoint: Annotated[
-        str | None, typer.Option(help="HOST:PORT on node 0 where the nodes meet.")
-    ] = None,
-    rdzv_id: Annotated[
-        str | None, typer.Option(help="The id node 0's start printed (other nodes).")
-    ] = None,
-    attach: Annotated[bool, typer.Option("--attach", help="Attach to it at once.")] = False,
-    follow: Annotated[bool, typer.Option("--follow", help="Follow its log to the end.")] = False,
-    slurm: Slurm = False,
-    nodes: Nodes = None,
-    gpus_per_node: GpusPerNode = None,
-    partition: Partition = None,
-    time: Time = None,
-    account: Account = None,
-    mem: Mem = None,
-    constraint: Constraint = None,
-    slurm_arg: SlurmArg = None,
-    requeue: Requeue = False,
-    signal_before: SignalBefore = None,
-) -> None:
-    """Start SCRIPT as a job in its own tmux session (torchrun when several processes)."""
-    slurm_req = slurm_request(ctx.params)
-    if slurm and attach:
-        raise UsageError("a Slurm job has no terminal to attach to: use --follow")
+def make_request(p: Parsed) -> StartRequest:
+    """The start request of a parsed command line (with ``--like``, from another job's spec)."""
+    script, like = p.text("script"), p.text("like")
     if like is not None:
         # With --like, what is typed where SCRIPT goes are the new arguments.
-        new_args = None if script is None else [script, *(args or [])]
-        given = {
-            "args": new_args,
-            "gpus": gpus,
-            "ngpus": ngpus,
-            "cpu": cpu,
-            "nproc": nproc,
-            "name": name,
-            "env": env,
-            "cwd": cwd,
-            "module": module,
-            "exec_": exec_,
-            "python": python,
-            "wait": wait,
-            "force": force,
-            "group": group,
-            "priority": priority,
-            "on_exit": on_exit,
-            "max_restarts": max_restarts,
-        }
-        if nnodes is not None:
-            raise UsageError("--like starts a job on this machine; give --nnodes without --like")
-        req = replace(_like(ctx, like, given, slurm_req), caller_env=dict(os.environ))
+        new_args = None if script is None else [script, *p.items("args")]
+        req = _like(like, p.typed, new_args)
+    elif script is None:
+        raise UsageError("give the SCRIPT to run (or --like NAME to start from another job)")
     else:
-        if script is None:
-            raise UsageError("give the SCRIPT to run (or --like NAME to start from another job)")
-        req = request(
-            script,
-            args,
-            name=name,
-            gpus=gpus,
-            ngpus=ngpus,
-            cpu=cpu,
-            nproc=nproc,
-            env=env,
-            cwd=cwd,
-            module=module,
-            executable=exec_,
-            python=python,
-            wait=wait,
-            force=force,
-            group=group,
-            after=after,
-            after_any=after_any,
-            priority=priority,
-            on_exit=on_exit,
-            max_restarts=max_restarts,
-            nnodes=nnodes,
-            node_rank=node_rank,
-            rdzv_endpoint=rdzv_endpoint,
-            rdzv_id=rdzv_id,
-            slurm=slurm_req,
+        base = StartRequest(script=script, args=p.items("args"), backend=backend_part(p.typed))
+        req = table.request(base, p.typed)
+    if p.flag("attach") and req.goes_to != LOCAL_BACKEND:
+        raise UsageError(
+            f"a {req.goes_to.capitalize()} job has no terminal to attach to: use --follow"
         )
+    return req
+
+
+def _run(p: Parsed) -> int | None:
+    req = make_request(p)
     record = jobs.start_job(req)
     announce(record, req)
     sys.stdout.flush()
-    if attach:
-        from handyjobs.cli.attach import exec_attach
+    if p.flag("attach"):
+        from handyjobs.cli.attach import exec_attach  # lazy: only --attach needs it
 
         exec_attach(record.name)
-    if follow:
-        from handyjobs.views.logview import follow_to_end
+    if p.flag("follow"):
+        from handyjobs.views.logview import follow_to_end  # lazy: only --follow reads the log
 
         follow_to_end(record.name)
-        raise typer.Exit(returncode(jobs.get_job(record.name).current))
+        return returncode(jobs.get_job(record.name).current)
+    return None
+
+
+COMMAND = Command(
+    "start",
+    "Start SCRIPT as a job in its own tmux session (torchrun when several processes).",
+    _run,
+    args=(Arg("script", SCRIPT_HELP), Arg("args", "Arguments for the script.", many=True)),
+    options=OPTIONS,
+    passthrough=True,
+)
 
 
 def announce(record: JobRecord, req: StartRequest, brief: bool = False) -> None:
     """Say where the job runs, or why it waits; with ``brief``, one line."""
-    from handyjobs.views import render
+    from handyjobs.views import render  # lazy: a failed start never renders
 
     run = record.current
-    if record.spec.slurm is not None:
-        print("\n".join(render.submitted_lines(record)))
+    submitted = render.submitted_lines(record)  # a scheduler took it: its own words
+    if submitted:
+        print("\n".join(submitted))
         return
     if run.state is JobState.QUEUED:
         why = render.wait_text(run.wait) if run.wait else "waiting"

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
-from handyjobs.cli.args import AllOpt, GroupOpt, NamesArg
+from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
+from handyjobs.cli.parse import Command, Parsed
 from handyjobs.core import jobs
+from handyjobs.core.options import option
 from handyjobs.core.records import JobState
 
 
-def stop(
-    names: NamesArg = None,
-    group: GroupOpt = None,
-    every: AllOpt = False,
-    timeout: Annotated[
-        float, typer.Option(help="Seconds between SIGTERM and SIGKILL.")
-    ] = jobs.DEFAULT_GRACE_S,
-) -> None:
-    """Stop jobs: every process gone (torchrun workers too), GPUs released."""
+def _run(p: Parsed) -> int:
     active = (JobState.QUEUED, JobState.RUNNING)
-    picked = pick_names(names, group, every, active, what="to stop")
+    picked = pick_names(p.items("names"), p.text("group"), p.flag("every"), active, "to stop")
+    grace = p.real("timeout")
+    assert grace is not None
 
     def one(name: str) -> None:
-        result = jobs.stop_job(name, grace_s=timeout)
+        result = jobs.stop_job(name, grace_s=grace)
         n = len(result.pids)
         ended = f"{n} process{'' if n == 1 else 'es'} ended"
         if result.was_lost:
@@ -39,4 +31,23 @@ def stop(
         if result.gpu_note:
             print(f"  note: {result.gpu_note}")
 
-    raise typer.Exit(each_name(picked, one))
+    return each_name(picked, one)
+
+
+COMMAND = Command(
+    "stop",
+    "Stop jobs: every process gone (torchrun workers too), GPUs released.",
+    _run,
+    args=(NAMES,),
+    options=(
+        GROUP,
+        ALL,
+        option(
+            "--timeout",
+            "float",
+            "S",
+            "Seconds between SIGTERM and SIGKILL.",
+            default=jobs.DEFAULT_GRACE_S,
+        ),
+    ),
+)

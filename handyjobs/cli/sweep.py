@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Annotated
-
-import typer
+from dataclasses import replace
 
 from handyjobs.cli import start as startmod
-from handyjobs.core import jobs, registry
-from handyjobs.core.spec import check_name, default_stem
+from handyjobs.cli.parse import Arg, Command, Parsed
+from handyjobs.core import jobs
+from handyjobs.core import options as table
+from handyjobs.core.options import option
+from handyjobs.core.spec import StartRequest, check_name, default_stem, sweep_group
 from handyjobs.errors import UsageError
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -53,97 +54,50 @@ def point_names(prefix: str, grid: list[tuple[str, list[str]]]) -> list[str]:
     return names
 
 
-def sweep(
-    ctx: typer.Context,
-    script: Annotated[str, typer.Argument(help="Script to run for every point of the grid.")],
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments for every job.")] = None,
-    grid: Annotated[
-        list[str] | None, typer.Option(help="KEY=V1,V2,... (repeatable): the values to sweep.")
-    ] = None,
-    arg_format: Annotated[
-        str, typer.Option(help="How a value reaches the script ({key}, {value}).")
-    ] = "--{key}={value}",
-    group: Annotated[
-        str | None, typer.Option(help="Group name (default: from the script).")
-    ] = None,
-    prefix: Annotated[str | None, typer.Option(help="Job names start with this.")] = None,
-    gpus: startmod.Gpus = None,
-    ngpus: startmod.Ngpus = None,
-    cpu: startmod.Cpu = False,
-    nproc: startmod.Nproc = None,
-    env: startmod.Env = None,
-    cwd: startmod.Cwd = None,
-    module: startmod.Module = False,
-    exec_: startmod.Exec = False,
-    python: startmod.Python = None,
-    after: startmod.After = None,
-    after_any: startmod.AfterAny = None,
-    priority: startmod.Priority = 0,
-    on_exit: startmod.OnExit = None,
-    slurm: startmod.Slurm = False,
-    nodes: startmod.Nodes = None,
-    gpus_per_node: startmod.GpusPerNode = None,
-    partition: startmod.Partition = None,
-    time: startmod.Time = None,
-    account: startmod.Account = None,
-    mem: startmod.Mem = None,
-    constraint: startmod.Constraint = None,
-    slurm_arg: startmod.SlurmArg = None,
-    requeue: startmod.Requeue = False,
-    signal_before: startmod.SignalBefore = None,
-) -> None:
-    """Queue one job per point of a grid (--grid lr=1e-3,3e-4 --grid bs=32,64), in one group.
-
-    Each job gets its values as arguments (--lr=1e-3 --bs=32, then ARGS) and as
-    HANDYJOBS_PARAM_LR, HANDYJOBS_PARAM_BS in its environment; jobs start as GPUs and slots
-    allow (see `handyjobs config parallel N --group G`), or as Slurm runs them (--slurm).
-    """
-    slurm_req = startmod.slurm_request(ctx.params)
-    points_grid = parse_grid(grid or [])
-    if "{value}" not in arg_format:
-        raise UsageError("--arg-format must contain {value} (and usually {key})")
-    stem = default_stem(script, module)
-    group = check_name(group) if group else _free_group(stem)
-    prefix = check_name(prefix) if prefix else stem
-    names = point_names(prefix, points_grid)
-    taken = [n for n in names if registry.load_one(n) is not None]
-    if taken:
-        raise UsageError(
-            f"a job named {taken[0]} exists (an earlier sweep?); pick another --prefix, "
-            f"or remove those jobs (`handyjobs rm`)"
-        )
-    points = list(itertools.product(*(values for _, values in points_grid)))
+def point_requests(
+    p: Parsed, script: str, grid: list[tuple[str, list[str]]], group: str, names: list[str]
+) -> list[StartRequest]:
+    """One request per point of the grid: its values as arguments and in the environment."""
+    arg_format = p.text("arg_format")
+    assert arg_format is not None
+    points = list(itertools.product(*(values for _, values in grid)))
+    backend = startmod.backend_part(p.typed)
+    # A sweep queues for GPUs rather than failing when they are busy; elsewhere (a cluster),
+    # the scheduler's queue does.
+    queue_here = backend is None or not backend.submits
     reqs = []
     for i, (name, point) in enumerate(zip(names, points, strict=True)):
-        params = [(key, value) for (key, _), value in zip(points_grid, point, strict=True)]
+        params = [(key, value) for (key, _), value in zip(grid, point, strict=True)]
         extra = [arg_format.format(key=k, value=v) for k, v in params]
-        sweep_env = [f"HANDYJOBS_SWEEP_INDEX={i}", f"HANDYJOBS_SWEEP_SIZE={len(points)}"]
-        reqs.append(
-            startmod.request(
-                script,
-                [*extra, *(args or [])],
-                name=name,
-                gpus=gpus,
-                ngpus=ngpus,
-                cpu=cpu,
-                nproc=nproc,
-                env=[*(env or []), *sweep_env],
-                cwd=cwd,
-                module=module,
-                executable=exec_,
-                python=python,
-                # A sweep queues for GPUs rather than failing when they are busy; on Slurm,
-                # Slurm's queue does.
-                wait=not slurm,
-                group=group,
-                after=after,
-                after_any=after_any,
-                priority=priority,
-                on_exit=on_exit,
-                params=params,
-                slurm=slurm_req,
-            )
+        base = StartRequest(
+            script=script,
+            args=[*extra, *p.items("args")],
+            name=name,
+            wait=queue_here,
+            group=group,
+            params=params,
+            backend=backend,
         )
+        req = table.request(base, {k: v for k, v in p.typed.items() if k in _FROM_START})
+        sweep_env = [f"HANDYJOBS_SWEEP_INDEX={i}", f"HANDYJOBS_SWEEP_SIZE={len(points)}"]
+        reqs.append(replace(req, env=[*req.env, *sweep_env]))
+    return reqs
+
+
+def _run(p: Parsed) -> None:
+    script, arg_format = p.text("script"), p.text("arg_format")
+    assert script is not None and arg_format is not None
+    grid = parse_grid(p.items("grid"))
+    if "{value}" not in arg_format:
+        raise UsageError("--arg-format must contain {value} (and usually {key})")
+    stem = default_stem(script, p.flag("module"))
+    group, prefix = p.text("group"), p.text("prefix")
+    if group is not None:
+        check_name(group)
+    prefix = check_name(prefix) if prefix else stem
+    names = point_names(prefix, grid)
+    group = sweep_group(names, group, stem)
+    reqs = point_requests(p, script, grid, group, names)
     records = jobs.start_jobs(reqs)
     print(f"sweep {group}: {len(records)} jobs")
     for record, req in zip(records, reqs, strict=True):
@@ -151,13 +105,34 @@ def sweep(
     print(f"  list:   handyjobs list --group {group}    wait: handyjobs wait --group {group}")
 
 
-def _free_group(stem: str) -> str:
-    """A group name no job uses yet: ``train-sweep``, ``train-sweep2``, ..."""
-    used = {r.spec.group for r in registry.load_all(None) if r.spec.group}
-    base = f"{stem[:50]}-sweep"
-    n = 1
-    while (base if n == 1 else f"{base}{n}") in used:
-        n += 1
-    return base if n == 1 else f"{base}{n}"
+#: What sweep takes of start's options (the table says which), its own first.
+_FROM_START = tuple(opt.name for opt in startmod.OPTIONS if opt.sweep)
 
+COMMAND = Command(
+    "sweep",
+    """Queue one job per point of a grid (--grid lr=1e-3,3e-4 --grid bs=32,64), in one group.
 
+    Each job gets its values as arguments (--lr=1e-3 --bs=32, then ARGS) and as
+    HANDYJOBS_PARAM_LR, HANDYJOBS_PARAM_BS in its environment; jobs start as GPUs and slots
+    allow (see `handyjobs config parallel N --group G`), or as Slurm runs them (--slurm).
+    """,
+    _run,
+    args=(
+        Arg("script", "Script to run for every point of the grid.", required=True),
+        Arg("args", "Arguments for every job.", many=True),
+    ),
+    options=(
+        option("--grid", "list", "K=V1,V2", "KEY=V1,V2,... (repeatable): the values to sweep."),
+        option(
+            "--arg-format",
+            "str",
+            "FORMAT",
+            "How a value reaches the script ({key}, {value}).",
+            default="--{key}={value}",
+        ),
+        option("--group", "str", "GROUP", "Group name (default: from the script)."),
+        option("--prefix", "str", "PREFIX", "Job names start with this."),
+        *(opt for opt in startmod.OPTIONS if opt.sweep),
+    ),
+    passthrough=True,
+)

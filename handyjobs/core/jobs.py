@@ -65,10 +65,10 @@ def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
     """
     from handyjobs.backends import base as backends
     from handyjobs.core import lifecycle
-    from handyjobs.core.spec import default_stem, make_spec
+    from handyjobs.core.spec import backend_of, default_stem, make_spec
 
-    # A sweep goes to one place: Slurm when its requests ask for it (sweep never does yet).
-    backend = backends.get("slurm" if any(r.on_slurm for r in reqs) else "tmux")
+    # A sweep goes to one place: the backend its requests' options send it to.
+    backend = backends.get(backend_of(reqs))
     backend.check()
     root = paths.home()
     paths.check_home(root)

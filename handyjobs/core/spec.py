@@ -8,20 +8,43 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import shlex
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from handyjobs.core.records import NAME_RE, JobSpec, Rendezvous
+from handyjobs.core.records import NAME_RE, GpuPolicy, JobSpec, Rendezvous
 from handyjobs.errors import UsageError
 
 if TYPE_CHECKING:
-    from handyjobs.backends.slurm.sbatch import SlurmRequest
     from handyjobs.gpus.discovery import Discovery
+
+#: The backend of a job that names none: a tmux session on this machine.
+LOCAL_BACKEND = "tmux"
+
+
+class BackendRequest(Protocol):
+    """A backend's own part of a start request (its options as typed), checked by that backend.
+
+    It comes from the backend's options (declared in its folder); the core names no backend
+    and only asks the part to check itself against the whole request.
+    """
+
+    @property
+    def backend(self) -> str:
+        """The backend it sends the job to."""
+
+    @property
+    def submits(self) -> bool:
+        """True when the job goes to that backend (its options may be typed without it)."""
+
+    def check(self, req: StartRequest) -> Mapping[str, Any]:
+        """Check this part against the whole request; the :class:`JobSpec` fields it fills."""
 
 
 @dataclass(frozen=True)
@@ -56,13 +79,20 @@ class StartRequest:
     rdzv_endpoint: str | None = None
     rdzv_id: str | None = None
     caller_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    #: Submitted to Slurm (``--slurm`` and its options).
-    slurm: SlurmRequest | None = None
+    #: A backend's own options (a cluster's scheduler), when some were typed.
+    backend: BackendRequest | None = None
 
     @property
-    def on_slurm(self) -> bool:
-        """True when the job goes to Slurm."""
-        return self.slurm is not None and self.slurm.submit
+    def goes_to(self) -> str:
+        """The backend the job goes to: the one its options submit to, else this machine's."""
+        if self.backend is not None and self.backend.submits:
+            return self.backend.backend
+        return LOCAL_BACKEND
+
+
+def backend_of(reqs: Sequence[StartRequest]) -> str:
+    """Where requests started together (a sweep) go: the first one sent elsewhere decides."""
+    return next((r.goes_to for r in reqs if r.goes_to != LOCAL_BACKEND), LOCAL_BACKEND)
 
 
 #: torchrun's port for a c10d endpoint given without one.
@@ -74,8 +104,6 @@ _HOST_PORT_RE = re.compile(r"^(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?
 def check_nodes(req: StartRequest) -> Rendezvous | None:
     """One node's part of a multi-node rendezvous (None on one machine); node 0 makes up the
     id that the other nodes are given."""
-    from handyjobs.views import render
-
     given = (req.node_rank, req.rdzv_endpoint, req.rdzv_id)
     if req.nnodes is None:
         if any(v is not None for v in given):
@@ -98,7 +126,7 @@ def check_nodes(req: StartRequest) -> Rendezvous | None:
     port = int(m.group("port") or DEFAULT_RDZV_PORT) if m else 0
     if m is None or not 0 < port < 65536:
         raise UsageError(
-            f"--rdzv-endpoint {render.printable(req.rdzv_endpoint)}: write it as HOST:PORT "
+            f"--rdzv-endpoint {req.rdzv_endpoint}: write it as HOST:PORT "
             "(node 0's host name or address, and a free port on it)"
         )
     rdzv_id = req.rdzv_id
@@ -107,11 +135,9 @@ def check_nodes(req: StartRequest) -> Rendezvous | None:
             raise UsageError(
                 f"--node-rank {rank} needs --rdzv-id: pass the id the start on node 0 printed"
             )
-        import secrets
-
         rdzv_id = secrets.token_hex(4)
     elif not _RDZV_ID_RE.match(rdzv_id):
-        raise UsageError(f"--rdzv-id {render.printable(rdzv_id)}: use 1 to 64 of A-Z a-z 0-9 _ -")
+        raise UsageError(f"--rdzv-id {rdzv_id}: use 1 to 64 of A-Z a-z 0-9 _ -")
     return Rendezvous(req.nnodes, rank, f"{m.group('host')}:{port}", rdzv_id)
 
 
@@ -127,10 +153,8 @@ class Checked:
 def check_name(name: str) -> str:
     """A job name as given, or a usage error that says what names look like."""
     if not NAME_RE.match(name):
-        from handyjobs.views import render
-
         raise UsageError(
-            f"invalid job name {render.printable(repr(name))}: use 1 to 64 of A-Z a-z 0-9 _ -, "
+            f"invalid job name {name!r}: use 1 to 64 of A-Z a-z 0-9 _ -, "
             "starting with a letter or digit (tmux rewrites . and :)"
         )
     return name
@@ -170,11 +194,7 @@ def parse_env(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key or not (key.replace("_", "a").isalnum() and not key[0].isdigit()):
-            from handyjobs.views import render
-
-            raise UsageError(
-                f"--env {render.printable(repr(item))}: write it as KEY=VALUE, KEY a variable name"
-            )
+            raise UsageError(f"--env {item!r}: write it as KEY=VALUE, KEY a variable name")
         out[key] = value
     return tuple(sorted(out.items()))
 
@@ -228,14 +248,10 @@ def _names(items: Sequence[str], option: str) -> tuple[str, ...]:
 
 def _command_line(text: str, option: str) -> tuple[str, ...]:
     """A command line split as a shell would (no shell ever runs it)."""
-    import shlex
-
-    from handyjobs.views import render
-
     try:
         argv = tuple(shlex.split(text))
     except ValueError as exc:
-        raise UsageError(f"{option} {render.printable(repr(text))}: {exc}") from None
+        raise UsageError(f"{option} {text!r}: {exc}") from None
     if not argv:
         raise UsageError(f"{option} is empty; give the command to run")
     return argv
@@ -243,14 +259,12 @@ def _command_line(text: str, option: str) -> tuple[str, ...]:
 
 def _script(req: StartRequest, cwd: Path) -> str:
     """The script, module or command to run, checked; a path is made absolute."""
-    from handyjobs.views import render
-
-    shown = render.printable(req.script)
+    shown = req.script
     if req.module:
         if req.executable:
             raise UsageError("-m and --exec both given: run a module, or a command")
         if not req.script or not all(part.isidentifier() for part in req.script.split(".")):
-            raise UsageError(f"-m {render.printable(repr(req.script))}: not a module name")
+            raise UsageError(f"-m {req.script!r}: not a module name")
         return req.script
     path = Path(req.script).expanduser()
     if req.executable:
@@ -273,21 +287,8 @@ def _script(req: StartRequest, cwd: Path) -> str:
     return str(path)
 
 
-def make_spec(
-    req: StartRequest, root: Path | None = None, discovery: Discovery | None = None
-) -> Checked:
-    """Check a start request and turn it into a spec; every problem is a one-line UsageError.
-
-    Settings come from the environment first, then from the config file under ``root``.
-    ``discovery``, when given, is used instead of discovering the GPUs again (a sweep).
-    """
-    from handyjobs.core import booking, config
-
-    cwd = Path(req.cwd or caller_cwd(req.caller_env)).expanduser()
-    if not cwd.is_absolute():
-        cwd = Path(os.getcwd()) / cwd
-    if not cwd.is_dir():
-        raise UsageError(f"--cwd {cwd}: no such directory")
+def _check_own(req: StartRequest) -> None:
+    """The checks of a request's options that need nothing else: names, counts, pairs."""
     if req.name is not None:
         check_name(req.name)
     if req.group is not None:
@@ -312,46 +313,64 @@ def make_spec(
             raise UsageError(f"--max-restarts {req.max_restarts}: give 0 or more")
         if req.executable:
             raise UsageError("--max-restarts is torchrun's; with --exec pass it to your launcher")
+
+
+def _cwd(req: StartRequest) -> Path:
+    """The job's working directory, absolute; a usage error when it is not a directory."""
+    cwd = Path(req.cwd or caller_cwd(req.caller_env)).expanduser()
+    if not cwd.is_absolute():
+        cwd = Path(os.getcwd()) / cwd
+    if not cwd.is_dir():
+        raise UsageError(f"--cwd {cwd}: no such directory")
+    return cwd
+
+
+def _resolve_gpus(
+    req: StartRequest, policy: GpuPolicy, discovery: Discovery | None
+) -> tuple[tuple[int, ...] | None, Discovery | None]:
+    """``--gpus`` as indices, checked against the policy, and the discovery that resolved
+    them (the start's one discovery, also used to book ``--ngpus``)."""
+    if req.gpus is None and req.ngpus is None:
+        return None, discovery
+    from handyjobs.core import booking
+    from handyjobs.gpus import discovery as gpumod  # lazy: only a start that asks for GPUs
+    from handyjobs.gpus import select as gpuselect
+
+    tokens = gpuselect.parse_gpu_spec(req.gpus) if req.gpus is not None else None
+    if discovery is None:
+        discovery = gpumod.discover(req.caller_env)
+    if tokens is None:
+        return None, discovery
+    resolved = tuple(gpuselect.resolve_gpus(tokens, discovery))
+    booking.check_allowed(resolved, policy)
+    return resolved, discovery
+
+
+def make_spec(
+    req: StartRequest, root: Path | None = None, discovery: Discovery | None = None
+) -> Checked:
+    """Check a start request and turn it into a spec; every problem is a one-line UsageError.
+
+    Settings come from the environment first, then from the config file under ``root``.
+    ``discovery``, when given, is used instead of discovering the GPUs again (a sweep). A
+    backend's own part of the request (:class:`BackendRequest`) checks itself and fills its
+    fields of the spec.
+    """
+    from handyjobs.core import booking, config  # lazy: `list` never pays for them
+
+    cwd = _cwd(req)
+    _check_own(req)
     after = _names(req.after, "--after")
     if req.after_any and not after:
         raise UsageError("--after-any goes with --after NAME: the jobs to start after")
     rdzv = check_nodes(req)
-    cfg = config.load(root)
-    env = {**cfg.env_defaults(), **req.caller_env}
+    env = {**config.load(root).env_defaults(), **req.caller_env}
     script = _script(req, cwd)
     policy = booking.policy_from_env(env)
     on_exit_text = req.on_exit if req.on_exit is not None else env.get(config.ON_EXIT_ENV)
     on_exit = _command_line(on_exit_text, "--on-exit") if on_exit_text else ()
-    slurm = None
-    if req.slurm is not None:
-        from handyjobs.backends.slurm import sbatch
-
-        slurm = sbatch.check(req.slurm)
-        if req.gpus is not None or req.ngpus is not None or req.wait or req.force:
-            raise UsageError(
-                "--gpus, --ngpus, --wait and --force pick GPUs on this machine; on Slurm ask "
-                "for them with --gpus-per-node"
-            )
-        if rdzv is not None:
-            raise UsageError("--nnodes is for machines you start by hand; on Slurm use --nodes")
-        if req.cpu and slurm.gpus_per_node:
-            raise UsageError("--cpu cannot be combined with --gpus-per-node; pick one")
-        if req.priority:
-            raise UsageError(
-                "--priority orders this machine's queue; Slurm orders its own: ask for a "
-                "quality of service with --slurm-arg=--qos=NAME, or lower yours with "
-                "--slurm-arg=--nice=N"
-            )
-    resolved: tuple[int, ...] | None = None
-    if req.gpus is not None or req.ngpus is not None:
-        from handyjobs.gpus import discovery as gpumod
-
-        tokens = gpumod.parse_gpu_spec(req.gpus) if req.gpus is not None else None
-        if discovery is None:
-            discovery = gpumod.discover(req.caller_env)  # the start's one discovery
-        if tokens is not None:
-            resolved = tuple(gpumod.resolve_gpus(tokens, discovery))
-            booking.check_allowed(resolved, policy)
+    backend_fields = {} if req.backend is None else dict(req.backend.check(req))
+    resolved, discovery = _resolve_gpus(req, policy, discovery)
     spec = JobSpec(
         script=script,
         args=tuple(req.args),
@@ -375,8 +394,30 @@ def make_spec(
         max_restarts=req.max_restarts,
         params=tuple(req.params),
         rdzv=rdzv,
-        slurm=slurm,
+        **backend_fields,
     )
     where = Path(script).parent if not req.module and "/" in script else cwd
-    git = git_info(where)
-    return Checked(spec, discovery if spec.books_gpus else None, git)
+    return Checked(spec, discovery if spec.books_gpus else None, git_info(where))
+
+
+def sweep_group(names: Sequence[str], group: str | None, stem: str) -> str:
+    """A sweep's group: ``group``, else one no job uses yet (``train-sweep``, ``train-sweep2``,
+    ...); a usage error when a job of one of ``names`` exists (an earlier sweep?)."""
+    from handyjobs.core import registry  # lazy: only a sweep reads every record here
+
+    records = registry.load_all(None)
+    taken = {r.name for r in records}
+    clash = next((name for name in names if name in taken), None)
+    if clash is not None:
+        raise UsageError(
+            f"a job named {clash} exists (an earlier sweep?); pick another --prefix, "
+            f"or remove those jobs (`handyjobs rm`)"
+        )
+    if group is not None:
+        return check_name(group)
+    used = {r.spec.group for r in records if r.spec.group}
+    base = f"{stem[:50]}-sweep"
+    n = 1
+    while (base if n == 1 else f"{base}{n}") in used:
+        n += 1
+    return base if n == 1 else f"{base}{n}"

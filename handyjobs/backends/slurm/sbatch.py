@@ -17,9 +17,13 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from handyjobs.core.records import JobSpec, JobState, Run, SlurmSpec
 from handyjobs.errors import UsageError
+
+if TYPE_CHECKING:
+    from handyjobs.core.spec import StartRequest
 
 #: Signal and lead time of Slurm's warning before the time limit (``--signal=B:USR1@60``).
 WARNING_SIGNAL = "USR1"
@@ -53,11 +57,41 @@ class SlurmRequest:
     requeue: bool = False
     signal_before_s: int | None = None
 
+    @property
+    def backend(self) -> str:
+        """The backend it sends the job to."""
+        return "slurm"
+
+    @property
+    def submits(self) -> bool:
+        """True with ``--slurm``."""
+        return self.submit
+
+    def check(self, req: StartRequest) -> dict[str, Any]:
+        """Check the Slurm options, and the request's other options against Slurm; the spec's
+        Slurm field (a :class:`~handyjobs.core.spec.BackendRequest`'s part of the spec)."""
+        slurm = check(self)
+        if req.gpus is not None or req.ngpus is not None or req.wait or req.force:
+            raise UsageError(
+                "--gpus, --ngpus, --wait and --force pick GPUs on this machine; on Slurm ask "
+                "for them with --gpus-per-node"
+            )
+        if req.nnodes is not None:
+            raise UsageError("--nnodes is for machines you start by hand; on Slurm use --nodes")
+        if req.cpu and slurm.gpus_per_node:
+            raise UsageError("--cpu cannot be combined with --gpus-per-node; pick one")
+        if req.priority:
+            raise UsageError(
+                "--priority orders this machine's queue; Slurm orders its own: ask for a "
+                "quality of service with --slurm-arg=--qos=NAME, or lower yours with "
+                "--slurm-arg=--nice=N"
+            )
+        return {"slurm": slurm}
+
 
 def _printable(text: str) -> str:
-    from handyjobs.views import render
-
-    return render.printable(repr(text))
+    # repr shows control characters escaped; the CLI escapes every error line it prints too.
+    return repr(text)
 
 
 def _word(option: str, value: str | None) -> str | None:

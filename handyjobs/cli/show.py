@@ -1,0 +1,31 @@
+"""``handyjobs show``: everything on one job's record."""
+
+from __future__ import annotations
+
+from handyjobs.cli.args import JSON, NAME
+from handyjobs.cli.common import dump_json
+from handyjobs.cli.parse import Command, Parsed
+from handyjobs.views import observe
+
+
+def _run(p: Parsed) -> None:
+    name = p.text("name")
+    assert name is not None
+    view = observe.job_view(name)
+    if p.flag("as_json"):
+        doc = view.record.to_dict()
+        doc["metrics"] = {s.metric: s.to_dict() for s in view.metrics}
+        dump_json(doc)
+        return
+    from handyjobs.views import show  # lazy: --json output never renders
+
+    show.print_record(view.record, view.metrics)
+
+
+COMMAND = Command(
+    "show",
+    "Everything on a job's record, what it cost, and its metrics' last and best values.",
+    _run,
+    args=(NAME,),
+    options=(JSON,),
+)
