@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -197,15 +198,10 @@ def plan(
     job never overtakes an earlier one on the GPUs that one needs; jobs that book no GPU
     never wait behind ones that do. Each job is judged by the GPU policy it was started under.
     """
-    deps = deps or {}
-    limits = limits or Limits()
-    held = held_gpus(records)
+    deps, limits, held = deps or {}, limits or Limits(), held_gpus(records)
     running = [r for r in records if r.state is JobState.RUNNING]
     total = len(running)
-    by_group: dict[str, int] = {}
-    for r in running:
-        if r.spec.group is not None:
-            by_group[r.spec.group] = by_group.get(r.spec.group, 0) + 1
+    by_group = Counter(r.spec.group for r in running if r.spec.group is not None)
     kept: dict[int, str] = {}
     result = Plan({}, {}, {})
 
@@ -215,39 +211,22 @@ def plan(
 
     for record in queue_order(records):
         spec, name = record.spec, record.name
-        pending: list[str] = []
-        for dep in spec.after:
-            state = deps.get(dep)
-            if state is not None and state.active:
-                pending.append(dep)
-            elif state is None or (state is not JobState.SUCCEEDED and not spec.after_any):
-                result.failed[name] = (dep, state)
-                break
-        if name in result.failed:
+        pending, failed = _dependencies(spec, deps)
+        if failed is not None:
+            result.failed[name] = failed
             continue
         if pending:
             wait(name, Wait(0, 0, after=tuple(pending)))
             continue
-        if limits.total is not None and total >= limits.total:
-            wait(name, Wait(0, 0, limit=limits.total, running=total))
-            continue
-        group_limit = limits.of_group(spec.group)
-        in_group = by_group.get(spec.group or "", 0)
-        if group_limit is not None and in_group >= group_limit:
-            wait(name, Wait(0, 0, limit=group_limit, running=in_group, group=spec.group))
+        full = _no_slot(spec, limits, total, by_group)
+        if full is not None:
+            wait(name, full)
             continue
         if spec.books_gpus:
             box = discovery or Discovery("none", ())
-            taken = {**held, **kept}
-            free = free_gpus(box, taken, spec.policy)
-            if spec.force and spec.gpus is not None:
-                # --force: the user knows better than our checks (another job's, another user's).
-                ok, chosen = True, list(spec.gpus)
-            else:
-                chosen = _mine(spec, free)
-                want = len(spec.gpus) if spec.gpus is not None else spec.ngpus
-                ok = set(chosen) <= set(free) and len(chosen) == want
-            if not ok:
+            free = free_gpus(box, {**held, **kept}, spec.policy)
+            chosen = _chosen(spec, free)
+            if chosen is None:
                 wait(name, wait_reason(spec, box, held, kept, free))
                 for g in _mine(spec, free):
                     kept.setdefault(g, name)
@@ -259,8 +238,43 @@ def plan(
         result.starts[name] = tuple(chosen)
         total += 1
         if spec.group is not None:
-            by_group[spec.group] = in_group + 1
+            by_group[spec.group] += 1
     return result
+
+
+def _no_slot(spec: JobSpec, limits: Limits, total: int, by_group: Counter[str]) -> Wait | None:
+    """Why the job waits for a slot (the machine's or its group's limit), or None."""
+    if limits.total is not None and total >= limits.total:
+        return Wait(0, 0, limit=limits.total, running=total)
+    group_limit = limits.of_group(spec.group)
+    in_group = by_group.get(spec.group or "", 0)
+    if group_limit is not None and in_group >= group_limit:
+        return Wait(0, 0, limit=group_limit, running=in_group, group=spec.group)
+    return None
+
+
+def _dependencies(
+    spec: JobSpec, deps: Mapping[str, JobState | None]
+) -> tuple[list[str], tuple[str, JobState | None] | None]:
+    """The dependencies still running, and the first that ended badly (or is gone), if any."""
+    pending: list[str] = []
+    for dep in spec.after:
+        state = deps.get(dep)
+        if state is not None and state.active:
+            pending.append(dep)
+        elif state is None or (state is not JobState.SUCCEEDED and not spec.after_any):
+            return pending, (dep, state)
+    return pending, None
+
+
+def _chosen(spec: JobSpec, free: list[int]) -> list[int] | None:
+    """The GPUs the job takes now, or None when they are not all free."""
+    if spec.force and spec.gpus is not None:
+        # --force: the user knows better than our checks (another job's, another user's).
+        return list(spec.gpus)
+    chosen = _mine(spec, free)
+    want = len(spec.gpus) if spec.gpus is not None else spec.ngpus
+    return chosen if set(chosen) <= set(free) and len(chosen) == want else None
 
 
 def wait_reason(

@@ -200,10 +200,10 @@ class ClusterState(JsonRecord):
 
     scheduler: str
     job_id: str
-    #: The scheduler's state word (Slurm: PENDING, RUNNING, TIMEOUT, NODE_FAIL, ...).
+    #: The scheduler's own state word (PENDING, RUNNING, TIMEOUT, NODE_FAIL, ...).
     state: str
     verdict: JobState
-    #: Its reason (Slurm: Resources, Priority, JobHeldUser, NonZeroExitCode, ...).
+    #: Its own reason (Resources, Priority, JobHeldUser, NonZeroExitCode, ...).
     reason: str | None = None
     nodes: str | None = None
     exit_code: int | None = None
@@ -322,13 +322,13 @@ class GpuUse(JsonRecord):
 
 @dataclass(frozen=True)
 class Cost(JsonRecord):
-    """What a run cost, as its runner measured it (Slurm's sacct MaxRSS and TRES usage)."""
+    """What a run cost, as its runner measured it (what a scheduler's accounting reports)."""
 
     #: CPU time (user + system) of every process of the run (the sampler rounds it to the ms).
     cpu_time_s: float = 0.0
     #: The most memory (RSS) the run's processes held together at one look.
     peak_rss_bytes: int = 0
-    #: The largest peak RSS of any one process of the run (Slurm's MaxRSS).
+    #: The largest peak RSS of any one process of the run (a scheduler's MaxRSS).
     max_rss_bytes: int = 0
     gpus: tuple[GpuUse, ...] = ()
     #: The highest TORCHELASTIC_RESTART_COUNT seen: how often torchrun restarted the workers.
@@ -402,7 +402,7 @@ class Run(JsonRecord):
     reason: Reason | None = None
     log_error: str | None = None
     leftovers: int = 0
-    #: The cluster scheduler's last word on the run (Slurm's job id, state, reason, nodes).
+    #: The cluster scheduler's last word on the run (its job id, state, reason, nodes).
     cluster: ClusterState | None = None
     #: The booked GPUs as they were when booked (memory, processes), for the check after stop.
     baseline: tuple[GpuBaseline, ...] = ()

@@ -318,7 +318,8 @@ class Runner:
             cost=cost,
         )
         self._conclude(outcome, None)
-        self._schedule_others(env)
+        with contextlib.suppress(HandyjobsError):  # our GPUs are free: let the queue have them
+            scheduler.schedule_pass(self.root, env)
         self._on_exit(spec, env)
         return result.returncode
 
@@ -355,11 +356,6 @@ class Runner:
         note = hooks.after_run(self.root, self.name, self.run_id, spec, env, self.log_fd)
         if note:
             say(self.log_fd, note)
-
-    def _schedule_others(self, env: dict[str, str]) -> None:
-        """Our GPUs are free now: let queued jobs have them without waiting for a poll."""
-        with contextlib.suppress(HandyjobsError):
-            scheduler.schedule_pass(self.root, env)
 
     def end_on_signal(self, exc: RunnerEnd) -> int:
         """The terminal hung up or we were told to end: end the job, record ``lost``."""

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from handyjobs.core.records import JobState
+from handyjobs.gpus.model import Discovery
 from handyjobs.views import render
 from handyjobs.views.observe import Curves, LiveJob, Progress, Snapshot
 from handyjobs.views.plot import COLOURS, chart_lines
@@ -135,22 +136,7 @@ def top_screen(
         table.add_row(*row, style="reverse" if index == selected else None)
     parts: list[RenderableType] = [head, table]
     if snap.discovery is not None and snap.discovery.gpus:
-        gpus = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("GPU", "NAME", "MEMORY", "UTIL"):
-            gpus.add_column(column, no_wrap=True)
-        for g in snap.discovery.gpus:
-            gpus.add_row(
-                *(
-                    Text(c)
-                    for c in (
-                        str(g.index),
-                        g.name,
-                        f"{g.memory_used_mib}/{g.memory_total_mib} MiB",
-                        "" if g.utilization_pct is None else f"{g.utilization_pct}%",
-                    )
-                )
-            )
-        parts += [Text(""), gpus]
+        parts += [Text(""), _gpu_table(snap.discovery)]
     elif snap.gpu_note:
         parts.append(Text(snap.gpu_note, style="dim"))
     if not snap.jobs:
@@ -158,6 +144,18 @@ def top_screen(
     keys = Text("q quit  ↑/↓ select  f follow its log  s stop it", style="dim")
     parts += [Text(""), Text(message) if message else keys]
     return Group(*parts)
+
+
+def _gpu_table(discovery: Discovery) -> Table:
+    """The GPUs under ``top``'s jobs: index, name, memory, use."""
+    gpus = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("GPU", "NAME", "MEMORY", "UTIL"):
+        gpus.add_column(column, no_wrap=True)
+    for g in discovery.gpus:
+        memory = f"{g.memory_used_mib}/{g.memory_total_mib} MiB"
+        util = "" if g.utilization_pct is None else f"{g.utilization_pct}%"
+        gpus.add_row(*(Text(c) for c in (str(g.index), g.name, memory, util)))
+    return gpus
 
 
 def stop_message(name: str, pids: Sequence[int], error: str | None) -> str:
