@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -135,6 +134,8 @@ def check_nodes(req: StartRequest) -> Rendezvous | None:
             raise UsageError(
                 f"--node-rank {rank} needs --rdzv-id: pass the id the start on node 0 printed"
             )
+        import secrets  # lazy: only node 0 of a job on several machines needs it (start-up)
+
         rdzv_id = secrets.token_hex(4)
     elif not _RDZV_ID_RE.match(rdzv_id):
         raise UsageError(f"--rdzv-id {rdzv_id}: use 1 to 64 of A-Z a-z 0-9 _ -")
