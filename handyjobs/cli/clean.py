@@ -5,12 +5,12 @@ from __future__ import annotations
 from handyjobs.cli.common import parse_states
 from handyjobs.cli.parse import Command, Parsed
 from handyjobs.cli.remove import LOGS
-from handyjobs.core import jobs
+from handyjobs.core import control
 from handyjobs.core.options import option
 
 
 def _run(p: Parsed) -> None:
-    names = jobs.clean_jobs(logs=p.flag("with_logs"), states=parse_states(p.items("state")))
+    names = control.clean_jobs(logs=p.flag("with_logs"), states=parse_states(p.items("state")))
     print(f"removed {len(names)} finished job{'s' if len(names) != 1 else ''}")
 
 

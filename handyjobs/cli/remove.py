@@ -5,7 +5,7 @@ from __future__ import annotations
 from handyjobs.cli.args import NAMES
 from handyjobs.cli.common import each_name
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.core import jobs
+from handyjobs.core import control
 from handyjobs.core.options import option
 from handyjobs.errors import UsageError
 
@@ -18,7 +18,7 @@ def _run(p: Parsed) -> int:
         raise UsageError("give the jobs to remove: NAME... (or `handyjobs clean`)")
 
     def one(name: str) -> None:
-        jobs.remove_job(name, force=p.flag("force"), logs=p.flag("with_logs"))
+        control.remove_job(name, force=p.flag("force"), logs=p.flag("with_logs"))
         print(f"removed {name}")
 
     return each_name(names, one)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from handyjobs.cli.args import GROUP
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Arg, Command, Parsed
-from handyjobs.core import jobs
+from handyjobs.core import control
 from handyjobs.core.options import option
 from handyjobs.core.records import JobState
 from handyjobs.errors import UsageError
@@ -25,7 +25,7 @@ def _run(p: Parsed) -> int:
     assert grace is not None
 
     def one(job: str) -> None:
-        result = jobs.restart_job(job, env=p.items("env"), grace_s=grace, args=args or None)
+        result = control.restart_job(job, env=p.items("env"), grace_s=grace, args=args or None)
         record = result.record
         run = record.current
         print(f"restarted {record.name}: run {run.run}, {run.state.value}; log {record.log_path}")
@@ -52,7 +52,7 @@ COMMAND = Command(
             "float",
             "S",
             "Seconds between SIGTERM and SIGKILL if it runs.",
-            default=jobs.DEFAULT_GRACE_S,
+            default=control.DEFAULT_GRACE_S,
         ),
     ),
     passthrough=True,

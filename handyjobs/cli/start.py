@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from handyjobs.backends.slurm import options as slurm_options
 from handyjobs.cli.parse import Arg, Command, Parsed
-from handyjobs.core import jobs
+from handyjobs.core import jobs, starting
 from handyjobs.core import options as table
 from handyjobs.core.options import BackendOptions, Option
 from handyjobs.core.records import JobRecord, JobState, returncode
@@ -72,7 +72,7 @@ def make_request(p: Parsed) -> StartRequest:
 
 def _run(p: Parsed) -> int | None:
     req = make_request(p)
-    record = jobs.start_job(req)
+    record = starting.start_job(req)
     announce(record, req)
     sys.stdout.flush()
     if p.flag("attach"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.core import jobs
+from handyjobs.core import control
 from handyjobs.core.options import option
 from handyjobs.core.records import JobState
 
@@ -17,7 +17,7 @@ def _run(p: Parsed) -> int:
     assert grace is not None
 
     def one(name: str) -> None:
-        result = jobs.stop_job(name, grace_s=grace)
+        result = control.stop_job(name, grace_s=grace)
         n = len(result.pids)
         ended = f"{n} process{'' if n == 1 else 'es'} ended"
         if result.was_lost:
@@ -47,7 +47,7 @@ COMMAND = Command(
             "float",
             "S",
             "Seconds between SIGTERM and SIGKILL.",
-            default=jobs.DEFAULT_GRACE_S,
+            default=control.DEFAULT_GRACE_S,
         ),
     ),
 )

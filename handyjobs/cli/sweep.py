@@ -8,8 +8,8 @@ from dataclasses import replace
 
 from handyjobs.cli import start as startmod
 from handyjobs.cli.parse import Arg, Command, Parsed
-from handyjobs.core import jobs
 from handyjobs.core import options as table
+from handyjobs.core import starting
 from handyjobs.core.options import option
 from handyjobs.core.spec import StartRequest, check_name, default_stem, sweep_group
 from handyjobs.errors import UsageError
@@ -98,7 +98,7 @@ def _run(p: Parsed) -> None:
     names = point_names(prefix, grid)
     group = sweep_group(names, group, stem)
     reqs = point_requests(p, script, grid, group, names)
-    records = jobs.start_jobs(reqs)
+    records = starting.start_jobs(reqs)
     print(f"sweep {group}: {len(records)} jobs")
     for record, req in zip(records, reqs, strict=True):
         startmod.announce(record, req, brief=True)

@@ -17,7 +17,7 @@ import threading
 import time
 import tty
 
-from handyjobs.core import jobs
+from handyjobs.core import control
 from handyjobs.errors import HandyjobsError
 from handyjobs.views import observe
 
@@ -130,7 +130,7 @@ class _Screen:
 
         def stop() -> None:
             try:
-                result = jobs.stop_job(name)
+                result = control.stop_job(name)
             except HandyjobsError as exc:
                 self.message = views.stop_message(name, (), str(exc))
                 return

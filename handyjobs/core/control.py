@@ -1,0 +1,301 @@
+"""Acting on jobs that exist: stop, restart, remove, clean.
+
+Each function does one user-visible thing and raises a :class:`HandyjobsError` with a line
+that says what to do next; state changes go through :mod:`handyjobs.core.lifecycle`,
+processes and sessions through the run's backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from handyjobs.core import jobs, paths, registry, scheduler, starting
+from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run
+from handyjobs.errors import (
+    GpuError,
+    JobStateError,
+    UsageError,
+    storage_error,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+#: Seconds ``stop`` waits after SIGTERM before it SIGKILLs what is left.
+DEFAULT_GRACE_S = 10.0
+#: Seconds a runner gets to record the outcome once its job's processes are gone.
+RUNNER_EXIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """What ``stop`` did: the record afterwards, the run it stopped and the pids it ended."""
+
+    record: JobRecord
+    run_id: str
+    pids: tuple[int, ...]
+    was_queued: bool
+    #: True when the run had been lost and stop ended what was left of it.
+    was_lost: bool = False
+    #: Why the GPUs could not be checked after the stop, when they could not.
+    gpu_note: str | None = None
+
+
+def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
+    """End every process of a job's current run (SIGTERM, grace, SIGKILL); mark it stopped.
+
+    Only processes that carry the run's marker are signalled. A lost run's leftovers are
+    ended too. The run is addressed by its id: a restart racing with this stop is untouched.
+    """
+    from handyjobs.backends import base as backends
+    from handyjobs.core import lifecycle
+
+    root = paths.home()
+    record = jobs.get_job(name)
+    run = record.current
+    backend = backends.get(run.backend)
+    if not run.state.active:
+        if run.state is JobState.LOST and backend.leftover_pids(run):
+            ended = backend.terminate(run, grace_s)
+            with registry.locked(root) as reg:
+                lifecycle.cleaned(reg, name, run.run_id, ended.pids)
+                record = reg.get(name) or record
+            _survivors(name, ended.left)
+            return StopResult(record, run.run_id, ended.pids, False, was_lost=True)
+        raise JobStateError(f"job {name} is not running (it {run.state.value}); nothing to stop")
+    run_id = run.run_id
+    with registry.locked(root) as reg:
+        lifecycle.request_stop(reg, name, run_id)
+        current = reg.get(name)
+        mine = None if current is None else current.run_by_id(run_id)
+        if mine is None or not mine.state.active:
+            state = "was removed" if mine is None else mine.state.value
+            raise JobStateError(f"job {name} is not running (it {state}); nothing to stop")
+        run = mine
+    was_queued = run.state is JobState.QUEUED
+    pids = set(backend.terminate(run, grace_s).pids)
+    left: tuple[int, ...] = ()
+    # The runner records the outcome and exits; a queued job that got its GPUs just as we
+    # stopped it may start its process meanwhile: end that too.
+    deadline = time.monotonic() + RUNNER_EXIT_S
+    while backend.runner_alive(run) and time.monotonic() < deadline:
+        if backend.leftover_pids(run):
+            ended = backend.terminate(run, grace_s)
+            pids.update(ended.pids)
+            left = ended.left
+        time.sleep(0.02)
+    if backend.runner_alive(run):
+        backend.end_runner(run)  # hung: it will never record; we do, below
+    with registry.locked(root) as reg:
+        scheduler.refresh_locked(reg)  # folds the runner's "stopped"
+        lifecycle.cancel(reg, name, run_id)  # the runner went without recording
+        record = reg.get(name) or record
+    with contextlib.suppress(GpuError, UsageError):
+        scheduler.schedule_pass(root)  # queued jobs may have the GPUs now
+    _survivors(name, left)
+    stopped = record.run_by_id(run_id) or run
+    note = _check_gpus_released(name, stopped, pids) if stopped.gpus else None
+    return StopResult(record, run_id, tuple(sorted(pids)), was_queued, gpu_note=note)
+
+
+def _survivors(name: str, left: Sequence[int]) -> None:
+    if left:
+        raise JobStateError(
+            f"job {name}: processes {', '.join(map(str, sorted(left)))} survived SIGKILL; "
+            "check them with `ps -p`"
+        )
+
+
+def _check_gpus_released(name: str, run: Run, pids: set[int]) -> str | None:
+    """Check that each booked GPU is back to how it was when booked: none of the job's
+    processes, no memory beyond what it held then. Raises naming what is left; returns a note
+    when the GPUs could not be checked (no driver answer), else None."""
+    from handyjobs.gpus import discovery as gpumod
+
+    before = None
+    if run.baseline:
+        before = gpumod.Discovery(
+            "baseline",
+            tuple(
+                gpumod.GpuInfo(
+                    index=b.gpu,
+                    uuid="",
+                    name="",
+                    memory_used_mib=b.memory_used_mib,
+                    memory_total_mib=0,
+                    utilization_pct=None,
+                    processes=tuple(gpumod.GpuProcess(p, None) for p in b.pids),
+                )
+                for b in run.baseline
+            ),
+        )
+    deadline = time.monotonic() + 5.0
+    with gpumod.watch() as looking:  # NVML started once for the whole window
+        while True:
+            now = looking.discover()
+            left = gpumod.leftovers(before, now, run.gpus, pids)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    seen = {g.index for g in now.gpus if g.error is None}
+    unchecked = [g for g in run.gpus if g not in seen]
+    if left:
+        parts = []
+        for item in left:
+            what = []
+            if item.pids:
+                what.append(f"processes {', '.join(map(str, item.pids))}")
+            if item.extra_memory_mib:
+                what.append(f"{item.extra_memory_mib} MiB more memory than before the job")
+            parts.append(f"GPU {item.gpu} still has {' and '.join(what)}")
+        raise GpuError(
+            f"job {name} stopped, but {'; '.join(parts)}; check `handyjobs gpus` and end "
+            "them by pid"
+        )
+    if unchecked:
+        why = now.note or "the driver did not answer for them"
+        return f"GPU {','.join(map(str, unchecked))} could not be checked after the stop ({why})"
+    return None
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    """The record after ``restart``, and whether the first start's environment was reused."""
+
+    record: JobRecord
+    env_reused: bool
+
+
+def restart_job(
+    name: str,
+    env: Sequence[str] = (),
+    grace_s: float = DEFAULT_GRACE_S,
+    caller_env: Mapping[str, str] | None = None,
+    args: Sequence[str] | None = None,
+) -> RestartResult:
+    """Start the job's spec again as a new run, stopping the current one first if it runs.
+
+    The run gets the environment captured at the job's first start (``env`` items, K=V,
+    change single variables); only a job recorded before that was kept uses the caller's.
+    ``args``, when given, replace the script's arguments from now on.
+    """
+    from handyjobs.backends import base as backends
+    from handyjobs.core import lifecycle
+    from handyjobs.core.spec import parse_env
+
+    overrides = parse_env(env)
+    record = jobs.get_job(name)
+    backend = backends.get(record.current.backend)
+    backend.check()
+    if record.state.active:
+        with contextlib.suppress(JobStateError):  # it may end by itself meanwhile
+            stop_job(name, grace_s)
+    root = paths.home()
+    kept = _read_env(name, root)
+    base = kept if kept is not None else dict(os.environ if caller_env is None else caller_env)
+    spec = record.spec
+    if overrides:
+        spec = replace(spec, env=tuple(sorted({**dict(spec.env), **dict(overrides)}.items())))
+    if args is not None:
+        spec = replace(spec, args=tuple(args))
+    discovery = None
+    if spec.books_gpus:
+        from handyjobs.gpus import discovery as gpumod
+
+        discovery = gpumod.discover(base)
+    with registry.locked(root) as reg:
+        starting.sweep_pending(reg)
+        scheduler.refresh_locked(reg)
+        current = reg.get(name)
+        if current is None:
+            raise jobs.not_found(name)
+        if current.state.active:
+            raise JobStateError(
+                f"job {name} was started again meanwhile (run {current.current.run}, "
+                f"{current.state.value}); nothing to do"
+            )
+        run = lifecycle.new_run(current, spec.procs, backend.name, local=not backend.queues)
+        fresh = replace(current, spec=spec).with_run(run)
+        pending = starting.launch_run(reg, fresh, base, discovery, backend)
+        try:
+            reg.save()
+        except BaseException:
+            starting.undo([(fresh, pending)], backend)
+            raise
+        starting.place_envs(root, [(fresh, pending)])
+    return RestartResult(fresh, kept is not None)
+
+
+def _read_env(name: str, root: Path) -> dict[str, str] | None:
+    """The environment captured at the job's first start, or None when none was kept."""
+    try:
+        return LaunchEnv.from_dict(json.loads(paths.env_path(name, root).read_bytes())).env
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise storage_error(exc, "read the job's environment file") from exc
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def remove_job(name: str, force: bool = False, logs: bool = False) -> None:
+    """Forget a finished job (``force``: stop an active one first); logs kept unless ``logs``."""
+    from handyjobs.backends import base as backends
+
+    record = jobs.get_job(name)
+    run = record.current
+    leftovers = run.state is JobState.LOST and bool(backends.get(run.backend).leftover_pids(run))
+    if record.state.active or leftovers:
+        if not force:
+            what = (
+                "was lost but some of its processes still run"
+                if leftovers
+                else f"is still {record.state.value}"
+            )
+            raise JobStateError(f"job {name} {what}; stop it first or pass --force")
+        with contextlib.suppress(JobStateError):
+            stop_job(name)
+    root = paths.home()
+    with registry.locked(root) as reg:
+        current = reg.get(name)
+        if current is None:
+            raise jobs.not_found(name)
+        if current.state.active:
+            raise JobStateError(f"job {name} was started again meanwhile; stop it first")
+        reg.forget(name)
+    _remove_files(root, name, logs)
+
+
+def clean_jobs(logs: bool = False, states: Sequence[JobState] = ()) -> list[str]:
+    """Forget every finished job (of ``states`` when given); return their names."""
+    root = paths.home()
+    paths.check_home(root)
+    records = scheduler.refresh(registry.load_all(root), root)
+    names = [r.name for r in records if not r.state.active and (not states or r.state in states)]
+    if not names:
+        return []
+    with registry.locked(root) as reg:
+        names = [n for n in names if n not in reg.active]
+        for name in names:
+            reg.forget(name)
+    for name in names:
+        _remove_files(root, name, logs)
+    return names
+
+
+def _remove_files(root: Path, name: str, logs: bool) -> None:
+    """The kept environment always goes with the record; the whole folder with ``logs``."""
+    with contextlib.suppress(OSError):
+        paths.env_path(name, root).unlink()
+    if logs:
+        import shutil
+
+        shutil.rmtree(paths.job_dir(name, root), ignore_errors=True)

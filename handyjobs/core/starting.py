@@ -1,0 +1,227 @@
+"""Starting jobs: one, or a sweep all together or not at all, under one registry lock.
+
+GPU discovery happens once, before the lock. A start that dies half-way leaves nothing
+behind: its record, session and environment file go together (see :func:`sweep_pending`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from handyjobs.core import paths, registry, scheduler
+from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run
+from handyjobs.errors import (
+    UsageError,
+    storage_error,
+)
+
+if TYPE_CHECKING:
+    from handyjobs.backends.base import Backend
+    from handyjobs.core.spec import StartRequest
+    from handyjobs.gpus.discovery import Discovery
+
+
+
+def start_job(req: StartRequest) -> JobRecord:
+    """Check, register and launch a job; return once it is registered and its session exists."""
+    return start_jobs([req])[0]
+
+
+def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
+    """Start several jobs (a sweep) all together or not at all, under one registry lock.
+
+    GPU discovery happens once, before the lock, for all of them.
+    """
+    from handyjobs.backends import base as backends
+    from handyjobs.core import lifecycle
+    from handyjobs.core.spec import backend_of, default_stem, make_spec
+
+    # A sweep goes to one place: the backend its requests' options send it to.
+    backend = backends.get(backend_of(reqs))
+    backend.check()
+    root = paths.home()
+    paths.check_home(root)
+    checked = []
+    discovery: Discovery | None = None
+    for req in reqs:
+        one = make_spec(req, root, discovery)
+        discovery = discovery or one.discovery
+        checked.append(one)
+    root = paths.ensure_home(root)
+    launched: list[tuple[JobRecord, Path]] = []
+    with registry.locked(root) as reg:
+        sweep_pending(reg)
+        scheduler.refresh_locked(reg)  # runs that ended free their GPUs
+        try:
+            for req, one in zip(reqs, checked, strict=True):
+                spec = one.spec
+                name = req.name or _unique_name(reg, default_stem(spec.script, spec.module))
+                existing = reg.get(name)
+                if existing is not None:
+                    raise UsageError(
+                        f"a job named {name} exists ({existing.state.value}); pick another "
+                        f"--name or remove it with `handyjobs rm {name}`"
+                    )
+                run = lifecycle.new_run(None, spec.procs, backend.name, local=not backend.queues)
+                record = JobRecord(
+                    name=name,
+                    spec=spec,
+                    log_path=str(backend.log_path(name, root)),
+                    created_at=run.created_at,
+                    runs=[run],
+                    git=one.git,
+                )
+                pending = launch_run(reg, record, dict(req.caller_env), one.discovery, backend)
+                launched.append((record, pending))
+            reg.save()
+        except BaseException:
+            undo(launched, backend)
+            raise
+        place_envs(reg.root, launched)
+    return [record for record, _ in launched]
+
+
+def _unique_name(reg: registry.Registry, stem: str) -> str:
+    while True:
+        name = f"{stem}-{reg.take_id()}"
+        if not reg.exists(name):
+            return name
+
+
+def launch_run(
+    reg: registry.Registry,
+    record: JobRecord,
+    env: Mapping[str, str],
+    discovery: Discovery | None,
+    backend: Backend,
+) -> Path:
+    """Decide the current run's start (GPUs, queue), hand the runner its environment, start it.
+
+    Runs under the registry lock; the caller saves with :func:`_commit` (nothing is saved
+    unless every runner's session exists) or takes everything back with :func:`_undo`.
+    Returns the pending environment file.
+    """
+    from handyjobs.backends import base as backends
+    from handyjobs.core import booking, config, lifecycle
+
+    name, spec, run = record.name, record.spec, record.current
+    deps: dict[str, JobState | None] = {}
+    after: dict[str, Run] = {}
+    for dep in spec.after:
+        found = reg.get(dep)
+        if found is None:
+            raise UsageError(f"--after {dep}: no job of that name; see `handyjobs list --all`")
+        deps[dep], after[dep] = found.state, found.current
+    reg.put(record)
+    # A cluster's scheduler queues and places its runs itself: the run stays queued until
+    # the scheduler's view or its runner says it started; handyjobs' own queue stays out of it.
+    if not backend.queues:
+        limits = config.load(reg.root).limits(env)
+        got, wait = booking.book(record, reg.records(), discovery, deps, limits)
+        if got is not None:
+            lifecycle.grant(reg, name, run.run_id, got, lifecycle.baseline(discovery, got))
+        elif wait is not None:
+            lifecycle.set_wait(reg, name, run.run_id, wait)
+            _renumber_queue(reg)
+    job_dir = paths.ensure_private_dir(paths.job_dir(name, reg.root))
+    pending = _write_pending(reg.root, name, run.run_id, env)
+    try:
+        _touch_log(Path(record.log_path))
+        session = backend.session_name(name, run.run, run.run_id)
+        argv = [sys.executable, "-m", "handyjobs.jobside.runner", str(reg.root), name, run.run_id]
+        started = backend.launch(
+            backends.LaunchRequest(
+                name, run.run_id, session, argv, str(job_dir), spec, run.run, env, after
+            )
+        )
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
+    run.handle, run.runner = started.handle, started.runner
+    reg.put(record)
+    return pending
+
+
+def _renumber_queue(reg: registry.Registry) -> None:
+    """A job that joins the queue ahead of others (``--priority``) moves them back one place."""
+    from handyjobs.core import booking, lifecycle
+
+    for place, queued in enumerate(booking.queue_order(reg.records()), start=1):
+        wait = queued.current.wait
+        if wait is not None and wait.position is not None and wait.position != place:
+            lifecycle.set_wait(
+                reg, queued.name, queued.current.run_id, replace(wait, position=place)
+            )
+
+
+def place_envs(root: Path, launched: Sequence[tuple[JobRecord, Path]]) -> None:
+    """Move the saved runs' environments into place, still under the lock (runners read them
+    only after we let go). A runner whose file did not make it fails to start and says why."""
+    for record, pending in launched:
+        with contextlib.suppress(OSError):
+            os.replace(pending, paths.env_path(record.name, root))
+
+
+def undo(launched: Sequence[tuple[JobRecord, Path]], backend: Backend) -> None:
+    """A start that failed part-way: end the runners it made and drop their environments.
+
+    Their records were never saved, so their runners would start nothing anyway.
+    """
+    for record, pending in launched:
+        with contextlib.suppress(Exception):
+            backend.end_runner(record.current)
+        pending.unlink(missing_ok=True)
+
+
+def _write_pending(root: Path, name: str, run_id: str, env: Mapping[str, str]) -> Path:
+    """The caller's environment in a private file, before the record that owns it is saved."""
+    folder = paths.ensure_private_dir(paths.pending_dir(root))
+    path = folder / f"{run_id}.env.json"
+    data = json.dumps(LaunchEnv(name, dict(env)).to_dict()).encode()
+    try:
+        paths.write_atomic(path, data)
+    except OSError as exc:
+        raise storage_error(exc, "write the job's environment file") from exc
+    return path
+
+
+def _touch_log(path: Path) -> None:
+    """Create the log (0600) so that ``logs`` finds it from the first moment."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    except OSError as exc:
+        raise storage_error(exc, "create the log") from exc
+
+
+def sweep_pending(reg: registry.Registry) -> None:
+    """Environment files left by starts that were killed: finish their move, or delete them.
+
+    Under the lock no start is in the middle of its own, so every file here is orphaned:
+    one whose run was saved (killed just before the move) is moved into place; any other
+    holds a caller's environment that no record owns, and is deleted.
+    """
+    folder = paths.pending_dir(reg.root)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for entry in names:
+        path = folder / entry
+        run_id = entry.split(".", 1)[0]
+        owner = None
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            owner = LaunchEnv.from_dict(json.loads(path.read_bytes())).name
+        record = reg.get(owner) if owner else None
+        if record is not None and record.current.run_id == run_id and record.state.active:
+            with contextlib.suppress(OSError):
+                os.replace(path, paths.env_path(record.name, reg.root))
+                continue
+        with contextlib.suppress(OSError):
+            path.unlink()
