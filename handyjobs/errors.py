@@ -10,6 +10,19 @@ if TYPE_CHECKING:
     from handyjobs.core.records import Wait
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x1B: "\\x1b"})
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown escaped (``\\n``, ``\\x1b``), never acted on.
+
+    An argument with a newline must not break a table line, and one with an escape sequence
+    must not recolour or clear the user's terminal.
+    """
+    return text.translate(_CONTROL)
+
+
 class HandyjobsError(Exception):
     """Root of every expected handyjobs error; the CLI prints it as one line and exits."""
 

@@ -24,6 +24,7 @@ from handyjobs.errors import (
     JobStateError,
     TimeoutExpired,
     UsageError,
+    printable,
 )
 
 if TYPE_CHECKING:
@@ -36,9 +37,8 @@ if TYPE_CHECKING:
 
 def not_found(name: str) -> JobNotFound:
     """The one error for a name that has no record."""
-    from handyjobs.views import render
 
-    return JobNotFound(f"no job named {render.printable(name)}; see `handyjobs list --all`")
+    return JobNotFound(f"no job named {printable(name)}; see `handyjobs list --all`")
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -135,17 +135,16 @@ def log_file(name: str) -> tuple[JobRecord, Path]:
 
 def rank_log_file(name: str, rank: int, must_exist: bool = True) -> tuple[JobRecord, Path]:
     """The job's record and rank ``rank``'s own log (a job of one process: its only log)."""
-    from handyjobs.views import render
 
     record = get_job(name)
     procs = record.spec.procs
     if not 0 <= rank < procs:
-        raise UsageError(render.no_such_rank(name, rank, procs))
+        raise UsageError(_no_such_rank(name, rank, procs))
     if procs == 1:
         return log_file(name)
     path = Path(paths.rank_log(record.log_path, rank))
     if must_exist and not path.is_file():
-        raise JobStateError(render.rank_log_missing(record, rank, path))
+        raise JobStateError(_rank_log_missing(record, rank, path))
     return record, path
 
 
@@ -258,3 +257,18 @@ def send_text(name: str, text: str) -> JobRecord:
         raise JobStateError(f"job {name} has ended ({run.state.value}); nothing reads its input")
     backends.get(run.backend).send(run, text)
     return record
+
+
+def _no_such_rank(name: str, rank: int, procs: int) -> str:
+    """The error for ``logs --rank N`` past the job's ranks."""
+    ranks = "rank 0" if procs == 1 else f"ranks 0-{procs - 1}"
+    noun = "processes" if procs > 1 else "process"
+    return f"job {name} runs {procs} {noun} ({ranks}); there is no rank {rank}"
+
+
+def _rank_log_missing(record: JobRecord, rank: int, path: object) -> str:
+    """The error for a rank whose own log is not there."""
+    return (
+        f"rank {rank} of job {record.name} has no log ({path}): it has not started yet, or the "
+        f"job ran before handyjobs kept logs per rank; see `handyjobs logs {record.name}`"
+    )

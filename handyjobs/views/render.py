@@ -26,21 +26,9 @@ from handyjobs.core.records import (
     parse_time,
 )
 from handyjobs.errors import GpuBusy, HandyjobsError
+from handyjobs.errors import printable as printable  # where messages are made safe
 
 # Control characters (C0, DEL, C1) that a terminal would act on instead of showing.
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-_CONTROL.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x1B: "\\x1b"})
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters shown escaped (``\\n``, ``\\x1b``), never acted on.
-
-    An argument with a newline must not break a table line, and one with an escape sequence
-    must not recolour or clear the user's terminal.
-    """
-    return text.translate(_CONTROL)
-
-
 if TYPE_CHECKING:
     from handyjobs.gpus.discovery import Discovery
 
@@ -447,21 +435,6 @@ def reason_text(reason: Reason) -> str:
 
 
 # ---- logs, ranks, cost ---------------------------------------------------------------------
-
-
-def no_such_rank(name: str, rank: int, procs: int) -> str:
-    """The error for ``logs --rank N`` past the job's ranks."""
-    ranks = "rank 0" if procs == 1 else f"ranks 0-{procs - 1}"
-    noun = "processes" if procs > 1 else "process"
-    return f"job {name} runs {procs} {noun} ({ranks}); there is no rank {rank}"
-
-
-def rank_log_missing(record: JobRecord, rank: int, path: object) -> str:
-    """The error for a rank whose own log is not there."""
-    return (
-        f"rank {rank} of job {record.name} has no log ({path}): it has not started yet, or the "
-        f"job ran before handyjobs kept logs per rank; see `handyjobs logs {record.name}`"
-    )
 
 
 def no_metric(metric: str, jobs_without: Sequence[str], seen: Sequence[str]) -> str:
