@@ -21,6 +21,18 @@ from handyjobs.core.records import JobRecord, JobSpec, JobState, Run, utcnow
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: Markers of tests that share one thing of the machine: the one local Slurm, a real GPU.
+#: Under pytest-xdist (``--dist loadgroup``) they all go to one worker and run one after
+#: another; every other test has its own state folder, home and tmux socket.
+SERIAL_MARKERS = ("slurm", "gpu")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the tests that share the machine into one xdist group."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in SERIAL_MARKERS):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
 
 def wait_until(
     cond: Callable[[], object],
