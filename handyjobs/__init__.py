@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 def __getattr__(name: str) -> Any:
     """Import the trainer (and torch) only when a trainer name is asked for."""
     if name in ("ParallelTrainer", "Parallel_Trainer"):
-        from handyjobs import trainer
+        from handyjobs import trainer  # lazy: importing the trainer imports torch
 
         return getattr(trainer, name)
     if name == "log_metrics":  # torch-free: any script may log curves for `handyjobs plot`

@@ -202,14 +202,14 @@ def rich_progress(
 
     rich is imported only when a bar is shown.
     """
-    from rich.progress import (
+    from rich.progress import (  # lazy: rich only when a bar is shown (start-up of every job)
         BarColumn,
         MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
-    )
+    )  # lazy: rich only for a bar on a terminal (start-up of every job)
 
     throttled = redraw_every is not None
     columns = (

@@ -64,8 +64,11 @@ BACKEND_WORDS_ALLOWED = ("backends", "cli")
 #: Modules that store a backend's own options as data (the record format: ``JobSpec.slurm``
 #: holds what a job asked of Slurm, and the registry file has kept that key since it began).
 BACKEND_DATA = {"handyjobs.core.records"}
-LAZY_WHY = re.compile(r"#.*\b(lazy|lazily|start-up|startup|only when|only if|optional|plugin|"
-                      r"imported here|import here|cycle|by name|costs?|ms\b|fork|torch)", re.I)
+LAZY_WHY = re.compile(
+    r"#.*\b(lazy|lazily|start-up|startup|only when|only if|optional|plugin|pay|"
+    r"imported here|import here|cycle|by name|costs?|ms\b|fork|torch)",
+    re.I,
+)
 
 
 @dataclass
@@ -240,7 +243,8 @@ def check_cycles(mods: dict[str, Module]) -> list[str]:
 
 
 def _init_reexport(comp: list[str]) -> bool:
-    return len(comp) == 2 and (comp[0].startswith(comp[1] + ".") or comp[1].startswith(comp[0] + "."))
+    a, b = [*comp, "", ""][:2]
+    return len(comp) == 2 and (a.startswith(b + ".") or b.startswith(a + "."))
 
 
 def check_lazy(mods: dict[str, Module]) -> tuple[list[str], int]:

@@ -18,21 +18,15 @@ instead of judging the runner by a local pid.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Protocol
 
+from handyjobs.backends import module
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, JobRecord, JobSpec, ProcId, Run
-from handyjobs.errors import UsageError
 from handyjobs.jobside.launch import Launch, RunContext
-
-#: The backends this handyjobs has, each a folder ``handyjobs/backends/NAME/`` holding
-#: ``backend.py`` (``BACKEND``: the core's half) and ``jobside.py`` (``JobSide``: the runner's).
-KNOWN = ("tmux", "slurm")
 
 
 @dataclass(frozen=True)
@@ -183,35 +177,20 @@ class Describe(Protocol):
         """What ``start`` prints when the backend took the job; [] to let ``start`` say it."""
 
 
-def _module(name: str, part: str) -> ModuleType:
-    """``handyjobs.backends.NAME.PART``; a usage error for a backend this handyjobs lacks."""
-    if name not in KNOWN:
-        raise UsageError(f"unknown backend {name!r}; this handyjobs knows: {', '.join(KNOWN)}")
-    # Looked up by name, as plugins are: the core names no backend, and a backend's module
-    # (which imports the core) is loaded only by the commands that reach it.
-    return importlib.import_module(f"handyjobs.backends.{name}.{part}")
-
-
 def get(name: str) -> Backend:
     """The backend of that name (``tmux`` for runs on this machine, ``slurm`` for a cluster)."""
-    backend: Backend = _module(name, "backend").BACKEND()
+    backend: Backend = module(name, "backend").BACKEND()
     return backend
 
 
 def job_side(name: str) -> JobSide:
     """The job side of the backend of that name, for the runner."""
-    side: JobSide = _module(name, "jobside").JobSide()
+    side: JobSide = module(name, "jobside").JobSide()
     return side
-
-
-def describe(name: str) -> Describe:
-    """The views' part of the backend of that name."""
-    found: Describe = _module(name, "describe").DESCRIBE
-    return found
 
 
 def early_signals(name: str) -> None:
     """The runner's first act under a scheduler: catch its signals until the runner is ready."""
-    early = getattr(_module(name, "jobside"), "early", None)
+    early = getattr(module(name, "jobside"), "early", None)
     if early is not None:
         early()

@@ -26,7 +26,7 @@ from handyjobs.core.records import (
     JobState,
     Wait,
 )
-from handyjobs.errors import GpuBusy, UsageError
+from handyjobs.errors import GpuBusy, JobStateError, UsageError
 from handyjobs.gpus.model import Discovery, GpuInfo
 from handyjobs.gpus.select import parse_gpu_spec
 
@@ -71,9 +71,7 @@ def memory_threshold_mib(env: Mapping[str, str] | None = None) -> int:
 def policy_from_env(env: Mapping[str, str] | None = None) -> GpuPolicy:
     """The policy a job starts under, read from the caller's environment."""
     allowed = allowed_indices(env)
-    return GpuPolicy(
-        None if allowed is None else tuple(sorted(allowed)), memory_threshold_mib(env)
-    )
+    return GpuPolicy(None if allowed is None else tuple(sorted(allowed)), memory_threshold_mib(env))
 
 
 def check_allowed(indices: Sequence[int], policy: GpuPolicy) -> None:
@@ -347,8 +345,6 @@ def book(
     if record.name in result.starts:
         return result.starts[record.name], None
     if record.name in result.failed:
-        from handyjobs.errors import JobStateError
-
         dep, state = result.failed[record.name]
         how = "is gone" if state is None else state.value
         raise JobStateError(

@@ -73,7 +73,9 @@ class Config:
 
     def limits(self, env: Mapping[str, str] | None = None) -> Limits:
         """The parallel limits the scheduling pass applies."""
-        from handyjobs.core.booking import Limits
+        from handyjobs.core.booking import (
+            Limits,  # lazy: only when a config file is read (start-up)
+        )
 
         return Limits(self.limit(None, env), dict(self.group_parallel))
 
@@ -91,9 +93,9 @@ class Config:
 
 def _toml(text: str, path: Path) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
-        import tomllib
+        import tomllib  # lazy: only when a config file is read (start-up)
     else:  # pragma: no cover - 3.10 only
-        import tomli as tomllib
+        import tomli as tomllib  # lazy: only when a config file is read (start-up)
     try:
         doc: dict[str, Any] = tomllib.loads(text)
         return doc
@@ -143,7 +145,9 @@ def check(key: str, value: str, group: str | None) -> Any:
             raise UsageError(f"{key} {value!r}: give a whole number (0 for no limit)")
         return int(value)
     if key == "gpus":
-        from handyjobs.core.booking import allowed_indices
+        from handyjobs.core.booking import (
+            allowed_indices,  # lazy: only when a config file is read (start-up)
+        )
 
         allowed = allowed_indices({GPUS_ENV: value})
         return ",".join(map(str, sorted(allowed or ())))
@@ -171,7 +175,7 @@ def _render(doc: dict[str, Any]) -> str:
 
 def update(root: Path, key: str, value: str | None, group: str | None = None) -> Config:
     """Set (or, with ``value`` None, unset) a setting, under the registry lock."""
-    from handyjobs.core import registry
+    from handyjobs.core import registry  # lazy: only when a config file is read (start-up)
 
     stored = None if value is None else check(key, value, group)
     if value is None and key not in KEYS:

@@ -10,20 +10,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from handyjobs.core import jobs, paths, registry, scheduler, starting
+from handyjobs.backends import base as backends
+from handyjobs.core import jobs, lifecycle, paths, registry, scheduler, starting
 from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run
+from handyjobs.core.spec import parse_env
 from handyjobs.errors import (
     GpuError,
     JobStateError,
     UsageError,
     storage_error,
 )
+from handyjobs.gpus import discovery as gpumod
 
 if TYPE_CHECKING:
     pass
@@ -55,8 +59,6 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
     Only processes that carry the run's marker are signalled. A lost run's leftovers are
     ended too. The run is addressed by its id: a restart racing with this stop is untouched.
     """
-    from handyjobs.backends import base as backends
-    from handyjobs.core import lifecycle
 
     root = paths.home()
     record = jobs.get_job(name)
@@ -118,7 +120,6 @@ def _check_gpus_released(name: str, run: Run, pids: set[int]) -> str | None:
     """Check that each booked GPU is back to how it was when booked: none of the job's
     processes, no memory beyond what it held then. Raises naming what is left; returns a note
     when the GPUs could not be checked (no driver answer), else None."""
-    from handyjobs.gpus import discovery as gpumod
 
     before = None
     if run.baseline:
@@ -187,9 +188,6 @@ def restart_job(
     change single variables); only a job recorded before that was kept uses the caller's.
     ``args``, when given, replace the script's arguments from now on.
     """
-    from handyjobs.backends import base as backends
-    from handyjobs.core import lifecycle
-    from handyjobs.core.spec import parse_env
 
     overrides = parse_env(env)
     record = jobs.get_job(name)
@@ -208,8 +206,6 @@ def restart_job(
         spec = replace(spec, args=tuple(args))
     discovery = None
     if spec.books_gpus:
-        from handyjobs.gpus import discovery as gpumod
-
         discovery = gpumod.discover(base)
     with registry.locked(root) as reg:
         starting.sweep_pending(reg)
@@ -248,7 +244,6 @@ def _read_env(name: str, root: Path) -> dict[str, str] | None:
 
 def remove_job(name: str, force: bool = False, logs: bool = False) -> None:
     """Forget a finished job (``force``: stop an active one first); logs kept unless ``logs``."""
-    from handyjobs.backends import base as backends
 
     record = jobs.get_job(name)
     run = record.current
@@ -296,6 +291,4 @@ def _remove_files(root: Path, name: str, logs: bool) -> None:
     with contextlib.suppress(OSError):
         paths.env_path(name, root).unlink()
     if logs:
-        import shutil
-
         shutil.rmtree(paths.job_dir(name, root), ignore_errors=True)

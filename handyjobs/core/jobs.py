@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 # `handyjobs list` (the command people run in `watch`) must not pay for those imports.
 
 
-
 def not_found(name: str) -> JobNotFound:
     """The one error for a name that has no record."""
 
@@ -76,8 +75,8 @@ def peek_jobs(recent: int = 20) -> list[JobRecord]:
 
     For views that look every second (``top``): what changed is left for the next writer.
     """
-    from handyjobs.backends import base as backends
-    from handyjobs.core import lifecycle
+    from handyjobs.backends import base as backends  # lazy: `list` reads without it (start-up)
+    from handyjobs.core import lifecycle  # lazy: `list` reads without it (start-up)
 
     root = paths.home()
     paths.check_home(root)
@@ -114,7 +113,7 @@ def with_final_view(record: JobRecord) -> JobRecord:
         return record
     if run.cluster is not None and not run.cluster.verdict.active:
         return record
-    from handyjobs.backends import base as backends
+    from handyjobs.backends import base as backends  # lazy: `list` reads without it (start-up)
 
     view = backends.get(run.backend).observe(run)
     if view is None or view.verdict.active:
@@ -150,8 +149,8 @@ def rank_log_file(name: str, rank: int, must_exist: bool = True) -> tuple[JobRec
 
 def ended_check(record: JobRecord) -> Callable[[], bool]:
     """A cheap "has this run ended?" for ``logs -f``: the runner's status file, then the record."""
-    from handyjobs.backends import base as backends
-    from handyjobs.core import lifecycle
+    from handyjobs.backends import base as backends  # lazy: `list` reads without it (start-up)
+    from handyjobs.core import lifecycle  # lazy: `list` reads without it (start-up)
 
     root = paths.home()
     run = record.current
@@ -205,7 +204,7 @@ def wait_jobs(
 
 def attach_argv(name: str) -> list[str]:
     """The command that attaches the caller's terminal to a live job's session."""
-    from handyjobs.backends import base as backends
+    from handyjobs.backends import base as backends  # lazy: `list` reads without it (start-up)
 
     record = get_job(name)
     run = record.current
@@ -220,8 +219,8 @@ def attach_argv(name: str) -> list[str]:
 
 def gpu_overview(env: Mapping[str, str] | None = None) -> tuple[Discovery, dict[int, str]]:
     """GPU discovery plus which running job holds each GPU."""
-    from handyjobs.core import booking
-    from handyjobs.gpus import discovery as gpus
+    from handyjobs.core import booking  # lazy: `list` reads without it (start-up)
+    from handyjobs.gpus import discovery as gpus  # lazy: `list` reads without it (start-up)
 
     discovery = gpus.discover(env)  # outside any lock
     records, _ = list_jobs()
@@ -247,7 +246,7 @@ def names(
 
 def send_text(name: str, text: str) -> JobRecord:
     """Type a line into a running job's terminal (a prompt, pdb); return its record."""
-    from handyjobs.backends import base as backends
+    from handyjobs.backends import base as backends  # lazy: `list` reads without it (start-up)
 
     record = get_job(name)
     run = record.current

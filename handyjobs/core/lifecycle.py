@@ -562,7 +562,7 @@ def schedule(
     ``records`` are the active records under the lock; dependencies are looked up in
     ``store`` (finished jobs included). Returns the names granted.
     """
-    from handyjobs.core import booking
+    from handyjobs.core import booking  # lazy: only the queue pass needs it (start-up of `list`)
 
     deps: dict[str, JobState | None] = {}
     for record in records:

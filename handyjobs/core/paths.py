@@ -40,13 +40,13 @@ def home() -> Path:
         return Path(xdg) / "handyjobs"
     if os.name == "posix" and not _is_macos():
         return Path.home() / ".local" / "state" / "handyjobs"
-    import platformdirs
+    import platformdirs  # lazy: only when the state folder is not set (start-up)
 
     return Path(platformdirs.user_state_dir("handyjobs"))
 
 
 def _is_macos() -> bool:
-    import sys
+    import sys  # lazy: only when the state folder is not set (start-up)
 
     return sys.platform == "darwin"
 
@@ -248,4 +248,3 @@ def boot_id() -> str | None:
 def is_disk_full(exc: OSError) -> bool:
     """True for the errors that more room on the disk would cure."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-

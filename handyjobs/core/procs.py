@@ -45,8 +45,6 @@ def proc_id(pid: int) -> ProcId | None:
     return None if start is None else ProcId(pid, start)
 
 
-
-
 def is_running(pid: int) -> bool:
     """True for a live process; False for a gone one or a zombie waiting to be reaped."""
     state = procfs.state(pid)
@@ -201,7 +199,7 @@ def terminate(
 def set_child_subreaper() -> bool:
     """Make this process adopt its orphaned descendants (Linux); False where unsupported."""
     try:
-        import ctypes
+        import ctypes  # lazy: ctypes only for the runner (start-up)
 
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_child_subreaper = 36

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 def refresh_locked(reg: registry.Registry) -> list[JobRecord]:
     """Reconcile every active record of a locked registry; return the ones that changed."""
-    from handyjobs.backends import base as backends
-    from handyjobs.core import lifecycle
+    from handyjobs.backends import base as backends  # lazy: `list` reconciles without it (start-up)
+    from handyjobs.core import lifecycle  # lazy: `list` reconciles without it (start-up)
 
     changed = []
     for record in reg.records():
@@ -45,15 +45,15 @@ def refresh(records: list[JobRecord], root: Path) -> list[JobRecord]:
     active = [r for r in records if r.state.active]
     if not active:
         return records  # nothing to reconcile: `list` of finished jobs imports no more
-    from handyjobs.backends import base as backends
-    from handyjobs.core import lifecycle
+    from handyjobs.backends import base as backends  # lazy: `list` reconciles without it (start-up)
+    from handyjobs.core import lifecycle  # lazy: `list` reconciles without it (start-up)
 
     scratch = lifecycle.Scratch(records)
     for record in active:
         lifecycle.reconcile(scratch, record, backends.get(record.current.backend), root)
     if not scratch.changed:
         return records
-    from handyjobs.errors import HandyjobsError
+    from handyjobs.errors import HandyjobsError  # lazy: `list` reconciles without it (start-up)
 
     try:
         with registry.locked(root) as reg:
@@ -73,11 +73,13 @@ def schedule_pass(
     queued = [r for r in active if r.state is JobState.QUEUED]
     if not queued:
         return []
-    from handyjobs.core import config, lifecycle
+    from handyjobs.core import config, lifecycle  # lazy: `list` reconciles without it (start-up)
 
     discovery = None
     if any(r.spec.books_gpus for r in queued):
-        from handyjobs.gpus import discovery as gpus
+        from handyjobs.gpus import (
+            discovery as gpus,  # lazy: `list` reconciles without it (start-up)
+        )
 
         discovery = looking.discover() if looking is not None else gpus.discover(env)
     limits = config.load(root).limits(env)

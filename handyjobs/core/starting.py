@@ -15,8 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from handyjobs.core import paths, registry, scheduler
+from handyjobs.backends import base as backends
+from handyjobs.core import booking, config, lifecycle, paths, registry, scheduler
 from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run
+from handyjobs.core.spec import backend_of, default_stem, make_spec
 from handyjobs.errors import (
     UsageError,
     storage_error,
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from handyjobs.backends.base import Backend
     from handyjobs.core.spec import StartRequest
     from handyjobs.gpus.discovery import Discovery
-
 
 
 def start_job(req: StartRequest) -> JobRecord:
@@ -39,9 +40,6 @@ def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
 
     GPU discovery happens once, before the lock, for all of them.
     """
-    from handyjobs.backends import base as backends
-    from handyjobs.core import lifecycle
-    from handyjobs.core.spec import backend_of, default_stem, make_spec
 
     # A sweep goes to one place: the backend its requests' options send it to.
     backend = backends.get(backend_of(reqs))
@@ -108,8 +106,6 @@ def launch_run(
     unless every runner's session exists) or takes everything back with :func:`_undo`.
     Returns the pending environment file.
     """
-    from handyjobs.backends import base as backends
-    from handyjobs.core import booking, config, lifecycle
 
     name, spec, run = record.name, record.spec, record.current
     deps: dict[str, JobState | None] = {}
@@ -151,7 +147,6 @@ def launch_run(
 
 def _renumber_queue(reg: registry.Registry) -> None:
     """A job that joins the queue ahead of others (``--priority``) moves them back one place."""
-    from handyjobs.core import booking, lifecycle
 
     for place, queued in enumerate(booking.queue_order(reg.records()), start=1):
         wait = queued.current.wait

@@ -62,7 +62,6 @@ SMI_TIMEOUT_S = 10.0
 RELEASE_SLACK_MIB = 128
 
 
-
 # --------------------------------------------------------------------------- discovery
 
 
@@ -124,7 +123,9 @@ class Watch:
             return read_fake(self._fake)
         deadline = time.monotonic() + self.timeout_s
         if self._session is None:
-            from handyjobs.gpus import nvml
+            from handyjobs.gpus import (
+                nvml,  # lazy: NVML or nvidia-smi only when a look needs it (start-up)
+            )
 
             self._session = nvml.Session(self.timeout_s)
         reading = self._session.read()
@@ -208,7 +209,7 @@ def query_nvidia_smi(path: str | None = None, timeout_s: float = SMI_TIMEOUT_S) 
     ``timeout_s`` covers all of its queries together; :mod:`handyjobs.gpus.smi`
     runs and parses them.
     """
-    from handyjobs.gpus import smi
+    from handyjobs.gpus import smi  # lazy: NVML or nvidia-smi only when a look needs it (start-up)
 
     exe = shutil.which("nvidia-smi", path=path)
     if exe is None:

@@ -33,7 +33,9 @@ class Reading:
 
 def read(exe: str, timeout_s: float) -> Reading:
     """Run the queries within ``timeout_s`` in all; SmiFailed, or ValueError for garbled output."""
-    from handyjobs.gpus.nvml import boot_clock
+    from handyjobs.gpus.nvml import (
+        boot_clock,  # lazy: nvml loads the driver library only when asked (start-up)
+    )
 
     deadline = time.monotonic() + timeout_s
     mig_column = True

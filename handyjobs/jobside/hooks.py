@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from handyjobs.core import paths, registry
-from handyjobs.core.records import JobRecord, JobSpec, Run, exit_summary
+from handyjobs.core.records import JobRecord, JobSpec, Run, exit_summary, parse_time
 from handyjobs.errors import HandyjobsError
 
 #: Seconds an on-exit command may run before it is killed.
@@ -32,7 +32,6 @@ def outcome_env(
     name: str, run: Run | None, state: str, log_path: str, group: str | None
 ) -> dict[str, str]:
     """The variables that tell an on-exit command how the job ended."""
-    from handyjobs.core.records import parse_time
 
     duration = ""
     if run is not None and run.started_at and run.ended_at:

@@ -27,7 +27,9 @@ import sys
 from types import FrameType
 
 from handyjobs.core import paths
+from handyjobs.core.records import utcnow
 from handyjobs.jobside import rotation, terminal
+from handyjobs.jobside.tee import run_on_pty
 
 #: Signals passed on to the worker (what torchrun and a person at a terminal send).
 FORWARDED = (
@@ -126,8 +128,6 @@ def _note(fd: int, text: str) -> None:
 
 def run(command: list[str]) -> tuple[int | None, int | None]:
     """Run the worker as this rank; return its exit code, or the signal that ended it."""
-    from handyjobs.core.records import utcnow
-    from handyjobs.jobside.tee import run_on_pty
 
     env = dict(os.environ)
     rank = int(env.get("RANK", "0"))

@@ -387,7 +387,7 @@ class Runner:
 
 def _free_port() -> int:
     """A TCP port free on this node now, for the rendezvous store torchrun starts here."""
-    import socket
+    import socket  # lazy: only this path needs it (start-up)
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))

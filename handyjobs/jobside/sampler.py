@@ -177,7 +177,9 @@ class Sampler:
         watch = None
         with contextlib.ExitStack() as stack:
             if self.gpus:
-                from handyjobs.gpus import discovery as gpumod
+                from handyjobs.gpus import (
+                    discovery as gpumod,  # lazy: GPUs are looked at only for jobs that use them
+                )
 
                 with contextlib.suppress(Exception):
                     watch = stack.enter_context(gpumod.watch(self.env))

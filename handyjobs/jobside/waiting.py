@@ -57,7 +57,9 @@ def wait_for_grant(
             if sched_fd >= 0 and time.monotonic() >= next_pass:
                 try:
                     if looking is None:
-                        from handyjobs.gpus import discovery as gpus
+                        from handyjobs.gpus import (
+                            discovery as gpus,  # lazy: only this path needs it (start-up)
+                        )
 
                         looking = gpus.Watch(env)
                     scheduler.schedule_pass(root, env, looking)

@@ -16,6 +16,7 @@ from rich.text import Text
 from handyjobs.core.records import JobState
 from handyjobs.gpus.model import Discovery
 from handyjobs.views import render
+from handyjobs.views.curves import higher_is_better
 from handyjobs.views.observe import Curves, LiveJob, Progress, Snapshot
 from handyjobs.views.plot import COLOURS, chart_lines
 
@@ -33,7 +34,6 @@ def console(width: int | None = None) -> Console:
 
 def chart(curves: Curves, width: int, height: int, log_y: bool, smooth: int) -> RenderableType:
     """The metric's curves overlaid, with a title and a legend (last and best of each)."""
-    from handyjobs.views.curves import higher_is_better
 
     how = []
     if smooth > 1:

@@ -23,6 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from handyjobs.core.logs import lines_backwards
+from handyjobs.metrics import higher_is_better as rule
+
 #: Keys of a metrics line that are not metrics.
 RESERVED = frozenset(
     {"step", "time", "timestamp", "ts", "wall_time", "run", "run_id", "rank", "name", "value"}
@@ -117,7 +120,6 @@ def last_value(path: str | os.PathLike[str], metric: str, block: int = 64 * 1024
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
-    from handyjobs.core.logs import lines_backwards
 
     try:
         for line in lines_backwards(fd, block):
@@ -132,7 +134,6 @@ def last_value(path: str | os.PathLike[str], metric: str, block: int = 64 * 1024
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` is the better one (accuracy) or not (loss): the
     rule of :func:`handyjobs.metrics.higher_is_better`, so ``show`` and scripts agree."""
-    from handyjobs.metrics import higher_is_better as rule
 
     return rule(metric)
 

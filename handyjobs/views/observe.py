@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from handyjobs.core import jobs
+from handyjobs.core import jobs, logs, paths
 from handyjobs.core.records import JobRecord, JobState, parse_time
-from handyjobs.errors import JobStateError, UsageError
-from handyjobs.views import curves
+from handyjobs.errors import HandyjobsError, JobStateError, UsageError, storage_error
+from handyjobs.gpus import discovery as gpus
+from handyjobs.jobside import rotation, sampler, terminal
+from handyjobs.jobside.sampler import ProcTable
+from handyjobs.views import curves, png, render
+from handyjobs.views.plot import Series, picture
 
 if TYPE_CHECKING:
     from handyjobs.gpus.discovery import Discovery
@@ -41,8 +45,6 @@ class Curves:
 
 def job_curves(names: Sequence[str], metric: str, smooth: int = 1) -> Curves:
     """The metric's curve of each job (smoothed over ``smooth`` points)."""
-    from handyjobs.views import render
-    from handyjobs.views.plot import Series
 
     if smooth < 1:
         raise UsageError(f"--smooth {smooth}: give a number of points, 1 or more")
@@ -176,8 +178,6 @@ class _GpuPoller:
         self.thread.start()
 
     def _loop(self) -> None:
-        from handyjobs.errors import HandyjobsError
-        from handyjobs.gpus import discovery as gpus
 
         try:
             with gpus.watch(self.env) as looking:
@@ -196,7 +196,6 @@ class Watcher:
 
     def __init__(self, env: Mapping[str, str] | None = None, interval_s: float = 1.0) -> None:
         """Start the GPU looks; the first snapshot has CPU use from the second one on."""
-        from handyjobs.jobside.sampler import ProcTable
 
         self.table = ProcTable()
         self.gpus = _GpuPoller(env, interval_s)
@@ -209,7 +208,6 @@ class Watcher:
 
     def snapshot(self) -> Snapshot:
         """The jobs now, with what their processes use."""
-        from handyjobs.jobside import sampler
 
         records = jobs.peek_jobs()
         by_run = self.table.scan()
@@ -245,8 +243,6 @@ class Watcher:
 
 def _last_line(record: JobRecord) -> str:
     """The last line the job printed (not handyjobs' notes), as its pane showed it."""
-    from handyjobs.core import logs
-    from handyjobs.jobside import rotation, terminal
 
     with contextlib.suppress(OSError):
         data, _ = logs.tail_files([rotation.previous(record.log_path), record.log_path], 8)
@@ -261,10 +257,6 @@ def _last_line(record: JobRecord) -> str:
 
 def write_picture(curves_: Curves, path: Path, log_y: bool) -> tuple[int, int]:
     """Draw the curves as a PNG file (written atomically); return its size."""
-    from handyjobs.core import paths
-    from handyjobs.errors import storage_error
-    from handyjobs.views import png
-    from handyjobs.views.plot import picture
 
     title = curves_.metric + (" (log scale)" if log_y else "")
     canvas = picture(curves_.series, title, log_y)

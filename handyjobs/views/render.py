@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from handyjobs.backends import base as backends
+from handyjobs import backends
 from handyjobs.core.records import (
     Blocker,
     BlockKind,
@@ -30,6 +30,7 @@ from handyjobs.errors import printable as printable  # where messages are made s
 
 # Control characters (C0, DEL, C1) that a terminal would act on instead of showing.
 if TYPE_CHECKING:
+    from handyjobs.backends.base import Describe
     from handyjobs.gpus.discovery import Discovery
 
 #: The colour of each state in tables (rich style names; `list` maps them to ANSI codes).
@@ -272,7 +273,7 @@ def state_text(record: JobRecord) -> str:
     return run.state.value
 
 
-def _describer(name: str | None) -> backends.Describe | None:
+def _describer(name: str | None) -> Describe | None:
     """The views' part of a backend named by a record; None for a name this handyjobs lacks."""
     return backends.describe(name) if name in backends.KNOWN else None
 

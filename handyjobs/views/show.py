@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from handyjobs.backends import base as backends
+from handyjobs import backends
 from handyjobs.core.records import Cost, JobRecord, exit_summary
 from handyjobs.views import render
 from handyjobs.views.curves import Summary

@@ -27,7 +27,9 @@ _DOWN = (b"\x1b[B", b"\x1bOB", b"j")
 
 def run_top(interval_s: float = 1.0, once: bool = False) -> int:
     """Show the live view until ``q``; with ``once`` (or no terminal), one frame."""
-    from handyjobs.views import charts as views
+    from handyjobs.views import (
+        charts as views,  # lazy: rich.live only once the screen is drawn (start-up)
+    )
 
     watcher = observe.Watcher(interval_s=interval_s)
     try:
@@ -70,9 +72,11 @@ class _Screen:
 
     def _show(self) -> str | None:
         """The screen until ``q`` (None) or a job to follow (its name)."""
-        from rich.live import Live
+        from rich.live import Live  # lazy: rich.live only once the screen is drawn (start-up)
 
-        from handyjobs.views import charts as views
+        from handyjobs.views import (
+            charts as views,  # lazy: rich.live only once the screen is drawn (start-up)
+        )
 
         tty.setcbreak(self.fd)  # keys one at a time, unechoed; Ctrl-C still interrupts
         with Live(console=views.console(), screen=True, auto_refresh=False) as live:
@@ -108,8 +112,12 @@ class _Screen:
 
     def _follow(self, name: str) -> None:
         """The job's log until it ends (or Ctrl-C), then a key to come back to the screen."""
-        from handyjobs.views import charts as views
-        from handyjobs.views.logview import show_log
+        from handyjobs.views import (
+            charts as views,  # lazy: rich.live only once the screen is drawn (start-up)
+        )
+        from handyjobs.views.logview import (
+            show_log,  # lazy: rich.live only once the screen is drawn (start-up)
+        )
 
         try:
             show_log(name, 20, True)
@@ -124,7 +132,9 @@ class _Screen:
             _read_key(self.fd, None, [])
 
     def _stop(self, name: str) -> None:
-        from handyjobs.views import charts as views
+        from handyjobs.views import (
+            charts as views,  # lazy: rich.live only once the screen is drawn (start-up)
+        )
 
         self.message = f"stopping {name}..."
 

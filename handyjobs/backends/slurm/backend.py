@@ -34,10 +34,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
+from handyjobs.backends.slurm import sbatch
 from handyjobs.core import paths
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, JobState, Run
-from handyjobs.errors import HandyjobsError, JobStateError, UsageError
+from handyjobs.errors import HandyjobsError, JobStateError, UsageError, storage_error
 
 SCHEDULER = "slurm"
 #: Seconds one ``squeue`` answer is reused (in this process and, through a file, by others).
@@ -304,7 +305,6 @@ class SlurmBackend:
 
     def launch(self, req: LaunchRequest) -> Launched:
         """Write the batch script into the job's folder and submit it."""
-        from handyjobs.backends.slurm import sbatch
 
         if req.spec is None or req.spec.slurm is None:
             raise ValueError("a Slurm launch needs the job's Slurm spec")
@@ -323,8 +323,6 @@ class SlurmBackend:
         try:
             paths.write_atomic(path, text.encode())
         except OSError as exc:
-            from handyjobs.errors import storage_error
-
             raise storage_error(exc, "write the batch script") from exc
         env = dict(req.env) if req.env else None
         code, out, err = _run(["sbatch", "--parsable", str(path)], env)

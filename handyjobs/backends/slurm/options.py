@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from handyjobs.backends.slurm.sbatch import SlurmRequest
 from handyjobs.core.options import Kind, Option, option, request_fields
-from handyjobs.core.records import JobSpec
-from handyjobs.core.spec import StartRequest
+
+if TYPE_CHECKING:
+    from handyjobs.backends.slurm.sbatch import SlurmRequest
+    from handyjobs.core.records import JobSpec
+    from handyjobs.core.spec import StartRequest
 
 SECTION = "Slurm (with --slurm)"
 
@@ -46,8 +48,15 @@ OPTIONS: tuple[Option, ...] = (
 # fmt: on
 
 _NAMES = frozenset(opt.name for opt in OPTIONS)
-#: No Slurm option typed.
-_NONE = SlurmRequest(submit=False)
+
+
+def _none() -> SlurmRequest:
+    """No Slurm option typed."""
+    # Imported here: every start parses with OPTIONS, and a start on this machine never needs
+    # sbatch's module (its import is start-up time for nothing).
+    from handyjobs.backends.slurm.sbatch import SlurmRequest
+
+    return SlurmRequest(submit=False)
 
 
 def _typed(base: SlurmRequest, given: Mapping[str, object]) -> SlurmRequest | None:
@@ -56,7 +65,7 @@ def _typed(base: SlurmRequest, given: Mapping[str, object]) -> SlurmRequest | No
     if "extra" in changes:
         changes["extra"] = tuple(changes["extra"])
     merged = replace(base, **changes)
-    return None if merged == _NONE else merged
+    return None if merged == _none() else merged
 
 
 def request(given: Mapping[str, object]) -> SlurmRequest | None:
@@ -65,14 +74,17 @@ def request(given: Mapping[str, object]) -> SlurmRequest | None:
     Slurm options typed without ``--slurm`` make a part that does not submit: checking it says
     "add --slurm".
     """
-    return _typed(_NONE, given)
+    if not _NAMES & set(given):
+        return None  # no Slurm option typed: nothing of Slurm's to load
+    return _typed(_none(), given)
 
 
 def from_spec(spec: JobSpec) -> SlurmRequest | None:
     """The Slurm options that would make this spec's Slurm part again (the fields share names)."""
     if spec.slurm is None:
         return None
-    return SlurmRequest(True, **{f.name: getattr(spec.slurm, f.name) for f in fields(spec.slurm)})
+    slurm = spec.slurm
+    return replace(_none(), submit=True, **{f.name: getattr(slurm, f.name) for f in fields(slurm)})
 
 
 def like(base: StartRequest, spec: JobSpec, given: Mapping[str, object]) -> StartRequest:
@@ -80,7 +92,7 @@ def like(base: StartRequest, spec: JobSpec, given: Mapping[str, object]) -> Star
     typed changed; a job of this machine goes there when ``--slurm`` is typed, asking for as
     many GPUs per node as it had here (unless told), without this machine's GPU picks, queue
     waiting and priority."""
-    part = _typed(from_spec(spec) or _NONE, given)
+    part = _typed(from_spec(spec) or _none(), given)
     base = replace(base, backend=part)
     if part is None or not part.submit or spec.slurm is not None:
         return base

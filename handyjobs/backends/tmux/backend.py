@@ -63,7 +63,7 @@ def socket_args() -> list[str]:
 
 def server() -> Server:
     """The libtmux server on our socket."""
-    import libtmux
+    import libtmux  # lazy: libtmux costs ~50 ms that `list` must not pay
 
     sock = os.environ.get(SOCKET_ENV)
     binary = tmux_binary()
