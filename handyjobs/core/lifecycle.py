@@ -29,7 +29,7 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from handyjobs.core import paths
 from handyjobs.core.records import (
@@ -46,6 +46,9 @@ from handyjobs.core.records import (
     utcnow,
 )
 from handyjobs.core.status import read_status as read_status  # callers read it from here
+from handyjobs.core.stores import Probe as Probe  # callers name them from here
+from handyjobs.core.stores import Scratch as Scratch
+from handyjobs.core.stores import Store as Store
 
 if TYPE_CHECKING:
     from handyjobs.core.booking import Limits
@@ -138,50 +141,6 @@ def allowed(event: Event, src: JobState, dst: JobState) -> bool:
 
 #: The scheduler-neutral word a requeue leaves as the scheduler's state until it next answers.
 REQUEUED = "requeued"
-
-
-class Store(Protocol):
-    """Where transitions read and put records: the locked registry, or a scratch copy."""
-
-    def get(self, name: str) -> JobRecord | None:
-        """A record by name."""
-
-    def put(self, record: JobRecord) -> None:
-        """Keep a changed record."""
-
-
-class Probe(Protocol):
-    """What reconciling asks the run's backend: is the runner there, what of the run is left."""
-
-    #: True when the backend's own scheduler queues runs (its view then decides, not pids).
-    queues: bool
-
-    def observe(self, run: Run) -> ClusterState | None:
-        """The scheduler's view of the run, or None when it cannot be had now."""
-
-    def runner_alive(self, run: Run) -> bool:
-        """True while the run's runner process (or remote allocation) exists."""
-
-    def leftover_pids(self, run: Run) -> tuple[int, ...]:
-        """Processes of the run still alive (by marker), for a run being declared lost."""
-
-
-class Scratch:
-    """A :class:`Store` over records read without the lock: finds out whether anything changes."""
-
-    def __init__(self, records: list[JobRecord]) -> None:
-        """Index the records by name; :attr:`changed` collects the names put back."""
-        self.records = {r.name: r for r in records}
-        self.changed: set[str] = set()
-
-    def get(self, name: str) -> JobRecord | None:
-        """A record by name."""
-        return self.records.get(name)
-
-    def put(self, record: JobRecord) -> None:
-        """Keep a changed record."""
-        self.records[record.name] = record
-        self.changed.add(record.name)
 
 
 def new_run(record: JobRecord | None, nproc: int, backend: str, local: bool = True) -> Run:
