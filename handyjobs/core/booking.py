@@ -24,6 +24,7 @@ from handyjobs.core.records import (
     JobRecord,
     JobSpec,
     JobState,
+    Run,
     Wait,
 )
 from handyjobs.errors import GpuBusy, JobStateError, UsageError
@@ -209,7 +210,7 @@ def plan(
 
     for record in queue_order(records):
         spec, name = record.spec, record.name
-        pending, failed = _dependencies(spec, deps)
+        pending, failed = _dependencies(record, deps)
         if failed is not None:
             result.failed[name] = failed
             continue
@@ -251,13 +252,57 @@ def _no_slot(spec: JobSpec, limits: Limits, total: int, by_group: Counter[str]) 
     return None
 
 
+def refuse_cycle(name: str, dep: str, records: Iterable[JobRecord]) -> None:
+    """Refuse ``--after DEP`` for job ``name`` when DEP already waits, directly or through
+    other queued jobs, for ``name``'s run: both would wait forever."""
+    by_name = {r.name: r for r in records}
+    seen: set[str] = set()
+    todo = [dep]
+    while todo:
+        current = todo.pop()
+        if current == name:
+            raise UsageError(
+                f"--after {dep}: job {dep} already waits (directly or not) for {name}, so both "
+                "would wait forever; drop one of the two dependencies"
+            )
+        found = by_name.get(current)
+        if current in seen or found is None or found.state is not JobState.QUEUED:
+            continue
+        seen.add(current)
+        for nxt in found.spec.after:
+            bound, target = found.current.after_runs.get(nxt), by_name.get(nxt)
+            if bound and (target is None or target.current.run_id != bound):
+                continue  # it waits for an earlier job of that name, not for this one
+            todo.append(nxt)
+
+
+def dep_key(name: str, run: Run) -> str:
+    """How ``deps`` names the run that ``run`` waits for under job ``name``: ``NAME@RUNID``
+    when it was bound at queue time (a run queued by an older handyjobs: the name)."""
+    bound = run.after_runs.get(name)
+    return f"{name}@{bound}" if bound else name
+
+
+def dep_state(key: str, found: JobRecord | None) -> JobState | None:
+    """The state of the run a :func:`dep_key` names, in ``found`` (that name's record now);
+    None when it is gone (removed, or the name now belongs to another job)."""
+    if found is None:
+        return None
+    _, _, run_id = key.partition("@")
+    if not run_id:
+        return found.state
+    run = found.run_by_id(run_id)
+    return None if run is None else run.state
+
+
 def _dependencies(
-    spec: JobSpec, deps: Mapping[str, JobState | None]
+    record: JobRecord, deps: Mapping[str, JobState | None]
 ) -> tuple[list[str], tuple[str, JobState | None] | None]:
     """The dependencies still running, and the first that ended badly (or is gone), if any."""
+    spec = record.spec
     pending: list[str] = []
     for dep in spec.after:
-        state = deps.get(dep)
+        state = deps.get(dep_key(dep, record.current))
         if state is not None and state.active:
             pending.append(dep)
         elif state is None or (state is not JobState.SUCCEEDED and not spec.after_any):

@@ -527,9 +527,9 @@ def schedule(
     for record in records:
         if record.state is JobState.QUEUED:
             for dep in record.spec.after:
-                if dep not in deps:
-                    found = store.get(dep)
-                    deps[dep] = None if found is None else found.state
+                key = booking.dep_key(dep, record.current)
+                if key not in deps:
+                    deps[key] = booking.dep_state(key, store.get(dep))
     result = booking.plan(records, discovery, deps, limits)
     by_name = {r.name: r for r in records}
     granted = []

@@ -408,6 +408,9 @@ class Run(JsonRecord):
     baseline: tuple[GpuBaseline, ...] = ()
     #: How the run's processes are found: "cgroup v2", "cgroup v1" or "marker" (the runner's).
     containment: str | None = field(default=None, metadata=OMIT_DEFAULT)
+    #: The runs this one waits for (``--after``), bound by run id when it was queued: a job of
+    #: the same name started later (after ``rm``) is another job, never the one waited for.
+    after_runs: dict[str, str] = field(default_factory=dict, metadata=OMIT_DEFAULT)
     cost: Cost | None = None
 
     @property

@@ -114,7 +114,10 @@ def launch_run(
         found = reg.get(dep)
         if found is None:
             raise UsageError(f"--after {dep}: no job of that name; see `handyjobs list --all`")
-        deps[dep], after[dep] = found.state, found.current
+        booking.refuse_cycle(name, dep, reg.records())
+        # Bound to the run it waits for now: a later job of that name is not that run.
+        run.after_runs[dep] = found.current.run_id
+        deps[booking.dep_key(dep, run)], after[dep] = found.state, found.current
     reg.put(record)
     # A cluster's scheduler queues and places its runs itself: the run stays queued until
     # the scheduler's view or its runner says it started; handyjobs' own queue stays out of it.
