@@ -33,6 +33,10 @@ COMMANDS = {
     "completion": "completion",
     "top": "top",
     "plot": "plot",
+    "hold": "hold",
+    "release": "release",
+    "edit": "edit",
+    "priority": "priority",
 }
 
 

@@ -55,6 +55,8 @@ class Parsed:
     typed: dict[str, Any] = field(default_factory=dict)
     #: ``--help`` was asked for: nothing else was checked.
     help: bool = False
+    #: ``--`` was typed: what follows it is given, even when it is nothing (``edit NAME --``).
+    dashdash: bool = False
 
     def text(self, name: str) -> str | None:
         """A word's value (None when not given)."""
@@ -112,6 +114,7 @@ class _Reader:
         self.shorts = {f[1]: o for o in self.options for f in o.flags if _is_short(f)}
         self.raw: dict[str, list[str] | bool] = {}
         self.positional: list[str] = []
+        self.dashdash = False
 
     def fail(self, message: str) -> UsageError:
         """A usage error that says where help is."""
@@ -123,10 +126,11 @@ class _Reader:
         while rest:
             arg = rest.pop(0)
             if arg == "--":
+                self.dashdash = True
                 self.positional.extend(rest)
                 return
-            if arg[:1] != "-" or len(arg) == 1:
-                self.positional.append(arg)
+            if arg[:1] != "-" or len(arg) == 1 or _is_number(arg):
+                self.positional.append(arg)  # "-5" is a value (a priority), not flags
             elif not self._long(arg, rest):
                 self._short(arg, rest)
 
@@ -182,6 +186,15 @@ class _Reader:
             listed.append(value)
         else:
             self.raw[opt.name] = [value]
+
+
+def _is_number(arg: str) -> bool:
+    """``-5``, ``-0.5``: a negative number, which no option's letters spell."""
+    try:
+        float(arg)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_short(flag: str) -> bool:
@@ -249,7 +262,7 @@ def parse(cmd: Command, argv: Sequence[str]) -> Parsed:
         if opt.name in reader.raw:
             values[opt.name] = typed[opt.name] = _convert(reader, opt, reader.raw[opt.name])
     values.update(_arguments(reader))
-    return Parsed(values, typed)
+    return Parsed(values, typed, dashdash=reader.dashdash)
 
 
 def _option_label(opt: Option) -> str:

@@ -163,15 +163,23 @@ class Plan:
     failed: dict[str, tuple[str, JobState | None]]
 
 
+#: Why a held run waits: until the user releases it.
+HELD = Wait(0, 0, held=True)
+
 #: Backends whose runs wait in this machine's queue (a cluster's scheduler queues its own).
 OWN_QUEUE = frozenset({"tmux"})
 
 
 def queue_order(records: Iterable[JobRecord]) -> list[JobRecord]:
-    """Queued runs: higher ``--priority`` first, then first queued first."""
-    # Runs a cluster's scheduler queues wait in its queue, not in this machine's.
+    """Queued runs: higher ``--priority`` first, then first queued first; held ones are out."""
+    # Runs a cluster's scheduler queues wait in its queue, not in this machine's; a held run
+    # waits for its release, and keeps no place (nor GPUs) from the others meanwhile.
     return sorted(
-        (r for r in records if r.state is JobState.QUEUED and r.current.backend in OWN_QUEUE),
+        (
+            r
+            for r in records
+            if r.state is JobState.QUEUED and r.current.backend in OWN_QUEUE and not r.current.held
+        ),
         key=lambda r: (-r.spec.priority, r.current.created_at, r.name),
     )
 
@@ -371,8 +379,8 @@ def book(
     Returns ``(gpus, None)`` when it may start now (on those GPUs, maybe none), or
     ``(None, wait)`` when it must queue. A job queues for its dependencies and for a free slot
     whatever ``--wait`` says; for busy GPUs only with ``--wait``, else :class:`GpuBusy` is
-    raised. :class:`UsageError` when it can never start here, :class:`JobStateError` when a
-    dependency has already failed.
+    raised; a held run (``start --hold``) queues as held. :class:`UsageError` when it can never
+    start here, :class:`JobStateError` when a dependency has already failed.
     """
     spec = record.spec
     if spec.ngpus is not None and discovery is not None:
@@ -386,6 +394,8 @@ def book(
                 f"--ngpus {spec.ngpus} asks for more GPUs than handyjobs may use here "
                 f"({len(usable)}); ask for fewer"
             )
+    if record.current.held:
+        return None, HELD
     result = plan(records, discovery, deps, limits)
     if record.name in result.starts:
         return result.starts[record.name], None

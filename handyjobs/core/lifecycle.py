@@ -29,7 +29,6 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from handyjobs.core import paths
 from handyjobs.core.records import (
@@ -50,10 +49,6 @@ from handyjobs.core.stores import Probe as Probe  # callers name them from here
 from handyjobs.core.stores import Scratch as Scratch
 from handyjobs.core.stores import Store as Store
 
-if TYPE_CHECKING:
-    from handyjobs.core.booking import Limits
-    from handyjobs.gpus.discovery import Discovery
-
 
 class Event(str, enum.Enum):
     """What happened to a run: each transition function below is one event."""
@@ -70,6 +65,10 @@ class Event(str, enum.Enum):
     LOSE = "lose"
     END_BY_CLUSTER = "end_by_cluster"
     CLEAN = "clean"
+    HOLD = "hold"
+    RELEASE = "release"
+    EDIT = "edit"
+    RELAUNCH = "relaunch"
 
 
 _Q, _R = JobState.QUEUED, JobState.RUNNING
@@ -131,6 +130,11 @@ TABLE: Mapping[tuple[JobState, Event], Mapping[JobState, str]] = {
         _LOST: "the scheduler ended it and the job side recorded nothing (node failure)",
     },
     (_LOST, Event.CLEAN): {_LOST: "stop ended a lost run's leftover processes: none is left"},
+    (_Q, Event.HOLD): {_Q: "the user held it: it keeps out of the queue until released"},
+    (_Q, Event.RELEASE): {_Q: "the user released it: it waits in the queue again"},
+    (_Q, Event.EDIT): {_Q: "the user changed the job before it started (processes, waits)"},
+    (_Q, Event.RELAUNCH): {_Q: "the machine restarted while it waited: a new runner waits"},
+    (_R, Event.RELAUNCH): {_Q: "the machine restarted after it was granted, before it began"},
 }
 
 
@@ -143,11 +147,14 @@ def allowed(event: Event, src: JobState, dst: JobState) -> bool:
 REQUEUED = "requeued"
 
 
-def new_run(record: JobRecord | None, nproc: int, backend: str, local: bool = True) -> Run:
+def new_run(
+    record: JobRecord | None, nproc: int, backend: str, local: bool = True, held: bool = False
+) -> Run:
     """A fresh queued run: run 1 of a new job, or the next run of ``record``.
 
     ``local``: the run lives on this machine, so this boot's id dates its pids (a run on a
-    cluster does not end when the machine that submitted it reboots).
+    cluster does not end when the machine that submitted it reboots). ``held``: it waits
+    out of the queue until released (``start --hold``).
     """
     import secrets  # only start and restart need it; list should not pay for the import
 
@@ -161,6 +168,7 @@ def new_run(record: JobRecord | None, nproc: int, backend: str, local: bool = Tr
         nproc=nproc,
         backend=backend,
         boot_id=paths.boot_id() if local else None,
+        held=held,
     )
 
 
@@ -342,6 +350,48 @@ def cleaned(store: Store, name: str, run_id: str, pids: tuple[int, ...]) -> bool
     return _apply(store, name, run_id, Event.CLEAN, step)
 
 
+def hold(store: Store, name: str, run_id: str, held: bool = True) -> bool:
+    """Keep a queued run out of the queue until released (``held``), or release it; True
+    when that changed. A run granted, begun or asked to stop is not held."""
+
+    def step(run: Run) -> JobState | None:
+        if run.started_at is not None or run.stop_requested:
+            return None
+        # Held, it says so where a queued run says why it waits; released, the next pass does.
+        run.held, run.wait = held, Wait(0, 0, held=True) if held else None
+        return run.state
+
+    return _apply(store, name, run_id, Event.HOLD if held else Event.RELEASE, step)
+
+
+def edit(store: Store, name: str, run_id: str, nproc: int) -> bool:
+    """The job of a queued run was changed before the run began (``edit``): its processes,
+    and why it waits (the next pass says again); True when the run changed."""
+
+    def step(run: Run) -> JobState | None:
+        if run.started_at is not None or run.stop_requested:
+            return None
+        run.nproc, run.wait = nproc, run.wait if run.held else None
+        return run.state
+
+    return _apply(store, name, run_id, Event.EDIT, step)
+
+
+def relaunch(store: Store, name: str, run_id: str, boot: str) -> bool:
+    """A run that had not begun when the machine restarted: queued again under this boot,
+    with no runner (the caller starts a new one) and no GPUs booked."""
+
+    def step(run: Run) -> JobState | None:
+        if run.started_at is not None or run.stop_requested:
+            return None
+        run.boot_id, run.runner, run.main, run.handle = boot, None, None, {}
+        run.gpus, run.baseline = (), ()
+        run.wait = Wait(0, 0, held=True) if run.held else None
+        return JobState.QUEUED
+
+    return _apply(store, name, run_id, Event.RELAUNCH, step)
+
+
 def _scheduler_wait(view: ClusterState) -> Wait:
     return Wait(needed=0, free=0, scheduler=view.scheduler, reason=view.reason or view.state)
 
@@ -467,6 +517,9 @@ def reconcile(store: Store, record: JobRecord, probe: Probe, root: Path) -> bool
         return _reconcile_cluster(store, record.name, run, probe, root) or changed
     boot = paths.boot_id()
     if run.boot_id and boot and run.boot_id != boot:
+        # One that had not begun still waits its turn: a new runner takes it (the caller).
+        if relaunch(store, record.name, run.run_id, boot):
+            return True
         return lose(store, record.name, run.run_id, Reason(LostKind.REBOOT)) or changed
     if run.runner is None or probe.runner_alive(run):
         return changed
@@ -504,54 +557,3 @@ def _reconcile_cluster(store: Store, name: str, run: Run, probe: Probe, root: Pa
         # Its start first (seen only now, maybe): a run that began ends from running.
         changed = begin(store, name, run.run_id, status)
     return end_by_cluster(store, name, run.run_id, view, outcome) or changed
-
-
-# ---- the queue ---------------------------------------------------------------------------
-
-
-def schedule(
-    store: Store,
-    records: list[JobRecord],
-    discovery: Discovery | None,
-    limits: Limits | None = None,
-) -> list[str]:
-    """One pass over the queue: grant what can start now, fail what never will, say why the
-    rest wait.
-
-    ``records`` are the active records under the lock; dependencies are looked up in
-    ``store`` (finished jobs included). Returns the names granted.
-    """
-    from handyjobs.core import booking  # lazy: only the queue pass needs it (start-up of `list`)
-
-    deps: dict[str, JobState | None] = {}
-    for record in records:
-        if record.state is JobState.QUEUED:
-            for dep in record.spec.after:
-                key = booking.dep_key(dep, record.current)
-                if key not in deps:
-                    deps[key] = booking.dep_state(key, store.get(dep))
-    result = booking.plan(records, discovery, deps, limits)
-    by_name = {r.name: r for r in records}
-    granted = []
-    for name, gpus in result.starts.items():
-        base = baseline(discovery, gpus)
-        if grant(store, name, by_name[name].current.run_id, gpus, base):
-            granted.append(name)
-    for name, wait in result.waits.items():
-        set_wait(store, name, by_name[name].current.run_id, wait)
-    for name, (dep, state) in result.failed.items():
-        why = Reason(LostKind.DEPENDENCY_FAILED, "gone" if state is None else state.value, job=dep)
-        fail_to_start(store, name, by_name[name].current.run_id, why)
-    return granted
-
-
-def baseline(discovery: Discovery | None, gpus: tuple[int, ...]) -> tuple[GpuBaseline, ...]:
-    """How the GPUs about to be booked look now: memory in use and their processes."""
-    if discovery is None or not gpus:
-        return ()
-    found = discovery.by_index()
-    return tuple(
-        GpuBaseline(g, found[g].memory_used_mib, tuple(p.pid for p in found[g].processes))
-        for g in gpus
-        if g in found and found[g].error is None
-    )

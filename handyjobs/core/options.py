@@ -125,6 +125,8 @@ START_OPTIONS: tuple[Option, ...] = (
          name="exec_", field="executable", like=C, sweep=True),
     _opt("--python", "str", "PATH", "Python to run the job with.", like=C, sweep=True),
     _opt("--wait", "flag", "", "Queue until the GPUs are free.", like=C),
+    _opt("--hold", "flag", "", "Queue it held: it starts only after `handyjobs release`.",
+         sweep=True),
     _opt("--force", "flag", "", "Use GPUs even if busy.", like=C),
     _opt("--group", "str", "GROUP", "Put the job in a group (list/stop/wait it).", like=C),
     _opt("--after", "list", "NAMES", "Start after these jobs succeed: NAME[,NAME...]",

@@ -237,8 +237,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+#: For tests only: the boot id to report instead of the machine's, so that a test can act out
+#: a restart of the machine (the runs it started then belong to another boot).
+BOOT_ID_ENV = "HANDYJOBS_BOOT_ID"
+
+
 def boot_id() -> str | None:
     """This boot's id (Linux): pids and start times only mean something within one boot."""
+    fake = os.environ.get(BOOT_ID_ENV)
+    if fake:
+        return fake
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
     except OSError:

@@ -133,11 +133,13 @@ class Wait(JsonRecord):
     #: reason, in its own words (Resources, Priority, ...). Written only then, as before.
     scheduler: str | None = field(default=None, metadata=OMIT_DEFAULT)
     reason: str | None = field(default=None, metadata=OMIT_DEFAULT)
+    #: The user holds the run (``hold``, ``start --hold``): out of the queue until released.
+    held: bool = field(default=False, metadata=OMIT_DEFAULT)
 
     @property
     def for_gpus(self) -> bool:
-        """True when the run waits for GPUs (not only for dependencies or a free slot)."""
-        return self.needed > 0 and not self.after and self.limit is None
+        """True when the run waits for GPUs (not only for dependencies, a slot or a release)."""
+        return self.needed > 0 and not self.after and self.limit is None and not self.held
 
 
 def utcnow() -> str:
@@ -398,6 +400,9 @@ class Run(JsonRecord):
     runner: ProcId | None = None
     main: ProcId | None = None
     stop_requested: bool = False
+    #: Held by the user (``hold``, ``start --hold``): it stays queued, out of the queue's
+    #: order, until ``release``.
+    held: bool = field(default=False, metadata=OMIT_DEFAULT)
     wait: Wait | None = None
     reason: Reason | None = None
     log_error: str | None = None

@@ -2,7 +2,7 @@
 
 The pass discovers GPUs once, outside the lock (a slow or wedged driver must not hold up every
 other command), then under the lock reconciles the active runs (ended ones free their GPUs)
-and grants the queued runs that can start, in queue order (:func:`lifecycle.schedule`).
+and grants the queued runs that can start, in queue order (:func:`schedule`).
 
 Who runs it: ``start`` books its own job; a runner whose job ended runs it at once (its GPUs
 are free); ``stop`` runs it; and while jobs wait, the one queued runner that holds
@@ -12,15 +12,25 @@ read their own record, so the cost of waiting does not grow with the number of j
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from handyjobs.core import registry
-from handyjobs.core.records import JobRecord, JobState
+from handyjobs.core import paths, registry
+from handyjobs.core.records import (
+    GpuBaseline,
+    JobRecord,
+    JobState,
+    LaunchEnv,
+    LostKind,
+    Reason,
+)
+from handyjobs.core.stores import Store
 
 if TYPE_CHECKING:
-    from handyjobs.gpus.discovery import Watch
+    from handyjobs.core.booking import Limits
+    from handyjobs.gpus.discovery import Discovery, Watch
 
 
 def refresh_locked(reg: registry.Registry) -> list[JobRecord]:
@@ -33,7 +43,59 @@ def refresh_locked(reg: registry.Registry) -> list[JobRecord]:
         probe = backends.get(record.current.backend)
         if lifecycle.reconcile(reg, record, probe, reg.root):
             changed.append(record)
+            fresh = reg.get(record.name)
+            if fresh is not None and _orphaned(fresh):
+                _relaunch(reg, fresh)
     return changed
+
+
+def _orphaned(record: JobRecord) -> bool:
+    """A queued run of this machine with no runner and no session: the machine restarted while
+    it waited (reconciling took the old runner away). Starts always launch before they save."""
+    run = record.current
+    return (
+        run.state is JobState.QUEUED
+        and run.runner is None
+        and not run.handle
+        and run.boot_id is not None
+    )
+
+
+def _relaunch(reg: registry.Registry, record: JobRecord) -> None:
+    """Give a queued run left by a restart of the machine a new runner, in a new session, with
+    the environment kept from its start (the caller's when none was kept); it waits its turn
+    again. When that fails the run fails to start, with why."""
+    import json  # lazy: only after a restart of the machine (start-up of `list`)
+    import sys  # lazy: only after a restart of the machine (start-up of `list`)
+
+    from handyjobs.backends import base as backends  # lazy: only here (start-up of `list`)
+    from handyjobs.core import lifecycle  # lazy: `list` reconciles without it (start-up)
+    from handyjobs.errors import HandyjobsError  # lazy: only here (start-up of `list`)
+
+    name, run = record.name, record.current
+    backend = backends.get(run.backend)
+    folder = paths.job_dir(name, reg.root)
+    try:
+        try:
+            env = LaunchEnv.from_dict(json.loads(paths.env_path(name, reg.root).read_bytes())).env
+        except FileNotFoundError:
+            env = dict(os.environ)
+        # The old runner's status names a process of the last boot: the new one writes its own.
+        paths.status_path(name, run.run_id, reg.root).unlink(missing_ok=True)
+        session = backend.session_name(name, run.run, run.run_id)
+        argv = [sys.executable, "-m", "handyjobs.jobside.runner", str(reg.root), name, run.run_id]
+        started = backend.launch(
+            backends.LaunchRequest(
+                name, run.run_id, session, argv, str(folder), record.spec, run.run, env
+            )
+        )
+    except (OSError, ValueError, KeyError, TypeError, HandyjobsError) as exc:
+        why = Reason(LostKind.START_FAILED, str(exc))
+        lifecycle.fail_to_start(reg, name, run.run_id, why)
+        return
+    # The backend's handle and the runner's identity, as a start records them.
+    run.handle, run.runner = started.handle, started.runner
+    reg.put(record)
 
 
 def refresh(records: list[JobRecord], root: Path) -> list[JobRecord]:
@@ -73,7 +135,7 @@ def schedule_pass(
     queued = [r for r in active if r.state is JobState.QUEUED]
     if not queued:
         return []
-    from handyjobs.core import config, lifecycle  # lazy: `list` reconciles without it (start-up)
+    from handyjobs.core import config  # lazy: `list` reconciles without it (start-up)
 
     discovery = None
     if any(r.spec.books_gpus for r in queued):
@@ -85,4 +147,52 @@ def schedule_pass(
     limits = config.load(root).limits(env)
     with registry.locked(root) as reg:
         refresh_locked(reg)
-        return lifecycle.schedule(reg, reg.records(), discovery, limits)
+        return schedule(reg, reg.records(), discovery, limits)
+
+
+def schedule(
+    store: Store,
+    records: list[JobRecord],
+    discovery: Discovery | None,
+    limits: Limits | None = None,
+) -> list[str]:
+    """One pass over the queue: grant what can start now, fail what never will, say why the
+    rest wait.
+
+    ``records`` are the active records under the lock; dependencies are looked up in
+    ``store`` (finished jobs included). Returns the names granted.
+    """
+    from handyjobs.core import booking, lifecycle  # lazy: only the queue pass (start-up of `list`)
+
+    deps: dict[str, JobState | None] = {}
+    for record in records:
+        if record.state is JobState.QUEUED:
+            for dep in record.spec.after:
+                key = booking.dep_key(dep, record.current)
+                if key not in deps:
+                    deps[key] = booking.dep_state(key, store.get(dep))
+    result = booking.plan(records, discovery, deps, limits)
+    by_name = {r.name: r for r in records}
+    granted = []
+    for name, gpus in result.starts.items():
+        base = baseline(discovery, gpus)
+        if lifecycle.grant(store, name, by_name[name].current.run_id, gpus, base):
+            granted.append(name)
+    for name, wait in result.waits.items():
+        lifecycle.set_wait(store, name, by_name[name].current.run_id, wait)
+    for name, (dep, state) in result.failed.items():
+        why = Reason(LostKind.DEPENDENCY_FAILED, "gone" if state is None else state.value, job=dep)
+        lifecycle.fail_to_start(store, name, by_name[name].current.run_id, why)
+    return granted
+
+
+def baseline(discovery: Discovery | None, gpus: tuple[int, ...]) -> tuple[GpuBaseline, ...]:
+    """How the GPUs about to be booked look now: memory in use and their processes."""
+    if discovery is None or not gpus:
+        return ()
+    found = discovery.by_index()
+    return tuple(
+        GpuBaseline(g, found[g].memory_used_mib, tuple(p.pid for p in found[g].processes))
+        for g in gpus
+        if g in found and found[g].error is None
+    )

@@ -62,6 +62,8 @@ class StartRequest:
     cwd: str | None = None
     python: str | None = None
     wait: bool = False
+    #: Queue it held (``--hold``): the run waits out of the queue until released.
+    hold: bool = False
     force: bool = False
     executable: bool = False
     group: str | None = None
@@ -302,6 +304,11 @@ def _check_own(req: StartRequest) -> None:
         raise UsageError("--cpu cannot be combined with --gpus/--ngpus; pick one")
     if req.gpus is not None and req.ngpus is not None:
         raise UsageError("--gpus and --ngpus both given; pick GPUs by number or by count")
+    if req.hold and req.goes_to != LOCAL_BACKEND:
+        raise UsageError(
+            "--hold keeps a job in this machine's queue; a job sent to a cluster waits in its "
+            "scheduler's queue: hold it there"
+        )
     if req.force and req.gpus is None:
         raise UsageError("--force overrides checks on GPUs you name: use it with --gpus")
     if req.executable and req.nproc is not None and req.nproc > 1:

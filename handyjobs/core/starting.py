@@ -67,7 +67,9 @@ def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
                         f"a job named {name} exists ({existing.state.value}); pick another "
                         f"--name or remove it with `handyjobs rm {name}`"
                     )
-                run = lifecycle.new_run(None, spec.procs, backend.name, local=not backend.queues)
+                run = lifecycle.new_run(
+                    None, spec.procs, backend.name, local=not backend.queues, held=req.hold
+                )
                 record = JobRecord(
                     name=name,
                     spec=spec,
@@ -125,7 +127,7 @@ def launch_run(
         limits = config.load(reg.root).limits(env)
         got, wait = booking.book(record, reg.records(), discovery, deps, limits)
         if got is not None:
-            lifecycle.grant(reg, name, run.run_id, got, lifecycle.baseline(discovery, got))
+            lifecycle.grant(reg, name, run.run_id, got, scheduler.baseline(discovery, got))
         elif wait is not None:
             lifecycle.set_wait(reg, name, run.run_id, wait)
             _renumber_queue(reg)

@@ -184,6 +184,7 @@ class Runner:
                 self.status.release()
                 self._never_started(record.spec, env)
                 return 1
+            record = registry.load_one(self.name, self.root) or record  # `edit` while queued
         return self._execute(record, env, gpus if record.spec.books_gpus else None)
 
     def _side(self) -> backends.JobSide:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
-from handyjobs.core import jobs
+from handyjobs.core import jobs, paths
 from handyjobs.core import logs as logmod
-from handyjobs.core.records import returncode
+from handyjobs.core.records import JobRecord, returncode
 from handyjobs.errors import UsageError
 from handyjobs.jobside.terminal import Renderer, TagMode
 from handyjobs.views import render
@@ -62,13 +65,99 @@ def show_log(
             )
             os.write(out.fileno(), view.finish())
     except BrokenPipeError:  # `handyjobs logs x | head`
-        # Point stdout at /dev/null so Python's flush at exit does not raise on the closed pipe.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _quiet_stdout()
         return None
     run = jobs.get_job(name).run_by_id(record.current.run_id) or record.current
     return returncode(run)
+
+
+class _Tagged:
+    """One job's part of ``logs a b``: its lines rendered, each tagged with the job's name,
+    written whole (under the lock) so that two jobs' lines never mix within a line."""
+
+    def __init__(self, name: str, width: int, view: Renderer, lock: threading.Lock) -> None:
+        """The tag is the name padded to ``width``."""
+        self.tag = (name.ljust(width) + " | ").encode()
+        self.view, self.lock = view, lock
+
+    def write(self, shown: bytes) -> None:
+        """Tag each whole line of ``shown`` and write them at once."""
+        if not shown:
+            return
+        lines = shown.removesuffix(b"\n").split(b"\n")
+        data = b"".join(self.tag + line + b"\n" for line in lines)
+        with self.lock:
+            paths.write_all(sys.stdout.fileno(), data)
+
+    def feed(self, data: bytes) -> bytes:
+        """Take bytes read from the log; write what is whole; nothing left for the caller."""
+        self.write(self.view.feed(data))
+        return b""
+
+    def finish(self) -> None:
+        """Write the last line, unfinished, as it stands."""
+        self.write(self.view.finish())
+
+
+def show_logs(names: Sequence[str], lines: int | None, follow: bool, plain: bool = False) -> int:
+    """Several jobs' logs, each line tagged with its job; with ``follow``, followed together
+    until every one has ended. Exit code: 0 when all succeeded, else the first failure's
+    (in the order named), as ``wait`` gives it."""
+    if lines is not None and lines < 0:
+        raise UsageError(f"-n {lines}: give 0 or more lines")
+    found = [jobs.log_file(name) for name in names]
+    colour = not plain and render.use_colour()
+    lock = threading.Lock()
+    width = max(len(record.name) for record, _ in found)
+    followers = []
+    try:
+        for record, path in found:
+            view = Renderer(colour, mode=TagMode.PANE, single=record.spec.procs == 1)
+            tagged = _Tagged(record.name, width, view, lock)
+            files = [Path(logmod.previous(str(path))), path]
+            if lines is None:
+                end = path.stat().st_size if path.exists() else 0
+                for chunk in logmod.chunks(files, last_end=end):
+                    tagged.feed(chunk)
+            else:
+                data, end = logmod.tail_files(files, lines)
+                tagged.feed(data)
+            if follow and record.state.active:
+                followers.append((record, path, end, tagged))
+            else:
+                tagged.finish()
+        threads = [
+            threading.Thread(target=_follow_one, args=(record, path, end, tagged), daemon=True)
+            for record, path, end, tagged in followers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except BrokenPipeError:  # `handyjobs logs a b | head`
+        _quiet_stdout()
+        return 0
+    if not follow:
+        return 0
+    codes = [
+        returncode(jobs.get_job(r.name).run_by_id(r.current.run_id) or r.current) for r, _ in found
+    ]
+    return next((code for code in codes if code), 0)
+
+
+def _follow_one(record: JobRecord, path: Path, end: int, tagged: _Tagged) -> None:
+    """Follow one job's log to its end (a thread of :func:`show_logs`)."""
+    # The reader going away (`| head`) ends following quietly, here as in the main thread.
+    with contextlib.suppress(BrokenPipeError):
+        logmod.follow(path, -1, jobs.ended_check(record), start_offset=end, transform=tagged.feed)
+        tagged.finish()
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so Python's flush at exit does not raise on a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def follow_to_end(name: str) -> int | None:

@@ -131,8 +131,11 @@ def nproc_text(record: JobRecord) -> str:
 
 
 def _list_state(record: JobRecord) -> str:
-    """The STATE cell: a queued run carries its place in the queue (``queued #2``)."""
+    """The STATE cell: a queued run carries its place in the queue (``queued #2``); a held
+    one says ``held``."""
     wait = record.current.wait
+    if record.state is JobState.QUEUED and record.current.held:
+        return "held"
     if record.state is JobState.QUEUED and wait is not None and wait.position is not None:
         return f"queued #{wait.position}"
     return record.state.value
@@ -393,6 +396,8 @@ def error_text(exc: HandyjobsError) -> str:
 
 def wait_text(wait: Wait) -> str:
     """Why a run waits, in one line."""
+    if wait.held:
+        return "held: it starts only after `handyjobs release`"
     if wait.scheduler is not None:
         return scheduler_reason(wait.scheduler, wait.reason)
     if wait.after:

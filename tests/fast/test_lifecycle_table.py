@@ -23,7 +23,7 @@ from fakes import (
     write_status,
 )
 
-from handyjobs.core import lifecycle, paths
+from handyjobs.core import lifecycle, paths, scheduler
 from handyjobs.core.booking import Limits
 from handyjobs.core.lifecycle import TABLE, Event
 from handyjobs.core.records import (
@@ -232,6 +232,31 @@ ROWS: dict[tuple[JobState, Event, JobState], tuple[dict[str, object], Act, Check
         lambda s, i: lifecycle.cleaned(s, NAME, i, (5, 6)),
         lambda run: run.reason is not None and run.reason.pids == () and run.leftovers == 2,
     ),
+    (Q, Event.HOLD, Q): (
+        {"wait": Wait(needed=1, free=0, position=1)},
+        lambda s, i: lifecycle.hold(s, NAME, i),
+        lambda run: run.held and run.wait == Wait(0, 0, held=True),
+    ),
+    (Q, Event.RELEASE, Q): (
+        {"held": True, "wait": Wait(0, 0, held=True)},
+        lambda s, i: lifecycle.hold(s, NAME, i, held=False),
+        lambda run: not run.held and run.wait is None,
+    ),
+    (Q, Event.EDIT, Q): (
+        {"wait": Wait(needed=1, free=0, position=2)},
+        lambda s, i: lifecycle.edit(s, NAME, i, nproc=4),
+        lambda run: run.nproc == 4 and run.wait is None,
+    ),
+    (Q, Event.RELAUNCH, Q): (
+        {"boot_id": "boot-before", "handle": {"session": NAME}},
+        lambda s, i: lifecycle.relaunch(s, NAME, i, "boot-now"),
+        lambda run: run.boot_id == "boot-now" and run.runner is None and run.handle == {},
+    ),
+    (R, Event.RELAUNCH, Q): (
+        {**NOT_STARTED, "boot_id": "boot-before", "gpus": (1,)},
+        lambda s, i: lifecycle.relaunch(s, NAME, i, "boot-now"),
+        lambda run: run.gpus == () and run.runner is None and run.boot_id == "boot-now",
+    ),
 }
 
 TABLE_ROWS = sorted(
@@ -292,6 +317,9 @@ def test_an_ended_run_takes_no_transition(root: Path, end: JobState) -> None:
         lambda: lifecycle.fail_to_start(store, NAME, i, Reason(LostKind.START_FAILED)),
         lambda: lifecycle.lose(store, NAME, i, Reason(LostKind.RUNNER_DIED)),
         lambda: lifecycle.end_by_cluster(store, NAME, i, view(FAILED, "FAILED"), None),
+        lambda: lifecycle.hold(store, NAME, i),
+        lambda: lifecycle.edit(store, NAME, i, nproc=3),
+        lambda: lifecycle.relaunch(store, NAME, i, "boot-later"),
     ):
         _refused(store, act)
 
@@ -434,11 +462,10 @@ def test_a_stop_asked_and_the_runner_gone_is_stopped(root: Path) -> None:
     assert after.state is STOPPED and after.ended_at is not None
 
 
-@pytest.mark.parametrize("state", [Q, R], ids=lambda s: s.value)
 def test_a_run_of_an_earlier_boot_is_lost_to_the_reboot(
-    root: Path, monkeypatch: pytest.MonkeyPatch, state: JobState
+    root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = make_run(state, boot_id="boot-before")
+    run = make_run(R, boot_id="boot-before", started_at=utcnow())
     store = one_job(root, run)
     monkeypatch.setattr(paths, "boot_id", lambda: "boot-now")
     # The pid may now belong to anything: the runner's liveness is not even asked.
@@ -446,6 +473,30 @@ def test_a_run_of_an_earlier_boot_is_lost_to_the_reboot(
     assert lifecycle.reconcile(store, store.records()[0], backend, root)
     after = store.run(NAME)
     assert after.state is LOST and after.reason == Reason(LostKind.REBOOT)
+
+
+@pytest.mark.parametrize("state", [Q, R], ids=lambda s: s.value)
+def test_a_run_that_had_not_begun_waits_again_after_a_reboot_for_a_new_runner(
+    root: Path, monkeypatch: pytest.MonkeyPatch, state: JobState
+) -> None:
+    # Queued, or granted but not begun: the queue survives the restart of the machine.
+    run = make_run(state, boot_id="boot-before", gpus=(0,) if state is R else ())
+    store = one_job(root, run)
+    monkeypatch.setattr(paths, "boot_id", lambda: "boot-now")
+    assert lifecycle.reconcile(store, store.records()[0], FakeBackend(alive=False), root)
+    after = store.run(NAME)
+    assert after.state is Q and after.reason is None
+    assert (after.boot_id, after.runner, after.gpus) == ("boot-now", None, ())
+
+
+def test_a_held_run_stays_out_of_the_queue_and_a_stopping_one_cannot_be_held(root: Path) -> None:
+    held = make_run(Q, held=True, wait=Wait(0, 0, held=True), backend="tmux")
+    free = make_run(Q, run_id="other0000001", backend="tmux")
+    store = MemoryStore([make_record(NAME, held, root=root), make_record("free", free, root=root)])
+    assert scheduler.schedule(store, store.records(), None) == ["free"]
+    assert store.run(NAME).state is Q and store.run(NAME).wait == Wait(0, 0, held=True)
+    stopping = one_job(root, make_run(Q, stop_requested=True))
+    _refused(stopping, lambda: lifecycle.hold(stopping, NAME, stopping.run(NAME).run_id))
 
 
 def test_a_run_of_this_boot_is_not_lost_to_a_reboot(
@@ -667,7 +718,7 @@ def test_schedule_grants_free_gpus_in_queue_order_and_says_why_the_rest_wait(roo
     other = queued_job(root, "other", JobSpec(script="c.py", gpus=(1,)), 3)
     store = MemoryStore([first, second, other])
     found = Discovery("stand-in", (gpu(0, used_mib=3), gpu(1)))
-    granted = lifecycle.schedule(store, store.records(), found)
+    granted = scheduler.schedule(store, store.records(), found)
     assert sorted(granted) == ["first", "other"]
     assert store.run("first").gpus == (0,) and store.run("first").state is R
     assert store.run("first").baseline[0].memory_used_mib == 3
@@ -683,7 +734,7 @@ def test_schedule_fails_a_job_whose_dependency_failed_and_keeps_to_the_limit(roo
     b = queued_job(root, "b", JobSpec(script="b.py", cpu=True), 3)
     store = MemoryStore([dead, child, a, b])
     active = [r for r in store.records() if r.state.active]
-    assert lifecycle.schedule(store, active, None, Limits(total=1)) == ["a"]
+    assert scheduler.schedule(store, active, None, Limits(total=1)) == ["a"]
     failed = store.run("child")
     assert failed.state is FAILED and failed.started_at is None
     assert failed.reason == Reason(LostKind.DEPENDENCY_FAILED, "failed", job="prep")

@@ -341,7 +341,7 @@ def cli_main() -> Iterator[None]:
         ["start", "t.py", "--slurm", "--attach"],
         ["stop", "--nope"],
         ["show"],
-        ["logs", "a", "b"],
+        ["logs", "a", "b", "--rank", "1"],
         ["bogus"],
     ],
 )

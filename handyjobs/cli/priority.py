@@ -1,0 +1,31 @@
+"""``handyjobs priority``: move a queued job in the queue (its ``--priority``)."""
+
+from __future__ import annotations
+
+from handyjobs.cli.args import NAME
+from handyjobs.cli.parse import Arg, Command, Parsed
+from handyjobs.core import queueing
+from handyjobs.errors import UsageError
+from handyjobs.views import render
+
+
+def _run(p: Parsed) -> int:
+    name, value = p.text("name"), p.text("priority")
+    assert name is not None and value is not None
+    try:
+        priority = int(value)
+    except ValueError:
+        raise UsageError(f"priority {value!r} is not a whole number (higher goes first)") from None
+    record = queueing.set_priority(name, priority)
+    wait = record.current.wait
+    place = f"#{wait.position} in the queue, " if wait and wait.position else ""
+    print(f"{name}: priority {priority}; {place}{render.state_text(record)}")
+    return 0
+
+
+COMMAND = Command(
+    "priority",
+    "Move a queued job: its new priority (higher goes first; FIFO among equals).",
+    _run,
+    args=(NAME, Arg("priority", "The new priority, a whole number.", required=True)),
+)

@@ -1,0 +1,137 @@
+"""Changing a queued job before it starts: hold, release, edit, priority (pueue's ``switch``).
+
+Each function reads the job's current run id first, checks what it can outside the lock (the
+spec, as ``start`` checks it; GPU discovery), then under the registry lock acts only if that
+run is still the current one and still waits: a job that starts meanwhile is refused whole,
+never half-changed. Every change goes through :mod:`handyjobs.core.lifecycle`; a scheduling
+pass follows, so that positions, waits and grants reflect it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+from handyjobs.core import booking, jobs, lifecycle, paths, registry, scheduler
+from handyjobs.core import options as table
+from handyjobs.core.records import JobRecord, JobSpec, JobState, Run
+from handyjobs.errors import GpuError, JobStateError, UsageError
+
+#: What ``edit`` may change, by the name of its ``start`` option (declared once there).
+EDIT_OPTIONS = ("gpus", "ngpus", "env", "priority", "after", "after_any")
+#: The spec fields an edit takes from the checked request; every other field stays as it was.
+_EDITED_FIELDS = ("args", "env", "gpus", "ngpus", "cpu", "force", "priority", "after", "after_any")
+
+
+def _waiting(record: JobRecord, what: str) -> Run:
+    """The job's current run, when it still waits in this machine's queue; else one line."""
+    run, name = record.current, record.name
+    if run.state is not JobState.QUEUED or run.started_at is not None:
+        state = "is running" if run.state.active else f"has ended ({run.state.value})"
+        raise JobStateError(
+            f"job {name} {state}; {what} changes a queued job only before it starts "
+            f"(`handyjobs restart {name}` runs it again, with changes)"
+        )
+    if run.stop_requested:
+        raise JobStateError(f"job {name} is being stopped; {what} changes nothing now")
+    if run.backend not in booking.OWN_QUEUE:
+        raise JobStateError(
+            f"job {name} waits in its cluster scheduler's queue, not this machine's; "
+            f"{what} changes jobs of this machine's queue"
+        )
+    return run
+
+
+#: What one control does to the job under the lock, given the registry and the job's record.
+_Change = Callable[[registry.Registry, JobRecord], None]
+
+
+def _locked_change(name: str, run_id: str, what: str, change: _Change) -> JobRecord:
+    """Under the lock: ``change`` the job's run ``run_id`` if it still waits; the record after."""
+    root = paths.home()
+    with registry.locked(root) as reg:
+        scheduler.refresh_locked(reg)
+        current = reg.get(name)
+        if current is None:
+            raise jobs.not_found(name)
+        if current.current.run_id != run_id:
+            raise JobStateError(f"job {name} was started again meanwhile; look at it and retry")
+        _waiting(current, what)
+        change(reg, current)
+        record = reg.get(name) or current
+    with contextlib.suppress(GpuError, UsageError):
+        scheduler.schedule_pass(root)  # places and waits as they are now; a release may start
+    return jobs.get_job(name) if record.state.active else record
+
+
+def hold_job(name: str) -> JobRecord:
+    """Keep a queued job out of the queue until :func:`release_job`; its record after."""
+    record = jobs.get_job(name)
+    run = _waiting(record, "hold")
+    if run.held:
+        raise JobStateError(f"job {name} is already held; `handyjobs release {name}` lets it go")
+
+    def change(reg: registry.Registry, current: JobRecord) -> None:
+        lifecycle.hold(reg, name, run.run_id, held=True)
+
+    return _locked_change(name, run.run_id, "hold", change)
+
+
+def release_job(name: str) -> JobRecord:
+    """Let a held job back into the queue (it may start at once); its record after."""
+    record = jobs.get_job(name)
+    run = _waiting(record, "release")
+    if not run.held:
+        raise JobStateError(f"job {name} is not held; it waits in the queue already")
+
+    def change(reg: registry.Registry, current: JobRecord) -> None:
+        lifecycle.hold(reg, name, run.run_id, held=False)
+
+    return _locked_change(name, run.run_id, "release", change)
+
+
+def set_priority(name: str, priority: int) -> JobRecord:
+    """Move a queued job in the queue: its ``--priority`` becomes ``priority``."""
+    return edit_job(name, {"priority": priority})
+
+
+def edit_job(
+    name: str, given: Mapping[str, object], args: Sequence[str] | None = None
+) -> JobRecord:
+    """Change a queued job before it starts: the options typed (``given``: an option's name,
+    one of :data:`EDIT_OPTIONS`, and its value as ``start`` reads it) and the script's
+    arguments (``args``); checked as ``start`` checks them. Its record after."""
+    from handyjobs.core.spec import make_spec  # lazy: only an edit checks a spec here
+
+    unknown = sorted(set(given) - set(EDIT_OPTIONS))
+    if unknown:
+        raise UsageError(f"edit cannot change {', '.join(unknown)}; see `handyjobs edit --help`")
+    if not given and args is None:
+        raise UsageError("nothing to change; give options or `-- ARGS` (`handyjobs edit --help`)")
+    record = jobs.get_job(name)
+    run = _waiting(record, "edit")
+    old = record.spec
+    base = table.request_from_spec(old)
+    # One way of asking for GPUs replaces the other, as it would at start.
+    if "gpus" in given:
+        base = replace(base, ngpus=None, cpu=False)
+    if "ngpus" in given:
+        base = replace(base, gpus=None, cpu=False, force=False)
+    req = table.request(base, given)
+    if args is not None:
+        req = replace(req, args=list(args))
+    checked = make_spec(req, paths.home())
+    spec: JobSpec = replace(old, **{f: getattr(checked.spec, f) for f in _EDITED_FIELDS})
+
+    def change(reg: registry.Registry, current: JobRecord) -> None:
+        for dep in spec.after:
+            if dep == name:
+                raise UsageError(f"--after {dep}: a job cannot wait for itself")
+            if reg.get(dep) is None:
+                raise UsageError(f"--after {dep}: no job of that name; see `handyjobs list --all`")
+        lifecycle.edit(reg, name, run.run_id, spec.procs)
+        fresh = reg.get(name) or current
+        reg.put(replace(fresh, spec=spec))
+
+    return _locked_change(name, run.run_id, "edit", change)
