@@ -24,6 +24,7 @@ its reason, running once it runs, back to queued when it is requeued (:func:`obs
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 from collections.abc import Callable, Mapping
@@ -198,10 +199,26 @@ def _apply(
     if work == run:
         return False
     # In place: callers hold this Run object (a start sets its handle after granting it).
+    was_queued = run.state is JobState.QUEUED
     for f in fields(Run):
         setattr(run, f.name, getattr(work, f.name))
     store.put(record)
+    if was_queued:
+        _wake(store, name, run_id)
     return True
+
+
+def _wake(store: Store, name: str, run_id: str) -> None:
+    """Tell a queued run's runner that its run changed (granted, stopped, failed, ...).
+
+    Its runner looks at this one small file rather than parsing the registry, so waiting costs
+    the same whatever the queue's length. Stores without a folder (a scratch copy, the fast
+    tests' memory) have no runner to wake.
+    """
+    root = getattr(store, "root", None)
+    if isinstance(root, Path):
+        with contextlib.suppress(OSError):
+            paths.wake_path(name, run_id, root).touch()
 
 
 # ---- the transitions ---------------------------------------------------------------------

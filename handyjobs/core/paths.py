@@ -174,6 +174,11 @@ def status_path(name: str, run_id: str, root: Path | None = None) -> Path:
     return job_dir(name, root) / f"run-{run_id}.json"
 
 
+def wake_path(name: str, run_id: str, root: Path | None = None) -> Path:
+    """Touched whenever a queued run changes: its runner waits on this file, not the registry."""
+    return job_dir(name, root) / f"run-{run_id}.wake"
+
+
 def reserve_path(name: str, run_id: str, root: Path | None = None) -> Path:
     """Room reserved on the disk for a run's outcome, given back when the outcome is written."""
     return job_dir(name, root) / f"run-{run_id}.reserve"

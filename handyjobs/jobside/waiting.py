@@ -1,7 +1,7 @@
 """A queued run's wait on this machine: until the scheduling pass grants it, or it leaves.
 
 One queued runner at a time holds the scheduler lock and runs the pass for everyone (GPUs
-looked at through one NVML session); the others only read their own record.
+looked at through one NVML session); the others sleep until their run's wake file is touched.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from handyjobs.core import lifecycle, paths, registry, scheduler
-from handyjobs.core.records import JobState
+from handyjobs.core.records import JobState, Wait
 from handyjobs.errors import HandyjobsError
 from handyjobs.gpus.discovery import Watch
 from handyjobs.jobside.statusfile import say
@@ -22,6 +22,8 @@ from handyjobs.views import render
 QUEUE_POLL_S = 0.25
 #: Seconds between two scheduling passes by the queued runner that schedules.
 SCHEDULE_EVERY_S = 1.0
+#: Seconds after which a sleeping runner reads its record even if it was not woken.
+RECHECK_S = 30.0
 
 
 def wait_for_grant(
@@ -30,52 +32,92 @@ def wait_for_grant(
     """Wait in the queue until granted (its GPUs), or None when the run left the queue.
 
     While waiting, the runner that holds the scheduler lock runs the scheduling pass for
-    everyone once a second; the others only look at their own record.
+    everyone once a second and reads its own record after each pass. The others sleep: they
+    look at their run's wake file (one ``stat``), which every change of their run touches,
+    and read the registry only when it was touched (or every :data:`RECHECK_S` anyway), so
+    the cost of waiting does not grow with the queue's length.
     """
-    said = None
-    failed = ""
-    sched_fd = -1
-    next_pass = 0.0
-    looking: Watch | None = None  # one NVML session while this runner schedules
+    waiter = _Waiter(root, name, run_id, env, log_fd)
     try:
         while True:
-            record = registry.load_one(name, root)
-            run = None if record is None else record.run_by_id(run_id)
-            if run is None or not run.state.active:
-                return None
-            if run.stop_requested:
-                with registry.locked(root) as reg:
-                    lifecycle.cancel(reg, name, run_id)
-                return None
-            if run.state is JobState.RUNNING:
-                return run.gpus
-            if run.wait is not None and run.wait != said:
-                say(log_fd, f"queued: {render.wait_text(run.wait)}")
-                said = run.wait
-            if sched_fd < 0:
-                sched_fd = _try_lock(paths.scheduler_lock_path(root))
-            if sched_fd >= 0 and time.monotonic() >= next_pass:
-                try:
-                    if looking is None:
-                        from handyjobs.gpus import (
-                            discovery as gpus,  # lazy: only this path needs it (start-up)
-                        )
-
-                        looking = gpus.Watch(env)
-                    scheduler.schedule_pass(root, env, looking)
-                except HandyjobsError as exc:
-                    # A GPU that cannot be read (or a full disk) must not end the wait:
-                    # say so once, and try again at the next pass.
-                    if str(exc) != failed:
-                        say(log_fd, f"cannot schedule yet: {exc}")
-                        failed = str(exc)
-                next_pass = time.monotonic() + SCHEDULE_EVERY_S
+            if waiter.due():
+                done, gpus = waiter.look()
+                if done:
+                    return gpus
+            waiter.schedule()
             time.sleep(QUEUE_POLL_S)
     finally:
-        if looking is not None:
-            looking.close()
-        if sched_fd >= 0:
-            os.close(sched_fd)
+        waiter.close()
+
+
+class _Waiter:
+    """One queued run's wait: when to look at its record, and the pass while it holds the lock."""
+
+    def __init__(self, root: Path, name: str, run_id: str, env: dict[str, str], log_fd: int):
+        self.root, self.name, self.run_id, self.env, self.log_fd = root, name, run_id, env, log_fd
+        self.wake = paths.wake_path(name, run_id, root)
+        self.seen: float | None = None
+        self.next_look = 0.0  # look at once
+        self.next_pass = 0.0
+        self.sched_fd = -1
+        self.said: Wait | None = None
+        self.failed = ""
+        self.looking: Watch | None = None  # one NVML session while this runner schedules
+
+    def due(self) -> bool:
+        """True when the record is to be read: the wake file changed, or it is time anyway."""
+        try:
+            stamp: float | None = self.wake.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp != self.seen:
+            self.seen = stamp
+            return True
+        return time.monotonic() >= self.next_look
+
+    def look(self) -> tuple[bool, tuple[int, ...] | None]:
+        """Read the run's record: (True, its GPUs) once granted, (True, None) once it left."""
+        self.next_look = time.monotonic() + RECHECK_S
+        record = registry.load_one(self.name, self.root)
+        run = None if record is None else record.run_by_id(self.run_id)
+        if run is None or not run.state.active:
+            return True, None
+        if run.stop_requested:
+            with registry.locked(self.root) as reg:
+                lifecycle.cancel(reg, self.name, self.run_id)
+            return True, None
+        if run.state is JobState.RUNNING:
+            return True, run.gpus
+        if run.wait is not None and run.wait != self.said:
+            say(self.log_fd, f"queued: {render.wait_text(run.wait)}")
+            self.said = run.wait
+        return False, None
+
+    def schedule(self) -> None:
+        """Run the pass for everyone while this runner holds the scheduler lock."""
+        if self.sched_fd < 0:
+            self.sched_fd = _try_lock(paths.scheduler_lock_path(self.root))
+        if self.sched_fd < 0 or time.monotonic() < self.next_pass:
+            return
+        try:
+            if self.looking is None:
+                self.looking = Watch(self.env)
+            scheduler.schedule_pass(self.root, self.env, self.looking)
+        except HandyjobsError as exc:
+            # A GPU that cannot be read (or a full disk) must not end the wait: say so once,
+            # and try again at the next pass.
+            if str(exc) != self.failed:
+                say(self.log_fd, f"cannot schedule yet: {exc}")
+                self.failed = str(exc)
+        self.next_pass = time.monotonic() + SCHEDULE_EVERY_S
+        self.next_look = 0.0  # the pass may have granted this run too
+
+    def close(self) -> None:
+        """Let go of the NVML session and the scheduler lock."""
+        if self.looking is not None:
+            self.looking.close()
+        if self.sched_fd >= 0:
+            os.close(self.sched_fd)
 
 
 def _try_lock(path: Path) -> int:
