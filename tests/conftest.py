@@ -78,22 +78,24 @@ def confirm_when(
     """A probe for :func:`wait_until` that runs ``dear`` (a CLI call) only when it can pay.
 
     ``cheap`` reads files in this process; ``dear`` runs the real CLI, which is the answer.
-    ``dear`` runs when ``cheap`` holds (at most every 0.25 s) and at least every ``every_s``.
-    A CLI call costs a Python start-up (about 0.4 s of CPU): asked 10 times a second, as the
+    ``dear`` runs at once, then whenever ``cheap`` holds (0.25 s after the last call ended at
+    the soonest) and otherwise ``every_s`` after the last call ended. A CLI call costs a Python
+    start-up (about 0.4 s of CPU, seconds on a loaded machine): called back to back, as the
     waits did before, it took one of a 2-core machine's cores from the jobs being waited for.
     """
-    last = -float("inf")
+    done = -float("inf")
 
     def probe() -> Any:
-        nonlocal last
-        now = time.monotonic()
+        nonlocal done
         hint = False
         with contextlib.suppress(Exception):  # a file being replaced: the CLI decides
             hint = cheap()
-        if now - last < (0.25 if hint else every_s):
+        if time.monotonic() - done < (0.25 if hint else every_s):
             return None
-        last = now
-        return dear()
+        try:
+            return dear()
+        finally:
+            done = time.monotonic()
 
     return probe
 
