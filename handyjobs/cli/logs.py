@@ -11,13 +11,20 @@ from handyjobs.cli.common import pick_names
 from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core.options import option
 from handyjobs.errors import UsageError
-from handyjobs.views.logview import show_log, show_logs
+from handyjobs.views.logview import show_log, show_logs, show_removed_log
 
 
 def _run(p: Parsed) -> int | None:
     names, group = p.items("names"), p.text("group")
     if not names and group is None:
         raise UsageError("give the job: NAME (or several, or --group GROUP)")
+    if p.flag("removed"):
+        if len(names) != 1 or group is not None or p.flag("follow") or p.number("rank") is not None:
+            raise UsageError(
+                "--removed shows the log a removed job of one NAME kept (no -f, --rank)"
+            )
+        show_removed_log(names[0], p.number("lines"), raw=p.flag("raw"), plain=p.flag("plain"))
+        return None
     if len(names) == 1 and group is None:
         return show_log(
             names[0],
@@ -55,5 +62,6 @@ COMMAND = Command(
         option("--prefix", "flag", "", "Label every line with its rank (or [launcher])."),
         option("--raw", "flag", "", "The bytes as written: redraws, escapes, rank tags."),
         option("--plain", "flag", "", "No colours (the default when piped)."),
+        option("--removed", "flag", "", "The log a removed job of this name kept (`rm`, `clean`)."),
     ),
 )

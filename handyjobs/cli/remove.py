@@ -18,8 +18,9 @@ def _run(p: Parsed) -> int:
         raise UsageError("give the jobs to remove: NAME... (or `handyjobs clean`)")
 
     def one(name: str) -> None:
-        control.remove_job(name, force=p.flag("force"), logs=p.flag("with_logs"))
-        print(f"removed {name}")
+        kept = control.remove_job(name, force=p.flag("force"), logs=p.flag("with_logs"))
+        where = f"; its log is kept: `handyjobs logs {name} --removed` ({kept})" if kept else ""
+        print(f"removed {name}{where}")
 
     return each_name(names, one)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from handyjobs.backends import base as backends
 from handyjobs.core import jobs, lifecycle, paths, registry, scheduler, starting
-from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run
+from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run, parse_time
 from handyjobs.core.spec import parse_env
 from handyjobs.errors import (
     GpuError,
@@ -242,8 +242,9 @@ def _read_env(name: str, root: Path) -> dict[str, str] | None:
         return None
 
 
-def remove_job(name: str, force: bool = False, logs: bool = False) -> None:
-    """Forget a finished job (``force``: stop an active one first); logs kept unless ``logs``."""
+def remove_job(name: str, force: bool = False, logs: bool = False) -> Path | None:
+    """Forget a finished job (``force``: stop an active one first); logs kept unless ``logs``,
+    out of the way of the next job of that name: where they are kept (None: not kept)."""
 
     record = jobs.get_job(name)
     run = record.current
@@ -266,7 +267,8 @@ def remove_job(name: str, force: bool = False, logs: bool = False) -> None:
         if current.state.active:
             raise JobStateError(f"job {name} was started again meanwhile; stop it first")
         reg.forget(name)
-    _remove_files(root, name, logs)
+        kept = _set_aside(root, current)
+    return _remove_files(kept, logs)
 
 
 def clean_jobs(logs: bool = False, states: Sequence[JobState] = ()) -> list[str]:
@@ -277,18 +279,34 @@ def clean_jobs(logs: bool = False, states: Sequence[JobState] = ()) -> list[str]
     names = [r.name for r in records if not r.state.active and (not states or r.state in states)]
     if not names:
         return []
+    kept = []
     with registry.locked(root) as reg:
         names = [n for n in names if n not in reg.active]
         for name in names:
+            record = reg.get(name)
             reg.forget(name)
-    for name in names:
-        _remove_files(root, name, logs)
+            if record is not None:
+                kept.append(_set_aside(root, record))
+    for folder in kept:
+        _remove_files(folder, logs)
     return names
 
 
-def _remove_files(root: Path, name: str, logs: bool) -> None:
-    """The kept environment always goes with the record; the whole folder with ``logs``."""
+def _set_aside(root: Path, record: JobRecord) -> Path | None:
+    """Under the lock, with the record forgotten: the job's folder out of the way of the next
+    job of its name (a new job of that name must not inherit its log or metrics)."""
+    created = parse_time(record.created_at).timestamp()
+    return paths.set_aside(record.name, root, created)
+
+
+def _remove_files(folder: Path | None, logs: bool) -> Path | None:
+    """The kept environment always goes with the record; the whole folder with ``logs``.
+    Returns the folder when it is kept."""
+    if folder is None:
+        return None
     with contextlib.suppress(OSError):
-        paths.env_path(name, root).unlink()
+        (folder / paths.ENV_FILE).unlink()
     if logs:
-        shutil.rmtree(paths.job_dir(name, root), ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return folder

@@ -12,6 +12,8 @@ Layout::
       jobs/NAME/rank-N.log        every byte rank N printed, in a job of several processes
       jobs/NAME/env.json          the caller's environment, kept for restarts (0600)
       jobs/NAME/run-RUNID.json    the runner's status: pids, start, outcome (room reserved)
+      removed/NAME/STAMP/         the folder of a removed job of that name, kept (``rm``
+                                  without --logs): a new job of the name starts afresh
 
 Every folder is 0700 and every file 0600 whatever the umask. Every write that replaces a file
 goes through a temp file and a rename, and a failed write leaves no temp file behind.
@@ -154,6 +156,49 @@ def job_dir(name: str, root: Path | None = None) -> Path:
     return (root or home()) / "jobs" / name
 
 
+def removed_dir(root: Path | None = None) -> Path:
+    """Where the folders of removed jobs are kept, one folder per name."""
+    return (root or home()) / "removed"
+
+
+def set_aside(name: str, root: Path, created: float | None = None) -> Path | None:
+    """Move a job's folder out of the way of the next job of that name: its files belong to
+    the job that wrote them. Kept as ``removed/NAME/STAMP``, STAMP the UTC time the job was
+    created (``created``, epoch seconds; else the folder's own time); None when there was no
+    folder."""
+    from datetime import datetime, timezone  # lazy: only rm, clean and such a start need it
+
+    src = job_dir(name, root)
+    try:
+        st = src.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise storage_error(exc, "read the job's folder") from exc
+    if not stat.S_ISDIR(st.st_mode):  # never follow a link out of the state folder
+        raise UsageError(f"{src} is not a folder; move it away and try again")
+    when = st.st_mtime if created is None else created
+    stamp = datetime.fromtimestamp(when, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    parent = ensure_private_dir(removed_dir(root) / name)
+    dest, n = parent / stamp, 1
+    while dest.exists():
+        n += 1
+        dest = parent / f"{stamp}-{n}"
+    try:
+        os.rename(src, dest)
+    except OSError as exc:
+        raise storage_error(exc, "move the removed job's folder aside") from exc
+    return dest
+
+
+def removed_folders(name: str, root: Path | None = None) -> list[Path]:
+    """The kept folders of removed jobs of this name, oldest first (by their stamp)."""
+    try:
+        return sorted(p for p in (removed_dir(root) / name).iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
 def log_path(name: str, root: Path | None = None) -> Path:
     """The job's log, appended across restarts."""
     return job_dir(name, root) / "output.log"
@@ -164,9 +209,13 @@ def rank_log(job_log: str, rank: int) -> str:
     return str(Path(job_log).parent / f"rank-{rank}.log")
 
 
+#: The file in a job's folder that holds the caller's environment.
+ENV_FILE = "env.json"
+
+
 def env_path(name: str, root: Path | None = None) -> Path:
     """The caller's environment, kept for restarts (0600)."""
-    return job_dir(name, root) / "env.json"
+    return job_dir(name, root) / ENV_FILE
 
 
 def status_path(name: str, run_id: str, root: Path | None = None) -> Path:

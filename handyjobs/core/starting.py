@@ -67,6 +67,7 @@ def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
                         f"a job named {name} exists ({existing.state.value}); pick another "
                         f"--name or remove it with `handyjobs rm {name}`"
                     )
+                paths.set_aside(name, reg.root)  # no record owns it: an older job's files
                 run = lifecycle.new_run(
                     None, spec.procs, backend.name, local=not backend.queues, held=req.hold
                 )

@@ -12,7 +12,7 @@ from pathlib import Path
 from handyjobs.core import jobs, paths
 from handyjobs.core import logs as logmod
 from handyjobs.core.records import JobRecord, returncode
-from handyjobs.errors import UsageError
+from handyjobs.errors import JobNotFound, UsageError
 from handyjobs.jobside.terminal import Renderer, TagMode
 from handyjobs.views import render
 
@@ -69,6 +69,34 @@ def show_log(
         return None
     run = jobs.get_job(name).run_by_id(record.current.run_id) or record.current
     return returncode(run)
+
+
+def show_removed_log(name: str, lines: int | None, raw: bool = False, plain: bool = False) -> None:
+    """The log a removed job of this name left (the newest such job's), as ``logs`` shows one."""
+    if lines is not None and lines < 0:
+        raise UsageError(f"-n {lines}: give 0 or more lines")
+    folders = paths.removed_folders(name)
+    if not folders:
+        raise JobNotFound(
+            f"no removed job named {render.printable(name)} kept its log; "
+            "see `handyjobs list --all` for the jobs there are"
+        )
+    path = folders[-1] / paths.log_path(name).name
+    files = [Path(logmod.previous(str(path))), path]
+    single = not any(folders[-1].glob("rank-*.log"))
+    colour = not (plain or raw) and render.use_colour()
+    view = Renderer(colour, mode=TagMode.RAW if raw else TagMode.PANE, single=single, raw=raw)
+    out = sys.stdout.buffer
+    try:
+        if lines is None:
+            for chunk in logmod.chunks(files):
+                out.write(view.feed(chunk))
+        else:
+            out.write(view.feed(logmod.tail_files(files, lines)[0]))
+        out.write(view.finish())
+        out.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
 
 
 class _Tagged:

@@ -1,0 +1,58 @@
+"""The rough edges a newcomer hit (issue 18), each as a user meets it: real tmux, real processes.
+
+Each test is named after the edge's number in the issue and fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+
+from conftest import Sandbox, log_of, show, wait_state
+
+# A job that says who it is and logs one point of a metric.
+SAY = """
+import sys
+from handyjobs import log_metrics
+print("I am", sys.argv[1], flush=True)
+log_metrics({"loss": float(sys.argv[2])}, step=int(sys.argv[3]))
+"""
+
+
+def test_1_a_reused_name_starts_afresh_and_the_removed_jobs_log_stays_reachable(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.write("say.py", SAY)
+    sandbox.cli("start", "say.py", "--name", "r", "--", "old", "9.5", "7", check=True)
+    wait_state(sandbox, "r", "succeeded")
+    removed = sandbox.cli("rm", "r", check=True).stdout
+    assert "`handyjobs logs r --removed`" in removed
+    sandbox.cli("start", "say.py", "--name", "r", "--", "new", "0.25", "1", check=True)
+    wait_state(sandbox, "r", "succeeded")
+    # The new job's log, metrics and run headers are its own.
+    log = log_of(sandbox, "r")
+    assert "I am new" in log and "I am old" not in log
+    assert log.count("run 1 of r started") == 1
+    metrics = show(sandbox, "r")["metrics"]
+    assert metrics["loss"]["last"] == 0.25 and metrics["loss"]["last_step"] == 1
+    assert metrics["loss"]["best"] == 0.25
+    table = sandbox.cli("list", "--metric", "loss", check=True).stdout.splitlines()
+    assert table[1].split()[0] == "r" and "0.25" in table[1].split() and "9.5" not in table[1]
+    # The removed job's log is still there, and `logs --removed` shows it.
+    kept = sandbox.cli("logs", "r", "--removed", check=True).stdout
+    assert "I am old" in kept and "I am new" not in kept
+    # clean keeps them too, and says where.
+    cleaned = sandbox.cli("clean", check=True).stdout
+    assert "--removed" in cleaned and "(r)" in cleaned
+    assert "I am new" in sandbox.cli("logs", "r", "--removed", check=True).stdout
+    missing = sandbox.cli("logs", "nobody", "--removed")
+    assert missing.returncode == 1 and "no removed job named nobody" in missing.stderr
+    # A folder no record owns (left by an older release) is set aside, not inherited.
+    stale = sandbox.home / "jobs" / "s"
+    stale.mkdir(mode=0o700)
+    (stale / "output.log").write_text("stale line\n")
+    (stale / "metrics.jsonl").write_text(json.dumps({"step": 1, "values": {"loss": 5}}) + "\n")
+    sandbox.cli("start", "say.py", "--name", "s", "--", "fresh", "1.0", "2", check=True)
+    wait_state(sandbox, "s", "succeeded")
+    assert "stale line" not in log_of(sandbox, "s")
+    assert show(sandbox, "s")["metrics"]["loss"]["last_step"] == 2
+    assert "stale line" in sandbox.cli("logs", "s", "--removed", check=True).stdout
