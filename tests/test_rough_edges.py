@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Sandbox, log_of, show, wait_state
+from conftest import SLEEPER, Sandbox, log_of, show, wait_state
 
 # A job that says who it is and logs one point of a metric.
 SAY = """
@@ -56,3 +56,17 @@ def test_1_a_reused_name_starts_afresh_and_the_removed_jobs_log_stays_reachable(
     assert "stale line" not in log_of(sandbox, "s")
     assert show(sandbox, "s")["metrics"]["loss"]["last_step"] == 2
     assert "stale line" in sandbox.cli("logs", "s", "--removed", check=True).stdout
+
+
+def test_2_stopping_a_job_and_the_one_waiting_for_it_stops_both(sandbox: Sandbox) -> None:
+    sandbox.write("sleep.py", SLEEPER)
+    sandbox.cli("config", "parallel", "1", check=True)
+    sandbox.cli("start", "sleep.py", "--name", "blocker", check=True)
+    wait_state(sandbox, "blocker", "running")
+    sandbox.cli("start", "sleep.py", "--name", "q1", check=True)
+    sandbox.cli("start", "sleep.py", "--name", "q2", "--after", "q1", check=True)
+    stopped = sandbox.cli("stop", "q1", "q2")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped queued job q1" in stopped.stdout and "stopped queued job q2" in stopped.stdout
+    assert show(sandbox, "q1")["state"] == "stopped"
+    assert show(sandbox, "q2")["state"] == "stopped"

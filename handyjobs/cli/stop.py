@@ -15,9 +15,11 @@ def _run(p: Parsed) -> int:
     picked = pick_names(p.items("names"), p.text("group"), p.flag("every"), active, "to stop")
     grace = p.real("timeout")
     assert grace is not None
+    # All marked first: a queued job that waits for another one named here ends stopped too.
+    asked = control.ask_to_stop(picked) if len(picked) > 1 else {}
 
     def one(name: str) -> None:
-        result = control.stop_job(name, grace_s=grace)
+        result = control.stop_job(name, grace_s=grace, asked=asked.get(name))
         n = len(result.pids)
         ended = f"{n} process{'' if n == 1 else 'es'} ended"
         if result.was_lost:

@@ -36,6 +36,8 @@ THRESHOLD_ENV = "HANDYJOBS_GPU_MEM_THRESHOLD_MIB"
 DEFAULT_THRESHOLD_MIB = 1024
 
 _INDEX_RE = re.compile(r"[0-9]+")
+#: States whose runs hold their GPUs and a slot: a paused run keeps both until it ends.
+HOLDING = (JobState.RUNNING, JobState.PAUSED)
 
 
 # ---- the machine's policy ---------------------------------------------------------------------
@@ -115,10 +117,10 @@ def blocker(gpu: GpuInfo, threshold_mib: int, ignore_pids: Iterable[int] = ()) -
 
 
 def held_gpus(records: Iterable[JobRecord], exclude: str | None = None) -> dict[int, str]:
-    """GPU index -> name of the running job of ours that holds it."""
+    """GPU index -> name of the running (or paused) job of ours that holds it."""
     held: dict[int, str] = {}
     for record in records:
-        if record.name != exclude and record.state is JobState.RUNNING:
+        if record.name != exclude and record.state in HOLDING:
             for gpu in record.current.gpus:
                 held.setdefault(gpu, record.name)
     return held
@@ -206,7 +208,8 @@ def plan(
     never wait behind ones that do. Each job is judged by the GPU policy it was started under.
     """
     deps, limits, held = deps or {}, limits or Limits(), held_gpus(records)
-    running = [r for r in records if r.state is JobState.RUNNING]
+    running = [r for r in records if r.state in HOLDING]
+    paused = {r.spec.group for r in records if r.state is JobState.PAUSED and r.spec.group}
     total = len(running)
     by_group = Counter(r.spec.group for r in running if r.spec.group is not None)
     kept: dict[int, str] = {}
@@ -224,6 +227,9 @@ def plan(
             continue
         if pending:
             wait(name, Wait(0, 0, after=tuple(pending)))
+            continue
+        if spec.group in paused:  # the user paused the group: nothing new starts in it
+            wait(name, Wait(0, 0, group=spec.group, paused=True))
             continue
         full = _no_slot(spec, limits, total, by_group)
         if full is not None:

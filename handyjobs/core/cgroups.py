@@ -46,6 +46,12 @@ BASE = "handyjobs"
 SERVERS = "servers"
 #: The v1 controllers a run's cgroup is made in, when they are mounted and writable.
 V1_CONTROLLERS = ("memory", "freezer", "pids")
+#: Why ``--mem`` is refused where no run's cgroup can take a memory limit.
+NO_MEMORY_LIMIT = (
+    "--mem needs a cgroup with the memory controller: none is writable here (cgroup v2 with "
+    "memory delegated, e.g. under `systemd-run --user --scope`, or cgroup v1 as root); run "
+    "without --mem"
+)
 
 
 @dataclass(frozen=True)
@@ -228,12 +234,24 @@ def create(run_id: str, mem_bytes: int | None = None) -> RunGroup:
         group = RunGroup(run_id, tuple(_make_dirs(run_id)))
     if mem_bytes is not None and not _set_memory(group, mem_bytes):
         group.remove(0)
-        raise UsageError(
-            "--mem needs a cgroup with the memory controller: none is writable here "
-            "(cgroup v2 with memory delegated, e.g. under `systemd-run --user --scope`, "
-            "or cgroup v1 as root); run without --mem"
-        )
+        raise UsageError(NO_MEMORY_LIMIT)
     return group
+
+
+def can_limit_memory() -> bool:
+    """True when a run's cgroup here can take a memory limit: ``start --mem`` asks first.
+
+    A probe cgroup is made where a run's would be, limited, and removed again; with
+    ``HANDYJOBS_CGROUPS=0`` there is none, as in the runner.
+    """
+    if os.environ.get(USE_ENV) == "0":
+        return False
+    probe = RunGroup(f"probe-{os.getpid()}")
+    probe = RunGroup(probe.run_id, tuple(_make_dirs(probe.run_id)))
+    try:
+        return _set_memory(probe, 1 << 30)
+    finally:
+        probe.remove(0)
 
 
 def _make_dirs(run_id: str) -> Iterator[Path]:

@@ -53,17 +53,36 @@ class StopResult:
     gpu_note: str | None = None
 
 
-def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
+def ask_to_stop(names: Sequence[str]) -> dict[str, str]:
+    """Mark the queued runs of the jobs named as asked to stop, all under one lock, before
+    any of them is stopped: one that waits (``--after``) for another stopped with it then
+    ends stopped, not failed. Returns the runs marked: name -> run id, for :func:`stop_job`."""
+    marked: dict[str, str] = {}
+    with registry.locked(paths.home()) as reg:
+        for name in dict.fromkeys(names):
+            record = reg.get(name)
+            if record is not None and record.state is JobState.QUEUED:
+                run_id = record.current.run_id
+                if lifecycle.request_stop(reg, name, run_id) or record.current.stop_requested:
+                    marked[name] = run_id
+    return marked
+
+
+def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = None) -> StopResult:
     """End every process of a job's current run (SIGTERM, grace, SIGKILL); mark it stopped.
 
     Only processes that carry the run's marker are signalled. A lost run's leftovers are
     ended too. The run is addressed by its id: a restart racing with this stop is untouched.
+    ``asked``: the run id :func:`ask_to_stop` marked; that run found stopped already (a job
+    it waited for was stopped first) is this stop's success.
     """
 
     root = paths.home()
     record = jobs.get_job(name)
     run = record.current
     backend = backends.get(run.backend)
+    if run.run_id == asked and run.state is JobState.STOPPED:
+        return StopResult(record, run.run_id, (), was_queued=True)
     if not run.state.active:
         if run.state is JobState.LOST and backend.leftover_pids(run):
             ended = backend.terminate(run, grace_s)
@@ -78,6 +97,8 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S) -> StopResult:
         lifecycle.request_stop(reg, name, run_id)
         current = reg.get(name)
         mine = None if current is None else current.run_by_id(run_id)
+        if mine is not None and run_id == asked and mine.state is JobState.STOPPED:
+            return StopResult(current or record, run_id, (), was_queued=True)  # its runner went
         if mine is None or not mine.state.active:
             state = "was removed" if mine is None else mine.state.value
             raise JobStateError(f"job {name} is not running (it {state}); nothing to stop")

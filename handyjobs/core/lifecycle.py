@@ -14,6 +14,7 @@ no such row) changes nothing and returns False.
        ├──cancel──> stopped       ├──cancel──> stopped (its runner went after a stop)
        ├──fail_to_start──> failed └──fail_to_start──> failed (granted, never began)
        └──lose──> lost            └──lose──> lost (runner died, session gone, reboot)
+    running <──pause / resume──> paused (processes stopped, GPUs kept): it ends as running does
 
 A run whose backend has a scheduler of its own (``Probe.queues``) also moves by that
 scheduler's view, as the backend puts it into neutral data (:class:`ClusterState`): queued with
@@ -66,14 +67,22 @@ class Event(str, enum.Enum):
     LOSE = "lose"
     END_BY_CLUSTER = "end_by_cluster"
     CLEAN = "clean"
+    PAUSE = "pause"
+    RESUME = "resume"
     HOLD = "hold"
     RELEASE = "release"
     EDIT = "edit"
     RELAUNCH = "relaunch"
 
 
-_Q, _R = JobState.QUEUED, JobState.RUNNING
+_Q, _R, _P = JobState.QUEUED, JobState.RUNNING, JobState.PAUSED
 _OK, _FAILED, _STOPPED, _LOST = JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST
+#: How a run whose command began ends by its command, running or paused alike.
+_FINISHED = {
+    _OK: "its command exited 0 and no stop was asked",
+    _FAILED: "its command exited non-zero, by a signal or at a limit, and no stop was asked",
+    _STOPPED: "its command ended after the user asked it to stop",
+}
 
 #: The legal changes of a run: (from state, event) -> {to state: what the row means}. A row
 #: whose two states are the same changes what is known of the run, not where it is. Nothing
@@ -100,11 +109,7 @@ TABLE: Mapping[tuple[JobState, Event], Mapping[JobState, str]] = {
     (_R, Event.REQUEUE): {
         _Q: "the job side had the scheduler requeue it (time-limit warning): it starts again"
     },
-    (_R, Event.FINISH): {
-        _OK: "its command exited 0 and no stop was asked",
-        _FAILED: "its command exited non-zero or by a signal, and no stop was asked",
-        _STOPPED: "its command ended after the user asked it to stop",
-    },
+    (_R, Event.FINISH): _FINISHED,
     (_Q, Event.CANCEL): {_STOPPED: "stopped while it waited: it never began"},
     (_R, Event.CANCEL): {_STOPPED: "stopped, and its runner went before recording the end"},
     (_Q, Event.FAIL_TO_START): {
@@ -131,6 +136,12 @@ TABLE: Mapping[tuple[JobState, Event], Mapping[JobState, str]] = {
         _LOST: "the scheduler ended it and the job side recorded nothing (node failure)",
     },
     (_LOST, Event.CLEAN): {_LOST: "stop ended a lost run's leftover processes: none is left"},
+    (_R, Event.PAUSE): {_P: "the user paused it (SIGSTOP to its processes); its GPUs stay booked"},
+    (_P, Event.RESUME): {_R: "the user resumed it (SIGCONT to its processes)"},
+    (_P, Event.REQUEST_STOP): {_P: "the user asked it to stop while paused: stop continues it"},
+    (_P, Event.FINISH): _FINISHED,
+    (_P, Event.CANCEL): {_STOPPED: "stopped while paused, and its runner went before recording"},
+    (_P, Event.LOSE): {_LOST: "its runner went while it was paused (killed, reboot)"},
     (_Q, Event.HOLD): {_Q: "the user held it: it keeps out of the queue until released"},
     (_Q, Event.RELEASE): {_Q: "the user released it: it waits in the queue again"},
     (_Q, Event.EDIT): {_Q: "the user changed the job before it started (processes, waits)"},
@@ -287,7 +298,8 @@ def _ended(run: Run, outcome: Outcome) -> None:
 
 
 def finish(store: Store, name: str, run_id: str, outcome: Outcome) -> bool:
-    """The command ended: succeeded (exit 0), stopped (a stop was asked), or failed.
+    """The command ended: succeeded (exit 0), stopped (a stop was asked), or failed (its exit,
+    or a limit of its own that ended it).
 
     Only a running run finishes: one that never began ends by the rows that say so.
     """
@@ -296,7 +308,8 @@ def finish(store: Store, name: str, run_id: str, outcome: Outcome) -> bool:
         _ended(run, outcome)
         if run.stop_requested:
             return JobState.STOPPED
-        if outcome.exit_code == 0 and outcome.signal is None:
+        run.reason = outcome.reason  # a limit that ended it: failed, whatever its exit code
+        if outcome.exit_code == 0 and outcome.signal is None and outcome.reason is None:
             return JobState.SUCCEEDED
         return JobState.FAILED
 
@@ -311,6 +324,12 @@ def request_stop(store: Store, name: str, run_id: str) -> bool:
         return run.state
 
     return _apply(store, name, run_id, Event.REQUEST_STOP, step)
+
+
+def pause(store: Store, name: str, run_id: str, paused: bool = True) -> bool:
+    """Running -> paused (its processes were stopped), or back with ``paused`` False."""
+    to = JobState.PAUSED if paused else JobState.RUNNING
+    return _apply(store, name, run_id, Event.PAUSE if paused else Event.RESUME, lambda run: to)
 
 
 def cancel(store: Store, name: str, run_id: str) -> bool:

@@ -104,6 +104,14 @@ def _command_text(argv: tuple[str, ...]) -> str | None:
     return shlex.join(argv) if argv else None
 
 
+def _bytes_text(value: int | None) -> str | None:
+    return None if value is None else str(value)  # ``--mem`` takes a plain number of bytes
+
+
+def _seconds_text(value: int | None) -> str | None:
+    return None if value is None else f"{value}s"
+
+
 #: What ``--like`` does with each field of the table below (see :data:`Like`).
 C: Like = "copy"
 A: Like = "add"
@@ -139,6 +147,15 @@ START_OPTIONS: tuple[Option, ...] = (
     _opt("--on-exit", "str", "CMD", "Command to run when the job ends (no shell; see README).",
          like=C, from_spec=_command_text, sweep=True),
     _opt("--max-restarts", "int", "N", "torchrun's elastic restarts.", like=C),
+    # Limits, enforced here by the runner; a job sent to a cluster gives them to its scheduler.
+    _opt("--time", "str", "T", "Time limit: 2h30m, 90m, 45s, 1:30:00 or minutes; the job is "
+         "stopped at it and fails (on a cluster: its scheduler's limit).", field="time_limit",
+         like=C, from_spec=_seconds_text, sweep=True),
+    _opt("--mem", "str", "SIZE", "Memory limit of the whole run (its cgroup): 16G, 512M (on a "
+         "cluster: its scheduler's, per node).", field="mem_limit", like=C,
+         from_spec=_bytes_text, sweep=True),
+    _opt("--signal-before", "int", "S", "SIGUSR1 this many s before --time's limit (default "
+         "60, at most half the limit).", like=C, sweep=True),
     _opt("--like", "str", "NAME", "Start from another job's spec, with these changes.",
          field=None, complete="jobs"),
     _opt("--nnodes", "int", "N", "Machines the job spans (start it on each one)."),

@@ -186,6 +186,8 @@ def terminate(
                 # Signalled, or it ended between the look and the signal (a rank wrapper
                 # passes our SIGTERM on to its worker first): either way it was ours and ended.
                 seen[pid] = start
+                if sig == first:  # a paused (stopped) process acts on it only once continued
+                    signal_verified(pid, start, run_id, signal.SIGCONT)
         now = time.monotonic()
         if sig != signal.SIGKILL and now >= deadline:
             sig = signal.SIGKILL

@@ -31,6 +31,8 @@ class JobState(str, enum.Enum):
 
     QUEUED = "queued"
     RUNNING = "running"
+    #: Its processes are stopped (SIGSTOP) by ``pause`` until ``resume``; its GPUs stay booked.
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     STOPPED = "stopped"
@@ -38,12 +40,13 @@ class JobState(str, enum.Enum):
 
     @property
     def active(self) -> bool:
-        """True while the run waits for GPUs or runs."""
-        return self in (JobState.QUEUED, JobState.RUNNING)
+        """True while the run waits for GPUs, runs or is paused."""
+        return self in (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
 
 
 class LostKind(str, enum.Enum):
-    """Why a run ended with no outcome of its own, or failed before its command started."""
+    """Why a run ended with no outcome of its own, failed before its command started, or was
+    ended by a limit."""
 
     #: The runner process is gone and wrote no outcome (SIGKILL, OOM killer).
     RUNNER_DIED = "runner_died"
@@ -60,6 +63,10 @@ class LostKind(str, enum.Enum):
     CLUSTER_ENDED = "cluster_ended"
     #: A job it was to start after (``--after``) failed, was stopped, lost or removed.
     DEPENDENCY_FAILED = "dependency_failed"
+    #: Its runner ended it at its time limit (``--time``); ``detail`` holds the limit.
+    TIME_LIMIT = "time_limit"
+    #: The kernel killed its processes for going over its memory limit (``--mem``).
+    OUT_OF_MEMORY = "out_of_memory"
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,8 @@ class Wait(JsonRecord):
     reason: str | None = field(default=None, metadata=OMIT_DEFAULT)
     #: The user holds the run (``hold``, ``start --hold``): out of the queue until released.
     held: bool = field(default=False, metadata=OMIT_DEFAULT)
+    #: A run of its ``group`` is paused: the group starts nothing new until it is resumed.
+    paused: bool = field(default=False, metadata=OMIT_DEFAULT)
 
     @property
     def for_gpus(self) -> bool:
@@ -254,6 +263,10 @@ class JobSpec(JsonRecord):
     rdzv: Rendezvous | None = None
     #: Submitted to Slurm (``--slurm``) rather than run in tmux here.
     slurm: SlurmSpec | None = None
+    #: Limits on this machine (``--time``, ``--mem``, ``--signal-before``): s, bytes, s.
+    time_limit: int | None = field(default=None, metadata=OMIT_DEFAULT)
+    mem_limit: int | None = field(default=None, metadata=OMIT_DEFAULT)
+    signal_before: int | None = field(default=None, metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
         # Both are mappings kept as pairs and saved as JSON objects: hold them as a save would
@@ -356,6 +369,8 @@ class Outcome(JsonRecord):
     by_scheduler: bool = False
     #: What the run used, as its runner sampled it.
     cost: Cost | None = None
+    #: A limit of the run's that ended it (time, memory): the run failed for that reason.
+    reason: Reason | None = field(default=None, metadata=OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -557,9 +572,12 @@ class LaunchEnv(JsonRecord):
 
 
 def exit_summary(run: Run) -> str:
-    """How a run ended, in words: ``0``, ``1``, ``SIGTERM``; empty while it runs."""
+    """How a run ended, in words: ``0``, ``1``, ``SIGTERM``, ``TIMEOUT``; empty while it runs."""
     import signal as _signal  # lazy: only an ended run needs it, and `list` imports records
 
+    limit = run.reason.kind if run.reason is not None else None
+    if limit in (LostKind.TIME_LIMIT, LostKind.OUT_OF_MEMORY):  # ended by a limit, as Slurm says
+        return "TIMEOUT" if limit is LostKind.TIME_LIMIT else "OOM"
     if run.signal is not None:
         try:
             return _signal.Signals(run.signal).name

@@ -79,6 +79,10 @@ class StartRequest:
     node_rank: int | None = None
     rdzv_endpoint: str | None = None
     rdzv_id: str | None = None
+    #: Limits on this machine as typed (``--time``, ``--mem``, ``--signal-before``).
+    time_limit: str | None = None
+    mem_limit: str | None = None
+    signal_before: int | None = None
     caller_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     #: A backend's own options (a cluster's scheduler), when some were typed.
     backend: BackendRequest | None = None
@@ -364,7 +368,7 @@ def make_spec(
     backend's own part of the request (:class:`BackendRequest`) checks itself and fills its
     fields of the spec.
     """
-    from handyjobs.core import booking, config  # lazy: `list` never pays for them
+    from handyjobs.core import booking, config, limits  # lazy: `list` never pays for them
 
     cwd = _cwd(req)
     _check_own(req)
@@ -378,6 +382,7 @@ def make_spec(
     on_exit_text = req.on_exit if req.on_exit is not None else env.get(config.ON_EXIT_ENV)
     on_exit = _command_line(on_exit_text, "--on-exit") if on_exit_text else ()
     backend_fields = {} if req.backend is None else dict(req.backend.check(req))
+    limit_fields = limits.spec_fields(req)  # before queueing: a limit is never dropped silently
     resolved, discovery = _resolve_gpus(req, policy, discovery)
     spec = JobSpec(
         script=script,
@@ -403,6 +408,7 @@ def make_spec(
         params=tuple(req.params),
         rdzv=rdzv,
         **backend_fields,
+        **limit_fields,
     )
     where = Path(script).parent if not req.module and "/" in script else cwd
     return Checked(spec, discovery if spec.books_gpus else None, git_info(where))

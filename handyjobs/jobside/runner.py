@@ -47,8 +47,8 @@ from handyjobs.core.records import (
     RunStatus,
     utcnow,
 )
-from handyjobs.errors import HandyjobsError, StorageError
-from handyjobs.jobside import hooks, launch, rotation, terminal, waiting
+from handyjobs.errors import HandyjobsError, StorageError, UsageError
+from handyjobs.jobside import hooks, launch, limits, rotation, terminal, waiting
 from handyjobs.jobside.sampler import Sampler
 from handyjobs.jobside.statusfile import (
     DISK_RETRY_S,
@@ -245,7 +245,11 @@ class Runner:
             rank_python=sys.executable,
         )
         job = side.command(spec, ctx, env, os.environ)
-        self.group = cgroups.create(self.run_id)
+        watch = limits.Watch(self.run_id, spec)
+        try:
+            self.group = watch.make_group()
+        except UsageError as exc:  # --mem could be had at start, not now: never run without
+            return self._fail_to_start(str(exc))
         self.status.status.containment = self.group.kind
         limit, bad_limit = rotation.limit_from_env(env)
         if bad_limit:
@@ -262,6 +266,7 @@ class Runner:
 
         def on_start(pid: int) -> None:
             sampler.start()
+            watch.start(pid)
             self._on_start(pid, job, booked)
 
         if side.interactive:
@@ -281,7 +286,7 @@ class Runner:
             join=self.group.procs_files,
         )
         cost = sampler.finish(result.rusage)
-        return self._finish(record, env, result, cost, time.monotonic() - started)
+        return self._finish(record, env, result, cost, time.monotonic() - started, watch)
 
     def _finish(
         self,
@@ -290,20 +295,14 @@ class Runner:
         result: PtyResult,
         cost: Cost | None,
         took_s: float,
+        watch: limits.Watch,
     ) -> int:
         """The job ended: end what it left, say how it ended, record the outcome (or go on)."""
         spec, side = record.spec, self._side()
-        notes = side.job_ended()
+        why = watch.end(result.exit_code, result.signal)  # before its cgroup goes (OOM kills)
+        notes = [*side.job_ended(), *watch.notes]
         leftovers = self._end_leftovers()
-        how = (
-            f"exit code {result.exit_code}" if result.signal is None else f"signal {result.signal}"
-        )
-        extra = f"; ended {leftovers} leftover process(es)" if leftovers else ""
-        say(
-            self.log_fd,
-            f"run {record.current.run} of {self.name} ended {utcnow()}: {how} after "
-            f"{took_s:.1f}s{extra}",
-        )
+        say(self.log_fd, _ended_line(record.current.run, self.name, result, took_s, leftovers))
         for note in notes:
             say(self.log_fd, note)
         if side.goes_on(spec, result.exit_code):
@@ -317,6 +316,7 @@ class Runner:
             log_error=self.log_error or result.log_error,
             by_scheduler=side.ended_by_scheduler,
             cost=cost,
+            reason=why,
         )
         self._conclude(outcome, None)
         with contextlib.suppress(HandyjobsError):  # our GPUs are free: let the queue have them
@@ -384,6 +384,13 @@ class Runner:
             say(self.log_fd, f"runner error: {detail}")
             self._conclude(None, Reason(LostKind.RUNNER_ERROR, detail=detail))
         return 1
+
+
+def _ended_line(run: int, name: str, result: PtyResult, took_s: float, leftovers: int) -> str:
+    """The log's line at a run's end: how its command ended, after how long, what was left."""
+    how = f"exit code {result.exit_code}" if result.signal is None else f"signal {result.signal}"
+    extra = f"; ended {leftovers} leftover process(es)" if leftovers else ""
+    return f"run {run} of {name} ended {utcnow()}: {how} after {took_s:.1f}s{extra}"
 
 
 def _free_port() -> int:

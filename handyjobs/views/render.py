@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 STATE_STYLE = {
     JobState.QUEUED: "yellow",
     JobState.RUNNING: "bold cyan",
+    JobState.PAUSED: "cyan",
     JobState.SUCCEEDED: "green",
     JobState.FAILED: "bold red",
     JobState.STOPPED: "magenta",
@@ -233,6 +234,7 @@ def print_jobs(
 _ANSI = {
     "yellow": "33",
     "bold cyan": "1;36",
+    "cyan": "36",
     "green": "32",
     "bold red": "1;31",
     "magenta": "35",
@@ -268,12 +270,20 @@ def state_text(record: JobRecord) -> str:
         return f"queued ({wait_text(run.wait)})"
     if run.reason is not None and run.state in (JobState.LOST, JobState.FAILED):
         return f"{run.state.value} ({reason_text(run.reason)})"
+    if run.state is JobState.PAUSED:
+        return f"paused ({paused_text(run.gpus)}; `handyjobs resume {record.name}` goes on)"
     view = run.cluster
     if view is not None and not run.state.active:
         plain = _describer(view.scheduler)
         if plain is None or view.state not in plain.plain_ends:
             return f"{run.state.value} ({_scheduler(view.scheduler)} says {view.state})"
-    return run.state.value
+    return str(run.state.value)  # narrowed above, mypy reads the member's value as Any
+
+
+def paused_text(gpus: Sequence[int]) -> str:
+    """What pausing a run keeps: its processes are stopped, its GPUs stay booked."""
+    kept = f"; GPU{'s' if len(gpus) > 1 else ''} {','.join(map(str, gpus))} stay booked"
+    return "its processes are stopped" + (kept if gpus else "")
 
 
 def _describer(name: str | None) -> Describe | None:
@@ -402,6 +412,8 @@ def wait_text(wait: Wait) -> str:
         return scheduler_reason(wait.scheduler, wait.reason)
     if wait.after:
         return f"waiting for {', '.join(wait.after)} to end"
+    if wait.paused:
+        return f"group {wait.group} is paused (`handyjobs resume --group {wait.group}`)"
     if wait.limit is not None:
         whose = f" of group {wait.group}" if wait.group else ""
         return f"{wait.running} of {wait.limit} jobs{whose} allowed at once are running"
@@ -420,6 +432,8 @@ _LOST = {
     LostKind.START_FAILED: "it could not start",
     LostKind.CLUSTER_ENDED: "the cluster ended it and the job recorded no outcome",
     LostKind.DEPENDENCY_FAILED: "never started",
+    LostKind.TIME_LIMIT: "time limit",
+    LostKind.OUT_OF_MEMORY: "out of memory",
 }
 
 
@@ -433,6 +447,12 @@ def reason_text(reason: Reason) -> str:
         text += f": {printable(reason.detail)}"
     if reason.detail and reason.kind is LostKind.CLUSTER_ENDED:
         text += f" (its state: {printable(reason.detail)})"
+    if reason.detail and reason.detail.isdigit():  # the limit it hit: seconds, or bytes
+        limit = int(reason.detail)
+        if reason.kind is LostKind.TIME_LIMIT:
+            text += f": it ran its --time of {duration(limit)}"
+        elif reason.kind is LostKind.OUT_OF_MEMORY:
+            text += f": it went over its --mem of {size(limit)}"
     if reason.pids:
         n = len(reason.pids)
         which = "1 of its processes still runs" if n == 1 else f"{n} of its processes still run"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import inspect
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,12 @@ from handyjobs.core.records import (
     Reason,
     Run,
     Wait,
+    exit_summary,
     utcnow,
 )
 from handyjobs.gpus.discovery import Discovery, GpuInfo
 
-Q, R = JobState.QUEUED, JobState.RUNNING
+Q, R, P = JobState.QUEUED, JobState.RUNNING, JobState.PAUSED
 OK, FAILED, STOPPED, LOST = JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST
 NAME = "job"
 
@@ -232,6 +234,46 @@ ROWS: dict[tuple[JobState, Event, JobState], tuple[dict[str, object], Act, Check
         lambda s, i: lifecycle.cleaned(s, NAME, i, (5, 6)),
         lambda run: run.reason is not None and run.reason.pids == () and run.leftovers == 2,
     ),
+    (R, Event.PAUSE, P): (
+        {**STARTED, "gpus": (1,)},
+        lambda s, i: lifecycle.pause(s, NAME, i),
+        lambda run: run.gpus == (1,) and run.ended_at is None,  # its GPUs stay booked
+    ),
+    (P, Event.RESUME, R): (
+        STARTED,
+        lambda s, i: lifecycle.pause(s, NAME, i, paused=False),
+        lambda run: run.ended_at is None and not run.stop_requested,
+    ),
+    (P, Event.REQUEST_STOP, P): (
+        STARTED,
+        lambda s, i: lifecycle.request_stop(s, NAME, i),
+        lambda run: run.stop_requested,
+    ),
+    (P, Event.FINISH, OK): (
+        STARTED,
+        lambda s, i: lifecycle.finish(s, NAME, i, outcome(0)),
+        lambda run: run.exit_code == 0 and run.ended_at is not None,
+    ),
+    (P, Event.FINISH, FAILED): (
+        STARTED,
+        lambda s, i: lifecycle.finish(s, NAME, i, outcome(None, 9)),
+        lambda run: run.signal == 9,
+    ),
+    (P, Event.FINISH, STOPPED): (
+        {**STARTED, "stop_requested": True},
+        lambda s, i: lifecycle.finish(s, NAME, i, outcome(None, 15)),
+        lambda run: run.signal == 15,
+    ),
+    (P, Event.CANCEL, STOPPED): (
+        {**STARTED, "stop_requested": True},
+        lambda s, i: lifecycle.cancel(s, NAME, i),
+        lambda run: run.ended_at is not None,
+    ),
+    (P, Event.LOSE, LOST): (
+        STARTED,
+        lambda s, i: lifecycle.lose(s, NAME, i, Reason(LostKind.REBOOT)),
+        lambda run: run.reason == Reason(LostKind.REBOOT),
+    ),
     (Q, Event.HOLD, Q): (
         {"wait": Wait(needed=1, free=0, position=1)},
         lambda s, i: lifecycle.hold(s, NAME, i),
@@ -317,6 +359,8 @@ def test_an_ended_run_takes_no_transition(root: Path, end: JobState) -> None:
         lambda: lifecycle.fail_to_start(store, NAME, i, Reason(LostKind.START_FAILED)),
         lambda: lifecycle.lose(store, NAME, i, Reason(LostKind.RUNNER_DIED)),
         lambda: lifecycle.end_by_cluster(store, NAME, i, view(FAILED, "FAILED"), None),
+        lambda: lifecycle.pause(store, NAME, i),
+        lambda: lifecycle.pause(store, NAME, i, paused=False),
         lambda: lifecycle.hold(store, NAME, i),
         lambda: lifecycle.edit(store, NAME, i, nproc=3),
         lambda: lifecycle.relaunch(store, NAME, i, "boot-later"),
@@ -332,6 +376,29 @@ def test_a_queued_run_that_never_began_cannot_finish(root: Path) -> None:
     why = Reason(LostKind.START_FAILED, "no env file")
     assert lifecycle.fail_to_start(store, NAME, run.run_id, why)
     assert store.run(NAME).state is FAILED
+
+
+@pytest.mark.parametrize("state", [R, P], ids=lambda s: s.value)
+@pytest.mark.parametrize("exit_code", [0, 143])
+def test_a_run_ended_by_its_limit_failed_for_it_whatever_its_exit(
+    root: Path, state: JobState, exit_code: int
+) -> None:
+    run = make_run(state, STARTED)
+    store = one_job(root, run)
+    limit = Reason(LostKind.TIME_LIMIT, "5")
+    ended = replace(outcome(exit_code), reason=limit)  # a job that saved and exited 0 too
+    assert lifecycle.finish(store, NAME, run.run_id, ended)
+    after = store.run(NAME)
+    assert (after.state, after.reason, after.exit_code) == (FAILED, limit, exit_code)
+    assert exit_summary(after) == "TIMEOUT"
+
+
+def test_a_stop_asked_before_the_limit_ends_it_stopped(root: Path) -> None:
+    run = make_run(P, {**STARTED, "stop_requested": True})
+    store = one_job(root, run)
+    ended = replace(outcome(None, 15), reason=Reason(LostKind.TIME_LIMIT, "5"))
+    assert lifecycle.finish(store, NAME, run.run_id, ended)
+    assert store.run(NAME).state is STOPPED
 
 
 @pytest.mark.parametrize(
@@ -350,6 +417,15 @@ def test_a_queued_run_that_never_began_cannot_finish(root: Path) -> None:
         (R, STARTED, lambda s, i: lifecycle.observe(s, NAME, i, view(FAILED, "FAILED"))),
         (R, STARTED, lambda s, i: lifecycle.end_by_cluster(s, NAME, i, view(R), None)),
         (STOPPED, {}, lambda s, i: lifecycle.cleaned(s, NAME, i, (1,))),
+        (Q, {}, lambda s, i: lifecycle.pause(s, NAME, i)),
+        (R, STARTED, lambda s, i: lifecycle.pause(s, NAME, i, paused=False)),
+        (P, STARTED, lambda s, i: lifecycle.pause(s, NAME, i)),
+        (
+            P,
+            STARTED,
+            lambda s, i: lifecycle.begin(s, NAME, i, status_of(make_run(P), started_at=utcnow())),
+        ),
+        (P, STARTED, lambda s, i: lifecycle.grant(s, NAME, i, (0,))),
     ],
     ids=[
         "grant-running",
@@ -361,6 +437,11 @@ def test_a_queued_run_that_never_began_cannot_finish(root: Path) -> None:
         "observe-an-end",
         "end-by-an-active-view",
         "clean-a-stopped-run",
+        "pause-a-queued-run",
+        "resume-a-running-run",
+        "pause-twice",
+        "begin-again-while-paused",
+        "grant-a-paused-run",
     ],
 )
 def test_illegal_transitions_are_refused_and_change_nothing(

@@ -35,19 +35,18 @@ OPTIONS: tuple[Option, ...] = (
     _slurm("--nodes", "int", "N", "Slurm: nodes."),
     _slurm("--gpus-per-node", "int", "G", "Slurm: GPUs per node."),
     _slurm("--partition", "str", "P", "Slurm: partition."),
-    _slurm("--time", "str", "T", "Slurm: time limit (minutes or HH:MM:SS)."),
     _slurm("--account", "str", "A", "Slurm: account."),
-    _slurm("--mem", "str", "M", "Slurm: memory per node (64G)."),
     _slurm("--constraint", "str", "C", "Slurm: node features."),
     _slurm("--slurm-arg", "list", "OPT", "Slurm: any sbatch option, --slurm-arg=--qos=high.",
            field="extra"),
     _slurm("--requeue", "flag", "", "Slurm: requeue after the time-limit warning."),
-    _slurm("--signal-before", "int", "S", "Slurm: SIGUSR1 this many s before the limit (60).",
-           field="signal_before_s"),
 )
 # fmt: on
 
 _NAMES = frozenset(opt.name for opt in OPTIONS)
+#: Options of the core's table (limits a job has on this machine too) that mean Slurm's own
+#: with --slurm: option name -> the SlurmRequest field.
+SHARED = {"time": "time", "mem": "mem", "signal_before": "signal_before_s"}
 
 
 def _none() -> SlurmRequest:
@@ -62,6 +61,8 @@ def _none() -> SlurmRequest:
 def _typed(base: SlurmRequest, given: Mapping[str, object]) -> SlurmRequest | None:
     """``base`` changed by the Slurm options typed; None when that leaves no Slurm option."""
     changes: dict[str, Any] = request_fields(OPTIONS, {k: given[k] for k in _NAMES & set(given)})
+    if base.submit or given.get("slurm"):  # else they are this machine's limits
+        changes.update({field: given[name] for name, field in SHARED.items() if name in given})
     if "extra" in changes:
         changes["extra"] = tuple(changes["extra"])
     merged = replace(base, **changes)

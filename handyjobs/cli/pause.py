@@ -1,0 +1,40 @@
+"""``handyjobs pause``: stop every process of running jobs (SIGSTOP) until ``resume``."""
+
+from __future__ import annotations
+
+from handyjobs.cli.args import ALL, GROUP, NAMES
+from handyjobs.cli.common import each_name, pick_names
+from handyjobs.cli.parse import Command, Parsed
+from handyjobs.core import control
+from handyjobs.core.records import JobState
+
+
+def processes(n: int) -> str:
+    """``1 process``, ``3 processes``."""
+    return f"{n} process{'' if n == 1 else 'es'}"
+
+
+def _run(p: Parsed) -> int:
+    picked = pick_names(
+        p.items("names"), p.text("group"), p.flag("every"), (JobState.RUNNING,), "to pause"
+    )
+
+    def one(name: str) -> None:
+        from handyjobs.views import render  # lazy: only a pause that worked is put in words
+
+        result = control.pause_job(name)
+        said = render.paused_text(result.record.current.gpus)
+        print(f"paused {name} ({processes(result.count)} stopped): {said}")
+
+    return each_name(picked, one)
+
+
+COMMAND = Command(
+    "pause",
+    "Pause running jobs: every process stopped (SIGSTOP) until `handyjobs resume`.\n\n"
+    "A paused job keeps its GPUs booked, and its group starts no queued job until it is "
+    "resumed; `handyjobs stop` still ends it.",
+    _run,
+    args=(NAMES,),
+    options=(GROUP, ALL),
+)

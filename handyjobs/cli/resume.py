@@ -1,0 +1,31 @@
+"""``handyjobs resume``: continue every process of paused jobs (SIGCONT)."""
+
+from __future__ import annotations
+
+from handyjobs.cli.args import ALL, GROUP, NAMES
+from handyjobs.cli.common import each_name, pick_names
+from handyjobs.cli.parse import Command, Parsed
+from handyjobs.cli.pause import processes
+from handyjobs.core import control
+from handyjobs.core.records import JobState
+
+
+def _run(p: Parsed) -> int:
+    picked = pick_names(
+        p.items("names"), p.text("group"), p.flag("every"), (JobState.PAUSED,), "to resume"
+    )
+
+    def one(name: str) -> None:
+        result = control.pause_job(name, paused=False)
+        print(f"resumed {name} ({processes(result.count)} continued)")
+
+    return each_name(picked, one)
+
+
+COMMAND = Command(
+    "resume",
+    "Resume paused jobs: every process continues (SIGCONT); their group's queue goes on.",
+    _run,
+    args=(NAMES,),
+    options=(GROUP, ALL),
+)
