@@ -1,15 +1,21 @@
-"""Benchmark ParallelTrainer against a hand-written DDP loop (and Accelerate / Fabric if installed).
+"""Benchmark ParallelTrainer against hand-written DDP and FSDP2 loops, Accelerate and Fabric.
 
 Each run is its own torchrun launch; the implementations alternate within a round, so slow
 drifts of a shared machine hit all of them alike. Prints samples/s per run, the medians and
-each median's ratio to the hand-written loop.
+each median's ratio to the hand-written loop of its kind: DDP implementations against the
+hand-written DDP loop, FSDP ones (``fsdp-*``) against the hand-written FSDP2 loop
+(``fully_shard`` on each linear layer, then the model). Accelerate and Fabric run when they
+are installed and are skipped with a note when not; neither is a dependency of handyjobs.
 
     python scripts/bench_trainer.py                         # 2 gloo processes, 1 thread each
     python scripts/bench_trainer.py --runs 5 --steps 300
-    python scripts/bench_trainer.py --backend nccl --device cuda --nproc 2   # on GPUs
+    python scripts/bench_trainer.py --impls fsdp-handwritten,fsdp-trainer
+    python scripts/bench_trainer.py --backend nccl --device cuda --nproc 2 --precision bf16
 
 On GPUs every implementation trains on cuda:LOCAL_RANK over NCCL (Accelerate and Fabric choose
-nccl themselves on CUDA); timings synchronise the GPU before reading the clock.
+nccl themselves on CUDA); timings synchronise the GPU before reading the clock. ``--precision
+bf16`` runs the forward pass under bf16 autocast (and FSDP2's bf16 parameter policy for the
+FSDP implementations) in every implementation.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -27,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-IMPLS = ("handwritten", "trainer", "accelerate", "fabric")
+IMPLS = (
+    "handwritten",
+    "trainer",
+    "accelerate",
+    "fabric",
+    "fsdp-handwritten",
+    "fsdp-trainer",
+    "fsdp-accelerate",
+    "fsdp-fabric",
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,6 +63,7 @@ def parse_args() -> argparse.Namespace:
         "own: nccl on cuda, gloo on cpu)",
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", default="32", choices=("32", "bf16"))
     parser.add_argument(
         "--impls",
         default=",".join(IMPLS),
@@ -111,25 +128,63 @@ def ddp_options(text: str) -> dict[str, Any]:
     return options
 
 
-def run_handwritten(args: argparse.Namespace) -> float:
-    """The loop people write by hand from the PyTorch DDP tutorial."""
+def worker_device(args: argparse.Namespace) -> Any:
+    """cuda:LOCAL_RANK (made current) or the CPU."""
+    import torch
+
+    if args.device != "cuda":
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(device)
+    return device
+
+
+def autocast(args: argparse.Namespace, device: Any) -> Any:
+    """bf16 autocast for the forward pass when --precision bf16, else a no-op."""
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+
+def shard_by_hand(model: Any, args: argparse.Namespace, device: Any) -> None:
+    """FSDP2 as its tutorial writes it: fully_shard each linear layer, then the model."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy()
+    if args.precision == "bf16":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def run_handwritten(args: argparse.Namespace, fsdp: bool = False) -> float:
+    """The loop people write by hand from PyTorch's DDP (or FSDP2) tutorial."""
     import torch
     import torch.distributed as dist
     from torch.nn import functional
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader, DistributedSampler
 
-    local_rank = int(os.environ["LOCAL_RANK"])
-    device = torch.device(args.device, local_rank) if args.device == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = worker_device(args)
     dist.init_process_group(args.backend)
     torch.set_num_threads(args.threads)
     model, optimizer, data = build(device)
-    device_ids = [local_rank] if device.type == "cuda" else None
     options = ddp_options(args.ddp)
     set_to_none = options.pop("set_to_none", True)
-    model = DistributedDataParallel(model, device_ids=device_ids, **options)
+    if fsdp:
+        shard_by_hand(model, args, device)
+        # FSDP2 swaps the parameters for sharded ones: the optimizer comes after it.
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    else:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids, **options)
     loader = DataLoader(data, args.batch_size, sampler=DistributedSampler(data))
     batches = endless(loader)
 
@@ -137,7 +192,8 @@ def run_handwritten(args: argparse.Namespace) -> float:
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=set_to_none)
-        loss = functional.cross_entropy(model(x), y)
+        with autocast(args, device):
+            loss = functional.cross_entropy(model(x), y)
         loss.backward()  # type: ignore[no-untyped-call]  # unannotated in torch 2.13
         optimizer.step()
 
@@ -146,23 +202,28 @@ def run_handwritten(args: argparse.Namespace) -> float:
     return seconds
 
 
-def run_trainer(args: argparse.Namespace) -> float:
+def run_trainer(args: argparse.Namespace, strategy: str = "ddp") -> float:
     """The same loop through ParallelTrainer."""
     import torch
+    from torch import nn
     from torch.nn import functional
 
     from handyjobs import ParallelTrainer
 
-    config = {"device": args.device, "backend": args.backend, **ddp_options(args.ddp)}
-    with ParallelTrainer(config=config) as trainer:
+    config = {"device": args.device, "backend": args.backend, "precision": args.precision}
+    config.update(ddp_options(args.ddp))
+    with ParallelTrainer(config=config, strategy=strategy) as trainer:
         torch.set_num_threads(args.threads)
         model, optimizer, data = build(trainer.device)
-        model = trainer.model_parallel(model)
+        model = trainer.model_parallel(model, policy={nn.Linear})
+        if strategy == "fsdp":
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         batches = endless(trainer.loader(data, args.batch_size))
 
         def step() -> None:
             x, y = trainer.to_device(next(batches))
-            loss = functional.cross_entropy(model(x), y)
+            with trainer.autocast():
+                loss = functional.cross_entropy(model(x), y)
             trainer.backward(loss)
             trainer.step(optimizer)
 
@@ -170,7 +231,11 @@ def run_trainer(args: argparse.Namespace) -> float:
 
 
 def framework_step(
-    batches: Iterator[Any], model: Any, optimizer: Any, backward: Callable[[Any], None]
+    batches: Iterator[Any],
+    model: Any,
+    optimizer: Any,
+    backward: Callable[[Any], None],
+    forward_context: Callable[[], Any],
 ) -> Callable[[], None]:
     """One step of the loop for a framework that prepared model, optimizer and data itself."""
     from torch.nn import functional
@@ -178,51 +243,80 @@ def framework_step(
     def step() -> None:
         x, y = next(batches)
         optimizer.zero_grad()
-        loss = functional.cross_entropy(model(x), y)
+        with forward_context():
+            loss = functional.cross_entropy(model(x), y)
         backward(loss)
         optimizer.step()
 
     return step
 
 
-def run_accelerate(args: argparse.Namespace) -> float:
-    """The same loop through Hugging Face Accelerate."""
+def run_accelerate(args: argparse.Namespace, fsdp: bool = False) -> float:
+    """The same loop through Hugging Face Accelerate (its FSDP plugin, version 2, for FSDP)."""
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, FullyShardedDataParallelPlugin
     from torch.utils.data import DataLoader
 
-    accelerator = Accelerator(cpu=args.device == "cpu")
+    plugin = None
+    if fsdp:
+        plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2,
+            auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=["Linear"],
+        )
+    precision = "bf16" if args.precision == "bf16" else "no"
+    accelerator = Accelerator(
+        cpu=args.device == "cpu", fsdp_plugin=plugin, mixed_precision=precision
+    )
+    if fsdp and accelerator.distributed_type != "FSDP":
+        # Measured with accelerate 1.16: on CPU it ignores the plugin and trains with DDP.
+        raise RuntimeError(
+            f"Accelerate does not use FSDP here (distributed type "
+            f"{accelerator.distributed_type}); it runs FSDP on GPUs only"
+        )
     torch.set_num_threads(args.threads)
     model, optimizer, data = build(accelerator.device)
     loader = DataLoader(data, args.batch_size, shuffle=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     batches = endless(loader)
 
-    step = framework_step(batches, model, optimizer, accelerator.backward)
+    step = framework_step(batches, model, optimizer, accelerator.backward, accelerator.autocast)
     seconds = timed(args.steps, args.warmup, step, lambda: sync_all(accelerator.device))
     accelerator.end_training()
     return seconds
 
 
-def run_fabric(args: argparse.Namespace) -> float:
-    """The same loop through Lightning Fabric."""
+def run_fabric(args: argparse.Namespace, fsdp: bool = False) -> float:
+    """The same loop through Lightning Fabric (its FSDP strategy for FSDP)."""
+    import contextlib
+
     import torch
+    from torch import nn
     from torch.utils.data import DataLoader
 
     try:
         from lightning.fabric import Fabric
+        from lightning.fabric.strategies import FSDPStrategy
     except ImportError:
         from lightning_fabric import Fabric
+        from lightning_fabric.strategies import FSDPStrategy
 
     devices = int(os.environ["LOCAL_WORLD_SIZE"])
-    fabric = Fabric(accelerator=args.device, devices=devices, strategy="ddp")
+    strategy: Any = FSDPStrategy(auto_wrap_policy={nn.Linear}) if fsdp else "ddp"
+    precision = "bf16-mixed" if args.precision == "bf16" else "32-true"
+    fabric = Fabric(
+        accelerator=args.device, devices=devices, strategy=strategy, precision=precision
+    )
     fabric.launch()
     torch.set_num_threads(args.threads)
     model, optimizer, data = build(fabric.device)
-    model, optimizer = fabric.setup(model, optimizer)
+    model = fabric.setup_module(model)
+    if fsdp:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = fabric.setup_optimizers(optimizer)
     batches = endless(fabric.setup_dataloaders(DataLoader(data, args.batch_size, shuffle=True)))
 
-    step = framework_step(batches, model, optimizer, fabric.backward)
+    step = framework_step(batches, model, optimizer, fabric.backward, contextlib.nullcontext)
     seconds = timed(args.steps, args.warmup, step, lambda: sync_all(fabric.device))
     import torch.distributed as dist
 
@@ -246,6 +340,10 @@ WORKERS: dict[str, Callable[[argparse.Namespace], float]] = {
     "trainer": run_trainer,
     "accelerate": run_accelerate,
     "fabric": run_fabric,
+    "fsdp-handwritten": lambda args: run_handwritten(args, fsdp=True),
+    "fsdp-trainer": lambda args: run_trainer(args, strategy="fsdp"),
+    "fsdp-accelerate": lambda args: run_accelerate(args, fsdp=True),
+    "fsdp-fabric": lambda args: run_fabric(args, fsdp=True),
 }
 
 
@@ -260,18 +358,27 @@ def worker(args: argparse.Namespace) -> None:
 # -- the driver ------------------------------------------------------------------------------
 
 
-def available(impl: str) -> bool:
-    """Whether the library an implementation needs is installed."""
-    impl = impl.partition(":")[0]
-    if impl == "accelerate":
-        return find_spec("accelerate") is not None
-    if impl == "fabric":
-        return find_spec("lightning") is not None or find_spec("lightning_fabric") is not None
-    return True
+def missing_library(impl: str) -> str | None:
+    """The library an implementation needs when it is not installed, else None."""
+    base = impl.partition(":")[0].removeprefix("fsdp-")
+    if base == "accelerate" and find_spec("accelerate") is None:
+        return "accelerate"
+    if (
+        base == "fabric"
+        and find_spec("lightning") is None
+        and find_spec("lightning_fabric") is None
+    ):
+        return "lightning"
+    return None
 
 
-def launch(impl: str, args: argparse.Namespace) -> float:
-    """One torchrun launch of one implementation; returns its samples/s."""
+def baseline(impl: str) -> str:
+    """The hand-written loop an implementation is compared with: DDP's, or FSDP2's."""
+    return "fsdp-handwritten" if impl.startswith("fsdp-") else "handwritten"
+
+
+def launch(impl: str, args: argparse.Namespace) -> float | str:
+    """One torchrun launch of one implementation: its samples/s, or why it failed (one line)."""
     base, _, ddp = impl.partition(":")
     argv = [
         sys.executable,
@@ -297,7 +404,14 @@ def launch(impl: str, args: argparse.Namespace) -> float:
     for line in done.stdout.splitlines():
         if line.startswith("BENCH "):
             return float(json.loads(line[len("BENCH ") :])["samples_per_s"])
-    raise SystemExit(f"{impl} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    # The workers' own exception, not torchrun's ChildFailedError report that follows it.
+    raised = [
+        re.sub(r"^\[rank\d+\]: ", "", line.strip())
+        for line in done.stderr.splitlines()
+        if re.match(r"\s*(\[rank\d+\]: )?[\w.]*(Error|Exception): ", line)
+        and "ChildFailedError" not in line
+    ]
+    return (raised[0] if raised else f"exit {done.returncode}")[:300]
 
 
 def check_devices(args: argparse.Namespace) -> str | None:
@@ -337,29 +451,49 @@ def main() -> None:
     unknown = sorted({i.partition(":")[0] for i in wanted} - set(IMPLS))
     if unknown:
         raise SystemExit(f"unknown implementation(s): {', '.join(unknown)}")
-    impls = [i for i in wanted if available(i)]
-    skipped = [i for i in wanted if i not in impls]
     print(
-        f"{args.nproc} x {args.backend}/{args.device}, {args.threads} thread(s) each, batch "
-        f"{args.batch_size}/process, {args.steps} timed steps, {args.runs} runs"
-        + (f"; not installed: {', '.join(skipped)}" if skipped else ""),
+        f"{args.nproc} x {args.backend}/{args.device}, precision {args.precision}, "
+        f"{args.threads} thread(s) each, batch {args.batch_size}/process, {args.steps} timed "
+        f"steps, {args.runs} runs",
         flush=True,
     )
+    impls = []
+    for impl in wanted:
+        library = missing_library(impl)
+        if library:
+            print(f"  skipped: {impl} ({library} not installed)", flush=True)
+        else:
+            impls.append(impl)
+    print_table(run_rounds(impls, args))
+
+
+def run_rounds(impls: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
+    """Each implementation ``--runs`` times, alternating; one that fails is dropped, with why."""
     rates: dict[str, list[float]] = {impl: [] for impl in impls}
     for round_index in range(args.runs):
         # Rotate the order each round so no implementation always runs first or last.
         order = impls[round_index % len(impls) :] + impls[: round_index % len(impls)]
         for impl in order:
-            rates[impl].append(launch(impl, args))
-            print(
-                f"  run {round_index + 1} {impl:24s} {rates[impl][-1]:9.1f} samples/s", flush=True
-            )
-    base = statistics.median(rates["handwritten"]) if rates.get("handwritten") else None
+            if impl not in rates:
+                continue
+            found = launch(impl, args)
+            if isinstance(found, str):
+                print(f"  skipped: {impl} failed: {found}", flush=True)
+                del rates[impl]
+                continue
+            rates[impl].append(found)
+            print(f"  run {round_index + 1} {impl:24s} {found:9.1f} samples/s", flush=True)
+    return rates
+
+
+def print_table(rates: dict[str, list[float]]) -> None:
+    """Medians, and each one's ratio to the hand-written loop of its kind (DDP or FSDP2)."""
+    medians = {impl: statistics.median(values) for impl, values in rates.items() if values}
     print(f"\n{'implementation':24s} {'median samples/s':>17s} {'vs hand-written':>16s}  runs")
-    for impl, values in rates.items():
-        median = statistics.median(values)
+    for impl, median in medians.items():
+        base = medians.get(baseline(impl.partition(":")[0]))
         ratio = f"{median / base:.3f}x" if base else "-"
-        runs = ", ".join(f"{v:.1f}" for v in values)
+        runs = ", ".join(f"{v:.1f}" for v in rates[impl])
         print(f"{impl:24s} {median:17.1f} {ratio:>16s}  {runs}")
 
 
