@@ -11,7 +11,7 @@ from handyjobs.core.records import JobState
 
 
 def _run(p: Parsed) -> int:
-    active = (JobState.QUEUED, JobState.RUNNING)
+    active = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
     picked = pick_names(p.items("names"), p.text("group"), p.flag("every"), active, "to stop")
     grace = p.real("timeout")
     assert grace is not None

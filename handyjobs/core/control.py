@@ -1,4 +1,4 @@
-"""Acting on jobs that exist: stop, restart, remove, clean.
+"""Acting on jobs that exist: stop, pause, resume, signal, restart, remove, clean.
 
 Each function does one user-visible thing and raises a :class:`HandyjobsError` with a line
 that says what to do next; state changes go through :mod:`handyjobs.core.lifecycle`,
@@ -11,14 +11,16 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from handyjobs import procfs
 from handyjobs.backends import base as backends
-from handyjobs.core import jobs, lifecycle, paths, registry, scheduler, starting
+from handyjobs.core import jobs, lifecycle, paths, procs, registry, scheduler, starting
 from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run, parse_time
 from handyjobs.core.spec import parse_env
 from handyjobs.errors import (
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 DEFAULT_GRACE_S = 10.0
 #: Seconds a runner gets to record the outcome once its job's processes are gone.
 RUNNER_EXIT_S = 10.0
+#: Seconds ``pause`` and ``resume`` wait for every process of the run to show the change.
+SETTLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,115 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
     stopped = record.run_by_id(run_id) or run
     note = _check_gpus_released(name, stopped, pids) if stopped.gpus else None
     return StopResult(record, run_id, tuple(sorted(pids)), was_queued, gpu_note=note)
+
+
+@dataclass(frozen=True)
+class Signalled:
+    """What pause, resume or kill did to a job's run: the record after, and how many of its
+    processes got the signal (for ``--main``, its main process's pid)."""
+
+    record: JobRecord
+    count: int
+    main: int | None = None
+
+
+def _acting_on(name: str, states: Sequence[JobState], verb: str) -> tuple[JobRecord, Run]:
+    """The job's current run when it is in one of ``states`` and has begun; else one line
+    saying why there is nothing to ``verb``."""
+    record = jobs.get_job(name)
+    run = record.current
+    if run.state in states and run.started_at is not None and not run.stop_requested:
+        if backends.get(run.backend).queues:
+            raise JobStateError(
+                f"job {name} runs under a cluster's scheduler: {verb} acts on jobs of this machine"
+            )
+        return record, run
+    if run.stop_requested and run.state.active:
+        why = "is being stopped"
+    elif run.state is JobState.QUEUED:
+        why = "is queued, not running" + (
+            f" (`handyjobs hold {name}` keeps it from starting)" if verb == "pause" else ""
+        )
+    elif run.state.active and run.started_at is None:
+        why = "is starting; try again in a moment"
+    elif run.state.active:
+        why = f"is {run.state.value}" if verb != "resume" else "is not paused (it runs)"
+    else:
+        why = f"is not running (it {run.state.value})"
+    raise JobStateError(f"job {name} {why}; nothing to {verb}")
+
+
+def _settled(pid: int, stopped: bool) -> bool:
+    """True when the process shows the change: stopped (state T), or running again, or gone."""
+    state = procfs.state(pid)
+    return state is None or state in (b"Z", b"X") or (state == b"T") == stopped
+
+
+def _signal_run(run_id: str, sig: int) -> int:
+    """Send ``sig`` to every process of the run (identity checked), and to any that appears
+    meanwhile, until each shows it (SIGSTOP, SIGCONT); how many got it."""
+    got: dict[int, int] = {}
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        found = procs.members(run_id)
+        fresh = {pid: start for pid, start in found.items() if got.get(pid) != start}
+        for pid, start in fresh.items():
+            if procs.signal_verified(pid, start, run_id, sig):
+                got[pid] = start
+        stopping = sig == signal.SIGSTOP
+        if all(_settled(pid, stopping) for pid in found) or time.monotonic() > deadline:
+            return len(got)
+        time.sleep(0.02)
+
+
+def pause_job(name: str, paused: bool = True) -> Signalled:
+    """Stop every process of a running job (SIGSTOP), or continue a paused one's (SIGCONT).
+
+    Only the run's processes are signalled (its cgroup's members, identity checked). While it
+    is paused its GPUs stay booked and its group starts no queued job; ``stop`` still ends it.
+    """
+    verb = "pause" if paused else "resume"
+    _, run = _acting_on(name, (JobState.RUNNING,) if paused else (JobState.PAUSED,), verb)
+    count = _signal_run(run.run_id, signal.SIGSTOP if paused else signal.SIGCONT)
+    if not count:
+        raise JobStateError(f"job {name} has no process left to {verb} (it is ending)")
+    root = paths.home()
+    with registry.locked(root) as reg:
+        lifecycle.pause(reg, name, run.run_id, paused)
+        record = reg.get(name)
+        mine = None if record is None else record.run_by_id(run.run_id)
+    if (
+        record is None
+        or mine is None
+        or mine.state is not (JobState.PAUSED if paused else JobState.RUNNING)
+    ):
+        ended = "was removed" if mine is None else mine.state.value
+        raise JobStateError(f"job {name} ended as it was being {verb}d (it {ended})")
+    if not paused:
+        with contextlib.suppress(GpuError, UsageError):
+            scheduler.schedule_pass(root)  # its group's queued jobs may start now
+    return Signalled(record, count)
+
+
+def signal_job(name: str, sig: int, main_only: bool = False) -> Signalled:
+    """Send ``sig`` to every process of a running (or paused) job, identity checked, or with
+    ``main_only`` to its main process alone (torchrun's agent, or the script)."""
+    record, run = _acting_on(name, (JobState.RUNNING, JobState.PAUSED), "signal")
+    if main_only:
+        main = run.main
+        if (
+            main is None
+            or main.start is None
+            or not procs.signal_verified(main.pid, main.start, run.run_id, sig)
+        ):
+            raise JobStateError(f"job {name}: its main process is gone; nothing to signal")
+        return Signalled(record, 1, main.pid)
+    count = 0
+    for pid, start in procs.members(run.run_id).items():
+        count += procs.signal_verified(pid, start, run.run_id, sig)
+    if not count:
+        raise JobStateError(f"job {name} has no process left to signal (it is ending)")
+    return Signalled(record, count)
 
 
 def _survivors(name: str, left: Sequence[int]) -> None:
