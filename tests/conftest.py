@@ -283,7 +283,12 @@ def _reap(box: Sandbox) -> None:
         for pid in _runner_pids(run_id):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    box.tmux("kill-server")
+    socket = Path(box.env.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}"
+    socket /= box.env["HANDYJOBS_TMUX_SOCKET"]
+    if socket.exists():  # else no server ever started here (the fast layer): no tmux to call
+        box.tmux("kill-server")
+        with contextlib.suppress(OSError):  # a killed server leaves its socket file behind
+            socket.unlink()
 
 
 def _runner_pids(run_id: str) -> list[int]:
