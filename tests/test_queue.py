@@ -106,7 +106,7 @@ def test_a_failed_dependency_fails_the_job_which_never_starts(sandbox: Sandbox) 
     assert "never started: job train, which it was to start after, failed" in text
     waited = sandbox.cli("wait", "eval")
     assert waited.returncode == 1
-    assert waited.stderr.strip() == (
+    assert waited.stdout.strip() == (
         "eval: failed (never started: job train, which it was to start after, failed)"
     )
     assert not (sandbox.root / "ran").exists()

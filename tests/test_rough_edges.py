@@ -6,6 +6,8 @@ Each test is named after the edge's number in the issue and fails on the code be
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from conftest import SLEEPER, Sandbox, log_of, show, wait_state
 
@@ -70,3 +72,23 @@ def test_2_stopping_a_job_and_the_one_waiting_for_it_stops_both(sandbox: Sandbox
     assert "stopped queued job q1" in stopped.stdout and "stopped queued job q2" in stopped.stdout
     assert show(sandbox, "q1")["state"] == "stopped"
     assert show(sandbox, "q2")["state"] == "stopped"
+
+
+def test_5_the_verdict_of_wait_is_its_output(sandbox: Sandbox) -> None:
+    sandbox.write("exit.py", "import sys\nsys.exit(int(sys.argv[1]))\n")
+    sandbox.cli("start", "exit.py", "--name", "w0", "--", "0", check=True)
+    sandbox.cli("start", "exit.py", "--name", "w3", "--", "3", check=True)
+    out = sandbox.root / "out.txt"
+    # As a shell runs `handyjobs wait w0 w3 > out.txt`.
+    with out.open("w") as sink:
+        done = subprocess.run(
+            [sys.executable, "-m", "handyjobs", "wait", "w0", "w3"],
+            env={**sandbox.env, "PWD": str(sandbox.root)},
+            cwd=sandbox.root,
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 3 and done.stderr == ""
+    assert sorted(out.read_text().splitlines()) == ["w0: succeeded (0)", "w3: failed (3)"]

@@ -1,9 +1,7 @@
 """``handyjobs wait``: block until jobs end; exit with the first failure's code (124 on
---timeout)."""
+--timeout). Each job's verdict is its output (stdout): ``wait x > out`` keeps it."""
 
 from __future__ import annotations
-
-import sys
 
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import pick_names
@@ -20,11 +18,11 @@ def _run(p: Parsed) -> int:
         run = record.current
         how = exit_summary(run)
         if how:
-            print(f"{name}: {record.state.value} ({how})", file=sys.stderr)
+            print(f"{name}: {record.state.value} ({how})", flush=True)
         else:  # never started, or lost: say why rather than "no exit code"
             from handyjobs.views import render  # lazy: only these lines need its words
 
-            print(f"{name}: {render.state_text(record)}", file=sys.stderr)
+            print(f"{name}: {render.state_text(record)}", flush=True)
         code = returncode(run)
         if code and not first_failure:
             first_failure = code
