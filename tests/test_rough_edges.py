@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 
-from conftest import SLEEPER, Sandbox, log_of, show, wait_state
+from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state
 
 # A job that says who it is and logs one point of a metric.
 SAY = """
@@ -92,3 +92,22 @@ def test_5_the_verdict_of_wait_is_its_output(sandbox: Sandbox) -> None:
         )
     assert done.returncode == 3 and done.stderr == ""
     assert sorted(out.read_text().splitlines()) == ["w0: succeeded (0)", "w3: failed (3)"]
+
+
+def test_6_top_once_into_a_pipe_gets_the_whole_table(sandbox: Sandbox) -> None:
+    sandbox.write(
+        "long.py",
+        "import os, time\nprint('epoch 1 ' + 'x' * 120 + ' END-OF-LINE', flush=True)\n"
+        "while not os.path.exists('go'): time.sleep(0.05)\n",
+    )
+    sandbox.cli("start", "long.py", "--name", "wide-job-name", check=True)
+    wait_log(sandbox, "wide-job-name", "END-OF-LINE")
+    lines = sandbox.cli("top", "--once", check=True).stdout.splitlines()
+    header = next(line for line in lines if line.startswith("NAME"))
+    assert header.split() == [
+        "NAME", "STATE", "DURATION", "CPU%", "RSS", "GPUS", "PROGRESS", "ETA", "LAST", "LINE"
+    ]  # fmt: skip
+    row = next(line for line in lines if line.startswith("wide-job-name"))
+    assert row.endswith("x END-OF-LINE") and "running" in row
+    assert all(line == line.rstrip() for line in lines)
+    (sandbox.root / "go").touch()

@@ -98,14 +98,15 @@ def _gpus(job: LiveJob) -> str:
 
 
 def top_screen(
-    snap: Snapshot, selected: int, message: str = "", width: int | None = None
+    snap: Snapshot, selected: int, message: str = "", fit: bool = True
 ) -> RenderableType:
-    """The whole ``top`` screen: jobs, GPUs, keys and the last message."""
+    """The whole ``top`` screen: jobs, GPUs, keys and the last message. ``fit``: as wide as
+    the terminal (the last line cut to it); else every column whole, for a file or a pipe."""
     running = sum(1 for j in snap.jobs if j.record.state is JobState.RUNNING)
     queued = sum(1 for j in snap.jobs if j.record.state is JobState.QUEUED)
     head = Text("handyjobs top", style="bold")
     head.append(f"  {running} running, {queued} queued  {time.strftime('%H:%M:%S')}", style="dim")
-    table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
+    table = Table(box=None, pad_edge=False, expand=fit, header_style="bold")
     for column, kw in (
         ("NAME", {"no_wrap": True}),
         ("STATE", {"no_wrap": True}),
@@ -115,7 +116,7 @@ def top_screen(
         ("GPUS", {"no_wrap": True}),
         ("PROGRESS", {"no_wrap": True}),
         ("ETA", {"justify": "right", "no_wrap": True}),
-        ("LAST LINE", {"no_wrap": True, "overflow": "ellipsis", "ratio": 1}),
+        ("LAST LINE", {"no_wrap": True, "overflow": "ellipsis", "ratio": 1 if fit else None}),
     ):
         table.add_column(column, **kw)
     for index, job in enumerate(snap.jobs):

@@ -25,6 +25,10 @@ _UP = (b"\x1b[A", b"\x1bOA", b"k")
 _DOWN = (b"\x1b[B", b"\x1bOB", b"j")
 
 
+#: The width ``top --once`` draws at for a file or a pipe: wide enough for any row.
+UNFIT_WIDTH = 10_000
+
+
 def run_top(interval_s: float = 1.0, once: bool = False) -> int:
     """Show the live view until ``q``; with ``once`` (or no terminal), one frame."""
     from handyjobs.views import (
@@ -36,7 +40,16 @@ def run_top(interval_s: float = 1.0, once: bool = False) -> int:
         if once or not (sys.stdin.isatty() and sys.stdout.isatty()):
             watcher.snapshot()
             time.sleep(min(interval_s, 1.0))  # CPU use needs two looks
-            views.console().print(views.top_screen(watcher.snapshot(), -1))
+            # A file or a pipe has no width to fit: it gets every column whole.
+            fit = sys.stdout.isatty()
+            screen = views.top_screen(watcher.snapshot(), -1, fit=fit)
+            if fit:
+                views.console().print(screen)
+                return 0
+            out = views.console(UNFIT_WIDTH)
+            with out.capture() as drawn:
+                out.print(screen)
+            sys.stdout.write("".join(line.rstrip() + "\n" for line in drawn.get().splitlines()))
             return 0
         return _Screen(watcher, interval_s).run()
     finally:
