@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core import config, paths
@@ -30,6 +31,28 @@ def _change(key: str | None, value: str | None, group: str | None, unset: bool) 
     return True
 
 
+#: The environment variable that overrides each setting of the file.
+ENV_OF = {
+    "parallel": config.PARALLEL_ENV,
+    "gpus": config.GPUS_ENV,
+    "gpu_mem_threshold_mib": config.THRESHOLD_ENV,
+    "on_exit": config.ON_EXIT_ENV,
+}
+
+
+def in_force(doc: dict[str, object]) -> dict[str, tuple[object, str]]:
+    """Each setting's value in force for this shell, and where it comes from: its environment
+    variable (which wins), the file, or the default (None)."""
+    out: dict[str, tuple[object, str]] = {}
+    for key in config.KEYS:
+        env = os.environ.get(ENV_OF[key], "").strip()
+        if env:
+            out[key] = (env, ENV_OF[key])
+        else:
+            out[key] = (doc[key], "file" if doc[key] is not None else "default")
+    return out
+
+
 def _run(p: Parsed) -> None:
     key, value, group = p.text("key"), p.text("value"), p.text("group")
     if _change(key, value, group, p.flag("unset")):
@@ -45,18 +68,26 @@ def _run(p: Parsed) -> None:
         "on_exit": cfg.on_exit,
         "groups": {name: {"parallel": n} for name, n in sorted(cfg.group_parallel.items())},
     }
+    force = in_force(doc)
     if p.flag("as_json"):
-        print(json.dumps(doc, indent=2))
+        where = {k: {"value": v, "from": f} for k, (v, f) in force.items()}
+        print(json.dumps({**doc, "in_force": where}, indent=2))
         return
     if key is not None:
-        shown = cfg.group_parallel.get(group) if group else doc.get(key)
+        shown = cfg.group_parallel.get(group) if group else force[key][0]
         print("" if shown is None else shown)
         return
-    for name, about in config.KEYS.items():
-        setting = doc[name]
-        print(f"{name:22} {'-' if setting is None else setting:<12} {about}")
+    rows = [(name, force[name], about) for name, about in config.KEYS.items()]
+    width = max(12, *(len(str(v)) for _, (v, _f), _a in rows if v is not None))
+    for name, (value, source), about in rows:
+        shown = "-" if value is None else value
+        note = ""
+        if source not in ("file", "default") and doc[name] is not None:
+            note = f" (the file says {doc[name]})"
+        print(f"{name:22} {shown!s:<{width}} {source:<20} {about}{note}")
     for name, n in sorted(cfg.group_parallel.items()):
-        print(f"{'parallel --group ' + name:22} {n:<12} jobs of group {name} at once")
+        group_key = "parallel --group " + name
+        print(f"{group_key:22} {n!s:<{width}} {'file':<20} jobs of group {name} at once")
     print(f"(file: {root / config.FILE}; environment variables win over it)")
 
 
