@@ -61,7 +61,7 @@ def _run(p: Parsed) -> None:
     cfg = config.load(root)
     if key is not None and key not in config.KEYS:
         raise UsageError(f"unknown setting {key!r}; settings: {', '.join(config.KEYS)}")
-    doc = {
+    doc: dict[str, object] = {
         "parallel": cfg.parallel,
         "gpus": cfg.gpus,
         "gpu_mem_threshold_mib": cfg.gpu_mem_threshold_mib,
@@ -74,17 +74,17 @@ def _run(p: Parsed) -> None:
         print(json.dumps({**doc, "in_force": where}, indent=2))
         return
     if key is not None:
-        shown = cfg.group_parallel.get(group) if group else force[key][0]
-        print("" if shown is None else shown)
+        current = cfg.group_parallel.get(group) if group else force[key][0]
+        print("" if current is None else current)
         return
     rows = [(name, force[name], about) for name, about in config.KEYS.items()]
     width = max(12, *(len(str(v)) for _, (v, _f), _a in rows if v is not None))
-    for name, (value, source), about in rows:
-        shown = "-" if value is None else value
+    for name, (setting, source), about in rows:
+        cell = "-" if setting is None else str(setting)
         note = ""
         if source not in ("file", "default") and doc[name] is not None:
             note = f" (the file says {doc[name]})"
-        print(f"{name:22} {shown!s:<{width}} {source:<20} {about}{note}")
+        print(f"{name:22} {cell:<{width}} {source:<20} {about}{note}")
     for name, n in sorted(cfg.group_parallel.items()):
         group_key = "parallel --group " + name
         print(f"{group_key:22} {n!s:<{width}} {'file':<20} jobs of group {name} at once")
