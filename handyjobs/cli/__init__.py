@@ -22,37 +22,6 @@ from handyjobs.cli.commands import COMPLETE_VAR, command
 from handyjobs.cli.output import fail, quiet_stdout
 from handyjobs.errors import HandyjobsError
 
-SHORT_HELP = """\
-usage: handyjobs COMMAND [ARGS]...
-
-  start SCRIPT [ARGS]   start a job in its own tmux session (torchrun for several processes)
-  list                  what runs where, since when, how it ended
-  show NAME             everything on a job's record
-  attach NAME           put this terminal into a job's session
-  logs NAME [-f]        a job's output; -f follows it to the end (--rank N: one rank's)
-  stop NAME...          end every process of jobs
-  restart NAME          run a job's spec again
-  wait NAME             wait for a job; exit with its code
-  rm NAME...            forget finished jobs
-  clean                 forget every finished job
-  gpus                  GPUs, their use, and which job holds each
-  sweep SCRIPT --grid   one queued job per point of a grid of values
-  send NAME TEXT        type a line into a running job
-  config [KEY [VALUE]]  defaults: parallel limit, GPUs, on-exit command
-  completion SHELL      shell completion script (bash, zsh, fish)
-  top                   a live view: jobs, CPU, memory, GPUs, progress (q quits)
-  plot NAME...          a metric's curves in the terminal (--metric loss, --png FILE)
-
-`handyjobs COMMAND --help` says more about each command."""
-
-LONG_HELP = f"""{SHORT_HELP}
-
-options:
-  --version, -V          print the version
-  --help                 this help
-  --install-completion   install shell completion for the current shell
-  --show-completion      print shell completion for the current shell"""
-
 #: Typer's own options: it answers them (as it answers the shell's completion requests).
 _TYPER_OPTIONS = ("--install-completion", "--show-completion")
 
@@ -64,15 +33,17 @@ def run(args: list[str]) -> int | None:
 
         app.complete(args)  # answers and exits
     if not args:
-        print(SHORT_HELP)
+        from handyjobs.cli.commands import COMMANDS  # lazy: only the bare command lists them
+
+        print(parse.short_text(list(COMMANDS)), end="")
+        return 0
+    if args[0] == "--help":
+        print(_overview(), end="")
         return 0
     if args in (["--version"], ["-V"]):
         from handyjobs import __version__  # lazy: the package's root is not the CLI's to load
 
         print(f"handyjobs {__version__}")
-        return 0
-    if args[0] == "--help":
-        print(LONG_HELP)
         return 0
     cmd = command(args[0])
     parsed = parse.parse(cmd, args[1:])
@@ -82,6 +53,16 @@ def run(args: list[str]) -> int | None:
         print(parse.help_text(cmd, min(shutil.get_terminal_size().columns, 100)), end="")
         return 0
     return cmd.run(parsed)
+
+
+def _overview() -> str:
+    """``handyjobs --help`` from each command's own declaration (every module imported)."""
+    import shutil  # lazy: only --help asks the terminal's width (start-up of the rest)
+
+    from handyjobs.cli.commands import COMMANDS  # lazy: only the overview lists them all
+
+    width = min(shutil.get_terminal_size().columns, 100)
+    return parse.overview_text([command(name) for name in COMMANDS], width)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -100,8 +100,8 @@ class Command:
 
     @property
     def summary(self) -> str:
-        """The first line of its help."""
-        return self.help.strip().splitlines()[0]
+        """The first paragraph of its help, on one line."""
+        return " ".join(self.help.strip().split("\n\n")[0].split())
 
 
 class _Reader:
@@ -285,6 +285,42 @@ def _rows(rows: list[tuple[str, str]], width: int) -> list[str]:
         out.append(f"  {label:<{left}}{lines[0]}")
         out += [" " * (left + 2) + line for line in lines[1:]]
     return out
+
+
+#: The first line of ``handyjobs`` alone and of ``handyjobs --help``.
+USAGE = "usage: handyjobs COMMAND [ARGS]..."
+
+
+def short_text(names: Sequence[str], width: int = 80) -> str:
+    """``handyjobs`` alone: the commands' names, and where to read more (a screen at most)."""
+    import textwrap  # lazy: only help formats text
+
+    listed = textwrap.wrap(
+        " ".join(names), width - 2, initial_indent="commands: ", subsequent_indent="  "
+    )
+    more = "`handyjobs --help` says what each does; `handyjobs COMMAND --help` says more."
+    return "\n".join([USAGE, "", *listed, "", more]) + "\n"
+
+
+def usage_words(cmd: Command) -> str:
+    """How the overview names a command and its arguments: ``stop [NAMES]...``."""
+    return " ".join([cmd.name, *(a.metavar for a in cmd.args)])
+
+
+def overview_text(cmds: Sequence[Command], width: int = 80) -> str:
+    """``handyjobs --help``: every command with the first line of its own help, whole (wrapped,
+    never cut), then the options of ``handyjobs`` itself."""
+    rows = [(usage_words(cmd), cmd.summary) for cmd in cmds]
+    own = [
+        ("--version, -V", "Print the version and exit."),
+        ("--help", "Show this message and exit."),
+        ("--install-completion", "Install shell completion for the current shell."),
+        ("--show-completion", "Print shell completion for the current shell."),
+    ]
+    out = [USAGE, "", "Commands:", *_rows(rows, width)]
+    out += ["", "Options:", *_rows(own, width), ""]
+    out.append("`handyjobs COMMAND --help` says more about each command.")
+    return "\n".join(out) + "\n"
 
 
 def help_text(cmd: Command, width: int = 80) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +57,26 @@ def test_7_config_shows_the_value_in_force_and_where_it_comes_from(
     code, out, err = run(["config", "parallel", "-1"], capsys)
     assert code == 2 and out == ""
     assert err == "handyjobs: error: parallel '-1': give a whole number (0 for no limit)\n"
+
+
+def test_8_help_lists_every_command_whole_with_version_and_start_says_where_options_go(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from handyjobs.cli.commands import COMMANDS, command
+
+    code, out, err = run(["--help"], capsys)
+    assert code == 0 and err == ""
+    flat = " ".join(out.split())
+    assert not re.search(r"[a-z,]\.\.\.|…", out)  # no description cut short
+    for name in COMMANDS:
+        assert " ".join(command(name).summary.split()) in flat, name
+    assert "--version, -V" in out and "--help" in out
+    bare = run([], capsys)[1]
+    assert len(bare.splitlines()) <= 10 and all(name in bare for name in COMMANDS)
+    for name in COMMANDS:
+        text = run([name, "--help"], capsys)[1]
+        assert "list[" not in text and "<int>" not in text and "<str>" not in text, name
+    start = " ".join(run(["start", "--help"], capsys)[1].split())
+    assert "Options it does not know, and everything after --, go to the script as they are" in (
+        start
+    )
