@@ -224,7 +224,7 @@ def status_path(name: str, run_id: str, root: Path | None = None) -> Path:
 
 
 def wake_path(name: str, run_id: str, root: Path | None = None) -> Path:
-    """Touched whenever a queued run changes: its runner waits on this file, not the registry."""
+    """A FIFO a queued run's runner sleeps on; every change of the run writes a byte into it."""
     return job_dir(name, root) / f"run-{run_id}.wake"
 
 

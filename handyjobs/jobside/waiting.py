@@ -1,13 +1,16 @@
 """A queued run's wait on this machine: until the scheduling pass grants it, or it leaves.
 
 One queued runner at a time holds the scheduler lock and runs the pass for everyone (GPUs
-looked at through one NVML session); the others sleep until their run's wake file is touched.
+looked at through one NVML session); the others sleep until a byte in their run's wake FIFO
+says their run changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import select
 import time
 from pathlib import Path
 
@@ -18,12 +21,14 @@ from handyjobs.gpus.discovery import Watch
 from handyjobs.jobside.statusfile import say
 from handyjobs.views import render
 
-#: Seconds between two looks at the run's record while it is queued.
+#: Seconds between two looks where no wake FIFO can be made.
 QUEUE_POLL_S = 0.25
 #: Seconds between two scheduling passes by the queued runner that schedules.
 SCHEDULE_EVERY_S = 1.0
 #: Seconds after which a sleeping runner reads its record even if it was not woken.
 RECHECK_S = 30.0
+#: Seconds between a sleeping runner's tries to take the scheduler lock over.
+LOCK_EVERY_S = 2.0
 
 
 def wait_for_grant(
@@ -32,10 +37,10 @@ def wait_for_grant(
     """Wait in the queue until granted (its GPUs), or None when the run left the queue.
 
     While waiting, the runner that holds the scheduler lock runs the scheduling pass for
-    everyone once a second and reads its own record after each pass. The others sleep: they
-    look at their run's wake file (one ``stat``), which every change of their run touches,
-    and read the registry only when it was touched (or every :data:`RECHECK_S` anyway), so
-    the cost of waiting does not grow with the queue's length.
+    everyone once a second and reads its own record after each pass. The others sleep on their
+    run's wake FIFO, into which every change of their run writes a byte, and read the registry
+    only when woken (or every :data:`RECHECK_S` anyway), so waiting costs next to nothing
+    whatever the queue's length.
     """
     waiter = _Waiter(root, name, run_id, env, log_fd)
     try:
@@ -45,7 +50,7 @@ def wait_for_grant(
                 if done:
                     return gpus
             waiter.schedule()
-            time.sleep(QUEUE_POLL_S)
+            waiter.sleep()
     finally:
         waiter.close()
 
@@ -55,9 +60,9 @@ class _Waiter:
 
     def __init__(self, root: Path, name: str, run_id: str, env: dict[str, str], log_fd: int):
         self.root, self.name, self.run_id, self.env, self.log_fd = root, name, run_id, env, log_fd
-        self.wake = paths.wake_path(name, run_id, root)
-        self.seen: float | None = None
-        self.next_look = 0.0  # look at once
+        self.wake_fds = _open_wake(paths.wake_path(name, run_id, root))
+        self.woken = True  # look at once
+        self.next_look = 0.0
         self.next_pass = 0.0
         self.sched_fd = -1
         self.said: Wait | None = None
@@ -65,15 +70,30 @@ class _Waiter:
         self.looking: Watch | None = None  # one NVML session while this runner schedules
 
     def due(self) -> bool:
-        """True when the record is to be read: the wake file changed, or it is time anyway."""
-        try:
-            stamp: float | None = self.wake.stat().st_mtime_ns
-        except OSError:
-            stamp = None
-        if stamp != self.seen:
-            self.seen = stamp
-            return True
-        return time.monotonic() >= self.next_look
+        """True when the record is to be read: the run was woken, or it is time anyway."""
+        woken, self.woken = self.woken, False
+        return woken or time.monotonic() >= self.next_look
+
+    def sleep(self) -> None:
+        """Until woken (a byte in the wake FIFO), or until it is time to try the lock or look.
+
+        The runner that schedules wakes for its next pass; the others sleep
+        :data:`LOCK_EVERY_S` at most, to take the scheduler lock over if its holder went.
+        """
+        if self.sched_fd >= 0:
+            timeout = max(0.0, min(self.next_pass, self.next_look) - time.monotonic())
+        else:
+            timeout = LOCK_EVERY_S
+        if not self.wake_fds:  # no FIFO could be made: poll as before
+            time.sleep(min(timeout, QUEUE_POLL_S))
+            self.woken = True
+            return
+        ready, _, _ = select.select([self.wake_fds[0]], [], [], timeout)
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self.wake_fds[0], 4096):
+                    pass
+            self.woken = True
 
     def look(self) -> tuple[bool, tuple[int, ...] | None]:
         """Read the run's record: (True, its GPUs) once granted, (True, None) once it left."""
@@ -118,6 +138,25 @@ class _Waiter:
             self.looking.close()
         if self.sched_fd >= 0:
             os.close(self.sched_fd)
+        for fd in self.wake_fds:
+            os.close(fd)
+
+
+def _open_wake(path: Path) -> tuple[int, ...]:
+    """The run's wake FIFO opened for reading (and held open for writing too, so that it never
+    reads as ended between two wakers); () when it cannot be made."""
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkfifo(path, 0o600)
+        read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return ()
+    try:
+        write_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        os.close(read_fd)
+        return ()
+    return read_fd, write_fd
 
 
 def _try_lock(path: Path) -> int:
