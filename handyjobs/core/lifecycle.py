@@ -25,10 +25,8 @@ its reason, running once it runs, back to queued when it is requeued (:func:`obs
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import enum
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
@@ -221,21 +219,11 @@ def _apply(
 
 
 def _wake(store: Store, name: str, run_id: str) -> None:
-    """Tell a queued run's runner that its run changed (granted, stopped, failed, ...).
-
-    Its runner looks at this one small file rather than parsing the registry, so waiting costs
-    the same whatever the queue's length. Stores without a folder (a scratch copy, the fast
-    tests' memory) have no runner to wake.
-    """
+    """Tell a queued run's runner that its run changed (:func:`paths.wake`); stores without a
+    folder (a scratch copy, the fast tests' memory) have no runner to wake."""
     root = getattr(store, "root", None)
     if isinstance(root, Path):
-        # A FIFO the runner sleeps on: one byte wakes it; no reader (ENXIO), no matter.
-        with contextlib.suppress(OSError):
-            fd = os.open(paths.wake_path(name, run_id, root), os.O_WRONLY | os.O_NONBLOCK)
-            try:
-                os.write(fd, b"!")
-            finally:
-                os.close(fd)
+        paths.wake(name, run_id, root)
 
 
 # ---- the transitions ---------------------------------------------------------------------

@@ -228,6 +228,20 @@ def wake_path(name: str, run_id: str, root: Path | None = None) -> Path:
     return job_dir(name, root) / f"run-{run_id}.wake"
 
 
+def wake(name: str, run_id: str, root: Path) -> None:
+    """Wake a queued run's runner: one byte into its FIFO (no reader, ENXIO: no matter).
+
+    The runner sleeps on this FIFO rather than reading the registry, so waiting costs the
+    same whatever the queue's length.
+    """
+    with contextlib.suppress(OSError):
+        fd = os.open(wake_path(name, run_id, root), os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, b"!")
+        finally:
+            os.close(fd)
+
+
 def reserve_path(name: str, run_id: str, root: Path | None = None) -> Path:
     """Room reserved on the disk for a run's outcome, given back when the outcome is written."""
     return job_dir(name, root) / f"run-{run_id}.reserve"
