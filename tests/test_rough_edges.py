@@ -111,3 +111,25 @@ def test_6_top_once_into_a_pipe_gets_the_whole_table(sandbox: Sandbox) -> None:
     assert row.endswith("x END-OF-LINE") and "running" in row
     assert all(line == line.rstrip() for line in lines)
     (sandbox.root / "go").touch()
+
+
+def test_9_sweeps_and_default_names_are_numbered_per_script(sandbox: Sandbox) -> None:
+    sandbox.write("train.py", "print('ok')\n")
+    sandbox.write("eval.py", "print('ok')\n")
+    first = sandbox.cli("sweep", "train.py", "--grid", "lr=1,2", check=True).stdout
+    assert "sweep train-sweep: 2 jobs" in first
+    # The same sweep again is numbered, as pueue and W&B number runs.
+    again = sandbox.cli("sweep", "train.py", "--grid", "lr=1,2", check=True).stdout
+    assert "sweep train-sweep2: 2 jobs" in again
+    listed = sandbox.cli("list", "--group", "train-sweep2", check=True).stdout
+    assert "train-2-lr1" in listed and "train-2-lr2" in listed
+    # A prefix the user gave must be free: one line, exit 2.
+    clash = sandbox.cli("sweep", "train.py", "--grid", "lr=1", "--prefix", "train")
+    assert clash.returncode == 2 and "a job named train-lr1 exists" in clash.stderr
+    # Default names count per script.
+    names = []
+    for script in ("train.py", "eval.py", "train.py", "eval.py"):
+        out = sandbox.cli("start", script, "--cpu", check=True).stdout
+        names.append(out.split()[1])
+    assert names == ["train-1", "eval-1", "train-2", "eval-2"]
+    sandbox.cli("wait", "--all", check=True)

@@ -11,7 +11,7 @@ from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core import options as table
 from handyjobs.core import starting
 from handyjobs.core.options import option
-from handyjobs.core.spec import StartRequest, check_name, default_stem, sweep_group
+from handyjobs.core.spec import StartRequest, check_name, default_stem, sweep_names
 from handyjobs.errors import UsageError
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -94,9 +94,9 @@ def _run(p: Parsed) -> None:
     group, prefix = p.text("group"), p.text("prefix")
     if group is not None:
         check_name(group)
-    prefix = check_name(prefix) if prefix else stem
-    names = point_names(prefix, grid)
-    group = sweep_group(names, group, stem)
+    if prefix:
+        check_name(prefix)
+    names, group = sweep_names(lambda first: point_names(first, grid), stem, prefix or None, group)
     reqs = point_requests(p, script, grid, group, names)
     records = starting.start_jobs(reqs)
     print(f"sweep {group}: {len(records)} jobs")

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,10 @@ from handyjobs.errors import RegistryError, storage_error
 _HISTORY_HEADER = json.dumps({"schema_version": SCHEMA_VERSION}).encode() + b"\n"
 # Reading the history backwards, a block at a time.
 _BLOCK = 64 * 1024
+
+
+def _numbered(name: str, stem: str) -> bool:
+    return name.startswith(stem + "-") and name[len(stem) + 1 :].isdigit()
 
 
 # ---- the locked view -----------------------------------------------------------------------
@@ -84,6 +89,16 @@ class Registry:
     def exists(self, name: str) -> bool:
         """True when a record of this name is kept (active or finished)."""
         return self.get(name) is not None
+
+    def numbers(self, stem: str) -> set[int]:
+        """The N of every job named ``STEM-N`` kept (active, finished, or just put): the
+        default names already given for a script of that stem, read in one pass."""
+        head = re.compile(rb'(?:^|\n)\{"name": "' + re.escape(stem.encode()) + rb'-([0-9]+)"')
+        data = _read(paths.history_path(self.root)) or b""
+        found = {int(n) for n in head.findall(data)}
+        names = [*self.active, *self._ended]
+        found.update(int(n[len(stem) + 1 :]) for n in names if _numbered(n, stem))
+        return found
 
     def put(self, record: JobRecord) -> None:
         """Add or replace a record; an ended one moves to the history when saved."""

@@ -12,7 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -414,24 +414,39 @@ def make_spec(
     return Checked(spec, discovery if spec.books_gpus else None, git_info(where))
 
 
-def sweep_group(names: Sequence[str], group: str | None, stem: str) -> str:
-    """A sweep's group: ``group``, else one no job uses yet (``train-sweep``, ``train-sweep2``,
-    ...); a usage error when a job of one of ``names`` exists (an earlier sweep?)."""
+def sweep_names(
+    names_for: Callable[[str], list[str]], stem: str, prefix: str | None, group: str | None
+) -> tuple[list[str], str]:
+    """A sweep's job names (``names_for(PREFIX)``) and its group.
+
+    Without ``prefix`` a script swept before gets the next number (``train-2-lr1e-3``, in
+    group ``train-sweep2``), as pueue and W&B number their runs; names made from a ``prefix``
+    the user gave must be free (a usage error names the first that is not). The group is
+    ``group``, else one no job uses yet.
+    """
     from handyjobs.core import registry  # lazy: only a sweep reads every record here
 
     records = registry.load_all(None)
     taken = {r.name for r in records}
-    clash = next((name for name in names if name in taken), None)
-    if clash is not None:
-        raise UsageError(
-            f"a job named {clash} exists (an earlier sweep?); pick another --prefix, "
-            f"or remove those jobs (`handyjobs rm`)"
-        )
+    if prefix is not None:
+        names = names_for(prefix)
+        clash = next((name for name in names if name in taken), None)
+        if clash is not None:
+            raise UsageError(
+                f"a job named {clash} exists (an earlier sweep?); pick another --prefix, "
+                f"or remove those jobs (`handyjobs rm`)"
+            )
+    else:
+        n = 1
+        names = names_for(stem)
+        while taken.intersection(names):
+            n += 1
+            names = names_for(f"{stem[:45]}-{n}")
     if group is not None:
-        return check_name(group)
+        return names, check_name(group)
     used = {r.spec.group for r in records if r.spec.group}
     base = f"{stem[:50]}-sweep"
     n = 1
     while (base if n == 1 else f"{base}{n}") in used:
         n += 1
-    return base if n == 1 else f"{base}{n}"
+    return names, base if n == 1 else f"{base}{n}"

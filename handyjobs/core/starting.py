@@ -90,10 +90,9 @@ def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
 
 
 def _unique_name(reg: registry.Registry, stem: str) -> str:
-    while True:
-        name = f"{stem}-{reg.take_id()}"
-        if not reg.exists(name):
-            return name
+    """``STEM-N``, N counted per script (``train-1``, ``train-2``, then ``eval-1``): one past
+    the highest of that stem kept."""
+    return f"{stem}-{max(reg.numbers(stem), default=0) + 1}"
 
 
 def launch_run(
