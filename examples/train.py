@@ -98,26 +98,22 @@ def main() -> None:
             f"{len(train_loader)} steps of {args.batch_size} per process per epoch"
         )
 
-        start_epoch = 0
+        start_epoch, resumed_step = 0, 0
         # Ask rank 0: on several nodes without a shared disk only its node has the file.
         if args.ckpt is not None and trainer.broadcast(args.ckpt.exists()):
             state = trainer.load(args.ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
             start_epoch = int(state["epoch"])
+            resumed_step = int(state.get("step", start_epoch * len(train_loader)))
             trainer.print(f"resumed from {args.ckpt} after epoch {start_epoch}")
 
         started = time.monotonic()
         accuracy = evaluate(trainer, model, val_loader)
         stopped = False
-        step = start_epoch * len(train_loader)  # the x of the curves, continued on resume
+        step = resumed_step  # the x of the curves, continued on resume
         for epoch in range(start_epoch, args.epochs):
             loss_sum = torch.zeros((), device=trainer.device)
             steps = 0
             for x, y in trainer.progress(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}"):
-                # `handyjobs stop` (SIGTERM) or Slurm's warning (SIGUSR1) on any rank: every
-                # rank reads it here at the same step (it is a collective), so all leave together.
-                if trainer.should_stop:
-                    stopped = True
-                    break
                 x, y = trainer.to_device((x, y))
                 with trainer.accumulate(model, args.accumulate) as sync:
                     with trainer.autocast():
@@ -132,15 +128,23 @@ def main() -> None:
                 step += 1
                 if step % 4 == 0:  # rank 0's own loss (no collective): a curve for `plot`
                     trainer.log_metrics({"loss": loss.item()}, step=step)
+                # `handyjobs stop` (SIGTERM) or a time-limit warning (SIGUSR1) on any rank: every
+                # rank reads it here after the same step (it is a collective), so all leave
+                # together, and the batch just trained counts as seen in the checkpoint.
+                if trainer.should_stop:
+                    stopped = True
+                    break
             if stopped:
                 if args.ckpt is not None:
-                    # Mid-epoch: the resumed run starts this epoch again.
+                    # Mid-epoch: the loaders' positions are saved, so the resumed run goes on
+                    # from the next unseen batch of this epoch.
                     trainer.save(
                         args.ckpt,
                         model=model,
                         optimizer=optimizer,
                         scheduler=scheduler,
                         epoch=epoch,
+                        step=step,
                     )
                 trainer.print(
                     f"stopped in epoch {epoch + 1} after {steps} steps; "
@@ -162,6 +166,7 @@ def main() -> None:
                     optimizer=optimizer,
                     scheduler=scheduler,
                     epoch=epoch + 1,
+                    step=step,
                 )
         if not stopped:
             trainer.print(
