@@ -133,3 +133,40 @@ def test_9_sweeps_and_default_names_are_numbered_per_script(sandbox: Sandbox) ->
         names.append(out.split()[1])
     assert names == ["train-1", "eval-1", "train-2", "eval-2"]
     sandbox.cli("wait", "--all", check=True)
+
+
+# Rank 1 fails once both ranks are in the process group; rank 0 waits to be ended by torchrun.
+RANK_FAILS = """
+import time
+import torch.distributed as dist
+dist.init_process_group("gloo")
+if dist.get_rank() == 1:
+    raise ValueError("bad batch on rank one")
+time.sleep(60)
+"""
+
+
+def test_10_a_failed_job_says_which_rank_failed_first_and_shows_its_error(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.write("fails.py", RANK_FAILS)
+    sandbox.cli("start", "fails.py", "--cpu", "--nproc", "2", "--name", "f", check=True)
+    # A job that never starts: its dependency fails.
+    sandbox.cli("start", "fails.py", "--cpu", "--name", "never", "--after", "f", check=True)
+    wait_state(sandbox, "f", "failed", timeout=120)
+    wait_state(sandbox, "never", "failed")
+    text = sandbox.cli("show", "f", check=True).stdout
+    fields = [line.split(None, 1) for line in text.splitlines()]
+    assert ["failed", "first  rank 1 (torchrun's first observed failure; `handyjobs logs f "
+            "--rank 1`)"] in [[k, v] for k, v in fields if k == "failed"]  # fmt: skip
+    error = text[text.index("\nerror ") + 1 :]
+    assert "Traceback (most recent call last):" in error.splitlines()[0]
+    assert "ValueError: bad batch on rank one" in error
+    assert "[rank1]:" not in error
+    merged = log_of(sandbox, "f")
+    assert "[rank 1] ValueError: bad batch on rank one" in merged
+    assert "[rank 1] [rank1]:" not in merged
+    # STARTED has no time for a job that never started.
+    rows = {line.split()[0]: line.split() for line in sandbox.cli("list").stdout.splitlines()}
+    assert rows["never"][1] == "failed" and rows["never"][4] == "-"
+    assert rows["f"][4] != "-"

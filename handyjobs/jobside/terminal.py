@@ -59,8 +59,10 @@ HANDYJOBS_PREFIX = b"[handyjobs] "
 
 
 def tag_line(rank: int, line: bytes) -> bytes:
-    """``line`` with its rank's tag in front, as a job of several processes logs it."""
-    return b"[rank %d] " % rank + line
+    """``line`` with its rank's tag in front, as a job of several processes logs it (torch's
+    own ``[rankN]: `` in front of a traceback's lines says the same: it goes)."""
+    own = b"[rank%d]: " % rank
+    return b"[rank %d] " % rank + (line[len(own) :] if line.startswith(own) else line)
 
 
 def split_tag(line: bytes) -> tuple[int | None, bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from handyjobs.core import jobs, paths
 from handyjobs.core import logs as logmod
 from handyjobs.core.records import JobRecord, returncode
 from handyjobs.errors import JobNotFound, UsageError
-from handyjobs.jobside.terminal import Renderer, TagMode
+from handyjobs.jobside.terminal import Renderer, TagMode, split_tag
 from handyjobs.views import render
 
 
@@ -97,6 +98,52 @@ def show_removed_log(name: str, lines: int | None, raw: bool = False, plain: boo
         out.flush()
     except BrokenPipeError:
         _quiet_stdout()
+
+
+#: How many of a log's last lines ``show`` reads for a failed job's error.
+FAILURE_LINES = 400
+#: The most lines of a traceback ``show`` prints.
+EXCERPT_LINES = 12
+_ROOT_CAUSE = "Root Cause (first observed failure)"
+_RANK_RE = re.compile(r"^\s*rank\s*:\s*(\d+)")
+_TORCH_PREFIX = re.compile(r"^\[rank\d+\]: ")
+
+
+def _plain_lines(path: Path, lines: int) -> list[str]:
+    """The last lines of a log as text: rank tags and torch's own ``[rankN]:`` taken off."""
+    text = logmod.tail_bytes(path, lines).decode(errors="replace")
+    out = []
+    for line in text.splitlines():
+        _, bare = split_tag(line.encode())
+        out.append(_TORCH_PREFIX.sub("", render.printable(bare.decode(errors="replace"))))
+    return out
+
+
+def failure(record: JobRecord) -> tuple[int | None, list[str]]:
+    """For a failed job: the rank torchrun saw fail first (None: one process, or not said),
+    and the end of the error it printed (its last traceback, else its last lines)."""
+    log = Path(record.log_path)
+    lines = _plain_lines(log, FAILURE_LINES)
+    first = None
+    for i in range(len(lines) - 1, -1, -1):
+        if _ROOT_CAUSE in lines[i]:
+            found = (_RANK_RE.match(line) for line in lines[i : i + 12])
+            first = next((int(m.group(1)) for m in found if m), None)
+            lines = lines[:i]  # the report is torchrun's; the error is the rank's
+            break
+    if first is not None and record.spec.procs > 1:
+        own = Path(paths.rank_log(record.log_path, first))
+        if own.is_file():
+            lines = _plain_lines(own, FAILURE_LINES)
+    mine = [line for line in lines if not line.startswith("[handyjobs]") and line.strip()]
+    start = next(
+        (i for i in range(len(mine) - 1, -1, -1) if mine[i].startswith("Traceback (most recent")),
+        None,
+    )
+    excerpt = mine[start:] if start is not None else mine[-5:]
+    if len(excerpt) > EXCERPT_LINES:  # the head says where it began, the tail what it was
+        excerpt = [*excerpt[:2], "...", *excerpt[-(EXCERPT_LINES - 3) :]]
+    return first, excerpt
 
 
 class _Tagged:

@@ -108,7 +108,7 @@ def job_rows(records: Sequence[JobRecord], params: bool = False) -> list[list[st
             _list_state(r),
             gpu_text(r),
             nproc_text(r),
-            when(r.current.started_at or r.created_at, now),
+            when(r.current.started_at, now) or "-",  # one that never started has no time
             duration(r.duration_s(now)),
             exit_summary(r.current),
         ]

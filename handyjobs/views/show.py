@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from handyjobs import backends
-from handyjobs.core.records import Cost, JobRecord, exit_summary
+from handyjobs.core.records import Cost, JobRecord, JobState, exit_summary
 from handyjobs.views import render
 from handyjobs.views.curves import Summary
 
@@ -28,6 +28,7 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
         ("name", record.name),
         ("state", render.state_text(record)),
         ("exit", exit_summary(run) or "-"),
+        *_failure_fields(record),
         ("command", render.printable(spec.command)),
         ("cwd", spec.cwd),
         ("python", spec.python),
@@ -74,6 +75,21 @@ def record_fields(record: JobRecord) -> list[tuple[str, str]]:
             )
         )
     return fields
+
+
+def _failure_fields(record: JobRecord) -> list[tuple[str, str]]:
+    """A failed job's error as it printed it, and the rank that failed first (torchrun's)."""
+    if record.state is not JobState.FAILED or record.current.started_at is None:
+        return []
+    from handyjobs.views import logview  # lazy: only a failed job's show reads its log
+
+    first, excerpt = logview.failure(record)
+    out = []
+    if first is not None:
+        see = f"`handyjobs logs {record.name} --rank {first}`"
+        out.append(("failed first", f"rank {first} (torchrun's first observed failure; {see})"))
+    out += [("error" if i == 0 else "", line) for i, line in enumerate(excerpt)]
+    return out
 
 
 def _nodes_fields(record: JobRecord) -> list[tuple[str, str]]:
