@@ -170,3 +170,33 @@ def test_10_a_failed_job_says_which_rank_failed_first_and_shows_its_error(
     rows = {line.split()[0]: line.split() for line in sandbox.cli("list").stdout.splitlines()}
     assert rows["never"][1] == "failed" and rows["never"][4] == "-"
     assert rows["f"][4] != "-"
+
+
+def test_11_a_stop_that_needed_sigkill_says_so(sandbox: Sandbox) -> None:
+    sandbox.write(
+        "stubborn.py",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ignoring SIGTERM', flush=True)\ntime.sleep(120)\n",
+    )
+    sandbox.cli("start", "stubborn.py", "--name", "st", check=True)
+    wait_log(sandbox, "st", "ignoring SIGTERM")
+    out = sandbox.cli("stop", "st", "--timeout", "2", check=True).stdout
+    assert out.strip() == (
+        "stopped job st (1 process ended, by SIGKILL after 2s: SIGTERM did not end it)"
+    )
+    assert show(sandbox, "st")["state"] == "stopped"
+
+
+def test_11_a_rotated_log_says_where_it_starts(sandbox: Sandbox) -> None:
+    sandbox.write("chatty.py", "for i in range(4000):\n    print(f'line {i:05d} ' + 'x' * 40)\n")
+    env = {"HANDYJOBS_LOG_MAX_MB": "0.05"}  # about 50 KB: the 200 KB it prints rotate twice
+    sandbox.cli("start", "chatty.py", "--name", "ch", env=env, check=True)
+    wait_state(sandbox, "ch", "succeeded")
+    lines = log_of(sandbox, "ch").splitlines()
+    assert lines[0].startswith("[handyjobs] (the log was rotated: what came before is gone")
+    assert lines[1].startswith("line ") and lines[1] != "line 00000 " + "x" * 40
+    assert "line 03999" in lines[-2]
+    # A log that kept its start gets no such line.
+    sandbox.cli("start", "chatty.py", "--name", "whole", check=True)
+    wait_state(sandbox, "whole", "succeeded")
+    assert log_of(sandbox, "whole").startswith("[handyjobs] run 1 of whole started")

@@ -20,8 +20,11 @@ def _run(p: Parsed) -> int:
 
     def one(name: str) -> None:
         result = control.stop_job(name, grace_s=grace, asked=asked.get(name))
-        n = len(result.pids)
+        n, k = len(result.pids), len(result.killed)
         ended = f"{n} process{'' if n == 1 else 'es'} ended"
+        if k:  # it ignored SIGTERM: say so, that is why the stop took the whole grace
+            which = "" if k == n else f"{k} of them "
+            ended += f", {which}by SIGKILL after {grace:g}s: SIGTERM did not end it"
         if result.was_lost:
             print(f"job {name} was lost; ended what was left of it ({ended})")
         else:

@@ -55,6 +55,8 @@ class StopResult:
     was_lost: bool = False
     #: Why the GPUs could not be checked after the stop, when they could not.
     gpu_note: str | None = None
+    #: The processes that outlived the grace after SIGTERM and got SIGKILL.
+    killed: tuple[int, ...] = ()
 
 
 def ask_to_stop(names: Sequence[str]) -> dict[str, str]:
@@ -108,7 +110,8 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
             raise JobStateError(f"job {name} is not running (it {state}); nothing to stop")
         run = mine
     was_queued = run.state is JobState.QUEUED
-    pids = set(backend.terminate(run, grace_s).pids)
+    first = backend.terminate(run, grace_s)
+    pids, killed = set(first.pids), set(first.killed)
     left: tuple[int, ...] = ()
     # The runner records the outcome and exits; a queued job that got its GPUs just as we
     # stopped it may start its process meanwhile: end that too.
@@ -117,6 +120,7 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
         if backend.leftover_pids(run):
             ended = backend.terminate(run, grace_s)
             pids.update(ended.pids)
+            killed.update(ended.killed)
             left = ended.left
         time.sleep(0.02)
     if backend.runner_alive(run):
@@ -130,7 +134,9 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
     _survivors(name, left)
     stopped = record.run_by_id(run_id) or run
     note = _check_gpus_released(name, stopped, pids) if stopped.gpus else None
-    return StopResult(record, run_id, tuple(sorted(pids)), was_queued, gpu_note=note)
+    return StopResult(
+        record, run_id, tuple(sorted(pids)), was_queued, gpu_note=note, killed=tuple(sorted(killed))
+    )
 
 
 @dataclass(frozen=True)

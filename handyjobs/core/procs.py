@@ -156,6 +156,8 @@ class Ended:
 
     pids: tuple[int, ...]
     left: tuple[int, ...]
+    #: The ones that outlived the grace and got SIGKILL.
+    killed: tuple[int, ...] = ()
 
 
 def terminate(
@@ -173,12 +175,13 @@ def terminate(
     """
     skip = tuple(exclude)
     seen: dict[int, int] = {}
+    killed: set[int] = set()
     sig = first
     deadline = time.monotonic() + grace_s
     while True:
         found = members(run_id, skip)
         if not found:
-            return Ended(tuple(sorted(seen)), ())
+            return Ended(tuple(sorted(seen)), (), tuple(sorted(killed)))
         for pid, start in found.items():
             if sig == first and seen.get(pid) == start:
                 continue  # asked once already; SIGKILL is sent again every round
@@ -186,6 +189,8 @@ def terminate(
                 # Signalled, or it ended between the look and the signal (a rank wrapper
                 # passes our SIGTERM on to its worker first): either way it was ours and ended.
                 seen[pid] = start
+                if sig == signal.SIGKILL and sig != first:
+                    killed.add(pid)
                 if sig == first:  # a paused (stopped) process acts on it only once continued
                     signal_verified(pid, start, run_id, signal.SIGCONT)
         now = time.monotonic()
@@ -194,7 +199,7 @@ def terminate(
             deadline = now + 5.0
             continue
         if sig == signal.SIGKILL and now >= deadline:
-            return Ended(tuple(sorted(seen)), tuple(sorted(found)))
+            return Ended(tuple(sorted(seen)), tuple(sorted(found)), tuple(sorted(killed)))
         time.sleep(poll_s)
 
 

@@ -47,6 +47,7 @@ def show_log(
     out = sys.stdout.buffer
     try:
         if lines is None:
+            out.write(view.feed(rotated_note(files)))
             # Everything up to this size is printed, and following goes on from it: a line
             # the job writes meanwhile is printed once, by the follower.
             end = path.stat().st_size if path.exists() else 0
@@ -70,6 +71,30 @@ def show_log(
         return None
     run = jobs.get_job(name).run_by_id(record.current.run_id) or record.current
     return returncode(run)
+
+
+#: What every log starts with: the runner's first note (queued, or the run's header).
+_RUNNER_NOTE = b"[handyjobs] "
+
+
+def rotated_note(files: Sequence[Path]) -> bytes:
+    """A line to print first when the log kept does not start where the job's did (it was
+    rotated past its cap more than once), else nothing."""
+    for path in files:
+        try:
+            with path.open("rb") as f:
+                head = f.read(len(_RUNNER_NOTE))
+        except OSError:
+            continue
+        if not head:
+            continue
+        if head == _RUNNER_NOTE:
+            return b""
+        return (
+            _RUNNER_NOTE + b"(the log was rotated: what came before is gone; only the last "
+            b"part and the one before it are kept, see HANDYJOBS_LOG_MAX_MB)\n"
+        )
+    return b""
 
 
 def show_removed_log(name: str, lines: int | None, raw: bool = False, plain: bool = False) -> None:
