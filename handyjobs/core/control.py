@@ -110,6 +110,26 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
             raise JobStateError(f"job {name} is not running (it {state}); nothing to stop")
         run = mine
     was_queued = run.state is JobState.QUEUED
+    pids, killed, left = _end_run(backend, run, grace_s)
+    with registry.locked(root) as reg:
+        scheduler.refresh_locked(reg)  # folds the runner's "stopped"
+        lifecycle.cancel(reg, name, run_id)  # the runner went without recording
+        record = reg.get(name) or record
+    with contextlib.suppress(GpuError, UsageError):
+        scheduler.schedule_pass(root)  # queued jobs may have the GPUs now
+    _survivors(name, left)
+    stopped = record.run_by_id(run_id) or run
+    note = _check_gpus_released(name, stopped, pids) if stopped.gpus else None
+    return StopResult(
+        record, run_id, tuple(sorted(pids)), was_queued, gpu_note=note, killed=tuple(sorted(killed))
+    )
+
+
+def _end_run(
+    backend: backends.Backend, run: Run, grace_s: float
+) -> tuple[set[int], set[int], tuple[int, ...]]:
+    """End the run's processes, then see its runner go: the pids ended, those that needed
+    SIGKILL, and those that survived even that."""
     first = backend.terminate(run, grace_s)
     pids, killed = set(first.pids), set(first.killed)
     left: tuple[int, ...] = ()
@@ -125,18 +145,7 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
         time.sleep(0.02)
     if backend.runner_alive(run):
         backend.end_runner(run)  # hung: it will never record; we do, below
-    with registry.locked(root) as reg:
-        scheduler.refresh_locked(reg)  # folds the runner's "stopped"
-        lifecycle.cancel(reg, name, run_id)  # the runner went without recording
-        record = reg.get(name) or record
-    with contextlib.suppress(GpuError, UsageError):
-        scheduler.schedule_pass(root)  # queued jobs may have the GPUs now
-    _survivors(name, left)
-    stopped = record.run_by_id(run_id) or run
-    note = _check_gpus_released(name, stopped, pids) if stopped.gpus else None
-    return StopResult(
-        record, run_id, tuple(sorted(pids)), was_queued, gpu_note=note, killed=tuple(sorted(killed))
-    )
+    return pids, killed, left
 
 
 @dataclass(frozen=True)
