@@ -78,7 +78,7 @@ def _run(p: Parsed) -> None:
         print("" if current is None else current)
         return
     rows = [(name, force[name], about) for name, about in config.KEYS.items()]
-    width = max(12, *(len(str(v)) for _, (v, _f), _a in rows if v is not None))
+    width = max([12, *(len(str(v)) for _, (v, _f), _a in rows if v is not None)])
     for name, (setting, source), about in rows:
         cell = "-" if setting is None else str(setting)
         note = ""
