@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 
-from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state
+from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
 # A job that says who it is and logs one point of a metric.
 SAY = """
@@ -200,3 +200,27 @@ def test_11_a_rotated_log_says_where_it_starts(sandbox: Sandbox) -> None:
     sandbox.cli("start", "chatty.py", "--name", "whole", check=True)
     wait_state(sandbox, "whole", "succeeded")
     assert log_of(sandbox, "whole").startswith("[handyjobs] run 1 of whole started")
+
+
+def test_12_the_readmes_on_exit_example_works_as_typed_in_a_shell(sandbox: Sandbox) -> None:
+    readme = (REPO / "README.md").read_text()
+    typed = next(
+        line[2:] for line in readme.splitlines() if line.startswith("$ handyjobs start ask.py")
+    )
+    assert "--on-exit" in typed
+    sandbox.write("ask.py", "print('asked')\n")
+    # As the user's shell runs it: its quoting decides what reaches handyjobs.
+    command = typed.replace("handyjobs", f"{sys.executable} -m handyjobs", 1)
+    done = subprocess.run(
+        ["bash", "-c", command],
+        env={**sandbox.env, "PWD": str(sandbox.root)},
+        cwd=sandbox.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    wait_state(sandbox, "ask", "succeeded")
+    ended = sandbox.root / "ended.txt"
+    wait_until(lambda: ended.exists() and ended.read_text().strip(), what="the on-exit line")
+    assert ended.read_text() == "ask succeeded 0\n"
