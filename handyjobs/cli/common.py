@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from handyjobs.core.records import JobState
 from handyjobs.errors import HandyjobsError, UsageError
@@ -25,6 +26,15 @@ def complete_names(incomplete: str) -> list[str]:
 def dump_json(doc: object) -> None:
     """Write ``doc`` as indented JSON to stdout (one write: fast on big documents)."""
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+def hide_secrets(doc: dict[str, Any], show: bool = False) -> dict[str, Any]:
+    """A record's JSON with its ``--env`` values replaced by "..." (``show``: kept as they are),
+    so that a secret given as --env never reaches a script's output unless asked for."""
+    spec = doc.get("spec")
+    if not show and isinstance(spec, dict) and isinstance(spec.get("env"), dict):
+        spec["env"] = dict.fromkeys(spec["env"], "...")
+    return doc
 
 
 def parse_states(values: Sequence[str] | None) -> list[JobState]:
@@ -68,9 +78,10 @@ def do_list(
     as_json: bool,
     metric: str | None = None,
     group: str | None = None,
+    show_secrets: bool = False,
 ) -> None:
     """``handyjobs list`` (``--group``: one group; ``--metric``: a column for a metric's last
-    value)."""
+    value; ``--show-secrets``: --env values in the JSON)."""
     every = all_jobs or group is not None
     if metric:
         from handyjobs.views import observe  # lazy: only --metric reads metrics
@@ -85,7 +96,7 @@ def do_list(
     if group is not None:
         records = [r for r in records if r.spec.group == group]
     if as_json:
-        docs = [r.to_dict() for r in records]
+        docs = [hide_secrets(r.to_dict(), show_secrets) for r in records]
         if metric:
             for doc in docs:
                 doc["metric"] = {"name": metric, "last": values.get(doc["name"])}

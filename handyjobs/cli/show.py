@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from handyjobs.cli.args import JSON, NAME
-from handyjobs.cli.common import dump_json
+from handyjobs.cli.common import dump_json, hide_secrets
+from handyjobs.cli.listing import SHOW_SECRETS
 from handyjobs.cli.parse import Command, Parsed
 from handyjobs.views import observe
 
@@ -13,13 +14,13 @@ def _run(p: Parsed) -> None:
     assert name is not None
     view = observe.job_view(name)
     if p.flag("as_json"):
-        doc = view.record.to_dict()
+        doc = hide_secrets(view.record.to_dict(), p.flag("show_secrets"))
         doc["metrics"] = {s.metric: s.to_dict() for s in view.metrics}
         dump_json(doc)
         return
     from handyjobs.views import show  # lazy: --json output never renders
 
-    show.print_record(view.record, view.metrics)
+    show.print_record(view.record, view.metrics, show_secrets=p.flag("show_secrets"))
 
 
 COMMAND = Command(
@@ -27,5 +28,5 @@ COMMAND = Command(
     "Everything on a job's record, what it cost, and its metrics' last and best values.",
     _run,
     args=(NAME,),
-    options=(JSON,),
+    options=(JSON, SHOW_SECRETS),
 )

@@ -36,6 +36,34 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
+def check_arg_format(arg_format: str) -> None:
+    """Refuse an ``--arg-format`` that names a field other than {key} and {value}, or that
+    str.format cannot read (a lone brace): one usage line, before anything is queued."""
+    import string  # lazy: only sweep reads a format
+
+    try:
+        fields = [f for _, f, _spec, _conv in string.Formatter().parse(arg_format) if f is not None]
+    except ValueError as exc:  # "Single '{' encountered", "unmatched '{'"
+        raise UsageError(
+            f"--arg-format {arg_format!r}: {exc}; write a literal brace as {{{{ or }}}}"
+        ) from None
+    bad = [f for f in fields if f not in ("key", "value")]
+    if bad:
+        raise UsageError(
+            f"--arg-format {arg_format!r} names {{{bad[0]}}}; only {{key}} and {{value}} exist"
+            " (write a literal brace as {{ or }})"
+        )
+    if "value" not in fields:
+        raise UsageError("--arg-format must contain {value} (and usually {key})")
+    try:  # a field inside a format spec ({value:>{n}}) or a bad conversion fails only here
+        arg_format.format(key="lr", value="1e-3")
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        raise UsageError(
+            f"--arg-format {arg_format!r} cannot be filled ({type(exc).__name__}: {exc});"
+            " use {key} and {value}, and {{ or }} for a literal brace"
+        ) from None
+
+
 def _slug(text: str) -> str:
     """A value as it may appear in a job name: ``0.1`` -> ``0p1``, ``a/b`` -> ``a-b``."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", text.replace(".", "p")).strip("-") or "x"
@@ -88,8 +116,7 @@ def _run(p: Parsed) -> None:
     script, arg_format = p.text("script"), p.text("arg_format")
     assert script is not None and arg_format is not None
     grid = parse_grid(p.items("grid"))
-    if "{value}" not in arg_format:
-        raise UsageError("--arg-format must contain {value} (and usually {key})")
+    check_arg_format(arg_format)
     stem = default_stem(script, p.flag("module"))
     group, prefix = p.text("group"), p.text("prefix")
     if group is not None:

@@ -105,9 +105,15 @@ def _backend_fields(record: JobRecord) -> list[tuple[str, str]]:
     return backends.describe(record.current.backend).show_fields(record)
 
 
-def print_record(record: JobRecord, metrics: Sequence[Summary] = ()) -> None:
-    """``show``: one field a line (and the last and best value of each metric)."""
+def print_record(
+    record: JobRecord, metrics: Sequence[Summary] = (), show_secrets: bool = False
+) -> None:
+    """``show``: one field a line (and the last and best value of each metric); --env values
+    only with ``show_secrets``."""
     fields = record_fields(record) + metric_fields(metrics)
+    if show_secrets and record.spec.env:
+        env = render.printable(" ".join(f"{k}={v}" for k, v in record.spec.env))
+        fields = [(k, env if k == "env" else v) for k, v in fields]
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         print(f"{key.ljust(width)}  {value}")
