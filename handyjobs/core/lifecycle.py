@@ -394,14 +394,19 @@ def hold(store: Store, name: str, run_id: str, held: bool = True) -> bool:
     return _apply(store, name, run_id, Event.HOLD if held else Event.RELEASE, step)
 
 
-def edit(store: Store, name: str, run_id: str, nproc: int) -> bool:
+def edit(
+    store: Store, name: str, run_id: str, nproc: int, after_runs: dict[str, str] | None = None
+) -> bool:
     """The job of a queued run was changed before the run began (``edit``): its processes,
-    and why it waits (the next pass says again); True when the run changed."""
+    the runs it waits for (``after_runs``, when its ``--after`` changed) and why it waits (the
+    next pass says again); True when the run changed."""
 
     def step(run: Run) -> JobState | None:
         if run.started_at is not None or run.stop_requested:
             return None
         run.nproc, run.wait = nproc, run.wait if run.held else None
+        if after_runs is not None:
+            run.after_runs = dict(after_runs)
         return run.state
 
     return _apply(store, name, run_id, Event.EDIT, step)

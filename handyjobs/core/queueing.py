@@ -125,12 +125,19 @@ def edit_job(
     spec: JobSpec = replace(old, **{f: getattr(checked.spec, f) for f in _EDITED_FIELDS})
 
     def change(reg: registry.Registry, current: JobRecord) -> None:
-        for dep in spec.after:
-            if dep == name:
-                raise UsageError(f"--after {dep}: a job cannot wait for itself")
-            if reg.get(dep) is None:
-                raise UsageError(f"--after {dep}: no job of that name; see `handyjobs list --all`")
-        lifecycle.edit(reg, name, run.run_id, spec.procs)
+        bound = None
+        if spec.after != old.after:
+            # Bound to the runs it waits for now, as a start binds them; never a cycle.
+            bound = {}
+            for dep in spec.after:
+                found = reg.get(dep)
+                if found is None:
+                    raise UsageError(
+                        f"--after {dep}: no job of that name; see `handyjobs list --all`"
+                    )
+                booking.refuse_cycle(name, dep, reg.records())
+                bound[dep] = found.current.run_id
+        lifecycle.edit(reg, name, run.run_id, spec.procs, bound)
         fresh = reg.get(name) or current
         reg.put(replace(fresh, spec=spec))
 
