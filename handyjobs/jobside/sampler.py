@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handyjobs import procfs
+from handyjobs.core import cgroups
 from handyjobs.core.procs import MARKER_ENV
 from handyjobs.core.records import Cost, GpuUse
 
@@ -74,10 +75,14 @@ class ProcTable:
         found: dict[str, list[int]] = {}
         seen: dict[int, tuple[bytes, str | None, int]] = {}
         me = os.getpid()
+        group = cgroups.existing(only) if only is not None else None
         try:
-            entries = os.listdir(_PROC)
+            # A run with a cgroup: its members are the run's, whatever their environment.
+            members = group.members() if group and group.dirs else None
+            entries = [str(p) for p in members] if members is not None else os.listdir(_PROC)
         except OSError:
             return found
+        young = _ticks_now() - 2 * procfs.TICKS  # started less than 2 s ago
         for entry in entries:
             if not entry.isdigit():
                 continue
@@ -88,7 +93,12 @@ class ProcTable:
             known = self._known.get(pid)
             if known is None or known[0] != start:
                 known = (start, *_marker(pid))
-            seen[pid] = known
+                if group and group.dirs and known[1] is None:
+                    known = (start, only, known[2])  # a member that dropped the marker
+            # A process caught between fork and exec still has its parent's environment: what
+            # it carries is known only once it is a little older.
+            if known[1] is not None or int(start) < young:
+                seen[pid] = known
             run_id = known[1]
             if run_id is not None and (only is None or run_id == only):
                 found.setdefault(run_id, []).append(pid)
@@ -98,6 +108,15 @@ class ProcTable:
     def restarts(self, pids: Iterable[int]) -> int:
         """The highest torchrun restart count among these processes."""
         return max((self._known[p][2] for p in pids if p in self._known), default=0)
+
+
+def _ticks_now() -> int:
+    """Clock ticks since boot now, the unit of a process's start time."""
+    try:
+        with open("/proc/uptime") as f:
+            return int(float(f.read().split()[0]) * procfs.TICKS)
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _start(pid: int) -> bytes | None:

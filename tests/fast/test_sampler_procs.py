@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from conftest import wait_until
@@ -48,19 +49,21 @@ def test_usage_of_a_live_process_and_of_none() -> None:
 
 
 def test_proc_table_finds_a_runs_processes_by_marker(tmp_path: Path) -> None:
+    # Run ids of this test alone: another test run on the machine may hold processes too.
+    run_a, run_b = f"run-a-{uuid.uuid4().hex[:8]}", f"run-b-{uuid.uuid4().hex[:8]}"
     table = ProcTable()
-    one = _holder(tmp_path, 1, "run-a", restarts="2")
-    two = _holder(tmp_path, 1, "run-b")
+    one = _holder(tmp_path, 1, run_a, restarts="2")
+    two = _holder(tmp_path, 1, run_b)
     try:
         found = table.scan()
-        assert found["run-a"] == [one.pid] and found["run-b"] == [two.pid]
-        assert table.scan("run-a") == {"run-a": [one.pid]}
+        assert found[run_a] == [one.pid] and found[run_b] == [two.pid]
+        assert table.scan(run_a) == {run_a: [one.pid]}
         assert table.restarts([one.pid]) == 2 and table.restarts([two.pid]) == 0
     finally:
         (tmp_path / "go").touch()
         one.wait(10)
         two.wait(10)
-    assert "run-a" not in table.scan()
+    assert run_a not in table.scan()
 
 
 def test_cpu_percent_counts_only_processes_seen_twice() -> None:
