@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core import config, paths
 from handyjobs.core.options import option
-from handyjobs.errors import UsageError
+from handyjobs.errors import UsageError, printable
 
 
 def _change(key: str | None, value: str | None, group: str | None, unset: bool) -> bool:
@@ -75,15 +76,17 @@ def _run(p: Parsed) -> None:
         return
     if key is not None:
         current = cfg.group_parallel.get(group) if group else force[key][0]
-        print("" if current is None else current)
+        text = "" if current is None else str(current)
+        print(printable(text) if sys.stdout.isatty() else text)  # a script gets it as it is
         return
     rows = [(name, force[name], about) for name, about in config.KEYS.items()]
     width = max([12, *(len(str(v)) for _, (v, _f), _a in rows if v is not None)])
     for name, (setting, source), about in rows:
-        cell = "-" if setting is None else str(setting)
+        # A value may hold control characters (an on_exit command): shown, never acted on.
+        cell = "-" if setting is None else printable(str(setting))
         note = ""
         if source not in ("file", "default") and doc[name] is not None:
-            note = f" (the file says {doc[name]})"
+            note = f" (the file says {printable(str(doc[name]))})"
         print(f"{name:22} {cell:<{width}} {source:<20} {about}{note}")
     for name, n in sorted(cfg.group_parallel.items()):
         group_key = "parallel --group " + name

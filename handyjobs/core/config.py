@@ -91,6 +91,14 @@ class Config:
         return out
 
 
+class ConfigError(UsageError):
+    """The settings file cannot be read as settings: its path, and what is wrong with it."""
+
+    def __init__(self, path: Path, detail: str, advice: str = "fix it or remove it") -> None:
+        super().__init__(f"{path} is not valid ({detail}); {advice}")
+        self.path, self.detail = path, detail
+
+
 def _toml(text: str, path: Path) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib  # lazy: only when a config file is read (start-up)
@@ -100,7 +108,7 @@ def _toml(text: str, path: Path) -> dict[str, Any]:
         doc: dict[str, Any] = tomllib.loads(text)
         return doc
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML ({exc}); fix it or remove it") from exc
+        raise ConfigError(path, f"TOML: {exc}") from exc
 
 
 def load(root: Path | None = None) -> Config:
@@ -110,9 +118,15 @@ def load(root: Path | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Config()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     except OSError as exc:
         raise storage_error(exc, "read the config") from exc
-    doc = _toml(text, path)
+    return _settings(_toml(text, path), path)
+
+
+def _settings(doc: dict[str, Any], path: Path) -> Config:
+    """The settings a file's document holds; a value of the wrong type names the file."""
     try:
         groups = {
             str(name): int(table["parallel"])
@@ -127,12 +141,17 @@ def load(root: Path | None = None) -> Config:
             on_exit=None if doc.get("on_exit") is None else str(doc["on_exit"]),
             group_parallel=groups,
         )
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{path}: a value has the wrong type ({exc}); fix it") from exc
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise ConfigError(path, f"a value has the wrong type: {exc}", "fix it") from exc
 
 
 def check(key: str, value: str, group: str | None) -> Any:
     """Check a value given on the command line; return it as the file stores it."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        shown = ascii(os.fsencode(value))[2:-1]
+        raise UsageError(f"{key} '{shown}' is not valid UTF-8; the settings file is text") from None
     if key not in KEYS:
         raise UsageError(f"unknown setting {key!r}; settings: {', '.join(KEYS)}")
     if group is not None:
@@ -159,17 +178,23 @@ def check(key: str, value: str, group: str | None) -> Any:
     return value
 
 
+def _quoted(value: Any) -> str:
+    """A value as TOML: json.dumps quotes strings as TOML does, but leaves DEL raw, which
+    TOML refuses in a string."""
+    return json.dumps(value).replace("\x7f", "\\u007f")
+
+
 def _render(doc: dict[str, Any]) -> str:
     """The file's text (flat keys, then one table per group); json.dumps quotes TOML strings."""
     lines = ["# handyjobs settings: `handyjobs config` writes this file."]
     for key in KEYS:
         if doc.get(key) is not None:
-            lines.append(f"{key} = {json.dumps(doc[key])}")
+            lines.append(f"{key} = {_quoted(doc[key])}")
     for name, table in sorted((doc.get("groups") or {}).items()):
         if table:
             lines.append("")
             lines.append(f"[groups.{name}]")
-            lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())
+            lines.extend(f"{k} = {_quoted(v)}" for k, v in table.items())
     return "\n".join(lines) + "\n"
 
 
@@ -186,8 +211,11 @@ def update(root: Path, key: str, value: str | None, group: str | None = None) ->
             doc = _toml(path.read_text(encoding="utf-8"), path)
         except FileNotFoundError:
             doc = {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
         except OSError as exc:
             raise storage_error(exc, "read the config") from exc
+        _settings(doc, path)  # a file of wrong types is refused, not rewritten half-read
         if group is not None:
             table = doc.setdefault("groups", {}).setdefault(group, {})
             if stored is None:
@@ -198,8 +226,11 @@ def update(root: Path, key: str, value: str | None, group: str | None = None) ->
             doc.pop(key, None)
         else:
             doc[key] = stored
+        text = _render(doc)
+        if _toml(text, path) != doc:  # never write a file that reads back otherwise
+            raise UsageError(f"{key} {value!r}: cannot be written to {path} as it is")
         try:
-            paths.write_atomic(path, _render(doc).encode())
+            paths.write_atomic(path, text.encode())
         except OSError as exc:
             raise storage_error(exc, "write the config") from exc
     return load(root)

@@ -22,7 +22,7 @@ from handyjobs import procfs
 from handyjobs.backends import base as backends
 from handyjobs.core import jobs, lifecycle, paths, procs, registry, scheduler, starting
 from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run, parse_time
-from handyjobs.core.spec import parse_env
+from handyjobs.core.spec import check_given, parse_env
 from handyjobs.errors import (
     GpuError,
     JobStateError,
@@ -339,6 +339,7 @@ def restart_job(
     """
 
     overrides = parse_env(env)
+    check_given(args or (), overrides)  # before the current run is stopped
     record = jobs.get_job(name)
     backend = backends.get(record.current.backend)
     backend.check()

@@ -33,7 +33,21 @@ HOME_ENV = "HANDYJOBS_HOME"
 
 
 def home() -> Path:
-    """The state folder: ``$HANDYJOBS_HOME``, else the platform's user state dir."""
+    """The state folder: ``$HANDYJOBS_HOME``, else the platform's user state dir; a path that
+    is not UTF-8 is refused (records hold it as text: the logs' paths)."""
+    found = _home()
+    try:
+        str(found).encode()
+    except UnicodeEncodeError:
+        shown = ascii(os.fsencode(str(found)))[2:-1]
+        raise UsageError(
+            f"the state folder '{shown}' is not valid UTF-8; set {HOME_ENV} to a path of UTF-8"
+            " names"
+        ) from None
+    return found
+
+
+def _home() -> Path:
     value = os.environ.get(HOME_ENV)
     if value:
         return Path(value).expanduser().absolute()

@@ -144,6 +144,9 @@ class Wait(JsonRecord):
     held: bool = field(default=False, metadata=OMIT_DEFAULT)
     #: A run of its ``group`` is paused: the group starts nothing new until it is resumed.
     paused: bool = field(default=False, metadata=OMIT_DEFAULT)
+    #: The settings file, when it cannot be read: the queue starts nothing until it is fixed
+    #: (what is wrong with it in ``reason``, as the parser said).
+    config: str | None = field(default=None, metadata=OMIT_DEFAULT)
 
     @property
     def for_gpus(self) -> bool:

@@ -25,6 +25,7 @@ from handyjobs.core.records import (
     LaunchEnv,
     LostKind,
     Reason,
+    Wait,
 )
 from handyjobs.core.stores import Store
 
@@ -144,10 +145,28 @@ def schedule_pass(
         )
 
         discovery = looking.discover() if looking is not None else gpus.discover(env)
-    limits = config.load(root).limits(env)
+    try:
+        limits = config.load(root).limits(env)
+    except config.ConfigError as exc:
+        # The queue starts nothing on settings it cannot read, and says so on every waiting
+        # run (a stale "1 of 1 running" would send the user looking in the wrong place).
+        with registry.locked(root) as reg:
+            refresh_locked(reg)
+            why = Wait(0, 0, config=str(exc.path), reason=exc.detail)
+            for r in reg.records():
+                if r.state is JobState.QUEUED and not r.current.held:
+                    lifecycle_wait(reg, r, why)
+        return []
     with registry.locked(root) as reg:
         refresh_locked(reg)
         return schedule(reg, reg.records(), discovery, limits)
+
+
+def lifecycle_wait(store: Store, record: JobRecord, wait: Wait) -> None:
+    """Record why ``record``'s current run waits."""
+    from handyjobs.core import lifecycle  # lazy: only the queue pass (start-up of `list`)
+
+    lifecycle.set_wait(store, record.name, record.current.run_id, wait)
 
 
 def schedule(

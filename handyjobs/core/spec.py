@@ -337,6 +337,46 @@ def _cwd(req: StartRequest) -> Path:
     return cwd
 
 
+def shown_bytes(text: str) -> str:
+    """A string read from the system as its bytes would print (``d\\xff``): a name that is
+    not UTF-8 shown without a lone surrogate, which no terminal or JSON file can take."""
+    return ascii(os.fsencode(text))[2:-1]
+
+
+def check_utf8(text: str, what: str, shown: bool = True) -> None:
+    """Refuse a string that is not valid UTF-8 (an argument, a path, a variable of bytes the
+    system gave us): records are JSON text, and a lone surrogate cannot be saved."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        quoted = f" '{shown_bytes(text)}'" if shown else ""
+        raise UsageError(
+            f"{what}{quoted} is not valid UTF-8; handyjobs records it as text:"
+            " rename it, or pass the bytes through a file"
+        ) from None
+
+
+def check_given(args: Sequence[str], env: Sequence[tuple[str, str]]) -> None:
+    """The script's arguments and ``--env`` items can be saved as text (start, restart)."""
+    for i, arg in enumerate(args, 1):
+        check_utf8(arg, f"argument {i}")
+    for key, value in env:
+        check_utf8(key, "the --env name")
+        check_utf8(value, f"the value of --env {key}", shown=False)  # it may be a secret
+
+
+def _check_text(spec: JobSpec) -> None:
+    """Every string of a spec can be saved as text; the first that cannot is named."""
+    check_utf8(spec.cwd, "the working folder")
+    check_utf8(spec.script, "the script")
+    check_utf8(spec.python, "--python")
+    check_given(spec.args, spec.env)
+    for key, value in spec.params:
+        check_utf8(f"{key}={value}", "--grid")
+    for word in spec.on_exit:
+        check_utf8(word, "--on-exit")
+
+
 def _resolve_gpus(
     req: StartRequest, policy: GpuPolicy, discovery: Discovery | None
 ) -> tuple[tuple[int, ...] | None, Discovery | None]:
@@ -410,6 +450,7 @@ def make_spec(
         **backend_fields,
         **limit_fields,
     )
+    _check_text(spec)
     where = Path(script).parent if not req.module and "/" in script else cwd
     return Checked(spec, discovery if spec.books_gpus else None, git_info(where))
 

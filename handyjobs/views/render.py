@@ -410,6 +410,9 @@ def wait_text(wait: Wait) -> str:
         return "held: it starts only after `handyjobs release`"
     if wait.scheduler is not None:
         return scheduler_reason(wait.scheduler, wait.reason)
+    if wait.config is not None:
+        why = printable(f"{wait.config} is not valid ({wait.reason})")
+        return f"the queue waits: {why}; fix it or remove it"
     if wait.after:
         return f"waiting for {', '.join(wait.after)} to end"
     if wait.paused:

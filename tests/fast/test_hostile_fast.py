@@ -81,3 +81,86 @@ def test_sweep_arg_format_refused_in_one_line(
     assert code == 2, err
     assert err.count("\n") == 1 and "--arg-format" in err and "Traceback" not in err
     assert registry.load_active(home) == []
+
+
+def _no_traceback(code: int, err: str) -> None:
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_non_utf8_argument_refused_in_one_line(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An argument, an --env value or a --grid value of bytes that are not UTF-8 is one line,
+    exit 2, and nothing is saved (it was a traceback from the registry's write)."""
+    script = tmp_path / "train.py"
+    script.write_text("print('hi')\n")
+    bad = b"\xff".decode("utf-8", "surrogateescape")  # what Python makes of such an argv
+    for argv in (
+        ["start", "--hold", str(script), bad],
+        ["start", "--hold", "--env", f"TOKEN={bad}", str(script)],
+        ["sweep", "--hold", "--grid", f"lr={bad}", str(script)],
+    ):
+        code, _, err = run(argv, capsys)
+        _no_traceback(code, err)
+        assert "not valid UTF-8" in err
+    assert registry.load_all(home) == []
+    code, _, err = run(["start", "--hold", "--env", f"TOKEN=s3cr3t{bad}", str(script)], capsys)
+    assert "s3cr3t" not in err  # the value of an --env is never echoed
+
+
+def test_non_utf8_working_folder_and_state_folder(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A working folder or a state folder whose name is not UTF-8 is one line and exit 2."""
+    odd = Path(tmp_path / b"d\xff".decode("utf-8", "surrogateescape"))
+    odd.mkdir()
+    (odd / "train.py").write_text("print('hi')\n")
+    monkeypatch.chdir(odd)
+    code, _, err = run(["start", "--hold", "train.py"], capsys)
+    _no_traceback(code, err)
+    assert "working folder" in err and "d\\xff" in err
+    assert registry.load_all(home) == []
+    monkeypatch.setenv("HANDYJOBS_HOME", str(odd / "state"))
+    for argv in (["start", "--hold", "train.py"], ["list"]):
+        code, _, err = run(argv, capsys)
+        _no_traceback(code, err)
+        assert "state folder" in err
+    assert not (odd / "state").exists()
+
+
+def test_config_value_not_utf8_or_with_del_keeps_the_file_valid(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config on_exit` with a byte that is not UTF-8 is refused; one with DEL and control
+    characters is written as valid TOML: start and config go on working after either."""
+    bad = b"\xff".decode("utf-8", "surrogateescape")
+    code, _, err = run(["config", "on_exit", f"echo {bad}"], capsys)
+    _no_traceback(code, err)
+    code, _, err = run(["config", "on_exit", "echo \x7f\x01 end"], capsys)
+    assert code == 0, err
+    code, out, err = run(["config", "on_exit"], capsys)
+    assert code == 0 and "end" in out, err
+    script = tmp_path / "train.py"
+    script.write_text("print('hi')\n")
+    code, _, err = run(["start", "--hold", "--name", "ok", str(script)], capsys)
+    assert code == 0, err
+    assert registry.load_one("ok", home) is not None
+
+
+@pytest.mark.parametrize(
+    "text", [b"parallel = [\n", b"groups = 3\n", b"parallel = 1e400\n", b'on_exit = "\xff"\n']
+)
+def test_malformed_config_is_one_line_naming_the_file(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: bytes
+) -> None:
+    """A config.toml that is not TOML, not UTF-8 or of wrong types: `config`, `config KEY V`
+    and `start` say so in one line naming the file (some were tracebacks)."""
+    (home / "config.toml").write_bytes(text)
+    script = tmp_path / "train.py"
+    script.write_text("print('hi')\n")
+    for argv in (["config"], ["config", "parallel", "2"], ["start", "--hold", str(script)]):
+        code, _, err = run(argv, capsys)
+        _no_traceback(code, err)
+        assert str(home / "config.toml") in err, argv
+    assert (home / "config.toml").read_bytes() == text  # nothing rewritten half-read

@@ -1,0 +1,34 @@
+"""Hostile and odd input of issue 21 (items 6 and 7) with real runners and real tmux; each
+test fails on the code before its fix."""
+
+from __future__ import annotations
+
+from conftest import SLEEPER, Sandbox, show, wait_state, wait_until
+
+
+def test_a_malformed_config_says_so_on_the_queued_job_and_the_queue_goes_on_once_fixed(
+    sandbox: Sandbox,
+) -> None:
+    """A config.toml broken while a job waits for a slot: the queued job's reason names the
+    file and what is wrong (not a stale "1 of 1 running"), and it starts once the file is fixed."""
+    sandbox.write("sleeper.py", SLEEPER)
+    go = sandbox.root / "go"
+    sandbox.cli("config", "parallel", "1", check=True)
+    sandbox.cli("start", "--cpu", "--name", "first", "sleeper.py", str(go), check=True)
+    sandbox.cli("start", "--cpu", "--name", "second", "--wait", "sleeper.py", str(go), check=True)
+    wait_state(sandbox, "first", "running")
+    config = sandbox.home / "config.toml"
+    config.write_text("parallel = [\n")
+    go.touch()
+    wait_state(sandbox, "first", "succeeded")
+
+    def says_config() -> bool:
+        wait = show(sandbox, "second")["runs"][-1].get("wait") or {}
+        return wait.get("config") == str(config)
+
+    wait_until(says_config, timeout=30, what="the queued job to name the config file")
+    shown = sandbox.cli("show", "second", check=True).stdout
+    assert f"{config} is not valid" in shown and "allowed at once" not in shown
+    assert show(sandbox, "second")["state"] == "queued"
+    config.write_text("parallel = 1\n")
+    wait_state(sandbox, "second", "succeeded", timeout=60)
