@@ -3,7 +3,7 @@ test fails on the code before its fix."""
 
 from __future__ import annotations
 
-from conftest import SLEEPER, Sandbox, show, wait_state, wait_until
+from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
 
 def test_a_malformed_config_says_so_on_the_queued_job_and_the_queue_goes_on_once_fixed(
@@ -32,3 +32,23 @@ def test_a_malformed_config_says_so_on_the_queued_job_and_the_queue_goes_on_once
     assert show(sandbox, "second")["state"] == "queued"
     config.write_text("parallel = 1\n")
     wait_state(sandbox, "second", "succeeded", timeout=60)
+
+
+def test_send_passes_a_dash_literally_and_refuses_ctrl_c_without_raw(sandbox: Sandbox) -> None:
+    """`send NAME -- -x` types "-x" (it was read as send-keys' option); `send NAME $'\\x03'`
+    is refused (it interrupted the job) and the job goes on to read the next line."""
+    sandbox.write(
+        "ask.py",
+        "a = input('first? ')\nprint('got', repr(a), flush=True)\n"
+        "b = input('second? ')\nprint('got', repr(b), flush=True)\n",
+    )
+    sandbox.cli("start", "--cpu", "ask.py", "--name", "ask", check=True)
+    wait_log(sandbox, "ask", "first?")
+    refused = sandbox.cli("send", "ask", "\x03")
+    assert refused.returncode == 2 and "--raw" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    sandbox.cli("send", "ask", "--", "-x", check=True)
+    wait_log(sandbox, "ask", "got '-x'")
+    sandbox.cli("send", "ask", "--", "-t", "two words", check=True)
+    wait_state(sandbox, "ask", "succeeded")
+    assert "got '-t two words'" in log_of(sandbox, "ask")

@@ -214,7 +214,8 @@ class TmuxBackend:
         if sid is None or sid not in live or live[sid][1] != run.run_id:
             raise TmuxError("the job's tmux session is gone; nothing can read what you send")
         srv = server()
-        for args in (("-l", text), ("Enter",)):
+        # "--": a text that starts with "-" is text, not send-keys' options.
+        for args in (("-l", "--", text), ("Enter",)):
             proc = srv.cmd("send-keys", "-t", sid, *args)
             if proc.returncode != 0:
                 raise TmuxError(f"tmux could not send the text: {' '.join(proc.stderr)}")
