@@ -98,7 +98,10 @@ class _Waiter:
     def look(self) -> tuple[bool, tuple[int, ...] | None]:
         """Read the run's record: (True, its GPUs) once granted, (True, None) once it left."""
         self.next_look = time.monotonic() + RECHECK_S
-        record = registry.load_one(self.name, self.root)
+        # Shared: a wake is written under the writer's lock, before its save; reading now
+        # without the lock could see the record as it was and sleep through the change.
+        with registry.shared(self.root):
+            record = registry.load_one(self.name, self.root)
         run = None if record is None else record.run_by_id(self.run_id)
         if run is None or not run.state.active:
             return True, None
