@@ -247,8 +247,10 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
     """A throwaway HANDYJOBS_HOME and tmux socket; kills the tmux server and strays at the end."""
     sock = f"hj-test-{uuid.uuid4().hex[:10]}"
     env = dict(os.environ)
+    # COLUMNS and LINES: pytest-xdist's workers set them to 80x24, which would override the size
+    # of the terminal a test gives the CLI (a user's shell does not export them).
     for key in list(env):
-        if key.startswith("HANDYJOBS_") or key in ("TMUX", "TMUX_PANE"):
+        if key.startswith("HANDYJOBS_") or key in ("TMUX", "TMUX_PANE", "COLUMNS", "LINES"):
             del env[key]
     env.update(
         HANDYJOBS_HOME=str(tmp_path / "state"),
