@@ -17,15 +17,21 @@ cd "$ROOT"
 export HANDYJOBS_HOME="$(mktemp -d)/handyjobs-home"
 export HANDYJOBS_TMUX_SOCKET="handyjobs-test-$$"
 trap 'tmux -L "$HANDYJOBS_TMUX_SOCKET" kill-server 2>/dev/null || true' EXIT
+# Two pytest workers (pytest-xdist): a test mostly waits on one process at a time (a CLI call,
+# a job, torchrun), so two keep a 2-core machine busy. Every test has its own state folder, home
+# and tmux socket; the ones that share the local Slurm or a real GPU run one after another on
+# one worker (the "serial" group, tests/conftest.py). HANDYJOBS_TEST_WORKERS=0 runs in this
+# process (for pdb or -s), any other number sets the workers.
+parallel=(-n "${HANDYJOBS_TEST_WORKERS:-2}" --dist loadgroup)
 echo "==> ruff"
 "$VENV/bin/ruff" check .
 if [ "$fast" = 1 ]; then
     # mypy (about 20 s) stays in the full run: the fast layer is for every edit.
     echo "==> pytest tests/fast"
-    "$PY" -m pytest tests/fast "$@"
+    "$PY" -m pytest "${parallel[@]}" tests/fast "$@"
     exit
 fi
 echo "==> mypy --strict (package, tests, scripts)"
 "$VENV/bin/mypy" --strict
 echo "==> pytest"
-"$PY" -m pytest "$@"
+"$PY" -m pytest "${parallel[@]}" "$@"
