@@ -1,11 +1,12 @@
-"""Metrics as JSON lines: ``log_metrics`` appends; ``read_metrics``, ``series``, ``summary`` read.
+"""Metrics as JSON lines: ``log_metrics`` appends (``handyjobs.views.curves`` reads them).
 
-No torch here: the CLI reads metrics files, and any script can log without the trainer.
+No torch here: any script can log without the trainer.
 
 One line per call (the schema; keys in this order; wrapped here, one line in the file)::
 
     {"step": 120, "time": "2025-03-01T12:00:00.123Z", "run": 2,
      "values": {"loss": 0.41, "lr": 0.0003}}
+    {"step": 130, "time": "...", "run": 2, "values": {"loss": null}, "nonfinite": {"loss": "nan"}}
 
 ``step``
     the caller's step, an integer, or null when none was given.
@@ -17,7 +18,10 @@ One line per call (the schema; keys in this order; wrapped here, one line in the
 ``values``
     metric name -> number. Anything ``float()`` accepts is taken (Python and NumPy numbers,
     one-element tensors). A value that is not finite (NaN, +inf, -inf) is written as null, so
-    every line is strict JSON that jq, JavaScript and pandas read; readers get None for it.
+    every line is strict JSON that jq, JavaScript and pandas read.
+``nonfinite``
+    only on a line with such a value: metric name -> ``"nan"``, ``"inf"`` or ``"-inf"``, so
+    readers show a diverged loss as diverged (``plot``, ``show``, ``list --metric``).
 
 Where: the ``path`` argument, else ``$HANDYJOBS_METRICS_FILE`` (``handyjobs start`` points it
 into the job's folder), else ``./metrics.jsonl``. Each line is a single ``write`` on a
@@ -26,7 +30,7 @@ concurrent writers never interleave (on a local file system); a file that does n
 is created with mode 0600. If a writer died mid-line (SIGKILL, a full disk), the next line
 starts on a fresh line, and the readers skip the torn one.
 
-Best values: ``summary`` takes the minimum, except for names that read as a score: split on
+Best values (``show``, ``plot``): the minimum, except for names that read as a score: split on
 anything that is not a letter or a digit, a name whose part is ``acc``, ``accuracy``, ``f1``,
 ``auc``, ``auroc``, ``map``, ``iou``, ``dice``, ``precision``, ``recall``, ``score``,
 ``top1`` or ``top5``, or begins with ``acc``, ``bleu`` or ``rouge`` (``val/acc``, ``top1_acc``,
@@ -84,34 +88,16 @@ class MetricRecord:
     time: str
     run: int | None
     values: dict[str, float | None] = field(default_factory=dict)
+    #: The values written as null because they were not finite: name -> "nan", "inf", "-inf".
+    nonfinite: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The line's JSON object, keys in schema order."""
-        return {"step": self.step, "time": self.time, "run": self.run, "values": self.values}
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> MetricRecord | None:
-        """A record from a parsed line, or None when it is not one."""
-        values = raw.get("values")
-        if not isinstance(values, Mapping):
-            return None
-        clean: dict[str, float | None] = {}
-        for name, value in values.items():
-            if value is None:
-                clean[str(name)] = None
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                clean[str(name)] = float(value) if math.isfinite(value) else None
-        return cls(
-            step=_int_or_none(raw.get("step")),
-            time=str(raw.get("time", "")),
-            run=_int_or_none(raw.get("run")),
-            values=clean,
-        )
-
-
-def _int_or_none(value: Any) -> int | None:
-    """An int from JSON, or None for null and anything else."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+        """The line's JSON object, keys in schema order (``nonfinite`` only when needed)."""
+        doc: dict[str, Any] = {"step": self.step, "time": self.time, "run": self.run}
+        doc["values"] = self.values
+        if self.nonfinite:
+            doc["nonfinite"] = self.nonfinite
+        return doc
 
 
 def metrics_path(
@@ -147,6 +133,7 @@ def make_record(
             f"log_metrics takes a mapping of name -> number, not {type(values).__name__}"
         )
     clean: dict[str, float | None] = {}
+    flags: dict[str, str] = {}
     for name, value in values.items():
         if not isinstance(name, str) or not name:
             raise MetricsError(f"metric names must be non-empty strings, not {name!r}")
@@ -158,12 +145,14 @@ def make_record(
                 f"scalars are fine): {exc}"
             ) from None
         clean[name] = number if math.isfinite(number) else None
+        if clean[name] is None:
+            flags[name] = "nan" if math.isnan(number) else ("inf" if number > 0 else "-inf")
     if step is not None:
         try:
             step = operator.index(step)
         except TypeError:
             raise MetricsError(f"step must be an integer, not {step!r}") from None
-    return MetricRecord(step=step, time=_utc_now(), run=_run_number(env), values=clean)
+    return MetricRecord(step, _utc_now(), _run_number(env), clean, flags)
 
 
 def log_metrics(
@@ -199,81 +188,9 @@ def append_line(target: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[MetricRecord]:
-    """Every record of a metrics file, in order; torn and malformed lines are skipped.
-
-    A file that does not exist (nothing logged yet) reads as no records.
-    """
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
-    records: list[MetricRecord] = []
-    for line in raw.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            parsed = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            continue  # the torn last line of a live writer, or a fragment left by a crash
-        if isinstance(parsed, dict):
-            record = MetricRecord.from_dict(parsed)
-            if record is not None:
-                records.append(record)
-    return records
-
-
-def series(records: list[MetricRecord], metric: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of one metric, in order, for plotting; non-finite values are left out.
-
-    A record without a step counts as the metric's ordinal: 0 for its first value, 1 for the
-    next, and so on.
-    """
-    points: list[tuple[int, float]] = []
-    ordinal = 0
-    for record in records:
-        if metric not in record.values:
-            continue
-        value = record.values[metric]
-        step = record.step if record.step is not None else ordinal
-        ordinal += 1
-        if value is not None:
-            points.append((step, value))
-    return points
-
-
 def higher_is_better(metric: str) -> bool:
     """Whether a metric's best value is its maximum (a score) rather than its minimum (a loss)."""
     for part in re.split(r"[^a-z0-9]+", metric.lower()):
         if part in _SCORE_WORDS or part.startswith(_SCORE_PREFIXES):
             return True
     return False
-
-
-def summary(records: list[MetricRecord]) -> dict[str, dict[str, Any]]:
-    """Per metric: ``last`` value, ``best`` and ``best_step``, ``count`` of values, ``goal``.
-
-    ``last`` is None when the last value was not finite (a diverged loss shows as such);
-    ``best`` ignores non-finite values; ``goal`` is ``"max"`` or ``"min"`` (module docstring).
-    Metrics appear in the order they were first logged.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    ordinals: dict[str, int] = {}
-    for record in records:
-        for name, value in record.values.items():
-            ordinal = ordinals.get(name, 0)
-            ordinals[name] = ordinal + 1
-            step = record.step if record.step is not None else ordinal
-            entry = out.get(name)
-            if entry is None:
-                goal = "max" if higher_is_better(name) else "min"
-                entry = {"last": None, "best": None, "best_step": None, "count": 0, "goal": goal}
-                out[name] = entry
-            entry["last"] = value
-            entry["count"] += 1
-            if value is None:
-                continue
-            best = entry["best"]
-            if best is None or (value > best if entry["goal"] == "max" else value < best):
-                entry["best"], entry["best_step"] = value, step
-    return out

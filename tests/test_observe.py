@@ -51,7 +51,7 @@ def test_plot_draws_two_jobs_curves_from_real_runs_of_the_example(
     ]
     steps = [x for found in logged for x, _ in found["loss"]]
     assert out[12].split()[0] == tick(min(steps)) and out[12].split()[-1] == tick(max(steps))
-    legend = [line for line in out if line.startswith("━━")]
+    legend = [line for line in out if line.startswith("━")]
     assert [line.split()[1] for line in legend] == ["lr-hi", "lr-lo"]
     smoothed = sandbox.cli("plot", "lr-hi", "--smooth", "8", "--log-y", check=True).stdout
     assert smoothed.splitlines()[0] == "loss  (moving average of 8 points, log scale)"
@@ -146,7 +146,9 @@ def test_top_shows_jobs_live_under_a_terminal_and_quits_on_q(sandbox: Sandbox) -
         wait_until(screen.has(b"sleepy", b"running", b"quick", b"succeeded"), 30, what="top")
         wait_until(screen.has(b"all done here", b"pid "), 10, what="last lines")
         wait_until(screen.has(b"MiB"), 10, what="the job's memory")
-        wait_until(screen.has(b"epoch 1/3 32/64 50%", b"2.0s"), 10, what="progress and ETA")
+        # the ETA of the whole run: 160 of 3 x 64 steps left at 16 a second
+        progress = b"epoch 1/3 32/64 50%, run 16%"
+        wait_until(screen.has(progress, b"10.0s"), 10, what="progress and ETA")
         screen.clear()
         wait_until(screen.has(b"sleepy"), 5, what="a second refresh")  # it redraws by itself
         # f follows the selected job's log (the newest, quick: it has ended), a key comes back

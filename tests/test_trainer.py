@@ -26,7 +26,6 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import TensorDataset
 
 import handyjobs
-from handyjobs import metrics
 from handyjobs.errors import HandyjobsError
 from handyjobs.trainer import (
     Parallel_Trainer,
@@ -38,6 +37,7 @@ from handyjobs.trainer import (
     state,
     stopping,
 )
+from handyjobs.views import curves
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "trainer_scripts" / "worker.py"
@@ -447,8 +447,11 @@ def test_progress_file_and_metrics_from_the_trainer(
         trainer.log_metrics({"loss": torch.tensor(0.5), "lr": 1e-3}, step=12)
     report = json.loads((tmp_path / "progress.json").read_text())
     assert (report["desc"], report["done"], report["total"]) == ("epoch 1", 12, 12)
-    (record,) = metrics.read_metrics(tmp_path / "metrics.jsonl")
-    assert (record.step, record.run, record.values) == (12, 2, {"loss": 0.5, "lr": 1e-3})
+    logged = curves.read_samples(tmp_path / "metrics.jsonl")
+    assert {k: [(s.step, s.value, s.run) for s in v] for k, v in logged.items()} == {
+        "loss": [(12, 0.5, 2)],
+        "lr": [(12, 1e-3, 2)],
+    }
     assert "epoch 1: 12/12" in capsys.readouterr().out
 
 
@@ -761,14 +764,12 @@ def test_train_example_runs_with_no_arguments(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "epoch 1/5:" in done.stdout
     assert "done: epoch 5" in done.stdout
-    records = metrics.read_metrics(tmp_path / "metrics.jsonl")  # log_metrics, outside a job
-    epochs = [r for r in records if "val_acc" in r.values]  # one line per epoch
-    steps = [r.step for r in epochs]
-    assert len(epochs) == 5 and all(isinstance(x, int) for x in steps)
-    assert steps == sorted(x for x in steps if x is not None)
-    assert len(metrics.series(records, "loss")) > 5  # and a training-loss curve
-    best = metrics.summary(records)["val_acc"]
-    assert best["goal"] == "max" and best["best"] > 0.5
+    logged = curves.read(tmp_path / "metrics.jsonl")  # log_metrics, outside a job
+    steps = [x for x, _ in logged["val_acc"]]  # one line per epoch
+    assert len(steps) == 5 and all(x == int(x) for x in steps) and steps == sorted(steps)
+    assert len(logged["loss"]) > 5  # and a training-loss curve
+    best = {s.metric: s for s in curves.summarise(logged)}["val_acc"]
+    assert best.higher_is_better and best.best > 0.5
 
 
 # -- GPU --------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import pytest
 import torch
 from torch import nn
 
-from handyjobs import metrics
 from handyjobs.trainer import ParallelTrainer
+from handyjobs.views import curves
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "trainer_scripts" / "worker.py"
@@ -331,8 +331,8 @@ def test_progress_and_metrics_from_rank_zero_only(main_run: MainRun) -> None:
     """Each rank points the reports at its own file: only rank 0's files exist."""
     assert main_run.ranks[0]["reports"] == {"progress": True, "metrics": True}
     assert main_run.ranks[1]["reports"] == {"progress": False, "metrics": False}
-    (record,) = metrics.read_metrics(main_run.out / "metrics_rank0.jsonl")
-    assert (record.step, record.values) == (7, {"loss": 0.25, "rank": 0.0})
+    logged = curves.read(main_run.out / "metrics_rank0.jsonl")
+    assert logged == {"loss": [(7, 0.25)], "rank": [(7, 0.0)]}
     report = json.loads((main_run.out / "progress_rank0.json").read_text())
     assert (report["done"], report["total"], report["rank"]) == (3, 3, 0)
 

@@ -33,6 +33,7 @@ COMMANDS = {
     "completion": "completion",
     "top": "top",
     "plot": "plot",
+    "metrics": "metrics",
     "pause": "pause",
     "resume": "resume",
     "kill": "kill",

@@ -98,8 +98,11 @@ def do_list(
     if as_json:
         docs = [hide_secrets(r.to_dict(), show_secrets) for r in records]
         if metric:
-            for doc in docs:
-                doc["metric"] = {"name": metric, "last": values.get(doc["name"])}
+            from handyjobs.views.curves import json_number  # lazy: only --metric reads metrics
+
+            for doc in docs:  # NaN is no JSON: null, and "nonfinite" says which it was
+                last = json_number(values.get(doc["name"]))
+                doc["metric"] = {"name": metric, "last": last.pop("value"), **last}
         dump_json(docs)
         if not every and not states and total > len(records):
             # The array stays the documented schema; the note goes where scripts ignore it.

@@ -1,4 +1,4 @@
-"""``handyjobs plot``: a metric's curves of one or more jobs, in the terminal or a PNG."""
+"""``handyjobs plot``: metrics' curves of jobs (a sweep overlaid), in the terminal or a PNG."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def _run(p: Parsed) -> None:
     assert height is not None and smooth is not None and metric is not None
     if height < 3 or (width is not None and width < 20):
         raise UsageError("--height 3 or more and --width 20 or more, please")
-    curves = observe.job_curves(p.items("names"), metric, smooth)
+    curves = observe.job_curves(
+        p.items("names"), metric, smooth, p.text("group"), p.text("x") or "step", p.number("last")
+    )
     png = p.text("png")
     if png is not None:
         size = observe.write_picture(curves, Path(png), p.flag("log_y"))
@@ -31,11 +33,22 @@ def _run(p: Parsed) -> None:
 
 COMMAND = Command(
     "plot",
-    "Draw a metric's curves of jobs (a sweep overlaid); --png writes a picture.",
+    "Draw metrics' curves of jobs (a sweep overlaid); --png writes a picture.",
     _run,
-    args=(Arg("names", "Jobs to draw (overlaid).", many=True, required=True, complete="jobs"),),
+    args=(Arg("names", "Jobs to draw (overlaid).", many=True, complete="jobs"),),
     options=(
-        option("--metric", "str", "NAME", "The metric to draw.", default="loss"),
+        option(
+            "--metric",
+            "str",
+            "NAME",
+            "The metric to draw (several: loss,val_loss).",
+            default="loss",
+        ),
+        option("--group", "str", "GROUP", "Every job of this group (a sweep), labelled by params."),
+        option(
+            "--x", "str", "AXIS", "What the x axis counts: step, time or epoch.", default="step"
+        ),
+        option("--last", "int", "N", "Only the last N steps."),
         option("--smooth", "int", "N", "Moving average over N points.", default=1),
         option("--log-y", "flag", "", "Logarithmic y axis."),
         option("--png", "str", "FILE", "Write a PNG picture here instead."),

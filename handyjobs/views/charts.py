@@ -6,6 +6,7 @@ commands that draw (``plot``, ``top``) import it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ from handyjobs.gpus.model import Discovery
 from handyjobs.views import render
 from handyjobs.views.curves import higher_is_better
 from handyjobs.views.observe import Curves, LiveJob, Progress, Snapshot
-from handyjobs.views.plot import COLOURS, chart_lines
+from handyjobs.views.plot import COLOURS, MARKS, Series, chart_lines
 
 # The colour of each state, as `list` draws it (rich style names).
 _STATE = render.STATE_STYLE
@@ -33,13 +34,16 @@ def console(width: int | None = None) -> Console:
 
 
 def chart(curves: Curves, width: int, height: int, log_y: bool, smooth: int) -> RenderableType:
-    """The metric's curves overlaid, with a title and a legend (last and best of each)."""
+    """The curves overlaid, with a title and a legend (marker, last and best of each, and
+    where a curve stopped being finite)."""
 
     how = []
     if smooth > 1:
         how.append(f"moving average of {smooth} points")
     if log_y:
         how.append("log scale")
+    if curves.x != "step":
+        how.append(f"by {curves.x}")
     title = Text(render.printable(curves.metric), style="bold")
     if how:
         title.append(f"  ({', '.join(how)})", style="dim")
@@ -49,16 +53,11 @@ def chart(curves: Curves, width: int, height: int, log_y: bool, smooth: int) -> 
             body.append(text, style=COLOURS[colour % len(COLOURS)] if colour is not None else "dim")
         body.append("\n")
     legend = Text()
-    pick = max if higher_is_better(curves.metric) else min
     for index, series in enumerate(curves.series):
-        last_x, last_y = series.points[-1]
-        best_x, best_y = pick(series.points, key=lambda p: p[1])
-        legend.append("━━ ", style=COLOURS[index % len(COLOURS)])
-        legend.append(render.printable(series.label), style=COLOURS[index % len(COLOURS)])
-        legend.append(
-            f"  last {render.metric_value(last_y)} (step {last_x:g})"
-            f"  best {render.metric_value(best_y)} (step {best_x:g})\n"
-        )
+        style = COLOURS[index % len(COLOURS)]
+        legend.append(f"━{MARKS[index % len(MARKS)]}━ ", style=style)
+        legend.append(render.printable(series.label), style=style)
+        legend.append(f"  {legend_text(series, curves.x)}\n")
     parts: list[RenderableType] = [title, body, legend]
     if curves.missing:
         parts.append(
@@ -70,22 +69,48 @@ def chart(curves: Curves, width: int, height: int, log_y: bool, smooth: int) -> 
     return Group(*parts)
 
 
+def legend_text(series: Series, x: str) -> str:
+    """``last 0.31 (step 40)  best 0.29 (step 36)``, and ``diverged at step 52`` for a curve
+    whose values stopped being finite (NaN or inf, drawn as crosses)."""
+
+    def at(value: float) -> str:  # "step 40", "epoch 2.5", "3.2 minutes"
+        return f"{value:g} {x}" if x in ("hours", "minutes", "seconds") else f"{x} {value:g}"
+
+    finite = [p for p in series.points if math.isfinite(p[1])]
+    last_x, last_y = series.points[-1]
+    text = f"last {render.metric_value(last_y)} ({at(last_x)})"
+    if finite:
+        pick = max if higher_is_better(series.metric or series.label) else min
+        best_x, best_y = pick(finite, key=lambda p: p[1])
+        text += f"  best {render.metric_value(best_y)} ({at(best_x)})"
+    bad = next((p for p in series.points if not math.isfinite(p[1])), None)
+    if bad is not None:
+        text += f"  diverged at {at(bad[0])} ({render.metric_value(bad[1])})"
+    return text
+
+
 # ---- top -------------------------------------------------------------------------------------
 
 
 def _progress(p: Progress | None) -> str:
+    """The loop's count, and the whole run's share when the loop is one pass of several."""
     if p is None:
         return ""
     head = f"{p.desc} " if p.desc else ""
     if p.total:
-        return f"{head}{p.done}/{p.total} {100 * p.done // max(p.total, 1)}%"
+        text = f"{head}{p.done}/{p.total} {100 * p.done // max(p.total, 1)}%"
+        if p.run_done is not None and p.run_total:
+            text += f", run {100 * p.run_done // p.run_total}%"
+        return text
     return f"{head}{p.done}"
 
 
 def _eta(p: Progress | None) -> str:
-    if p is None or p.eta_s is None:
+    """The whole run's ETA when known (epochs x steps), else the loop's."""
+    if p is None:
         return ""
-    return render.duration(p.eta_s)
+    eta = p.run_eta_s if p.run_eta_s is not None else p.eta_s
+    return "" if eta is None else render.duration(eta)
 
 
 def _gpus(job: LiveJob) -> str:

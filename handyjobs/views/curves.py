@@ -12,6 +12,10 @@ The x of a point is its ``step`` when it has one, else its place among the metri
 Lines of a rank other than 0 (``"rank": N``) are left out. When the job ran again (``"run"``)
 and a later run logs steps an earlier one already had (no resume), the later run's points
 replace the earlier ones from there: the curve shows what happened last.
+
+A value that is not finite is kept as such (NaN, inf): a diverged run must look diverged.
+``log_metrics`` writes it as null in ``values`` (strict JSON) and names it in ``nonfinite``;
+a bare ``NaN`` or ``Infinity`` (Python's json writes them) reads the same.
 """
 
 from __future__ import annotations
@@ -21,17 +25,41 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from handyjobs.core.logs import lines_backwards
 from handyjobs.metrics import higher_is_better as rule
 
 #: Keys of a metrics line that are not metrics.
 RESERVED = frozenset(
-    {"step", "time", "timestamp", "ts", "wall_time", "run", "run_id", "rank", "name", "value"}
+    {
+        "step",
+        "time",
+        "timestamp",
+        "ts",
+        "wall_time",
+        "run",
+        "run_id",
+        "rank",
+        "name",
+        "value",
+        "nonfinite",
+    }
 )
+_TIME_KEYS = ("time", "timestamp", "ts", "wall_time")
 
 Point = tuple[float, float]
+
+
+class Sample(NamedTuple):
+    """One logged value: its step (x), value (maybe NaN or inf), time (epoch s) and run."""
+
+    step: float
+    value: float
+    time: float | None
+    run: int | None
 
 
 def metrics_path(log_path: str) -> Path:
@@ -44,11 +72,34 @@ def progress_path(log_path: str) -> Path:
     return Path(log_path).parent / "progress.json"
 
 
-def _number(value: object) -> float | None:
+def nonfinite(value: float) -> str | None:
+    """``"nan"``, ``"inf"`` or ``"-inf"`` for a value that is not finite, else None."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return None
+
+
+def json_number(value: float | None) -> dict[str, object]:
+    """A value for ``--json``: ``{"value": 0.5}``, or null with a flag ``{"value": null,
+    "nonfinite": "nan"}`` (NaN is not JSON)."""
+    if value is None:
+        return {"value": None}
+    word = nonfinite(value)
+    return {"value": None, "nonfinite": word} if word else {"value": value}
+
+
+_WORDS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _number(value: object, null: float | None = None) -> float | None:
+    """A number from JSON (non-finite kept); ``null`` is what a JSON null stands for."""
+    if value is None:
+        return null
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    return float(value)
 
 
 def _entries(doc: Mapping[str, object]) -> Iterable[tuple[str, float]]:
@@ -56,11 +107,15 @@ def _entries(doc: Mapping[str, object]) -> Iterable[tuple[str, float]]:
     name, value = doc.get("name"), _number(doc.get("value"))
     if isinstance(name, str) and value is not None:
         yield name, value
+    flags = doc.get("nonfinite")
+    words = flags if isinstance(flags, dict) else {}
     for holder in ("values", "metrics"):
         nested = doc.get(holder)
         if isinstance(nested, dict):
             for key, item in nested.items():
-                number = _number(item)
+                # log_metrics writes a non-finite value as null and names it in "nonfinite".
+                null = _WORDS.get(str(words.get(key)), math.nan) if holder == "values" else None
+                number = _number(item, null)
                 if number is not None:
                     yield str(key), number
     for key, item in doc.items():
@@ -71,9 +126,23 @@ def _entries(doc: Mapping[str, object]) -> Iterable[tuple[str, float]]:
             yield key, number
 
 
-def parse(lines: Iterable[bytes]) -> dict[str, list[Point]]:
-    """Metric -> points, from the lines of a metrics file (bad lines are skipped)."""
-    raw: dict[str, list[tuple[int, float, float]]] = {}  # metric -> (run, x, y)
+def _time(doc: Mapping[str, object]) -> float | None:
+    """When a line was written, in seconds since the epoch (ISO-8601 text or a number)."""
+    for key in _TIME_KEYS:
+        value = doc.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+def parse_samples(lines: Iterable[bytes]) -> dict[str, list[Sample]]:
+    """Metric -> every value rank 0 logged, in file order (bad lines are skipped)."""
+    out: dict[str, list[Sample]] = {}
     for line in lines:
         try:
             doc = json.loads(line)
@@ -85,37 +154,55 @@ def parse(lines: Iterable[bytes]) -> dict[str, list[Point]]:
         if isinstance(rank, int) and rank != 0:
             continue
         run = doc.get("run")
-        run_no = run if isinstance(run, int) else 0
+        run_no = run if isinstance(run, int) and not isinstance(run, bool) else None
         step = _number(doc.get("step"))
+        step = step if step is not None and math.isfinite(step) else None
+        when = _time(doc)
         for key, value in _entries(doc):
-            points = raw.setdefault(key, [])
-            x = step if step is not None else float(len(points))
-            points.append((run_no, x, value))
-    return {key: _latest(points) for key, points in raw.items()}
+            samples = out.setdefault(key, [])
+            x = step if step is not None else float(len(samples))
+            samples.append(Sample(x, value, when, run_no))
+    return out
 
 
-def _latest(points: list[tuple[int, float, float]]) -> list[Point]:
-    """Points in step order; where a later run logged steps again, its points win from there."""
-    out: list[tuple[int, float, float]] = []
-    for run, x, y in points:
-        if out and run > out[-1][0]:
-            out = [p for p in out if p[1] < x]  # the new run restarted at x: drop what it redoes
-        out.append((run, x, y))
-    out.sort(key=lambda p: p[1])
-    return [(x, y) for _, x, y in out]
+def latest(samples: Sequence[Sample]) -> list[Sample]:
+    """Samples in step order; where a later run logged steps again, its samples win from there."""
+    out: list[Sample] = []
+    for s in samples:
+        if out and (s.run or 0) > (out[-1].run or 0):
+            out = [p for p in out if p.step < s.step]  # the new run restarted here: drop redone
+        out.append(s)
+    out.sort(key=lambda p: p.step)
+    return out
 
 
-def read(path: str | os.PathLike[str]) -> dict[str, list[Point]]:
-    """Every metric of a metrics file (empty when there is none)."""
+def parse(lines: Iterable[bytes]) -> dict[str, list[Point]]:
+    """Metric -> (step, value) points as the curve shows them (see the module)."""
+    return {
+        key: [(s.step, s.value) for s in latest(samples)]
+        for key, samples in parse_samples(lines).items()
+    }
+
+
+def read_samples(path: str | os.PathLike[str]) -> dict[str, list[Sample]]:
+    """Every value of a metrics file as logged (empty when there is none)."""
     try:
         with open(path, "rb") as f:
-            return parse(f)
+            return parse_samples(f)
     except FileNotFoundError:
         return {}
 
 
+def read(path: str | os.PathLike[str]) -> dict[str, list[Point]]:
+    """Every metric of a metrics file as curves (empty when there is none)."""
+    return {
+        key: [(s.step, s.value) for s in latest(samples)]
+        for key, samples in read_samples(path).items()
+    }
+
+
 def last_value(path: str | os.PathLike[str], metric: str, block: int = 64 * 1024) -> float | None:
-    """The last value of one metric, read from the end of the file (cheap for ``list``)."""
+    """The last value of one metric (NaN or inf as such), read from the end of the file."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -140,7 +227,7 @@ def higher_is_better(metric: str) -> bool:
 
 @dataclass(frozen=True)
 class Summary:
-    """The last and the best value of one metric."""
+    """The last and the best value of one metric, and where it first stopped being finite."""
 
     metric: str
     last: float
@@ -149,44 +236,55 @@ class Summary:
     best_step: float
     higher_is_better: bool
     points: int
+    diverged_step: float | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """JSON form."""
-        return {
-            "last": self.last,
+        """JSON form: a value that is not finite is null, with ``nonfinite`` saying which."""
+        last = json_number(self.last)
+        doc: dict[str, object] = {
+            "last": last["value"],
             "last_step": self.last_step,
-            "best": self.best,
+            "best": json_number(self.best)["value"],
             "best_step": self.best_step,
             "best_is": "max" if self.higher_is_better else "min",
             "points": self.points,
         }
+        if "nonfinite" in last:
+            doc["nonfinite"] = last["nonfinite"]
+        if self.diverged_step is not None:
+            doc["diverged_at"] = self.diverged_step
+        return doc
 
 
 def summarise(series: Mapping[str, Sequence[Point]]) -> list[Summary]:
-    """The last and best value of every metric, by name."""
+    """The last and best value of every metric, by name (best among the finite ones)."""
     out = []
     for metric in sorted(series):
         points = series[metric]
         if not points:
             continue
         higher = higher_is_better(metric)
-        pick = max if higher else min
-        best = pick(points, key=lambda p: p[1])
+        finite = [p for p in points if math.isfinite(p[1])]
+        best = (max if higher else min)(finite, key=lambda p: p[1]) if finite else points[-1]
+        bad = next((x for x, y in points if not math.isfinite(y)), None)
         out.append(
-            Summary(metric, points[-1][1], points[-1][0], best[1], best[0], higher, len(points))
+            Summary(
+                metric, points[-1][1], points[-1][0], best[1], best[0], higher, len(points), bad
+            )
         )
     return out
 
 
 def smooth(points: Sequence[Point], window: int) -> list[Point]:
-    """A trailing moving average over ``window`` points (1 or less: unchanged)."""
+    """A trailing moving average over ``window`` points (1 or less: unchanged); a value that
+    is not finite stays as it is and is left out of its neighbours' averages."""
     if window <= 1:
         return list(points)
     out = []
-    total = 0.0
     for i, (x, y) in enumerate(points):
-        total += y
-        if i >= window:
-            total -= points[i - window][1]
-        out.append((x, total / min(i + 1, window)))
+        if not math.isfinite(y):
+            out.append((x, y))
+            continue
+        near = [v for _, v in points[max(0, i - window + 1) : i + 1] if math.isfinite(v)]
+        out.append((x, sum(near) / len(near)))
     return out

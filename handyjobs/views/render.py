@@ -496,4 +496,6 @@ def metric_value(value: float | None) -> str:
     """A metric's value in a table cell."""
     if value is None:
         return "-"
+    if value != value:  # NaN (a diverged loss) shows as such; inf reads "inf" already
+        return "NaN"
     return f"{value:.4g}"

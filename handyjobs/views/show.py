@@ -137,7 +137,8 @@ def cost_fields(cost: Cost) -> list[tuple[str, str]]:
 
 
 def metric_fields(summaries: Sequence[Summary]) -> list[tuple[str, str]]:
-    """``show``'s lines about the job's metrics: last and best value of each."""
+    """``show``'s lines about the job's metrics: last and best value of each, and where one
+    stopped being finite (a diverged loss)."""
     out = []
     for s in summaries:
         best = "max" if s.higher_is_better else "min"
@@ -145,7 +146,8 @@ def metric_fields(summaries: Sequence[Summary]) -> list[tuple[str, str]]:
             (
                 f"metric {render.printable(s.metric)}",
                 f"last {render.metric_value(s.last)} (step {s.last_step:g}), "
-                f"best {render.metric_value(s.best)} (step {s.best_step:g}, {best})",
+                f"best {render.metric_value(s.best)} (step {s.best_step:g}, {best})"
+                + ("" if s.diverged_step is None else f", diverged at step {s.diverged_step:g}"),
             )
         )
     return out

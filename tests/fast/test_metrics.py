@@ -1,4 +1,5 @@
-"""handyjobs.metrics: the JSON-lines schema, where lines go, concurrent appends, the readers."""
+"""handyjobs.metrics: the JSON-lines schema, where lines go, concurrent appends; read back with
+the reader the CLI uses (handyjobs.views.curves)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from conftest import REPO
 
 from handyjobs import metrics
 from handyjobs.errors import HandyjobsError
-from handyjobs.metrics import MetricRecord, MetricsError, log_metrics, read_metrics, series, summary
+from handyjobs.metrics import MetricsError, log_metrics
+from handyjobs.views import curves
 
 
 @pytest.fixture(autouse=True)
@@ -72,9 +74,9 @@ def test_where_lines_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("HANDYJOBS_METRICS_FILE", str(job_file))
     log_metrics({"a": 2})
     log_metrics({"a": 3}, path=tmp_path / "mine.jsonl")
-    assert [r.values["a"] for r in read_metrics(job_file)] == [2.0]
-    assert [r.values["a"] for r in read_metrics(tmp_path / "mine.jsonl")] == [3.0]
-    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 1
+    assert curves.read(job_file) == {"a": [(0.0, 2.0)]}
+    assert curves.read(tmp_path / "mine.jsonl") == {"a": [(0.0, 3.0)]}
+    assert curves.read(tmp_path / "metrics.jsonl") == {"a": [(0.0, 1.0)]}
 
 
 def test_new_files_are_private(tmp_path: Path) -> None:
@@ -106,8 +108,10 @@ def test_numbers_of_every_kind_and_non_finite_as_null(tmp_path: Path) -> None:
         "inf": None,
         "ninf": None,
     }
-    (record,) = read_metrics(path)
-    assert record.values["nan"] is None and record.values["tensor"] == 2.0
+    assert line["nonfinite"] == {"nan": "nan", "inf": "inf", "ninf": "-inf"}
+    back = curves.read(path)
+    assert math.isnan(back["nan"][0][1]) and back["tensor"] == [(7.0, 2.0)]
+    assert back["inf"] == [(7.0, math.inf)] and back["ninf"] == [(7.0, -math.inf)]
 
 
 @pytest.mark.parametrize(
@@ -135,15 +139,15 @@ def test_reader_skips_a_torn_line_and_the_writer_starts_afresh(tmp_path: Path) -
     log_metrics({"loss": 1.0}, step=1, path=path)
     with open(path, "ab") as handle:
         handle.write(b'{"step": 2, "time": "2025-01-01T00:00:00.000Z", "run": null, "val')
-    assert [r.step for r in read_metrics(path)] == [1]  # the torn last line of a live writer
+    assert curves.read(path) == {"loss": [(1.0, 1.0)]}  # the torn last line of a live writer
     log_metrics({"loss": 0.5}, step=3, path=path)
-    assert [r.step for r in read_metrics(path)] == [1, 3]
+    assert curves.read(path) == {"loss": [(1.0, 1.0), (3.0, 0.5)]}
     assert len(path.read_text().splitlines()) == 3
 
 
 def test_reader_tolerates_junk_and_a_missing_file(tmp_path: Path) -> None:
     """Lines that are not records are skipped; a file not written yet reads as empty."""
-    assert read_metrics(tmp_path / "none.jsonl") == []
+    assert curves.read(tmp_path / "none.jsonl") == {}
     path = tmp_path / "m.jsonl"
     path.write_text(
         "\n".join(
@@ -156,7 +160,9 @@ def test_reader_tolerates_junk_and_a_missing_file(tmp_path: Path) -> None:
         )
         + "\n"
     )
-    assert read_metrics(path) == [MetricRecord(2, "t", 1, {"a": 1.0, "c": None})]
+    got = curves.read(path)
+    assert set(got) == {"a", "c"} and got["a"] == [(2.0, 1.0)]
+    assert math.isnan(got["c"][0][1])  # null in "values" is a value that was not finite
 
 
 CONCURRENT_WRITER = """
@@ -185,48 +191,39 @@ def test_concurrent_writers_never_interleave(tmp_path: Path) -> None:
         assert steps == list(range(300))
 
 
-def make_records() -> list[MetricRecord]:
-    """A short history: loss falls then diverges, accuracy rises, lr logged without steps."""
-    rows: list[tuple[int | None, dict[str, float | None]]] = [
+def test_a_diverged_loss_reads_back_as_diverged(tmp_path: Path) -> None:
+    """Written with log_metrics, read as the CLI reads: NaN kept, best among the finite, the
+    step where it diverged; a metric without steps counts its points."""
+    path = tmp_path / "m.jsonl"
+    for step, values in [
         (0, {"loss": 2.0, "val/acc": 0.2}),
         (10, {"loss": 1.0}),
         (20, {"loss": 1.5, "val/acc": 0.6}),
-        (30, {"loss": None, "val/acc": 0.5}),
+        (30, {"loss": float("nan"), "val/acc": 0.5}),
         (None, {"lr": 0.1}),
         (None, {"lr": 0.05}),
-    ]
-    return [MetricRecord(step, "t", None, values) for step, values in rows]
-
-
-def test_series_in_order_without_non_finite_values() -> None:
-    """(step, value) pairs; a missing step is the metric's ordinal; null values are left out."""
-    records = make_records()
-    assert series(records, "loss") == [(0, 2.0), (10, 1.0), (20, 1.5)]
-    assert series(records, "val/acc") == [(0, 0.2), (20, 0.6), (30, 0.5)]
-    assert series(records, "lr") == [(0, 0.1), (1, 0.05)]
-    assert series(records, "missing") == []
-
-
-def test_summary_last_best_and_goal() -> None:
-    """min for losses, max for accuracies; last is None after a diverged value."""
-    result = summary(make_records())
-    assert list(result) == ["loss", "val/acc", "lr"]
-    assert result["loss"] == {
+    ]:
+        log_metrics(values, step=step, path=path)
+    got = curves.read(path)
+    assert got["loss"][:3] == [(0, 2.0), (10, 1.0), (20, 1.5)] and math.isnan(got["loss"][3][1])
+    assert got["val/acc"] == [(0, 0.2), (20, 0.6), (30, 0.5)]
+    assert got["lr"] == [(0, 0.1), (1, 0.05)]
+    loss, lr, acc = curves.summarise(got)
+    assert (loss.best, loss.best_step, loss.diverged_step, loss.points) == (1.0, 10, 30, 4)
+    assert loss.to_dict() == {
         "last": None,
+        "nonfinite": "nan",
+        "last_step": 30,
         "best": 1.0,
         "best_step": 10,
-        "count": 4,
-        "goal": "min",
+        "best_is": "min",
+        "points": 4,
+        "diverged_at": 30,
     }
-    assert result["val/acc"] == {
-        "last": 0.5,
-        "best": 0.6,
-        "best_step": 20,
-        "count": 3,
-        "goal": "max",
-    }
-    assert result["lr"]["best"] == 0.05 and result["lr"]["best_step"] == 1
-    assert summary([]) == {}
+    assert (acc.last, acc.best, acc.best_step, acc.diverged_step) == (0.5, 0.6, 20, None)
+    assert "nonfinite" not in acc.to_dict() and "diverged_at" not in acc.to_dict()
+    assert (lr.best, lr.best_step) == (0.05, 1)
+    assert math.isnan(curves.last_value(path, "loss") or 0.0)
 
 
 @pytest.mark.parametrize(
