@@ -176,6 +176,9 @@ class Describe(Protocol):
     def submitted(self, record: JobRecord, state: str) -> list[str]:
         """What ``start`` prints when the backend took the job; [] to let ``start`` say it."""
 
+    def cancelled(self, record: JobRecord) -> str | None:
+        """What ``stop`` says when the backend's scheduler ended the job's processes."""
+
 
 def get(name: str) -> Backend:
     """The backend of that name (``tmux`` for runs on this machine, ``slurm`` for a cluster)."""

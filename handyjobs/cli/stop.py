@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from handyjobs import backends
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
@@ -29,9 +30,9 @@ def _run(p: Parsed) -> int:
             print(f"job {name} was lost; ended what was left of it ({ended})")
         else:
             what = "queued job" if result.was_queued else "job"
-            job_id = result.record.current.handle.get("job_id")
-            if job_id and not result.pids:  # on a cluster: Slurm ended its processes
-                ended = f"Slurm job {job_id} cancelled"
+            cancelled = backends.describe(result.record.current.backend).cancelled(result.record)
+            if cancelled and not result.pids:  # on a cluster: its scheduler ended them
+                ended = cancelled
             print(f"stopped {what} {name} ({ended})")
         if result.gpu_note:
             print(f"  note: {result.gpu_note}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handyjobs.core import paths, registry, scheduler
+from handyjobs.core.booking import OWN_QUEUE
 from handyjobs.core.records import JobRecord, JobState
 from handyjobs.errors import (
     JobNotFound,
@@ -109,7 +110,7 @@ def with_final_view(record: JobRecord) -> JobRecord:
     since ended records live in the append-only history.
     """
     run = record.current
-    if run.state.active or not run.handle.get("job_id"):
+    if run.state.active or run.backend in OWN_QUEUE:  # no scheduler of its own to ask
         return record
     if run.cluster is not None and not run.cluster.verdict.active:
         return record

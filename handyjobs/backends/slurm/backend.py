@@ -35,6 +35,7 @@ from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
 from handyjobs.backends.slurm import sbatch
+from handyjobs.backends.slurm.handle import SlurmHandle
 from handyjobs.core import paths
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, JobState, Run
@@ -338,11 +339,11 @@ class SlurmBackend:
                 "partitions and nodes)"
             )
         forget_snapshot()
-        return Launched({"job_id": job_id, "script": str(path)}, None)
+        return Launched(SlurmHandle(job_id, str(path)).stored(), None)
 
     def observe(self, run: Run) -> ClusterState | None:
         """Slurm's view of the run; None when Slurm cannot be asked right now."""
-        job_id = run.handle.get("job_id")
+        job_id = SlurmHandle.of(run).job_id
         if not job_id:
             return None
         jobs = snapshot()
@@ -373,7 +374,7 @@ class SlurmBackend:
 
     def terminate(self, run: Run, grace_s: float) -> Ended:
         """``scancel``, then wait for the job to end; SIGKILL to all of it after ``grace_s``."""
-        job_id = run.handle.get("job_id")
+        job_id = SlurmHandle.of(run).job_id
         if not job_id:
             return Ended((), ())
         code, _, err = _run(["scancel", job_id])
@@ -400,7 +401,7 @@ class SlurmBackend:
 
     def end_runner(self, run: Run) -> None:
         """SIGKILL to every process of the job, the batch script included."""
-        job_id = run.handle.get("job_id")
+        job_id = SlurmHandle.of(run).job_id
         if job_id:
             _run(["scancel", "--full", "--signal=KILL", job_id])
             forget_snapshot()
@@ -412,7 +413,7 @@ class SlurmBackend:
 
     def attach_argv(self, run: Run) -> list[str]:
         """There is no terminal to attach to: say what can be done instead."""
-        job_id = run.handle.get("job_id", "?")
+        job_id = SlurmHandle.of(run).job_id or "?"
         raise JobStateError(
             f"a Slurm job has no terminal to attach to; follow its output with `handyjobs logs "
             f"{run_name(run)} -f`, or open a shell in its allocation with `srun --jobid "
@@ -435,7 +436,7 @@ _ALIVE = (JobState.QUEUED, JobState.RUNNING)
 
 def run_name(run: Run) -> str:
     """The job's name as the backend knows it (the batch script's job name)."""
-    script = run.handle.get("script", "")
+    script = SlurmHandle.of(run).script
     return Path(script).parent.name if script else "NAME"
 
 

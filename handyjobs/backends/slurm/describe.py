@@ -6,6 +6,7 @@ Slurm's job numbers, state names and pending reasons never leave this folder as 
 
 from __future__ import annotations
 
+from handyjobs.backends.slurm.handle import SlurmHandle
 from handyjobs.core.records import JobRecord, JobSpec, JobState
 
 #: The scheduler's name as people write it.
@@ -82,10 +83,10 @@ class Describe:
             if view.restarts:
                 state += f"; requeued {view.restarts}x"
         fields = [
-            ("slurm job", run.handle.get("job_id", "-")),
+            ("slurm job", SlurmHandle.of(run).job_id or "-"),
             ("slurm state", state),
             ("slurm nodes", (view.nodes if view else None) or "-"),
-            ("sbatch script", run.handle.get("script", "-")),
+            ("sbatch script", SlurmHandle.of(run).script or "-"),
         ]
         slurm = record.spec.slurm
         if slurm is not None:
@@ -105,12 +106,18 @@ class Describe:
             else (", CPU" if record.spec.cpu else "")
         )
         return [
-            f"submitted {record.name} to Slurm as job {run.handle.get('job_id')}: {nodes}, "
+            f"submitted {record.name} to Slurm as job {SlurmHandle.of(run).job_id}: {nodes}, "
             f"{per}{gpus} per node ({state})",
-            f"  script: {run.handle.get('script')}",
+            f"  script: {SlurmHandle.of(run).script}",
             f"  log:    {record.log_path}",
             f"  follow: handyjobs logs {record.name} -f    state: handyjobs show {record.name}",
         ]
+
+
+    def cancelled(self, record: JobRecord) -> str | None:
+        """``Slurm job N cancelled``, once it was submitted."""
+        job_id = SlurmHandle.of(record.current).job_id
+        return f"Slurm job {job_id} cancelled" if job_id else None
 
 
 DESCRIBE = Describe()

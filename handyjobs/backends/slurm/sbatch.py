@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from handyjobs.backends.slurm.handle import SlurmHandle
 from handyjobs.core.records import JobSpec, JobState, Run, SlurmSpec
 from handyjobs.errors import UsageError
 
@@ -176,7 +177,7 @@ def dependency(after: Mapping[str, Run], after_any: bool) -> str | None:
     for. A job waits only for Slurm jobs: for anything else it is one usage error."""
     ids = []
     for name, run in after.items():
-        job_id = run.handle.get("job_id") if run.backend == "slurm" else None
+        job_id = SlurmHandle.of(run).job_id if run.backend == "slurm" else None
         if not job_id:
             raise UsageError(
                 f"--after {name}: {name} runs on this machine, and a Slurm job can wait only for "

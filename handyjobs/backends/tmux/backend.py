@@ -106,6 +106,26 @@ def sessions() -> dict[str, tuple[str, str]]:
     return out
 
 
+@dataclass(frozen=True)
+class TmuxHandle:
+    """This backend's handle on a run: the session it made, by name and by tmux's id."""
+
+    session: str = ""
+    session_id: str | None = None
+
+    @classmethod
+    def of(cls, run: Run) -> TmuxHandle:
+        """The handle a run stores (``run.handle`` is data at rest; only we read its keys)."""
+        return cls(run.handle.get("session", ""), run.handle.get("session_id"))
+
+    def stored(self) -> dict[str, str]:
+        """The form ``run.handle`` keeps."""
+        out = {"session": self.session}
+        if self.session_id is not None:
+            out["session_id"] = self.session_id
+        return out
+
+
 class TmuxBackend:
     """Runs the runner in a detached, tagged tmux session on this machine."""
 
@@ -137,7 +157,7 @@ class TmuxBackend:
         if pane_pid.isdigit():
             _leave_the_jobs_cgroup(int(pane_pid))
         runner = procs.proc_id(int(pane_pid)) if pane_pid.isdigit() else None
-        return Launched({"session": req.session, "session_id": session_id}, runner)
+        return Launched(TmuxHandle(req.session, session_id).stored(), runner)
 
     def _new_session(self, req: LaunchRequest) -> TmuxResult:
         return server().cmd(
@@ -185,23 +205,23 @@ class TmuxBackend:
         if run.runner is not None and procs.is_same(run.runner, run.run_id):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(run.runner.pid, signal.SIGKILL)
-        sid = run.handle.get("session_id")
+        sid = TmuxHandle.of(run).session_id
         live = sessions()
         if sid in live and live[sid][1] == run.run_id:
             server().cmd("kill-session", "-t", sid)
 
     def session_alive(self, run: Run) -> bool:
         """The session made for this run exists and still carries its tag."""
-        sid = run.handle.get("session_id")
+        handle = TmuxHandle.of(run)
         live = sessions()
-        if sid is not None:
-            return sid in live and live[sid][1] == run.run_id
-        session = run.handle.get("session")
-        return any(name == session and tag == run.run_id for name, tag in live.values())
+        if handle.session_id is not None:
+            return handle.session_id in live and live[handle.session_id][1] == run.run_id
+        return any(n == handle.session and tag == run.run_id for n, tag in live.values())
 
     def attach_argv(self, run: Run) -> list[str]:
         """``tmux attach-session`` (``switch-client`` from inside our own server)."""
-        target = run.handle.get("session_id") or f"={run.handle.get('session', '')}"
+        handle = TmuxHandle.of(run)
+        target = handle.session_id or f"={handle.session}"
         base = [tmux_binary(), *socket_args()]
         if inside_same_server():
             return [*base, "switch-client", "-t", target]
@@ -209,7 +229,7 @@ class TmuxBackend:
 
     def send(self, run: Run, text: str) -> None:
         """``send-keys -l`` (literally: no key names) then Enter, into our tagged session."""
-        sid = run.handle.get("session_id")
+        sid = TmuxHandle.of(run).session_id
         live = sessions()
         if sid is None or sid not in live or live[sid][1] != run.run_id:
             raise TmuxError("the job's tmux session is gone; nothing can read what you send")

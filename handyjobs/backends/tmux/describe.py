@@ -32,4 +32,9 @@ class Describe:
         return []
 
 
+    def cancelled(self, record: JobRecord) -> str | None:
+        """None: stop itself ended the processes here."""
+        return None
+
+
 DESCRIBE = Describe()
