@@ -20,7 +20,7 @@ from handyjobs.cli import main
 from handyjobs.core import registry
 from handyjobs.core.records import JobRecord
 from handyjobs.metrics import log_metrics
-from handyjobs.views.plot import MARKS
+from handyjobs.views.plot import MARKS, NONFINITE_MARK
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_a_diverged_run_looks_diverged_in_every_view(
     diverged(home)
     code, out, err = run(["plot", "LR-High", "--width", "60", "--height", "8"], capsys)
     assert code == 0, err
-    assert "×" in out  # the NaN points are marked on the chart
+    assert NONFINITE_MARK in out  # the NaN points are marked on the chart
     legend = " ".join(out[out.index("LR-High") :].split())  # the line may wrap at 60
     assert legend.startswith("LR-High last NaN (step 40) best 0.5 (step 20)")
     assert "diverged at step 30 (NaN)" in legend
@@ -195,7 +195,8 @@ def test_metrics_csv_goes_straight_into_pandas(
     pandas = pytest.importorskip("pandas")
     sweep(home)
     diverged(home)
-    code, out, _ = run(["metrics", "--group", "lr-sweep", "LR-High"], capsys)
+    code, out, err = run(["metrics", "--group", "lr-sweep", "LR-High"], capsys)
+    assert code == 0, err
     frame = pandas.read_csv(io.StringIO(out), parse_dates=["time"])
     assert len(frame) == 2 * 48 + 10 and str(frame.time.dtype).startswith("datetime64")
     epochs = frame[(frame.job == "sw-b") & (frame.metric == "epoch")]
@@ -219,4 +220,6 @@ def test_tensorboard_export_says_how_to_get_it(
         return
     code, out, err = run(["metrics", "LR-High", "--tensorboard", str(tmp_path / "tb")], capsys)
     assert code == 0, err
-    assert list((tmp_path / "tb" / "LR-High").glob("events.out.tfevents.*"))
+    assert out.startswith("wrote ") and list(
+        (tmp_path / "tb" / "LR-High").glob("events.out.tfevents.*")
+    )
