@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,16 @@ from typing import Any
 
 from handyjobs.core import paths
 from handyjobs.core.logs import lines_backwards
-from handyjobs.core.records import SCHEMA_VERSION, JobRecord, ProcId
-from handyjobs.errors import RegistryError, storage_error
+from handyjobs.core.records import NAME_RE, SCHEMA_VERSION, JobRecord, ProcId
+from handyjobs.errors import RegistryError, printable, storage_error
 
 _HISTORY_HEADER = json.dumps({"schema_version": SCHEMA_VERSION}).encode() + b"\n"
 # Reading the history backwards, a block at a time.
 _BLOCK = 64 * 1024
+#: The largest pid Linux gives (PID_MAX_LIMIT). A bigger or negative pid in a file is no
+#: process of ours and must never reach kill(): pid -1 is every process we may signal.
+_PID_MAX = 1 << 22
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def _numbered(name: str, stem: str) -> bool:
@@ -262,7 +267,10 @@ def _read(path: Path) -> bytes | None:
 
 
 def _bad(path: Path, exc: Exception) -> RegistryError:
-    return RegistryError(f"the registry {path} is not valid ({exc}); move it aside to start afresh")
+    return RegistryError(
+        f"the registry {path} is not valid ({str(exc)[:200]}); fix that value, or move it"
+        " aside to start afresh (its running jobs are then not known)"
+    )
 
 
 def _decode_head(data: bytes, path: Path) -> dict[str, Any]:
@@ -282,9 +290,30 @@ def _decode_head(data: bytes, path: Path) -> dict[str, Any]:
 
 def _records(raw: Iterable[Any], version: int, path: Path) -> list[JobRecord]:
     try:
-        return [JobRecord.from_dict(migrate(d, version)) for d in raw]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [checked(JobRecord.from_dict(migrate(d, version))) for d in raw]
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise _bad(path, exc) from exc
+
+
+def checked(record: JobRecord) -> JobRecord:
+    """``record``, refused (ValueError) when a well-formed file holds a value no command may
+    act on: a name that is a path, no run, a pid that is no process, a negative count."""
+    name = record.name
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a job name")
+    if not record.runs:
+        raise ValueError(f"job {name} has no run")
+    for run in record.runs:
+        if not _RUN_ID_RE.match(run.run_id) or run.run < 1 or run.nproc < 1:
+            raise ValueError(f"job {name}: run {run.run} ({run.run_id!r}) is not a run")
+        for proc in (run.runner, run.main):
+            if proc is not None and not 0 < proc.pid <= _PID_MAX:
+                raise ValueError(f"job {name}: {proc.pid} is not a process id")
+            if proc is not None and proc.start is not None and proc.start < 0:
+                raise ValueError(f"job {name}: process {proc.pid} has a negative start time")
+        if any(g < 0 for g in run.gpus):
+            raise ValueError(f"job {name}: run {run.run} names a negative GPU")
+    return record
 
 
 def migrate(d: dict[str, Any], version: int) -> dict[str, Any]:
@@ -326,14 +355,22 @@ def _snapshot(root: Path) -> _Snapshot:
     doc = _decode_head(data, path)
     version = int(doc.get("schema_version", 0))
     records = _records(doc.get("jobs", []), version, path)
-    if version < 2:  # the first release kept every record here
-        active = [r for r in records if r.state.active]
-        done = [r for r in records if not r.state.active]
-        next_id = int(doc.get("next_id", len(records) + 1))
-        return _Snapshot(version, next_id, len(done), active, done)
-    return _Snapshot(
-        version, int(doc.get("next_id", 1)), int(doc.get("finished", 0)), records, []
-    )
+    try:
+        next_id = _count(doc.get("next_id", len(records) + 1), "next_id")
+        if version < 2:  # the first release kept every record here
+            active = [r for r in records if r.state.active]
+            done = [r for r in records if not r.state.active]
+            return _Snapshot(version, next_id, len(done), active, done)
+        return _Snapshot(version, next_id, _count(doc.get("finished", 0), "finished"), records, [])
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _bad(path, exc) from exc
+
+
+def _count(value: Any, key: str) -> int:
+    """A counter of the file: a whole number from 0 to 2**53 (what JSON keeps exactly)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1 << 53:
+        raise ValueError(f"{key} is {str(value)[:20]!r}, not a count")
+    return value
 
 
 def _load_locked(root: Path) -> Registry:
@@ -350,15 +387,42 @@ def _load_locked(root: Path) -> Registry:
 
 
 def _parse_line(line: bytes, path: Path) -> JobRecord | None:
-    """A history line as a record; None for the header or a torn line."""
+    """A history line as a record; None for the header, a torn line or a wrong one (skipped,
+    and said once: one bad line must not stop list, rm or clean)."""
     if not line.startswith(b'{"name": '):
         return None
     try:
-        return JobRecord.from_dict(migrate(json.loads(line), SCHEMA_VERSION))
+        doc = json.loads(line)
     except ValueError:
         return None  # torn by a crash mid-append: the record is still active or appended again
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise _bad(path, exc) from exc
+    try:
+        return checked(JobRecord.from_dict(migrate(doc, SCHEMA_VERSION)))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        _skipped(path, _line_name(line), exc)
+        return None
+
+
+#: History files whose wrong lines were already reported by this process.
+_SAID: set[Path] = set()
+
+
+def _skipped(path: Path, name: str | None, exc: Exception) -> None:
+    """Say once per file that a wrong line was skipped (a note, not an error: every other
+    record still reads). It stays in the file, for the user to fix or delete."""
+    if path not in _SAID:
+        _SAID.add(path)
+        text = str(exc)[:200]
+        why = printable(text if name and name in text else f"job {name}: {text}")
+        sys.stderr.write(f"handyjobs: skipped a line of {path} ({why}); fix or delete it\n")
+
+
+def _whole(line: bytes) -> bool:
+    """True for a line that is one whole JSON document (not torn by a crash)."""
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def _line_name(line: bytes) -> str | None:
@@ -366,7 +430,7 @@ def _line_name(line: bytes) -> str | None:
     if not line.startswith(b'{"name": "'):
         return None
     end = line.find(b'"', 10)
-    return line[10:end].decode() if end > 10 else None
+    return line[10:end].decode(errors="replace") if end > 10 else None
 
 
 def _lines_backwards(path: Path) -> Iterator[bytes]:
@@ -512,7 +576,7 @@ def _rewrite_history(
         name = _line_name(line)
         if name is None or name in forgotten or name in active or name in ended:
             continue
-        if _parse_line(line, path) is not None:
+        if _whole(line):  # a wrong but whole line is kept as it is: nothing is lost
             keep.pop(name, None)
             keep[name] = line + b"\n"
     body = b"".join(keep.values()) + b"".join(_line(r) for r in ended.values())

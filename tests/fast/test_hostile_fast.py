@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_record
@@ -164,3 +165,68 @@ def test_malformed_config_is_one_line_naming_the_file(
         _no_traceback(code, err)
         assert str(home / "config.toml") in err, argv
     assert (home / "config.toml").read_bytes() == text  # nothing rewritten half-read
+
+
+def _hostile(doc: dict[str, Any], case: str) -> None:
+    """Make one value of a well-formed registry wrong."""
+    run = doc["jobs"][0]["runs"][-1]
+    if case == "next_id":
+        doc["next_id"] = "x"
+    elif case == "finished":
+        doc["finished"] = 1e400
+    elif case == "pid":
+        run["runner"] = {"pid": -1, "start": 1}
+    elif case == "huge_pid":
+        run["main"] = {"pid": 10**30, "start": 1}
+    elif case == "name":
+        doc["jobs"][0]["name"] = "../../x"
+    elif case == "runs":
+        doc["jobs"][0]["runs"] = []
+
+
+@pytest.mark.parametrize("case", ["next_id", "finished", "pid", "huge_pid", "name", "runs"])
+def test_hostile_registry_values_are_one_line_naming_the_file(
+    home: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """Wrong types, huge numbers, a negative pid, a name that is a path, a job without a
+    run: list, show and stop say which file and what to do, in one line (some were
+    tracebacks, some were acted on), and the file is left as it is."""
+    _save(home, make_record("z", JobState.RUNNING))
+    path = home / "registry.json"
+    doc = json.loads(path.read_text())
+    _hostile(doc, case)
+    path.write_text(json.dumps(doc))
+    before = path.read_bytes()
+    for argv in (["list"], ["show", "z"], ["stop", "z"]):
+        code, _, err = run(argv, capsys)
+        assert code == 1, (argv, err)
+        assert err.count("\n") == 1 and str(path) in err and "Traceback" not in err, err
+        assert "move it aside" in err
+    assert path.read_bytes() == before
+
+
+def test_one_wrong_history_line_is_skipped_said_once_and_kept(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A well-formed history line with a wrong value (pid -1) no longer stops list, show,
+    rm and clean: it is skipped with one note, and rm/clean keep it in the file."""
+    _save(home, make_record("good"), make_record("old"), make_record("bad"))
+    history = home / "history.jsonl"
+    lines = history.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith('{"name": "bad"'):
+            doc = json.loads(line)
+            doc["runs"][-1]["runner"] = {"pid": -1, "start": 1}
+            lines[i] = json.dumps(doc)
+    history.write_text("\n".join(lines) + "\n")
+    code, out, err = run(["list", "--all"], capsys)
+    assert code == 0, err
+    assert "good" in out and "old" in out and "bad" not in out
+    assert err.count("skipped a line") == 1 and "-1 is not a process id" in err
+    code, out, err = run(["rm", "old"], capsys)
+    assert code == 0, err
+    code, out, err = run(["clean"], capsys)
+    assert code == 0, err
+    assert '"name": "bad"' in history.read_text()  # nothing the user did not ask is lost
+    code, out, err = run(["show", "old"], capsys)
+    assert code == 1 and "no job named old" in err
