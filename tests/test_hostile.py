@@ -52,3 +52,24 @@ def test_send_passes_a_dash_literally_and_refuses_ctrl_c_without_raw(sandbox: Sa
     sandbox.cli("send", "ask", "--", "-t", "two words", check=True)
     wait_state(sandbox, "ask", "succeeded")
     assert "got '-t two words'" in log_of(sandbox, "ask")
+
+
+def test_a_job_folder_replaced_by_a_link_is_refused_never_followed(sandbox: Sandbox) -> None:
+    """restart of a job whose folder is now a link to another folder: one line, exit 2, and
+    the folder it points to keeps its mode and its files (it was chmodded and written into)."""
+    sandbox.write("quick.py", "print('ran', flush=True)\n")
+    sandbox.cli("start", "--cpu", "--name", "q", "quick.py", check=True)
+    wait_state(sandbox, "q", "succeeded")
+    victim = sandbox.root / "victim"
+    victim.mkdir(mode=0o755)
+    victim.chmod(0o755)
+    (victim / "keep.txt").write_text("mine\n")
+    folder = sandbox.home / "jobs" / "q"
+    folder.rename(folder.with_name("q-moved"))
+    folder.symlink_to(victim)
+    done = sandbox.cli("restart", "q")
+    assert done.returncode == 2, done.stderr
+    assert "is a link" in done.stderr and done.stderr.count("\n") == 1
+    assert victim.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert show(sandbox, "q")["state"] == "succeeded"

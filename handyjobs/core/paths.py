@@ -130,10 +130,31 @@ def _make_dirs(path: Path) -> None:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create a folder inside the state folder (and parents) private to the user (0700)."""
+    """Create a folder inside the state folder (and parents) private to the user (0700).
+
+    A link where the folder (or its parent: ``jobs/``, ``removed/NAME``) should be is refused,
+    never followed: a chmod or a write through it would change what it points to.
+    """
+    # The state folder itself may be a link (the user's choice, checked by check_home);
+    # the folders handyjobs makes inside it never are.
+    ours = path.parent.name in ("jobs", "removed")
+    for folder in (path.parent, path) if ours else (path,):
+        try:
+            if stat.S_ISLNK(folder.lstat().st_mode):
+                raise UsageError(
+                    f"{folder} is a link ({os.readlink(folder)}), not a folder; handyjobs never "
+                    "writes through a link there: remove the link and try again"
+                )
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise storage_error(exc, "read the folder") from exc
     _make_dirs(path)
     try:
-        if path.stat().st_mode & 0o077:
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{path} is not a folder; move it away and try again")
+        if st.st_mode & 0o077:
             path.chmod(0o700)  # ours (inside our state folder), made by an older release
     except OSError as exc:
         raise storage_error(exc, "set up the folder") from exc
