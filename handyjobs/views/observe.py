@@ -114,7 +114,7 @@ def pick_jobs(names: Sequence[str], group: str | None) -> list[JobRecord]:
             raise UsageError(f"no job of group {group}; see `handyjobs list --all`")
         every += of_group
     if not every:
-        raise UsageError("give the jobs to draw: NAME... or --group GROUP")
+        raise UsageError("give the jobs: NAME... or --group GROUP")
     return [jobs.get_job(name) for name in dict.fromkeys(every)]
 
 
