@@ -3,6 +3,10 @@ test fails on the code before its fix."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
 
@@ -73,3 +77,41 @@ def test_a_job_folder_replaced_by_a_link_is_refused_never_followed(sandbox: Sand
     assert victim.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
     assert show(sandbox, "q")["state"] == "succeeded"
+
+
+def test_concurrent_sweeps_of_one_script_get_groups_of_their_own(sandbox: Sandbox) -> None:
+    """Four sweeps of one script at once (two with a --prefix of their own): every one queues
+    its jobs, each in a group no other sweep has (they failed on each other's names, or
+    shared a group)."""
+    sandbox.write("train.py", "print('hi')\n")
+    extra = [[], [], ["--prefix", "a"], ["--prefix", "b"]]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "handyjobs",
+                "sweep",
+                "--hold",
+                "--grid",
+                "lr=1,2",
+                *more,
+                "train.py",
+            ],
+            env={**sandbox.env, "PWD": str(sandbox.root)},
+            cwd=sandbox.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for more in extra
+    ]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    jobs = json.loads(sandbox.cli("list", "--json", "--all", check=True).stdout)
+    groups: dict[str, set[str]] = {}
+    for job in jobs:
+        groups.setdefault(job["spec"]["group"], set()).add(job["name"])
+    assert len(jobs) == 8 and len(groups) == 4, groups
+    assert all(len(names) == 2 for names in groups.values()), groups

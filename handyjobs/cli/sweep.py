@@ -9,7 +9,7 @@ from dataclasses import replace
 from handyjobs.cli import start as startmod
 from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core import options as table
-from handyjobs.core import starting
+from handyjobs.core import paths, starting
 from handyjobs.core.options import option
 from handyjobs.core.spec import StartRequest, check_name, default_stem, sweep_names
 from handyjobs.errors import UsageError
@@ -123,9 +123,14 @@ def _run(p: Parsed) -> None:
         check_name(group)
     if prefix:
         check_name(prefix)
-    names, group = sweep_names(lambda first: point_names(first, grid), stem, prefix or None, group)
-    reqs = point_requests(p, script, grid, group, names)
-    records = starting.start_jobs(reqs)
+    # Two sweeps of one script at once must not pick the same names and group: the choice
+    # and the saving of the jobs happen under one lock (a sweep waits for the other's).
+    with paths.held(paths.sweep_lock_path(paths.ensure_home())):
+        names, group = sweep_names(
+            lambda first: point_names(first, grid), stem, prefix or None, group
+        )
+        reqs = point_requests(p, script, grid, group, names)
+        records = starting.start_jobs(reqs)
     print(f"sweep {group}: {len(records)} jobs")
     for record, req in zip(records, reqs, strict=True):
         startmod.announce(record, req, brief=True)

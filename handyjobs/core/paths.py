@@ -6,6 +6,7 @@ Layout::
       registry.json               active jobs (queued, running), next id, schema version
       history.jsonl               finished jobs, one JSON record a line, appended
       scheduler.lock              held by the one queued runner that schedules the queue
+      sweep.lock                  held by a sweep while it picks its names and group
       pending/RUNID.env.json      a start's environment before its record is saved (swept)
       jobs/NAME/output.log        every byte the job printed, across restarts (.1: before
                                   it reached HANDYJOBS_LOG_MAX_MB)
@@ -25,6 +26,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from handyjobs.errors import UsageError, storage_error
@@ -179,6 +181,27 @@ def lock_path(root: Path | None = None) -> Path:
 def scheduler_lock_path(root: Path | None = None) -> Path:
     """The lock a queued runner holds while it schedules the queue for everyone."""
     return (root or home()) / "scheduler.lock"
+
+
+def sweep_lock_path(root: Path | None = None) -> Path:
+    """The lock a sweep holds from choosing its names and group until its jobs are saved."""
+    return (root or home()) / "sweep.lock"
+
+
+@contextlib.contextmanager
+def held(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (made 0600 if missing) for the block."""
+    import fcntl  # lazy: only a sweep takes this lock
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise storage_error(exc, "open the lock") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def pending_dir(root: Path | None = None) -> Path:
