@@ -224,3 +224,41 @@ def test_12_the_readmes_on_exit_example_works_as_typed_in_a_shell(sandbox: Sandb
     ended = sandbox.root / "ended.txt"
     wait_until(lambda: ended.exists() and ended.read_text().strip(), what="the on-exit line")
     assert ended.read_text() == "ask succeeded 0\n"
+
+
+# Each rank says where it is, then waits to be stopped.
+RANKS_WAIT = """
+import os, time
+print("rank", os.environ["RANK"], "at step 41", flush=True)
+time.sleep(120)
+"""
+
+
+def test_3_a_stopped_job_reads_stopped_whatever_its_kind(sandbox: Sandbox) -> None:
+    sandbox.write("ranks.py", RANKS_WAIT)
+    sandbox.write(
+        "plain.py", "import time\nprint('plain at step 7', flush=True)\ntime.sleep(120)\n"
+    )
+    shell = sandbox.write("loop.sh", "#!/bin/sh\necho 'shell at step 3'\nsleep 120\n")
+    shell.chmod(0o755)
+    sandbox.cli("start", "ranks.py", "--cpu", "--nproc", "2", "--name", "tr", check=True)
+    sandbox.cli("start", "plain.py", "--name", "py", check=True)
+    sandbox.cli("start", "--exec", "./loop.sh", "--name", "sh", check=True)
+    wait_log(sandbox, "tr", "rank 1 at step 41", timeout=60)
+    wait_log(sandbox, "py", "plain at step 7")
+    wait_log(sandbox, "sh", "shell at step 3")
+    sandbox.cli("stop", "tr", "py", "sh", "--timeout", "5", check=True)
+    rows = {line.split()[0]: line.split() for line in sandbox.cli("list").stdout.splitlines()}
+    for name in ("tr", "py", "sh"):
+        assert rows[name][1] == "stopped" and rows[name][6] == "stopped", rows[name]
+        assert sandbox.cli("show", name, check=True).stdout.splitlines()[2].split() == [
+            "exit",
+            "stopped",
+        ]
+    waited = sandbox.cli("wait", "tr", "py", "sh")
+    assert sorted(waited.stdout.splitlines()) == ["py: stopped", "sh: stopped", "tr: stopped"]
+    # top's last line is the job's, not torchrun's report of the signal it got.
+    top = sandbox.cli("top", "--once", check=True).stdout.splitlines()
+    row = next(line for line in top if line.startswith("tr "))
+    assert row.endswith("at step 41"), row
+    assert "SignalException" not in row

@@ -17,7 +17,9 @@ def _run(p: Parsed) -> int:
     for name, record in jobs.wait_jobs(picked, timeout_s=p.real("timeout")):
         run = record.current
         how = exit_summary(run)
-        if how:
+        if how == record.state.value:  # stopped: the word says it all
+            print(f"{name}: {how}", flush=True)
+        elif how:
             print(f"{name}: {record.state.value} ({how})", flush=True)
         else:  # never started, or lost: say why rather than "no exit code"
             from handyjobs.views import render  # lazy: only these lines need its words

@@ -575,20 +575,19 @@ class LaunchEnv(JsonRecord):
 
 
 def exit_summary(run: Run) -> str:
-    """How a run ended, in words: ``0``, ``1``, ``SIGTERM``, ``TIMEOUT``; empty while it runs."""
+    """How a run ended, in words: ``0``, ``1``, ``SIGTERM``, ``TIMEOUT``, ``stopped`` (however
+    its command took the stop); empty while it runs."""
     import signal as _signal  # lazy: only an ended run needs it, and `list` imports records
 
     limit = run.reason.kind if run.reason is not None else None
     if limit in (LostKind.TIME_LIMIT, LostKind.OUT_OF_MEMORY):  # ended by a limit, as Slurm says
         return "TIMEOUT" if limit is LostKind.TIME_LIMIT else "OOM"
+    if run.state is JobState.STOPPED and run.stop_requested:
+        return "stopped"  # died of the SIGTERM, torchrun's 1 or a shell's 143: one word for all
     if run.signal is not None:
-        try:
-            return _signal.Signals(run.signal).name
-        except ValueError:
-            return f"signal {run.signal}"
-    if run.exit_code is not None:
-        return str(run.exit_code)
-    return ""
+        names = {sig.value: sig.name for sig in _signal.Signals}
+        return names.get(run.signal, f"signal {run.signal}")
+    return str(run.exit_code) if run.exit_code is not None else ""
 
 
 def returncode(run: Run) -> int:

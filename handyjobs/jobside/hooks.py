@@ -21,11 +21,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from handyjobs.core import paths, registry
-from handyjobs.core.records import JobRecord, JobSpec, Run, exit_summary, parse_time
+from handyjobs.core.records import JobRecord, JobSpec, Run, parse_time
 from handyjobs.errors import HandyjobsError
 
 #: Seconds an on-exit command may run before it is killed.
 TIMEOUT_S = 60.0
+
+
+def _signal_name(number: int) -> str:
+    """``SIGTERM`` for 15; ``signal 99`` for a number with no name here."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def outcome_env(
@@ -37,7 +45,7 @@ def outcome_env(
     if run is not None and run.started_at and run.ended_at:
         seconds = (parse_time(run.ended_at) - parse_time(run.started_at)).total_seconds()
         duration = f"{seconds:.1f}"
-    how = "" if run is None else exit_summary(run)
+    how = "" if run is None or run.signal is None else _signal_name(run.signal)
     return {
         "HANDYJOBS_JOB": name,
         "HANDYJOBS_RUN": "" if run is None else str(run.run),
