@@ -5,9 +5,14 @@ Each test is named after the edge's number in the issue and fails on the code be
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 
 from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
@@ -262,3 +267,34 @@ def test_3_a_stopped_job_reads_stopped_whatever_its_kind(sandbox: Sandbox) -> No
     row = next(line for line in top if line.startswith("tr "))
     assert row.endswith("at step 41"), row
     assert "SignalException" not in row
+
+
+def test_4_the_jobs_terminal_is_the_callers_size_or_120_columns(sandbox: Sandbox) -> None:
+    sandbox.write("size.py", "import os\nprint('size', *os.get_terminal_size(1), flush=True)\n")
+    # No terminal here (a pipe): 120x40, not 200 columns of progress bar.
+    sandbox.cli("start", "size.py", "--name", "piped", check=True)
+    wait_state(sandbox, "piped", "succeeded")
+    assert "size 120 40" in log_of(sandbox, "piped")
+    # From a terminal of 90x30, the job gets 90x30.
+    sandbox_env = {**sandbox.env, "PWD": str(sandbox.root)}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a caller in a 90x30 terminal
+        fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
+        os.chdir(sandbox.root)
+        argv = [sys.executable, "-m", "handyjobs", "start", "size.py", "--name", "tty"]
+        try:
+            os.execve(sys.executable, argv, sandbox_env)
+        finally:
+            os._exit(127)  # never back into the test runner
+    wait_until(lambda: _drained(fd), what="the start from a terminal")
+    os.waitpid(pid, 0)
+    wait_state(sandbox, "tty", "succeeded")
+    assert "size 90 30" in log_of(sandbox, "tty")
+
+
+def _drained(fd: int) -> bool:
+    """Read what the terminal's child wrote; True once it closed its side."""
+    try:
+        return not os.read(fd, 4096)
+    except OSError:
+        return True

@@ -29,8 +29,22 @@ from handyjobs.errors import TmuxError, UsageError
 
 SOCKET_ENV = "HANDYJOBS_TMUX_SOCKET"
 TAG = "@handyjobs-run"
-#: The job's terminal size when no client is attached (tmux's default 80x24 wraps logs early).
-WIDTH, HEIGHT = 200, 50
+#: The job's terminal size when the caller has no terminal to take it from (tmux's default
+#: 80x24 wraps logs early; 200 columns made progress bars that `logs` showed as walls).
+WIDTH, HEIGHT = 120, 40
+
+
+def pane_size() -> tuple[int, int]:
+    """The job's terminal size until someone attaches: the caller's terminal's, within reason
+    (a progress bar is then drawn as wide as the screen it will be read on), else 120x40."""
+    for fd in (1, 2, 0):
+        try:
+            cols, rows = os.get_terminal_size(fd)
+        except OSError:
+            continue
+        if cols and rows:
+            return min(max(cols, 40), 300), min(max(rows, 10), 100)
+    return WIDTH, HEIGHT
 
 
 class TmuxMissing(UsageError):
@@ -160,6 +174,7 @@ class TmuxBackend:
         return Launched(TmuxHandle(req.session, session_id).stored(), runner)
 
     def _new_session(self, req: LaunchRequest) -> TmuxResult:
+        size = pane_size()
         return server().cmd(
             "new-session",
             "-d",
@@ -171,9 +186,9 @@ class TmuxBackend:
             "-c",
             req.cwd,
             "-x",
-            str(WIDTH),
+            str(size[0]),
             "-y",
-            str(HEIGHT),
+            str(size[1]),
             # Visible in `ps` for the moment tmux runs, which is fine for a run id: the
             # caller's environment never goes on a command line (it is in a 0600 file).
             "-e",
