@@ -3,9 +3,12 @@ test fails on the code before its fix."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
+import threading
 
 from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
@@ -115,3 +118,33 @@ def test_concurrent_sweeps_of_one_script_get_groups_of_their_own(sandbox: Sandbo
         groups.setdefault(job["spec"]["group"], set()).add(job["name"])
     assert len(jobs) == 8 and len(groups) == 4, groups
     assert all(len(names) == 2 for names in groups.values()), groups
+
+
+def test_a_command_blocked_on_the_state_lock_says_who_holds_it(sandbox: Sandbox) -> None:
+    """A writer that waits for the state lock says so once on stderr after about 2 s, naming
+    the pid that holds it (it waited without a word), and goes on once it is free."""
+    sandbox.home.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(sandbox.home, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "handyjobs", "config", "parallel", "3"],
+        env=sandbox.env,
+        cwd=sandbox.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("waiting for the state lock" in x for x in lines), timeout=20)
+        assert f"pid {os.getpid()}" in lines[0] and len(lines) == 1
+        assert proc.poll() is None  # still waiting: the lock is still ours
+    finally:
+        os.close(fd)
+    assert proc.wait(timeout=30) == 0
+    reader.join(timeout=5)
+    assert len(lines) == 1, lines
+    assert "parallel = 3" in (sandbox.home / "config.toml").read_text()

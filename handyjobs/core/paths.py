@@ -204,6 +204,69 @@ def held(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+#: After this long waiting for a lock, say once who holds it, then wait on: a handyjobs
+#: suspended with Ctrl-Z or a hung network mount otherwise looks like a hang.
+LOCK_NOTICE_S = 2.0
+
+
+def flock_saying(fd: int, mode: int, what: str = "the state lock") -> None:
+    """``flock(fd, mode)``; when another process holds it, one line on stderr after
+    :data:`LOCK_NOTICE_S` names it. Errors are flock's own (the caller handles them)."""
+    import fcntl  # lazy: only writers lock
+
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    import threading  # lazy: only a lock another process holds
+
+    timer = threading.Timer(LOCK_NOTICE_S, _say_waiting, (fd, what))
+    timer.daemon = True
+    timer.start()
+    try:
+        fcntl.flock(fd, mode)
+    finally:
+        timer.cancel()
+
+
+def _say_waiting(fd: int, what: str) -> None:
+    import sys  # lazy: only a wait of over LOCK_NOTICE_S
+
+    pids = lock_holders(fd)
+    who = ", ".join(f"pid {pid} ({_comm(pid)})" for pid in pids) or "another process"
+    sys.stderr.write(
+        f"handyjobs: waiting for {what} held by {who}; a handyjobs stopped with Ctrl-Z holds it "
+        "until it goes on (fg)\n"
+    )
+    sys.stderr.flush()
+
+
+def lock_holders(fd: int) -> list[int]:
+    """The pids holding an flock on ``fd``'s file, from ``/proc/locks`` (empty elsewhere)."""
+    st = os.fstat(fd)
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:2f:123 0 EOF"; waiters have "->" after the number.
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == where:
+            with contextlib.suppress(ValueError):
+                found.append(int(parts[4]))
+    return sorted(set(found))
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() or "?"
+    except OSError:
+        return "gone"
+
+
 def pending_dir(root: Path | None = None) -> Path:
     """Environments of starts whose record is not saved yet (swept when orphaned)."""
     return (root or home()) / "pending"

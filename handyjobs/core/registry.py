@@ -189,7 +189,7 @@ def _lock(root: Path, mode: int) -> Iterator[None]:
             raise storage_error(exc, "open the state folder") from exc
         try:
             try:
-                fcntl.flock(fd, mode)
+                paths.flock_saying(fd, mode)
             except OSError as exc:
                 if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                     raise storage_error(exc, "lock the state folder") from exc
@@ -217,7 +217,7 @@ def _lock_file(root: Path, mode: int) -> Iterator[None]:
         except OSError as exc:
             raise storage_error(exc, "open the lock file") from exc
         try:
-            fcntl.flock(fd, mode)
+            paths.flock_saying(fd, mode)
             if _same_file(fd, path):
                 yield
                 return
