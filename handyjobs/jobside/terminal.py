@@ -26,6 +26,7 @@ __all__ = [
     "Renderer",
     "TagMode",
     "compact",
+    "escape_c1",
     "last_line",
     "render",
     "render_line",
@@ -191,6 +192,20 @@ def render_line(line: bytes, colour: bool) -> bytes:
     return _encode(state.text())
 
 
+# C1 controls (U+0080-U+009F: CSI is U+009B), as UTF-8 or as lone bytes that are not UTF-8.
+_MAYBE_C1 = re.compile(rb"[\x80-\x9f]")
+_C1 = {c: f"\\x{c:02x}" for c in range(0x80, 0xA0)}
+_C1.update({0xDC00 + c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})  # lone bytes (surrogates)
+
+
+def escape_c1(line: bytes) -> bytes:
+    """``line`` with C1 control characters shown as ``\\x9b``: a terminal acts on them as it
+    does on ESC sequences (U+009B starts one). The log file keeps every byte; ``--raw`` too."""
+    if not _MAYBE_C1.search(line):  # every C1 form has such a byte: most lines stop here
+        return line
+    return _encode(_decode(line).translate(_C1))
+
+
 def render(data: bytes, colour: bool) -> bytes:
     """Whole lines (and a last partial one) as a screen shows them."""
     if not _NEEDS_ANY.search(data):
@@ -299,7 +314,7 @@ class Renderer:
         return now
 
     def _show(self, line: bytes) -> bytes:
-        return render_line(retag(line, self.mode, self.single), self.colour)
+        return escape_c1(render_line(retag(line, self.mode, self.single), self.colour))
 
     def _compact(self) -> None:
         self.buf = compact(self.buf)

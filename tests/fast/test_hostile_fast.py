@@ -230,3 +230,25 @@ def test_one_wrong_history_line_is_skipped_said_once_and_kept(
     assert '"name": "bad"' in history.read_text()  # nothing the user did not ask is lost
     code, out, err = run(["show", "old"], capsys)
     assert code == 1 and "no job named old" in err
+
+
+def test_logs_escape_c1_controls_and_raw_keeps_every_byte(
+    home: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """C1 controls in a job's output (U+009B as UTF-8, or a lone 0x9b byte: a terminal takes
+    either for CSI) are shown escaped by `logs`; the file and `logs --raw` keep every byte."""
+    log = home / "jobs" / "c1" / "output.log"
+    log.parent.mkdir(parents=True, mode=0o700)
+    data = "red \u009b31m clear \u009b2J é\n".encode() + b"lone \x9b[2J end\n"
+    log.write_bytes(data)
+    _save(home, replace(make_record("c1"), log_path=str(log)))
+    with pytest.raises(SystemExit) as exited:
+        main(["logs", "c1"])
+    shown = capsysbinary.readouterr().out
+    assert exited.value.code in (0, None)
+    assert "\u009b".encode() not in shown and b"\x9b[" not in shown.replace(b"\\x9b[", b"")
+    assert b"red \\x9b31m clear \\x9b2J \xc3\xa9" in shown and b"lone \\x9b[2J end" in shown
+    with pytest.raises(SystemExit):
+        main(["logs", "c1", "--raw"])
+    assert capsysbinary.readouterr().out.endswith(data)
+    assert log.read_bytes() == data
