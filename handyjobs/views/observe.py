@@ -77,7 +77,7 @@ def job_curves(
     missing: list[str] = []
     seen: set[str] = set()
     for record in records:
-        found = curves.read_samples(curves.metrics_path(record.log_path))
+        found = curves.read_samples(curves.metrics_path(record.log_path), times=x == "time")
         seen.update(found)
         label = _label(record, group is not None)
         drawn = _job_series(found, metrics, smooth, x, last)
