@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -148,3 +149,37 @@ def test_a_command_blocked_on_the_state_lock_says_who_holds_it(sandbox: Sandbox)
     reader.join(timeout=5)
     assert len(lines) == 1, lines
     assert "parallel = 3" in (sandbox.home / "config.toml").read_text()
+
+
+TERM_IGNORED = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: print("got TERM", flush=True))
+print("ready", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+print("done by itself", flush=True)
+"""
+
+
+def test_an_interrupted_stop_leaves_no_stop_request_behind(sandbox: Sandbox) -> None:
+    """`stop` interrupted (Ctrl-C) while the job ignores SIGTERM: the job goes on, and when it
+    ends by itself with 0 it reads succeeded (the stop request stayed: it read stopped)."""
+    sandbox.write("stubborn.py", TERM_IGNORED)
+    go = sandbox.root / "go"
+    sandbox.cli("start", "--cpu", "--name", "stub", "stubborn.py", str(go), check=True)
+    wait_log(sandbox, "stub", "ready")
+    stop = subprocess.Popen(
+        [sys.executable, "-m", "handyjobs", "stop", "stub", "--timeout", "60"],
+        env=sandbox.env,
+        cwd=sandbox.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_log(sandbox, "stub", "got TERM")
+    stop.send_signal(signal.SIGINT)
+    assert stop.wait(timeout=30) == 130
+    assert show(sandbox, "stub")["runs"][-1]["stop_requested"] is False
+    go.touch()
+    done = wait_state(sandbox, "stub", "succeeded", "stopped", "failed")
+    assert done["state"] == "succeeded", done

@@ -110,7 +110,13 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
             raise JobStateError(f"job {name} is not running (it {state}); nothing to stop")
         run = mine
     was_queued = run.state is JobState.QUEUED
-    pids, killed, left = _end_run(backend, run, grace_s)
+    try:
+        pids, killed, left = _end_run(backend, run, grace_s)
+    except BaseException:  # Ctrl-C in the grace: the run goes on, and its end is its own
+        if backend.runner_alive(run):
+            with registry.locked(root) as reg:
+                lifecycle.request_stop(reg, name, run_id, asked=False)
+        raise
     with registry.locked(root) as reg:
         scheduler.refresh_locked(reg)  # folds the runner's "stopped"
         lifecycle.cancel(reg, name, run_id)  # the runner went without recording

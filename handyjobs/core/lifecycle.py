@@ -310,11 +310,12 @@ def finish(store: Store, name: str, run_id: str, outcome: Outcome) -> bool:
     return _apply(store, name, run_id, Event.FINISH, step)
 
 
-def request_stop(store: Store, name: str, run_id: str) -> bool:
-    """Mark that the user asked this run to stop (its end will read ``stopped``)."""
+def request_stop(store: Store, name: str, run_id: str, asked: bool = True) -> bool:
+    """Mark that the user asked this run to stop (its end will read ``stopped``); with
+    ``asked`` False, take that back (a stop interrupted while the run still goes on)."""
 
     def step(run: Run) -> JobState | None:
-        run.stop_requested = True
+        run.stop_requested = asked
         return run.state
 
     return _apply(store, name, run_id, Event.REQUEST_STOP, step)
