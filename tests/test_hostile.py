@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
 
@@ -183,3 +184,31 @@ def test_an_interrupted_stop_leaves_no_stop_request_behind(sandbox: Sandbox) -> 
     go.touch()
     done = wait_state(sandbox, "stub", "succeeded", "stopped", "failed")
     assert done["state"] == "succeeded", done
+
+
+def test_a_start_killed_after_saving_its_record_leaves_no_environment_in_pending(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that dies after its record is saved, before it moved the caller's environment
+    into the job's folder (the runner is already launched): the runner finishes the move and
+    runs the job; nothing is left in pending/ (the environment stayed there, and the job
+    failed to start)."""
+    from handyjobs.core import starting
+    from handyjobs.core.spec import StartRequest
+
+    def killed(*_: object) -> None:
+        raise KeyboardInterrupt  # what a kill at that point leaves behind
+
+    script = sandbox.write("quick.py", "import os\nprint('ran', os.environ['MINE'], flush=True)\n")
+    monkeypatch.setattr(starting, "place_envs", killed)
+    env = {**sandbox.env, "MINE": "kept"}
+    with pytest.raises(KeyboardInterrupt):
+        starting.start_job(
+            StartRequest(
+                script=str(script), name="k", cpu=True, cwd=str(sandbox.root), caller_env=env
+            )
+        )
+    done = wait_state(sandbox, "k", "succeeded", "failed", "lost")
+    assert done["state"] == "succeeded", log_of(sandbox, "k")
+    assert "ran kept" in log_of(sandbox, "k")
+    assert list((sandbox.home / "pending").iterdir()) == []

@@ -123,7 +123,17 @@ def own_record(root: Path, name: str, run_id: str) -> JobRecord | None:
 
 def launch_env(root: Path, name: str) -> dict[str, str]:
     """The environment of the shell that started the job, from its 0600 file."""
-    data = paths.env_path(name, root).read_bytes()
+    path = paths.env_path(name, root)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        # The start that saved this run was killed before it moved the environment into
+        # place: finish its move under the lock, as the next start would, then read it.
+        from handyjobs.core import starting  # lazy: only after a start that was killed
+
+        with registry.locked(root) as reg:
+            starting.sweep_pending(reg)
+        data = path.read_bytes()
     found = LaunchEnv.from_dict(json.loads(data))
     if found.name != name:
         raise ValueError(f"the environment file belongs to job {found.name}")
