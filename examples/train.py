@@ -156,7 +156,12 @@ def main() -> None:
             trainer.print(f"epoch {epoch + 1}: train loss {mean_loss:.4f}, val acc {accuracy:.3f}")
             # JSON lines in the job's folder (./metrics.jsonl outside handyjobs).
             trainer.log_metrics(
-                {"epoch_loss": mean_loss, "val_acc": accuracy, "lr": scheduler.get_last_lr()[0]},
+                {
+                    "epoch": epoch + 1,  # for `handyjobs plot --x epoch`
+                    "epoch_loss": mean_loss,
+                    "val_acc": accuracy,
+                    "lr": scheduler.get_last_lr()[0],
+                },
                 step=step,
             )
             if args.ckpt is not None:
