@@ -307,10 +307,8 @@ def checked(record: JobRecord) -> JobRecord:
         if not _RUN_ID_RE.match(run.run_id) or run.run < 1 or run.nproc < 1:
             raise ValueError(f"job {name}: run {run.run} ({run.run_id!r}) is not a run")
         for proc in (run.runner, run.main):
-            if proc is not None and not 0 < proc.pid <= _PID_MAX:
-                raise ValueError(f"job {name}: {proc.pid} is not a process id")
-            if proc is not None and proc.start is not None and proc.start < 0:
-                raise ValueError(f"job {name}: process {proc.pid} has a negative start time")
+            if proc is not None and not (0 < proc.pid <= _PID_MAX and (proc.start or 0) >= 0):
+                raise ValueError(f"job {name}: {proc.pid} (start {proc.start}) is not a process id")
         if any(g < 0 for g in run.gpus):
             raise ValueError(f"job {name}: run {run.run} names a negative GPU")
     return record
@@ -407,8 +405,7 @@ _SAID: set[Path] = set()
 
 
 def _skipped(path: Path, name: str | None, exc: Exception) -> None:
-    """Say once per file that a wrong line was skipped (a note, not an error: every other
-    record still reads). It stays in the file, for the user to fix or delete."""
+    """Say once per file that a wrong line was skipped; every other record still reads."""
     if path not in _SAID:
         _SAID.add(path)
         text = str(exc)[:200]
@@ -448,19 +445,36 @@ def _lines_backwards(path: Path) -> Iterator[bytes]:
 
 
 def _history_lookup(root: Path, name: str) -> JobRecord | None:
-    """The last history line of ``name``, parsed; None when there is none."""
+    """The last history line of ``name``, parsed; None when there is none. Searched from the
+    end a block at a time: the cost is how far back the job ended, not the history's size."""
     path = paths.history_path(root)
-    data = _read(path)
-    if not data:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise storage_error(exc, "read") from exc
     needle = b'\n{"name": ' + json.dumps(name).encode() + b", "
-    pos = data.rfind(needle)
-    while pos != -1:
-        end = data.find(b"\n", pos + 1)
-        record = _parse_line(data[pos + 1 : None if end == -1 else end], path)
-        if record is not None:
-            return record
-        pos = data.rfind(needle, 0, pos)
+    try:
+        pos, tail = os.fstat(fd).st_size, b""
+        while pos > 0:
+            size = min(_BLOCK, pos)
+            pos -= size
+            chunk = os.pread(fd, size, pos) + tail
+            # Whole lines only: the first one may go on in the block before (kept as ``tail``).
+            cut = chunk.find(b"\n") if pos > 0 else 0
+            body, tail = (chunk[cut:], chunk[:cut]) if pos > 0 else (b"\n" + chunk, b"")
+            if cut == -1:
+                body, tail = b"", chunk
+            hit = body.rfind(needle)
+            while hit != -1:
+                end = body.find(b"\n", hit + 1)
+                record = _parse_line(body[hit + 1 : None if end == -1 else end], path)
+                if record is not None:
+                    return record
+                hit = body.rfind(needle, 0, hit)
+    finally:
+        os.close(fd)
     return None
 
 
