@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
@@ -212,3 +213,28 @@ def test_a_start_killed_after_saving_its_record_leaves_no_environment_in_pending
     assert done["state"] == "succeeded", log_of(sandbox, "k")
     assert "ran kept" in log_of(sandbox, "k")
     assert list((sandbox.home / "pending").iterdir()) == []
+
+
+def test_an_on_exit_hook_leaves_no_daemon_running(sandbox: Sandbox) -> None:
+    """An --on-exit command that starts a daemon in a session of its own and returns: the
+    daemon is ended with the hook (it went on running)."""
+    pidfile = sandbox.root / "daemon.pid"
+    hook = f"sh -c 'setsid sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}'"
+    sandbox.write("quick.py", "print('ran', flush=True)\n")
+    sandbox.cli("start", "--cpu", "--name", "h", "--on-exit", hook, "quick.py", check=True)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the hook")
+    pid = int(pidfile.read_text())
+    try:
+        wait_until(lambda: not _alive(pid), timeout=20, what="the hook's daemon to end")
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert wait_state(sandbox, "h", "succeeded")["state"] == "succeeded"
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie is not running)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from handyjobs.core import paths, registry
+from handyjobs.core import cgroups, paths, registry
 from handyjobs.core.records import JobRecord, JobSpec, Run, parse_time
 from handyjobs.errors import HandyjobsError
 
@@ -71,6 +71,10 @@ def run_on_exit(
     """Run the command; return a note for the log when it did not succeed, else None."""
     full = {**env, **outcome_env(name, run, state, log_path, spec.group)}
     full.pop("HANDYJOBS_RUN_ID", None)  # it is not one of the job's processes: stop skips it
+    # A cgroup of its own: whatever the command leaves running (a daemon it forks, even in a
+    # session of its own) is a member, and ended with it. Else its process group only.
+    group = cgroups.create(f"{run.run_id if run else os.getpid()}-hook")
+    files = group.procs_files
     try:
         proc = subprocess.Popen(
             list(spec.on_exit),
@@ -80,18 +84,40 @@ def run_on_exit(
             stdout=log_fd,
             stderr=log_fd,
             start_new_session=True,
+            preexec_fn=(lambda: cgroups.join_self(files)) if files else None,
         )
     except OSError as exc:
+        _end_all(None, group)
         return f"on-exit command {spec.on_exit[0]!r} could not run: {exc.strerror or exc}"
     try:
         code = proc.wait(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        code = None
+    finally:
+        _end_all(proc, group)
+    if code is None:
         return f"on-exit command killed after {TIMEOUT_S:g}s"
     if code != 0:
         return f"on-exit command exited {code}"
     return None
+
+
+def _end_all(proc: subprocess.Popen[bytes] | None, group: cgroups.RunGroup) -> None:
+    """End what the command left: its process group, and every member of its cgroup (which
+    holds only its processes, so membership is their identity), then remove the cgroup."""
+    if proc is not None:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for _ in range(50):  # a member may fork while we kill; the cgroup empties in a few rounds
+        members = group.members()
+        if not members:
+            break
+        for pid in members:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        group.remove(0.1)
+    group.remove(0)
 
 
 def ended_run(root: Path, name: str, run_id: str) -> tuple[JobRecord | None, str]:
