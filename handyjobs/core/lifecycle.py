@@ -510,6 +510,8 @@ def end_by_cluster(
         ):
             return view.verdict
         # Ended with no outcome of the job side's, or "completed" without ever beginning.
+        # What the job side saw as its node went (srun's 0) is not how the run ended.
+        run.exit_code, run.signal = None, None
         run.reason = Reason(LostKind.CLUSTER_ENDED, detail=view.state)
         return JobState.LOST
 

@@ -591,9 +591,10 @@ def exit_summary(run: Run) -> str:
 
 
 def returncode(run: Run) -> int:
-    """The shell-style code of a finished run: exit code, or 128 + signal; 1 when unknown."""
+    """The shell-style code of a finished run: exit code, or 128 + signal; 1 when unknown,
+    and 1 for a run that failed or was lost though its command exited 0 (a time limit)."""
     if run.signal is not None:
         return 128 + run.signal
-    if run.exit_code is not None:
+    if run.exit_code is not None and (run.exit_code or run.state.value not in ("failed", "lost")):
         return run.exit_code
     return 1
