@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import Sandbox, wait_state, wait_until
+from conftest import Sandbox, log_of, wait_state, wait_until
 from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
@@ -17,6 +17,22 @@ SLEEP_EXIT = """
 import sys, time
 time.sleep(float(sys.argv[1]))
 sys.exit(int(sys.argv[2]))
+"""
+
+# Listens for Slurm's warning, then leaves cleanly (what a trainer does on should_stop).
+WARNED = """
+import signal, sys, time
+got = []
+signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+deadline = time.time() + 120
+while not got and time.time() < deadline:
+    time.sleep(0.2)
+print("warned, saving and leaving" if got else "no warning came", flush=True)
+if got and len(sys.argv) > 1:
+    # A slow teardown: CPython gives SIGUSR1 back its default at interpreter shutdown.
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    time.sleep(float(sys.argv[1]))
+    print("teardown done", flush=True)
 """
 
 
@@ -54,3 +70,29 @@ def test_a_node_failure_is_lost_with_no_exit_code_and_wait_fails(box: Sandbox, n
     assert rec["exit_code"] is None, rec  # srun's 0 is not the outcome of a lost run
     proc = box.cli("wait", "nf", "--timeout", "10")
     assert proc.returncode not in (0, 124), proc.stdout
+
+
+def test_a_job_stopped_early_by_the_warning_fails_as_slurms_timeout(box: Sandbox) -> None:  # noqa: F811
+    box.write("warned.py", WARNED)
+    box.cli(
+        "start", "warned.py", "--slurm", "--cpu", "--time", "1", "--signal-before", "50",
+        "--name", "early", check=True,
+    )  # fmt: skip
+    rec = wait_state(box, "early", "succeeded", "failed", "lost", "stopped", timeout=120)
+    assert "warned, saving and leaving" in log_of(box, "early")
+    assert rec["state"] == "failed", (rec, log_of(box, "early"))
+    assert "time limit" in box.cli("show", "early", check=True).stdout
+    proc = box.cli("wait", "early", "--timeout", "10")
+    assert proc.returncode != 0 and "TIMEOUT" in proc.stdout, proc.stdout
+
+
+def test_a_slow_teardown_after_the_warning_is_not_killed_by_its_repeat(box: Sandbox) -> None:  # noqa: F811
+    box.write("warned.py", WARNED)
+    box.cli(
+        "start", "warned.py", "8", "--slurm", "--cpu", "--time", "1", "--signal-before", "50",
+        "--name", "slow", check=True,
+    )  # fmt: skip
+    rec = wait_state(box, "slow", "succeeded", "failed", "lost", "stopped", timeout=120)
+    log = log_of(box, "slow")
+    assert "teardown done" in log, (rec, log)
+    assert rec["runs"][-1]["signal"] is None, rec

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from handyjobs.backends import module
 from handyjobs.core.procs import Ended
-from handyjobs.core.records import ClusterState, JobRecord, JobSpec, ProcId, Run
+from handyjobs.core.records import ClusterState, JobRecord, JobSpec, ProcId, Reason, Run
 from handyjobs.jobside.launch import Launch, RunContext
 
 
@@ -103,6 +103,9 @@ class Backend(Protocol):
 class JobControl(Protocol):
     """What the runner offers its backend's job side while the job runs."""
 
+    #: The run's id: the marker every process of the run carries.
+    run_id: str
+
     def main_pid(self) -> int | None:
         """The job's main process (the runner's child), once started."""
 
@@ -148,6 +151,9 @@ class JobSide(Protocol):
 
     def job_ended(self) -> list[str]:
         """The job's main process ended: stop what repeats; lines for the log."""
+
+    def stop_reason(self, exit_code: int | None) -> Reason | None:
+        """Why a job that exited so ended early by the scheduler's word (its time limit)."""
 
     def goes_on(self, spec: JobSpec, exit_code: int | None) -> bool:
         """True when the run goes on after this exit (requeued): record no outcome."""

@@ -316,7 +316,7 @@ class Runner:
             log_error=self.log_error or result.log_error,
             by_scheduler=side.ended_by_scheduler,
             cost=cost,
-            reason=why,
+            reason=why or side.stop_reason(result.exit_code),
         )
         self._conclude(outcome, None)
         with contextlib.suppress(HandyjobsError):  # our GPUs are free: let the queue have them

@@ -6,9 +6,14 @@ runner does not queue), signals it (``scancel``, preemption, the time limit) and
 - SIGTERM from Slurm ends the job: every process of the step got it too; the runner keeps
   copying output until they end and records the end as the scheduler's, whose own state says
   which end it was. A SIGTERM that comes before the job started means: start nothing.
-- SIGUSR1 is the time-limit warning (``--signal=B:USR1@S``): passed on to the step, and
-  repeated every few seconds until the job ends, since Slurm may warn before the job's
-  processes listen. After the job then exits 0, a ``--requeue`` job asks Slurm to requeue it.
+- SIGUSR1 is the time-limit warning (``--signal=B:USR1@S``): passed on to the step once
+  (srun gives it to every task on every node), then every few seconds to each process of the
+  job on this node that started handling it since, once each, since Slurm may warn before the
+  job's processes listen. Never again to one that had it: a process whose interpreter is
+  shutting down has SIGUSR1's default back, and would die of it (exit 138).
+- A job that heard the warning (a process of it handled SIGUSR1) and then exits 0 stopped
+  early: a ``--requeue`` job asks Slurm to requeue it; any other ends ``failed`` with the
+  reason "time limit", as Slurm's TIMEOUT would, so jobs ``--after`` it do not start.
 - Nobody reads the runner's own output in a batch script: the log has every byte.
 """
 
@@ -23,11 +28,15 @@ from types import FrameType
 
 from handyjobs.backends.base import JobControl
 from handyjobs.backends.slurm import step
-from handyjobs.core.records import JobSpec, utcnow
-from handyjobs.jobside import launch
+from handyjobs.core import procs
+from handyjobs.core.records import JobSpec, LostKind, Reason, utcnow
+from handyjobs.jobside import launch, limits
 
-#: Seconds between repeats of Slurm's time-limit warning to the job, until it ends.
+#: Seconds between two looks for processes newly listening for Slurm's time-limit warning.
 WARNING_REPEAT_S = 5.0
+#: What the command line of handyjobs' rank wrapper holds: it passes the warning on to its
+#: worker whether the worker handles it or not, so the worker is warned directly instead.
+_RANK_WRAPPER = b"handyjobs.jobside.rank"
 
 # Inside the allocation the runner's own SLURM_* variables describe the job's allocation; the
 # caller's (from a shell inside another allocation, say) must not reach srun. SLURM_CONF says
@@ -59,6 +68,42 @@ def early() -> None:
         signal.signal(sig, _on_early)
 
 
+def _pids() -> list[int]:
+    try:
+        return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+
+
+def _is_rank_wrapper(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return _RANK_WRAPPER in f.read()
+    except OSError:
+        return False
+
+
+def _signal_marked(pid: int, start: int, run_id: str, sig: int) -> bool:
+    """Signal a process of the step only while it is still the one seen, marked with the run.
+
+    The step's processes are Slurm's children, not in the run's cgroup: the marker is what
+    says they are the run's (slurmstepd starts them with the job's environment).
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if procs.start_time(pid) != start or not procs.has_marker(pid, run_id):
+            return False
+        signal.pidfd_send_signal(fd, sig)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _from_allocation(key: str) -> bool:
     """True for a ``SLURM_*`` variable that describes the allocation (taken from the step)."""
     return key.startswith(_PREFIX) and key not in _KEEP
@@ -79,10 +124,17 @@ class JobSide:
         self.warned_at: str | None = None
         #: Slurm ended the job (SIGTERM): the end is the scheduler's to name.
         self.ended_by_scheduler = False
+        #: The run's id: the marker every process of the step carries (known at take_signals).
+        self.run_id = ""
+        #: Processes of the job on this node that had the warning (pid -> start time).
+        self.warned: dict[int, int] = {}
+        #: The warning went to the step (srun) once: later looks warn processes one by one.
+        self._passed = False
 
     def take_signals(self, control: JobControl) -> None:
         """Install Slurm's handling, taking over what came while the runner started up."""
         self.control = control
+        self.run_id = control.run_id
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGUSR1, self._on_warning)
         self.ended_by_scheduler = self.ended_by_scheduler or _Early.term
@@ -94,19 +146,45 @@ class JobSide:
         # they end, then record how, as ended by the scheduler.
         self.ended_by_scheduler = True
 
+    def _listening(self) -> dict[int, int]:
+        """The job's processes on this node that handle SIGUSR1 now (pid -> start time)."""
+        main = self.control.main_pid() if self.control else None
+        found: dict[int, int] = {}
+        if not self.run_id:
+            return found
+        for pid in _pids():
+            if pid in (main, os.getpid()) or not procs.has_marker(pid, self.run_id):
+                continue
+            start = procs.start_time(pid)
+            # A rank wrapper passes it on to a worker that may not handle it: warn the worker.
+            handled = start is not None and limits.handles(pid, signal.SIGUSR1)
+            if handled and start is not None and not _is_rank_wrapper(pid):
+                found[pid] = start
+        return found
+
     def _pass_on(self, signum: int, frame: FrameType | None) -> None:
         main = self.control.main_pid() if self.control else None
-        if main is not None:
+        if main is None:
+            return  # not started yet: the first look after the start passes it on
+        if not self._passed:
+            self._passed = True
+            self.warned.update(self._listening())  # srun gives them this one
             # Our own child, not reaped before the job's end is seen: the pid is still ours.
-            # srun passes the signal to every process of the step.
+            # srun passes the signal to every process of the step, on every node.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(main, signal.SIGUSR1)
+            return
+        for pid, start in self._listening().items():
+            if self.warned.get(pid) != start and _signal_marked(
+                pid, start, self.run_id, signal.SIGUSR1
+            ):
+                self.warned[pid] = start
 
     def _on_warning(self, signum: int, frame: FrameType | None) -> None:
         if self.warned_at is None:
             self.warned_at = utcnow()
-            # Slurm may warn up to a minute early, before the job's processes listen: say it
-            # again every few seconds until the job ends (a flag set twice is set).
+            # Slurm may warn up to a minute early, before the job's processes listen: look
+            # again every few seconds for those that started listening since.
             signal.signal(signal.SIGALRM, self._pass_on)
             signal.setitimer(signal.ITIMER_REAL, WARNING_REPEAT_S, WARNING_REPEAT_S)
         self._pass_on(signum, frame)
@@ -161,7 +239,16 @@ class JobSide:
         if self.warned_at is None:
             return []
         signal.setitimer(signal.ITIMER_REAL, 0)
-        return [f"Slurm's time-limit warning (SIGUSR1) reached the job {self.warned_at}"]
+        heard = f"; {len(self.warned)} process(es) here handle it" if self.warned else ""
+        return [f"Slurm's time-limit warning (SIGUSR1) reached the job {self.warned_at}{heard}"]
+
+    def _stopped_early(self, exit_code: int | None) -> bool:
+        """The job heard the warning (a process of it handles SIGUSR1) and left cleanly."""
+        return bool(self.warned) and exit_code == 0 and not self.ended_by_scheduler
+
+    def stop_reason(self, exit_code: int | None) -> Reason | None:
+        """A job that stopped early at the warning ran out of time, as Slurm's TIMEOUT says."""
+        return Reason(LostKind.TIME_LIMIT) if self._stopped_early(exit_code) else None
 
     def goes_on(self, spec: JobSpec, exit_code: int | None) -> bool:
         """After a clean exit that followed the warning, requeue a ``--requeue`` job.
@@ -169,7 +256,7 @@ class JobSide:
         True when Slurm took the requeue: the same run starts again, nothing is recorded.
         """
         asked = spec.slurm is not None and spec.slurm.requeue
-        if not (self.warned_at and asked and exit_code == 0 and not self.ended_by_scheduler):
+        if not (asked and self._stopped_early(exit_code)):
             return False
         return self._requeue()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from handyjobs.backends.base import JobControl
-from handyjobs.core.records import JobSpec
+from handyjobs.core.records import JobSpec, Reason
 from handyjobs.jobside import launch
 
 
@@ -45,6 +45,10 @@ class JobSide:
     def job_ended(self) -> list[str]:
         """Nothing repeats here."""
         return []
+
+    def stop_reason(self, exit_code: int | None) -> Reason | None:
+        """The runner's own watch says when a limit ended the job here."""
+        return None
 
     def goes_on(self, spec: JobSpec, exit_code: int | None) -> bool:
         """Never requeued: an ended job here has ended."""
