@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from conftest import Sandbox, log_of, wait_state, wait_until
+from conftest import Sandbox, log_of, show, wait_state, wait_until
 from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
@@ -96,3 +97,28 @@ def test_a_slow_teardown_after_the_warning_is_not_killed_by_its_repeat(box: Sand
     log = log_of(box, "slow")
     assert "teardown done" in log, (rec, log)
     assert rec["runs"][-1]["signal"] is None, rec
+
+
+def _unreachable(sb: Sandbox, conf: str) -> Path:
+    """A copy of the cluster's slurm.conf whose controller port nobody listens on."""
+    lines = Path(conf).read_text().splitlines()
+    bad = sb.root / "unreachable.conf"
+    bad.write_text(
+        "\n".join("SlurmctldPort=1" if x.startswith("SlurmctldPort=") else x for x in lines) + "\n"
+    )
+    return bad
+
+
+def test_a_stop_slurm_could_not_take_does_not_stop_the_job_later(
+    box: Sandbox,  # noqa: F811
+    slurm_conf: str,  # noqa: F811
+) -> None:
+    box.write("job.py", SLEEP_EXIT)
+    box.cli("start", "job.py", "8", "0", "--slurm", "--cpu", "--name", "later", check=True)
+    wait_state(box, "later", "running", timeout=90)
+    bad = _unreachable(box, slurm_conf)
+    proc = box.cli("stop", "later", env={"SLURM_CONF": str(bad), "HANDYJOBS_SLURM_CACHE_S": "0"})
+    assert proc.returncode != 0
+    assert show(box, "later")["runs"][-1]["stop_requested"] is False
+    rec = wait_state(box, "later", "succeeded", "failed", "stopped", "lost", timeout=90)
+    assert rec["state"] == "succeeded", rec
