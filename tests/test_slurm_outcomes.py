@@ -122,3 +122,33 @@ def test_a_stop_slurm_could_not_take_does_not_stop_the_job_later(
     assert show(box, "later")["runs"][-1]["stop_requested"] is False
     rec = wait_state(box, "later", "succeeded", "failed", "stopped", "lost", timeout=90)
     assert rec["state"] == "succeeded", rec
+
+
+def _renamed(sb: Sandbox, conf: str, cluster: str) -> Path:
+    """A copy of the cluster's slurm.conf that names another cluster (same controller)."""
+    lines = Path(conf).read_text().splitlines()
+    other = sb.root / f"{cluster}.conf"
+    named = (f"ClusterName={cluster}" if x.startswith("ClusterName=") else x for x in lines)
+    other.write_text("\n".join(named) + "\n")
+    return other
+
+
+def test_a_job_of_another_cluster_is_neither_lost_nor_cancelled_from_here(
+    box: Sandbox,  # noqa: F811
+    slurm_conf: str,  # noqa: F811
+) -> None:
+    box.write("job.py", SLEEP_EXIT)
+    box.cli("start", "job.py", "300", "0", "--slurm", "--cpu", "--name", "there", check=True)
+    rec = wait_state(box, "there", "running", timeout=90)
+    assert rec["runs"][-1]["handle"]["cluster"] == "handyjobs-local"
+    other = {
+        "SLURM_CONF": str(_renamed(box, slurm_conf, "elsewhere")),
+        "HANDYJOBS_SLURM_CACHE_S": "0",
+    }
+    assert "running" in box.cli("list", check=True, env=other).stdout
+    proc = box.cli("stop", "there", env=other)
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and "handyjobs-local" in proc.stderr
+    assert show(box, "there", env=other)["state"] == "running"
+    assert show(box, "there")["state"] == "running"
+    box.cli("stop", "there", check=True)

@@ -71,10 +71,36 @@ _ENDED = {
     "REVOKED": JobState.FAILED,
     "NODE_FAIL": JobState.LOST,
 }
+# Where Slurm's commands read their settings when SLURM_CONF is not set.
+_DEFAULT_CONF = "/etc/slurm/slurm.conf"
 # Slurm's answer when it has forgotten a job (or never had it).
 _UNKNOWN_JOB = "Invalid job id"
 # sbatch errors that say Slurm could not be reached, not that the request was wrong.
 _UNREACHABLE = ("Unable to contact", "Socket timed out", "Zero Bytes", "Connection refused")
+
+
+def cluster_name(env: Mapping[str, str] | None = None) -> str:
+    """The cluster that ``SLURM_CONF`` (else Slurm's default file) names: its ClusterName,
+    lower case as Slurm keeps it; "" when the file cannot be read or names none."""
+    conf = (os.environ if env is None else env).get("SLURM_CONF") or _DEFAULT_CONF
+    try:
+        text = Path(conf).read_text(errors="replace")
+    except OSError:
+        return ""
+    m = re.search(r"^[ \t]*ClusterName[ \t]*=[ \t]*([^\s#]+)", text, re.MULTILINE | re.IGNORECASE)
+    return m.group(1).lower() if m else ""
+
+
+def elsewhere(handle: SlurmHandle) -> str | None:
+    """The cluster a run belongs to when it is not the one ``SLURM_CONF`` names here, else None.
+
+    Job numbers are per cluster: another cluster's job of the same number is not this run's,
+    and a job this cluster does not list is not gone.
+    """
+    here = cluster_name()
+    if handle.cluster and here and handle.cluster != here:
+        return handle.cluster
+    return None
 
 
 class SlurmError(HandyjobsError):
@@ -339,13 +365,15 @@ class SlurmBackend:
                 "partitions and nodes)"
             )
         forget_snapshot()
-        return Launched(SlurmHandle(job_id, str(path)).stored(), None)
+        cluster = cluster_name(req.env or os.environ)
+        return Launched(SlurmHandle(job_id, str(path), cluster).stored(), None)
 
     def observe(self, run: Run) -> ClusterState | None:
         """Slurm's view of the run; None when Slurm cannot be asked right now."""
-        job_id = SlurmHandle.of(run).job_id
-        if not job_id:
-            return None
+        handle = SlurmHandle.of(run)
+        job_id = handle.job_id
+        if not job_id or elsewhere(handle):
+            return None  # another cluster's job: nothing can be known of it from here
         jobs = snapshot()
         if jobs is None:
             return None
@@ -374,9 +402,16 @@ class SlurmBackend:
 
     def terminate(self, run: Run, grace_s: float) -> Ended:
         """``scancel``, then wait for the job to end; SIGKILL to all of it after ``grace_s``."""
-        job_id = SlurmHandle.of(run).job_id
+        handle = SlurmHandle.of(run)
+        job_id = handle.job_id
         if not job_id:
             return Ended((), ())
+        other = elsewhere(handle)
+        if other:
+            raise SlurmError(
+                f"job {run_name(run)} is Slurm job {job_id} of cluster {other}, and SLURM_CONF "
+                f"here names cluster {cluster_name()}: stop it where SLURM_CONF names {other}"
+            )
         code, _, err = _run(["scancel", job_id])
         if code != 0:
             raise SlurmError(
@@ -401,9 +436,9 @@ class SlurmBackend:
 
     def end_runner(self, run: Run) -> None:
         """SIGKILL to every process of the job, the batch script included."""
-        job_id = SlurmHandle.of(run).job_id
-        if job_id:
-            _run(["scancel", "--full", "--signal=KILL", job_id])
+        handle = SlurmHandle.of(run)
+        if handle.job_id and not elsewhere(handle):
+            _run(["scancel", "--full", "--signal=KILL", handle.job_id])
             forget_snapshot()
 
     def session_alive(self, run: Run) -> bool:

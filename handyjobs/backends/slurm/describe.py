@@ -113,7 +113,6 @@ class Describe:
             f"  follow: handyjobs logs {record.name} -f    state: handyjobs show {record.name}",
         ]
 
-
     def cancelled(self, record: JobRecord) -> str | None:
         """``Slurm job N cancelled``, once it was submitted."""
         job_id = SlurmHandle.of(record.current).job_id

@@ -1,4 +1,4 @@
-"""The Slurm backend's handle on a run: its Slurm job id and batch script, typed."""
+"""The Slurm backend's handle on a run: its Slurm job id, batch script and cluster, typed."""
 
 from __future__ import annotations
 
@@ -13,15 +13,20 @@ class SlurmHandle:
 
     job_id: str | None = None
     script: str = ""
+    #: The cluster the job was submitted to (its ClusterName); "" in records made before.
+    cluster: str = ""
 
     @classmethod
     def of(cls, run: Run) -> SlurmHandle:
         """The handle a run stores (``run.handle`` is data at rest; only this backend reads it)."""
-        return cls(run.handle.get("job_id") or None, run.handle.get("script", ""))
+        h = run.handle
+        return cls(h.get("job_id") or None, h.get("script", ""), h.get("cluster", ""))
 
     def stored(self) -> dict[str, str]:
         """The form ``run.handle`` keeps."""
         out = {"script": self.script}
         if self.job_id is not None:
             out["job_id"] = self.job_id
+        if self.cluster:
+            out["cluster"] = self.cluster
         return out
