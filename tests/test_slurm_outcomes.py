@@ -124,6 +124,15 @@ def test_a_stop_slurm_could_not_take_does_not_stop_the_job_later(
     assert rec["state"] == "succeeded", rec
 
 
+def test_exec_runs_a_shell_script_itself_not_with_python(box: Sandbox) -> None:  # noqa: F811
+    script = box.write("run.sh", '#!/bin/sh\necho "shell says $0 $1"\n')
+    script.chmod(0o755)
+    box.cli("start", "--exec", "./run.sh", "hi", "--slurm", "--cpu", "--name", "sh", check=True)
+    rec = wait_state(box, "sh", "succeeded", "failed", "lost", timeout=90)
+    assert rec["state"] == "succeeded", log_of(box, "sh")
+    assert f"shell says {script} hi" in log_of(box, "sh")
+
+
 def _renamed(sb: Sandbox, conf: str, cluster: str) -> Path:
     """A copy of the cluster's slurm.conf that names another cluster (same controller)."""
     lines = Path(conf).read_text().splitlines()

@@ -195,3 +195,12 @@ def test_max_restarts_reaches_torchrun_even_for_one_process() -> None:
     torchrun = argv[argv.index("handyjobs.backends.slurm.node") + 3 :]
     assert torchrun[1:3] == ["-m", "torch.distributed.run"]
     assert "--max-restarts=2" in torchrun
+
+
+def test_exec_runs_the_command_as_typed_on_each_node_without_python() -> None:
+    spec = replace(slurm_spec(), script="./run.sh", args=("hi",), executable=True, nproc=1)
+    alloc = step.Allocation.from_env({**TWO_NODES, "SLURM_JOB_NUM_NODES": "1"})
+    argv = step.step_argv(spec, alloc, 29512)
+    at = argv.index("handyjobs.backends.slurm.node")
+    assert argv[at + 3 :] == ["./run.sh", "hi"]
+    assert step.rendezvous(spec, alloc, 29512) is None

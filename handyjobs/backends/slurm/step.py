@@ -89,6 +89,9 @@ def step_argv(
         # srun does not take the batch job's --cpus-per-task from its environment (22.05+).
         srun.append(f"--cpus-per-task={alloc.cpus_per_task}")
     node = [spec.python, "-m", "handyjobs.backends.slurm.node", alloc.head, "--"]
+    if spec.executable:
+        # --exec: the command as typed, once per node; its shebang says how it runs.
+        return [*srun, *node, spec.script, *spec.args]
     if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
         # One process, as on this machine: plain python, whose exit code is the job's own.
         target = ["-m", spec.script] if spec.module else [spec.script]
@@ -104,7 +107,7 @@ def step_argv(
 
 
 def rendezvous(spec: JobSpec, alloc: Allocation, port: int) -> str | None:
-    """How the run records its rendezvous (``show``); None for a single process."""
-    if alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None:
+    """How the run records its rendezvous (``show``); None for a single process or --exec."""
+    if spec.executable or (alloc.nnodes == 1 and spec.procs == 1 and spec.max_restarts is None):
         return None
     return f"c10d {endpoint(alloc, port)} id={alloc.job_id} nnodes={alloc.nnodes}"
