@@ -161,3 +161,19 @@ def test_a_job_of_another_cluster_is_neither_lost_nor_cancelled_from_here(
     assert show(box, "there", env=other)["state"] == "running"
     assert show(box, "there")["state"] == "running"
     box.cli("stop", "there", check=True)
+
+
+RANK = """
+import os
+print("rank", os.environ["RANK"], "met at", os.environ["MASTER_ADDR"], flush=True)
+"""
+
+
+def test_the_ranks_meet_at_the_head_nodes_address(box: Sandbox) -> None:  # noqa: F811
+    addr = _slurm(box, "scontrol", "show", "node", "-o").split("NodeAddr=")[1].split()[0]
+    box.write("rank.py", RANK)
+    box.cli("start", "rank.py", "--slurm", "--cpu", "--nproc", "2", "--name", "meet", check=True)
+    rec = wait_state(box, "meet", "succeeded", "failed", "lost", timeout=90)
+    assert rec["state"] == "succeeded", log_of(box, "meet")
+    assert f"c10d {addr}:" in box.cli("show", "meet", check=True).stdout
+    assert "--rdzv-endpoint=" + addr in log_of(box, "meet")

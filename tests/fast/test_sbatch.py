@@ -204,3 +204,18 @@ def test_exec_runs_the_command_as_typed_on_each_node_without_python() -> None:
     at = argv.index("handyjobs.backends.slurm.node")
     assert argv[at + 3 :] == ["./run.sh", "hi"]
     assert step.rendezvous(spec, alloc, 29512) is None
+
+
+def test_the_nodes_meet_at_the_heads_address_not_its_name() -> None:
+    spec = slurm_spec(nodes=2)
+    text = "NodeName=gpu07 Arch=x86_64 NodeAddr=10.1.2.7 NodeHostName=gpu07 Version=22.05"
+    addr = step.parse_node_addr(text)
+    assert addr == "10.1.2.7"
+    assert step.parse_node_addr("NodeName=n1 NodeAddr=(null)") == ""
+    alloc = replace(step.Allocation.from_env(TWO_NODES), head_addr=addr)
+    assert "--rdzv-endpoint=10.1.2.7:29512" in step.step_argv(spec, alloc, 29512)
+    assert step.rendezvous(spec, alloc, 29512) == "c10d 10.1.2.7:29512 id=4242 nnodes=2"
+    # The node wrapper still tells the head by its Slurm name.
+    assert "gpu07" in step.step_argv(spec, alloc, 29512)
+    six = replace(alloc, head_addr="fd00::7")
+    assert step.endpoint(six, 29512) == "[fd00::7]:29512"

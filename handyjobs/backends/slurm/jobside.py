@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Mapping
+from dataclasses import replace
 from types import FrameType
 
 from handyjobs.backends.base import JobControl
@@ -102,6 +103,21 @@ def _signal_marked(pid: int, start: int, run_id: str, sig: int) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def node_addr(name: str) -> str:
+    """The node's address as Slurm knows it (``scontrol show node``), "" when it cannot say."""
+    try:
+        proc = subprocess.run(
+            ["scontrol", "show", "node", "-o", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return step.parse_node_addr(proc.stdout) if proc.returncode == 0 else ""
 
 
 def _from_allocation(key: str) -> bool:
@@ -211,6 +227,9 @@ class JobSide:
         """The srun step, with the allocation's variables and no GPU choice of the login node."""
         alloc = step.Allocation.from_env(pane_env)
         port = ctx.rdzv_port or 29400  # torchrun's default c10d port
+        if step.rendezvous(spec, alloc, port) is not None:
+            # The nodes meet at the head's address: a node name need not resolve (NodeName=n1).
+            alloc = replace(alloc, head_addr=node_addr(alloc.head))
         ctx = launch.RunContext(
             ctx.name,
             ctx.run,

@@ -27,6 +27,8 @@ class Allocation:
     nodelist: str = ""
     cpus_per_task: int | None = None
     restarts: int = 0
+    #: The head node's address as Slurm knows it (its NodeAddr): node names need not resolve.
+    head_addr: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Allocation:
@@ -61,8 +63,16 @@ def first_host(nodelist: str) -> str:
 
 
 def endpoint(alloc: Allocation, port: int) -> str:
-    """``HEAD:PORT``: where the nodes of the allocation meet."""
-    return f"{alloc.head}:{port}"
+    """``ADDRESS:PORT``: where the nodes of the allocation meet (the head's address, else its
+    name)."""
+    host = alloc.head_addr or alloc.head
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_node_addr(text: str) -> str:
+    """``scontrol show node -o NAME`` -> the node's NodeAddr ("" when it says none)."""
+    m = re.search(r"(?:^|\s)NodeAddr=(\S+)", text)
+    return m.group(1) if m and m.group(1) not in ("(null)", "None") else ""
 
 
 def step_argv(
