@@ -8,9 +8,10 @@ the CLI, and nobody edits it by hand (it is never a file in ``docs/``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mkdocs.structure.files import File, Files
+if TYPE_CHECKING:  # MkDocs is the docs extra's: the page itself is written without it
+    from mkdocs.structure.files import Files
 
 #: Where the generated page lives in the site (``mkdocs.yml``'s nav names it).
 PAGE = "reference/commands.md"
@@ -68,5 +69,7 @@ def reference_markdown() -> str:
 
 def on_files(files: Files, config: Any) -> Files:
     """Add the generated reference page to the site's files."""
+    from mkdocs.structure.files import File  # lazy: only a site build has MkDocs
+
     files.append(File.generated(config, PAGE, content=reference_markdown()))
     return files
