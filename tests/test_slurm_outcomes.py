@@ -177,3 +177,12 @@ def test_the_ranks_meet_at_the_head_nodes_address(box: Sandbox) -> None:  # noqa
     assert rec["state"] == "succeeded", log_of(box, "meet")
     assert f"c10d {addr}:" in box.cli("show", "meet", check=True).stdout
     assert "--rdzv-endpoint=" + addr in log_of(box, "meet")
+
+
+def test_a_refused_submit_leaves_no_job_folder(box: Sandbox) -> None:  # noqa: F811
+    box.write("job.py", SLEEP_EXIT)
+    argv = ("job.py", "0", "0", "--slurm", "--partition", "nope", "--name", "refused")
+    proc = box.cli("start", *argv)
+    assert proc.returncode == 2 and "sbatch refused the job" in proc.stderr, proc.stderr
+    assert not (box.home / "jobs" / "refused").exists()
+    assert "refused" not in box.cli("list", "--all", check=True).stdout

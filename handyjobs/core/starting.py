@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -131,6 +132,7 @@ def launch_run(
         elif wait is not None:
             lifecycle.set_wait(reg, name, run.run_id, wait)
             _renumber_queue(reg)
+    fresh = not paths.job_dir(name, reg.root).exists()
     job_dir = paths.ensure_private_dir(paths.job_dir(name, reg.root))
     pending = _write_pending(reg.root, name, run.run_id, env)
     try:
@@ -144,6 +146,8 @@ def launch_run(
         )
     except BaseException:
         pending.unlink(missing_ok=True)
+        if fresh:  # a refused submit leaves no folder of a job that was never saved
+            shutil.rmtree(job_dir, ignore_errors=True)
         raise
     run.handle, run.runner = started.handle, started.runner
     reg.put(record)
