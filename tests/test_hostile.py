@@ -3,6 +3,7 @@ test fails on the code before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -238,3 +239,47 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+FILLS_THE_DISK = """
+import sys, time
+with open(sys.argv[1], "wb") as f:
+    while True:
+        try:
+            f.write(b"x" * 65536); f.flush()
+        except OSError:
+            time.sleep(0.05)  # full: it keeps trying, as a job writing checkpoints would
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount a small tmpfs)")
+def test_stop_ends_a_job_that_filled_the_disk(sandbox: Sandbox) -> None:
+    """A job that fills the disk its state folder is on: `stop` ends it (the mark could not
+    be saved, so it refused and the job went on), says in one line that it could not record
+    it, and once room is freed the run reads as ended, not running."""
+    small = sandbox.root / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", small], check=True)
+    try:
+        env = {"HANDYJOBS_HOME": str(small / "state")}
+        hog = small / "hog"
+        sandbox.write("fill.py", FILLS_THE_DISK)
+        sandbox.cli("start", "--cpu", "--name", "hog", "fill.py", str(hog), env=env, check=True)
+        wait_until(lambda: hog.exists() and os.statvfs(small).f_bavail == 0, what="a full disk")
+        with contextlib.suppress(OSError), open(small / "filler", "wb", buffering=0) as f:
+            for size in (4096, 512, 1):  # the last bytes too: no write of the CLI fits
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * size)
+        main = show(sandbox, "hog", env=env)["runs"][-1]["main"]["pid"]
+        stop = sandbox.cli("stop", "hog", "--timeout", "2", env=env)
+        # The mark could not be saved; the job is ended all the same, and its runner, giving
+        # back the room it reserved for the outcome, makes room for the record of it.
+        assert stop.returncode in (0, 1) and stop.stderr.count("\n") <= 1, stop.stderr
+        assert "ended job hog" in stop.stderr or "stopped job hog" in stop.stdout
+        wait_until(lambda: not _alive(main), timeout=20, what="the job to end")
+        hog.unlink()
+        done = wait_state(sandbox, "hog", "stopped", "failed", "lost", env=env)
+        assert done["state"] in ("stopped", "failed"), done
+    finally:
+        subprocess.run(["umount", "-l", small], check=False)

@@ -26,6 +26,7 @@ from handyjobs.core.spec import check_given, parse_env
 from handyjobs.errors import (
     GpuError,
     JobStateError,
+    StorageError,
     UsageError,
     storage_error,
 )
@@ -99,16 +100,10 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
             return StopResult(record, run.run_id, ended.pids, False, was_lost=True)
         raise JobStateError(f"job {name} is not running (it {run.state.value}); nothing to stop")
     run_id = run.run_id
-    with registry.locked(root) as reg:
-        lifecycle.request_stop(reg, name, run_id)
-        current = reg.get(name)
-        mine = None if current is None else current.run_by_id(run_id)
-        if mine is not None and run_id == asked and mine.state is JobState.STOPPED:
-            return StopResult(current or record, run_id, (), was_queued=True)  # its runner went
-        if mine is None or not mine.state.active:
-            state = "was removed" if mine is None else mine.state.value
-            raise JobStateError(f"job {name} is not running (it {state}); nothing to stop")
-        run = mine
+    marked = _mark_stopping(root, record, run_id, asked)
+    if isinstance(marked, StopResult):
+        return marked
+    run = marked
     was_queued = run.state is JobState.QUEUED
     try:
         pids, killed, left = _end_run(backend, run, grace_s)
@@ -117,10 +112,17 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
             with registry.locked(root) as reg:
                 lifecycle.request_stop(reg, name, run_id, asked=False)
         raise
-    with registry.locked(root) as reg:
-        scheduler.refresh_locked(reg)  # folds the runner's "stopped"
-        lifecycle.cancel(reg, name, run_id)  # the runner went without recording
-        record = reg.get(name) or record
+    try:
+        with registry.locked(root) as reg:
+            scheduler.refresh_locked(reg)  # folds the runner's "stopped"
+            lifecycle.cancel(reg, name, run_id)  # the runner went without recording
+            record = reg.get(name) or record
+    except StorageError as exc:
+        if not _disk_full(exc):
+            raise
+        raise StorageError(
+            f"ended job {name} ({len(pids)} processes) but could not record it: {exc}"
+        ) from exc
     with contextlib.suppress(GpuError, UsageError):
         scheduler.schedule_pass(root)  # queued jobs may have the GPUs now
     _survivors(name, left)
@@ -129,6 +131,34 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
     return StopResult(
         record, run_id, tuple(sorted(pids)), was_queued, gpu_note=note, killed=tuple(sorted(killed))
     )
+
+
+def _disk_full(exc: StorageError) -> bool:
+    return isinstance(exc.__cause__, OSError) and paths.is_disk_full(exc.__cause__)
+
+
+def _mark_stopping(
+    root: Path, record: JobRecord, run_id: str, asked: str | None
+) -> Run | StopResult:
+    """Mark the run as asked to stop; the run to end, or the result when there is nothing to.
+    On a full disk the mark cannot be saved: the run is ended all the same (a job filling the
+    disk must be stoppable), and its runner records the outcome in the room it reserved."""
+    name = record.name
+    try:
+        with registry.locked(root) as reg:
+            lifecycle.request_stop(reg, name, run_id)
+            current = reg.get(name)
+            mine = None if current is None else current.run_by_id(run_id)
+            if mine is not None and run_id == asked and mine.state is JobState.STOPPED:
+                return StopResult(current or record, run_id, (), was_queued=True)  # runner went
+            if mine is None or not mine.state.active:
+                state = "was removed" if mine is None else mine.state.value
+                raise JobStateError(f"job {name} is not running (it {state}); nothing to stop")
+            return mine
+    except StorageError as exc:
+        if not _disk_full(exc):
+            raise
+        return record.current
 
 
 def _end_run(
