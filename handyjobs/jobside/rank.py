@@ -140,8 +140,14 @@ def run(command: list[str]) -> tuple[int | None, int | None]:
     limit, _ = rotation.limit_from_env(env)
     rotator = rotation.Rotator(path, log_fd, limit) if limit and path != os.devnull else None
     forward = _Forward()
+    # A signal a backend's node wrapper set to ignored (Slurm's warning, for torchrun's sake)
+    # stays ignored here and in the worker: the scheduler signals every process of the step
+    # itself, and a worker that started with the default would die of it before its trainer
+    # listens. The trainer takes such a SIG_IGN over.
+    ignored = os.environ.get("HANDYJOBS_IGNORED_FOR_TORCHRUN", "").split(",")
     for sig in FORWARDED:
-        signal.signal(sig, forward.handler)
+        if not (sig.name in ignored and signal.getsignal(sig) is signal.SIG_IGN):
+            signal.signal(sig, forward.handler)
     out_fd = 1 if _writable(1) else None
     forwarder = LineForwarder(rank, out_fd)
     restart = env.get("TORCHELASTIC_RESTART_COUNT", "0")

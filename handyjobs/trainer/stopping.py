@@ -189,7 +189,12 @@ class StopListener:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         """The signal handler: set the flag, or act as if no trainer were there."""
-        if self.swallow(signum, self.clock()):
+        # A scheduler's warning (ignored for torchrun's sake) is a request even before the loop
+        # reads the flag, and never fatal: the runner sends it once, and a worker under the
+        # rank wrapper starts with its default, not SIG_IGN (a resumed run loading its state).
+        ignored = os.environ.get(IGNORED_FOR_TORCHRUN_ENV, "").split(",")
+        warning = signal.Signals(signum).name in ignored
+        if warning or self.swallow(signum, self.clock()):
             if self.requested is None:
                 self.requested = signal.Signals(signum).name
                 # os.write, not print: the handler may interrupt a print on the same stream.
