@@ -140,10 +140,10 @@ def run(command: list[str]) -> tuple[int | None, int | None]:
     limit, _ = rotation.limit_from_env(env)
     rotator = rotation.Rotator(path, log_fd, limit) if limit and path != os.devnull else None
     forward = _Forward()
-    # A signal a backend's node wrapper set to ignored (Slurm's warning, for torchrun's sake)
-    # stays ignored here and in the worker: the scheduler signals every process of the step
-    # itself, and a worker that started with the default would die of it before its trainer
-    # listens. The trainer takes such a SIG_IGN over.
+    # A signal a backend's node wrapper set to ignored (a scheduler's time-limit warning, for
+    # torchrun's sake) stays ignored here and in the worker: the scheduler signals every process
+    # of the step itself, and a worker that started with the default would die of it before its
+    # trainer listens. The trainer takes such a SIG_IGN over.
     ignored = os.environ.get("HANDYJOBS_IGNORED_FOR_TORCHRUN", "").split(",")
     for sig in FORWARDED:
         if not (sig.name in ignored and signal.getsignal(sig) is signal.SIG_IGN):
