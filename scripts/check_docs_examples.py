@@ -1,4 +1,4 @@
-"""Run every console block of the tutorial and how-to pages and compare what they print.
+"""Run every console block of the README, the tutorial and how-to pages; compare what they print.
 
 Each page runs in a sandbox of its own: a fresh home (so the state folder is
 ``~/.local/state/handyjobs`` as the pages show it), a project folder ``~/proj`` holding a copy
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The pages whose console blocks run: the tutorial and the how-to guides.
-PAGE_GLOBS = ("docs/tutorial/*.md", "docs/how-to/*.md")
+#: The pages whose console blocks run: the README's, the tutorial and the how-to guides.
+PAGE_GLOBS = ("README.md", "docs/tutorial/*.md", "docs/how-to/*.md")
 #: Commands that only read: run again until they match (their jobs may still be getting there).
 READERS = re.compile(r"^(cat |handyjobs (list|show|logs|gpus|top|plot|config)\b)")
 RETRY_S = 30.0

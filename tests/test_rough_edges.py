@@ -208,7 +208,7 @@ def test_11_a_rotated_log_says_where_it_starts(sandbox: Sandbox) -> None:
 
 
 def test_12_the_readmes_on_exit_example_works_as_typed_in_a_shell(sandbox: Sandbox) -> None:
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "how-to" / "queue-and-sweeps.md").read_text()
     typed = next(
         line[2:] for line in readme.splitlines() if line.startswith("$ handyjobs start ask.py")
     )
