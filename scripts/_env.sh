@@ -26,7 +26,9 @@ if [ ! -x "$PY" ]; then
     "$PY" -m pip install -q --upgrade pip
 fi
 
-if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+# Look torch up without importing it: the import alone takes seconds, on every run.
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" \
+    >/dev/null 2>&1; then
     # Install torch on its own first: letting pip resolve "torch>=..." from the package's
     # dependencies would pull several GB of CUDA libraries onto a machine without a GPU.
     spec="${HANDYJOBS_TORCH_SPEC:-torch==2.13.0}"
