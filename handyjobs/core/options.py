@@ -144,7 +144,7 @@ START_OPTIONS: tuple[Option, ...] = (
          complete="jobs"),
     _opt("--priority", "int", "N", "Higher goes first in the queue.", default=0, like=C,
          sweep=True),
-    _opt("--on-exit", "str", "CMD", "Command to run when the job ends (no shell; see README).",
+    _opt("--on-exit", "str", "CMD", "Command to run when the job ends (no shell; see the docs).",
          like=C, from_spec=_command_text, sweep=True),
     _opt("--max-restarts", "int", "N", "torchrun's elastic restarts.", like=C),
     # Limits, enforced here by the runner; a job sent to a cluster gives them to its scheduler.
