@@ -300,7 +300,9 @@ def test_restart_runs_with_the_first_starts_environment(sandbox: Sandbox) -> Non
     assert log_of(sandbox, "e").count("FOO is first") == 2
     sandbox.cli("restart", "e", "--env", "FOO=changed", check=True)
     wait_log(sandbox, "e", "FOO is changed")
-    assert show(sandbox, "e")["spec"]["env"] == {"FOO": "changed"}
+    assert show(sandbox, "e")["spec"]["env"] == {"FOO": "..."}  # masked unless asked
+    shown = sandbox.cli("show", "e", "--json", "--show-secrets", check=True).stdout
+    assert json.loads(shown)["spec"]["env"] == {"FOO": "changed"}
 
 
 def test_restart_appends_a_new_run_to_the_history_and_the_log(sandbox: Sandbox) -> None:
@@ -405,7 +407,10 @@ def test_rm_and_clean(sandbox: Sandbox) -> None:
     assert refused.returncode == 1 and "--force" in refused.stderr
     assert show(sandbox, "live")["state"] == "running"
     sandbox.cli("rm", "a", check=True)
-    assert (sandbox.home / "jobs" / "a" / "output.log").exists()  # logs kept by default
+    # Logs are kept by default, set aside with the removed job (a new job "a" starts afresh).
+    assert not (sandbox.home / "jobs" / "a").exists()
+    assert list((sandbox.home / "removed" / "a").glob("*/output.log"))
+    assert "ok" in sandbox.cli("logs", "a", "--removed", check=True).stdout
     sandbox.cli("rm", "b", "--logs", check=True)
     assert not (sandbox.home / "jobs" / "b").exists()
     assert sandbox.cli("show", "a").returncode == 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import threading
 
 from conftest import Sandbox, wait_state, wait_until
 
@@ -42,14 +44,20 @@ def test_logs_follow_while_the_job_writes_prints_every_line_once(sandbox: Sandbo
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
-    # Its first line means it took the log's size and is reading: the job writes on meanwhile.
+    # Once it prints, it took the log's size and is reading: the job writes on meanwhile.
     assert follower.stdout is not None
-    first = follower.stdout.readline()
+    chunks: list[bytes] = []
+    fd = follower.stdout.fileno()
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(fd, 65536), b"")))
+    reader.start()
+    wait_until(lambda: chunks, 60, what="logs -f to print")
     grown = size() + 500_000
     wait_until(lambda: size() > grown, 30, what="the job to write more")
     stop.touch()
-    rest, err = follower.communicate(timeout=120)
-    out = first + rest
+    follower.wait(timeout=120)
+    reader.join(timeout=60)
+    err = follower.stderr.read() if follower.stderr else b""
+    out = b"".join(chunks)
     assert follower.returncode == 0, err.decode()
     wait_state(sandbox, "w", "succeeded")
     text = out.decode()
