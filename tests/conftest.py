@@ -22,8 +22,9 @@ from handyjobs.core.records import JobRecord, JobSpec, JobState, Run, utcnow
 REPO = Path(__file__).resolve().parent.parent
 
 #: Markers of tests that share one thing of the machine: the one local Slurm, a real GPU.
-#: Under pytest-xdist (``--dist loadgroup``) they all go to one worker and run one after
-#: another; every other test has its own state folder, home and tmux socket.
+#: scripts/test.sh runs them after the others, one after another, in a pytest of its own
+#: (xdist's loadgroup does not keep the group below on one worker under pytest 9); every
+#: other test has its own state folder, home and tmux socket.
 SERIAL_MARKERS = ("slurm", "gpu")
 
 
