@@ -76,7 +76,8 @@ def test_sampler_adds_up_memory_cpu_and_restarts(tmp_path: Path) -> None:
     sampler = Sampler("run-c", gpus=False, interval_s=0.1)
     sampler.start()
     procs = [_holder(tmp_path, 60, "run-c", restarts="1"), _holder(tmp_path, 40, "run-c")]
-    wait_until(lambda: sampler.samples >= 3 and len(sampler.hwm) == 2, 10, what="looks")
+    # generous: each look reads every process's environment, slow on a loaded machine
+    wait_until(lambda: sampler.samples >= 3 and len(sampler.hwm) == 2, 30, what="looks")
     (tmp_path / "go").touch()
     for proc in procs:
         proc.wait(10)
