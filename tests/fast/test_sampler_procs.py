@@ -73,14 +73,17 @@ def test_cpu_percent_counts_only_processes_seen_twice() -> None:
 
 
 def test_sampler_adds_up_memory_cpu_and_restarts(tmp_path: Path) -> None:
-    sampler = Sampler("run-c", gpus=False, interval_s=0.1)
+    run_c = f"run-c-{uuid.uuid4().hex[:8]}"  # this test's alone, as in the test above
+    sampler = Sampler(run_c, gpus=False, interval_s=0.1)
     sampler.start()
-    procs = [_holder(tmp_path, 60, "run-c", restarts="1"), _holder(tmp_path, 40, "run-c")]
-    # generous: each look reads every process's environment, slow on a loaded machine
-    wait_until(lambda: sampler.samples >= 3 and len(sampler.hwm) == 2, 30, what="looks")
-    (tmp_path / "go").touch()
-    for proc in procs:
-        proc.wait(10)
+    procs = [_holder(tmp_path, 60, run_c, restarts="1"), _holder(tmp_path, 40, run_c)]
+    try:
+        # generous: each look reads every process's environment, slow on a loaded machine
+        wait_until(lambda: sampler.samples >= 3 and len(sampler.hwm) == 2, 30, what="looks")
+    finally:
+        (tmp_path / "go").touch()  # the holders end even when the test fails
+        for proc in procs:
+            proc.wait(10)
     cost = sampler.finish()
     assert cost.peak_rss_bytes >= 100 * MIB  # both held at once
     assert 60 * MIB <= cost.max_rss_bytes < 100 * MIB  # the larger one alone
