@@ -186,8 +186,8 @@ class Rendezvous(JsonRecord):
 
 
 @dataclass(frozen=True)
-class SlurmSpec(JsonRecord):
-    """What a job asks of Slurm: ``sbatch`` options, named as sbatch names them."""
+class BatchSpec(JsonRecord):
+    """What a job asks of a cluster's batch scheduler: its options, named as it names them."""
 
     nodes: int = 1
     gpus_per_node: int | None = None
@@ -198,7 +198,7 @@ class SlurmSpec(JsonRecord):
     constraint: str | None = None
     #: More sbatch options, each one ``--opt=value`` as the user gave it.
     extra: tuple[str, ...] = ()
-    #: Requeue after the time-limit warning (and let Slurm requeue on preemption, node failure).
+    #: Requeue after the time-limit warning (and let the scheduler requeue on preemption).
     requeue: bool = False
     #: Seconds before the time limit at which the batch script gets SIGUSR1.
     signal_before_s: int = 60
@@ -264,8 +264,8 @@ class JobSpec(JsonRecord):
     params: tuple[tuple[str, str], ...] = field(default=(), metadata=AS_OBJECT)
     #: One node of a job on several machines (``--nnodes``); None on one machine.
     rdzv: Rendezvous | None = None
-    #: Submitted to Slurm (``--slurm``) rather than run in tmux here.
-    slurm: SlurmSpec | None = None
+    #: A cluster scheduler's own options (the registry's key since the first release), or None.
+    slurm: BatchSpec | None = None
     #: Limits on this machine (``--time``, ``--mem``, ``--signal-before``): s, bytes, s.
     time_limit: int | None = field(default=None, metadata=OMIT_DEFAULT)
     mem_limit: int | None = field(default=None, metadata=OMIT_DEFAULT)
@@ -580,7 +580,7 @@ def exit_summary(run: Run) -> str:
     import signal as _signal  # lazy: only an ended run needs it, and `list` imports records
 
     limit = run.reason.kind if run.reason is not None else None
-    if limit in (LostKind.TIME_LIMIT, LostKind.OUT_OF_MEMORY):  # ended by a limit, as Slurm says
+    if limit in (LostKind.TIME_LIMIT, LostKind.OUT_OF_MEMORY):  # ended by a limit
         return "TIMEOUT" if limit is LostKind.TIME_LIMIT else "OOM"
     if run.state is JobState.STOPPED and run.stop_requested:
         return "stopped"  # died of the SIGTERM, torchrun's 1 or a shell's 143: one word for all

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from handyjobs.core import codec
 from handyjobs.core.records import (
     SCHEMA_VERSION,
+    BatchSpec,
     Blocker,
     BlockKind,
     ClusterState,
@@ -32,7 +33,6 @@ from handyjobs.core.records import (
     Rendezvous,
     Run,
     RunStatus,
-    SlurmSpec,
     Wait,
 )
 
@@ -102,7 +102,7 @@ waits = record(
 policies = record(GpuPolicy, allowed=st.none() | int_tuples, threshold_mib=ints)
 rendezvous = record(Rendezvous, nnodes=small, node_rank=small, endpoint=texts, rdzv_id=texts)
 slurm_specs = record(
-    SlurmSpec,
+    BatchSpec,
     nodes=small,
     gpus_per_node=opt_ints,
     partition=opt_texts,
@@ -242,7 +242,7 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Wait: waits,
     GpuPolicy: policies,
     Rendezvous: rendezvous,
-    SlurmSpec: slurm_specs,
+    BatchSpec: slurm_specs,
     ClusterState: cluster_states,
     JobSpec: specs,
     GpuUse: gpu_uses,

@@ -24,7 +24,7 @@ from handyjobs.cli.parse import help_text, parse
 from handyjobs.core import options as table
 from handyjobs.core import registry
 from handyjobs.core.options import Option
-from handyjobs.core.records import JobRecord, JobSpec, JobState, Run, SlurmSpec, utcnow
+from handyjobs.core.records import BatchSpec, JobRecord, JobSpec, JobState, Run, utcnow
 from handyjobs.core.spec import StartRequest
 from handyjobs.errors import UsageError
 
@@ -216,7 +216,7 @@ def test_like_of_a_local_job_sent_to_slurm_asks_for_its_gpus_per_node(home: Path
 
 
 def test_like_of_a_slurm_job_goes_to_slurm_again_with_the_options_typed(home: Path) -> None:
-    put(home, "big", JobSpec(script="/w/t.py", slurm=SlurmSpec(nodes=2, time="1:00:00")))
+    put(home, "big", JobSpec(script="/w/t.py", slurm=BatchSpec(nodes=2, time="1:00:00")))
     req = request("--like", "big", "--time", "2:00:00")
     assert req.goes_to == "slurm"
     assert req.backend == SlurmRequest(True, nodes=2, time="2:00:00", signal_before_s=60)

@@ -1,4 +1,4 @@
-"""Pure: Slurm options checked into a :class:`SlurmSpec`, the sbatch script, and the step's argv.
+"""Pure: Slurm options checked into a :class:`BatchSpec`, the sbatch script, and the step's argv.
 
 Nothing here runs Slurm. :func:`check` turns what ``handyjobs start --slurm`` was given into a
 spec (or one usage error); :func:`script` writes the batch script that runs the runner inside
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from handyjobs.backends.slurm.handle import SlurmHandle
-from handyjobs.core.records import JobSpec, JobState, Run, SlurmSpec
+from handyjobs.core.records import BatchSpec, JobSpec, JobState, Run
 from handyjobs.errors import UsageError
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def _word(option: str, value: str | None) -> str | None:
     return value
 
 
-def check(req: SlurmRequest) -> SlurmSpec:
+def check(req: SlurmRequest) -> BatchSpec:
     """Check Slurm options; every problem is one usage error saying what to give instead."""
     if not req.submit:
         options = {
@@ -150,7 +150,7 @@ def check(req: SlurmRequest) -> SlurmSpec:
                 "or --exclusive (no quotes or line breaks)"
             )
         extra.append(arg)
-    return SlurmSpec(
+    return BatchSpec(
         nodes=nodes,
         gpus_per_node=req.gpus_per_node,
         partition=_word("--partition", req.partition),
