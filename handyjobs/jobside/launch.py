@@ -91,6 +91,10 @@ def build(
     return Launch(argv, env, rendezvous)
 
 
+#: The module of the rank wrapper (also how the job side knows a wrapper by its command line).
+RANK_MODULE = "handyjobs.jobside.rank"
+
+
 def torchrun_argv(spec: JobSpec, ctx: RunContext, rendezvous_args: Sequence[str]) -> list[str]:
     """torchrun running the spec's script on this node, each rank in handyjobs' rank wrapper.
 
@@ -109,11 +113,12 @@ def torchrun_argv(spec: JobSpec, ctx: RunContext, rendezvous_args: Sequence[str]
     ]
     across_nodes = spec.rdzv is not None or (ctx.nnodes or 1) > 1
     if ctx.rank_python and (spec.procs > 1 or across_nodes):
-        # The worker is what torchrun would run itself: python -u SCRIPT ARGS.
+        # The worker is what torchrun would run itself: python -u SCRIPT ARGS. Every word
+        # before the script starts with "-": torchrun names a failed job after the first word
+        # that does not (its report then says "train.py FAILED", not the wrapper's name).
         target = ["-m", spec.script] if spec.module else [spec.script]
-        worker = [spec.python, "-u", *target, *spec.args]
-        wrapper = [ctx.rank_python, "-m", "handyjobs.jobside.rank", "--"]
-        return [*head, "--no-python", *wrapper, *worker]
+        wrapper = [ctx.rank_python, f"-m{RANK_MODULE}", f"--python={spec.python}"]
+        return [*head, "--no-python", *wrapper, "-u", *target, *spec.args]
     return [*head, *(["--module"] if spec.module else []), spec.script, *spec.args]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from handyjobs import procfs
 from handyjobs.core import cgroups, limits, procs
 from handyjobs.core.records import JobSpec, LostKind, Reason, utcnow
+from handyjobs.jobside import launch
 
 #: The warning before the time limit: what a scheduler sends and ``should_stop`` listens for.
 WARNING_SIGNAL = signal.SIGUSR1
@@ -37,7 +38,7 @@ GRACE_S = 10.0
 TICK_S = 0.2
 #: What the command line of handyjobs' rank wrapper holds: it passes the warning on to its
 #: worker whether the worker handles it or not, so the worker is warned directly instead.
-_RANK_WRAPPER = b"handyjobs.jobside.rank"
+_RANK_WRAPPER = launch.RANK_MODULE.encode()
 
 
 def handles(pid: int, sig: int) -> bool:
@@ -52,7 +53,8 @@ def handles(pid: int, sig: int) -> bool:
     return False
 
 
-def _is_rank_wrapper(pid: int) -> bool:
+def is_rank_wrapper(pid: int) -> bool:
+    """True when the process is handyjobs' rank wrapper (read from its command line)."""
     try:
         return _RANK_WRAPPER in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -111,7 +113,7 @@ class Watch:
         """Send the warning to each process of the run that handles it and has not had it."""
         sent = 0
         for pid, start in procs.members(self.run_id).items():
-            if pid in warned or not handles(pid, WARNING_SIGNAL) or _is_rank_wrapper(pid):
+            if pid in warned or not handles(pid, WARNING_SIGNAL) or is_rank_wrapper(pid):
                 continue
             if procs.signal_verified(pid, start, self.run_id, WARNING_SIGNAL):
                 warned.add(pid)

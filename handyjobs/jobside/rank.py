@@ -1,13 +1,13 @@
 """The wrapper torchrun starts for each rank: the worker on its own terminal, whole lines out.
 
-``python -m handyjobs.jobside.rank -- PYTHON -u SCRIPT ARGS`` (torchrun ``--no-python`` runs it once
-per rank). torchrun hands every worker the same terminal, and a worker started with
-``python -u`` writes a line's text and its newline separately: two ranks' lines merged on it
-in 4 runs of 10. So the wrapper runs the worker on a pseudo-terminal of its own (it still
-sees a TTY: colours, progress bars), appends every byte it prints to ``rank-N.log`` beside
-the job's log, and passes on only whole lines, each tagged ``[rank N] `` and with its
-carriage-return redraws collapsed, several lines at most in one ``write``. A terminal takes
-one ``write`` whole (the kernel holds the tty's write lock for all of it), so lines of
+``python -mhandyjobs.jobside.rank --python=PYTHON -u SCRIPT ARGS`` (torchrun ``--no-python`` runs
+it once per rank; the worker is ``PYTHON -u SCRIPT ARGS``). torchrun hands every worker the same
+terminal, and a worker started with ``python -u`` writes a line's text and its newline separately:
+two ranks' lines merged on it in 4 runs of 10. So the wrapper runs the worker on a pseudo-terminal
+of its own (it still sees a TTY: colours, progress bars), appends every byte it prints to
+``rank-N.log`` beside the job's log, and passes on only whole lines, each tagged ``[rank N] `` and
+with its carriage-return redraws collapsed, several lines at most in one ``write``. A terminal
+takes one ``write`` whole (the kernel holds the tty's write lock for all of it), so lines of
 different ranks never mix on the shared terminal, in the pane or in the log.
 
 The wrapper is transparent to torchrun: signals it gets (torchrun signals the process group
@@ -200,12 +200,15 @@ def _end_like(exit_code: int | None, sig: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: ``python -m handyjobs.jobside.rank -- COMMAND...`` (started by torchrun)."""
+    """Entry point: ``python -m handyjobs.jobside.rank --python=PY ARGS...`` (the worker is
+    ``PY ARGS...``) or ``... -- COMMAND...``; started by torchrun."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--"]:
         args = args[1:]
+    elif args[:1] and args[0].startswith("--python="):
+        args = [args[0].removeprefix("--python="), *args[1:]]
     if not args:
-        sys.exit("usage: python -m handyjobs.jobside.rank -- COMMAND... (started by handyjobs)")
+        sys.exit("usage: python -m handyjobs.jobside.rank --python=PY ARGS... (run by handyjobs)")
     _end_like(*run(args))
 
 

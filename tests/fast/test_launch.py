@@ -69,8 +69,10 @@ def test_several_ranks_run_in_the_rank_wrapper(spec: JobSpec, worker: list[str])
     ctx = RunContext(CTX.name, CTX.run, CTX.run_id, None, CTX.log_path, rank_python="/hj/python")
     argv = build(spec, ctx, BASE).argv
     head = ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    rank = "handyjobs.jobside.rank"
-    assert argv == [*head, "--no-python", "/hj/python", "-m", rank, "--", *worker]
+    wrapper = ["/hj/python", "-mhandyjobs.jobside.rank", f"--python={worker[0]}"]
+    assert argv == [*head, "--no-python", *wrapper, *worker[1:]]
+    # torchrun names a failed job after the first word not starting with "-": the script
+    assert next(a for a in argv[argv.index("/hj/python") + 1 :] if a[0] != "-") == spec.script
     # one process never goes through the wrapper: it keeps the runner's terminal (pdb)
     one = build(JobSpec("/w/t.py", python="py"), ctx, BASE).argv
     assert one == ["py", "/w/t.py"]

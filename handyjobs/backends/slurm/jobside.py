@@ -35,9 +35,6 @@ from handyjobs.jobside import launch, limits
 
 #: Seconds between two looks for processes newly listening for Slurm's time-limit warning.
 WARNING_REPEAT_S = 5.0
-#: What the command line of handyjobs' rank wrapper holds: it passes the warning on to its
-#: worker whether the worker handles it or not, so the worker is warned directly instead.
-_RANK_WRAPPER = b"handyjobs.jobside.rank"
 
 # Inside the allocation the runner's own SLURM_* variables describe the job's allocation; the
 # caller's (from a shell inside another allocation, say) must not reach srun. SLURM_CONF says
@@ -74,14 +71,6 @@ def _pids() -> list[int]:
         return [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return []
-
-
-def _is_rank_wrapper(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return _RANK_WRAPPER in f.read()
-    except OSError:
-        return False
 
 
 def _signal_marked(pid: int, start: int, run_id: str, sig: int) -> bool:
@@ -174,7 +163,7 @@ class JobSide:
             start = procs.start_time(pid)
             # A rank wrapper passes it on to a worker that may not handle it: warn the worker.
             handled = start is not None and limits.handles(pid, signal.SIGUSR1)
-            if handled and start is not None and not _is_rank_wrapper(pid):
+            if handled and start is not None and not limits.is_rank_wrapper(pid):
                 found[pid] = start
         return found
 
