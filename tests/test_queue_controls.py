@@ -40,6 +40,9 @@ def test_a_held_job_never_starts_until_released(sandbox: Sandbox) -> None:
     listed = sandbox.cli("list", check=True).stdout
     assert any(line.split()[:2] == ["later", "held"] for line in listed.splitlines())
     assert "later: held: it starts only after `handyjobs release`" in listed
+    top = sandbox.cli("top", "--once", check=True).stdout.splitlines()
+    assert "0 running, 0 queued, 1 held" in top[0]
+    assert any(line.split()[:2] == ["later", "held"] for line in top)
     doc = _listed(sandbox)["later"]
     assert doc["state"] == "queued" and doc["wait"]["held"] is True  # type: ignore[index]
     assert show(sandbox, "later")["runs"][-1]["held"] is True

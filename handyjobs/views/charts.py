@@ -127,10 +127,8 @@ def top_screen(
 ) -> RenderableType:
     """The whole ``top`` screen: jobs, GPUs, keys and the last message. ``fit``: as wide as
     the terminal (the last line cut to it); else every column whole, for a file or a pipe."""
-    running = sum(1 for j in snap.jobs if j.record.state is JobState.RUNNING)
-    queued = sum(1 for j in snap.jobs if j.record.state is JobState.QUEUED)
     head = Text("handyjobs top", style="bold")
-    head.append(f"  {running} running, {queued} queued  {time.strftime('%H:%M:%S')}", style="dim")
+    head.append(f"  {_counts(snap)}  {time.strftime('%H:%M:%S')}", style="dim")
     table = Table(box=None, pad_edge=False, expand=fit, header_style="bold")
     for column, kw in (
         ("NAME", {"no_wrap": True}),
@@ -148,7 +146,7 @@ def top_screen(
         record = job.record
         cells = [
             render.printable(record.name),
-            record.state.value,
+            render.list_state(record),
             render.duration(record.duration_s()),
             "" if job.cpu_pct is None else f"{job.cpu_pct:.0f}",
             "" if job.rss_bytes is None else render.size(job.rss_bytes),
@@ -170,6 +168,19 @@ def top_screen(
     keys = Text("q quit  ↑/↓ select  f follow its log  s stop it", style="dim")
     parts += [Text(""), Text(message) if message else keys]
     return Group(*parts)
+
+
+def _counts(snap: Snapshot) -> str:
+    """``2 running, 1 queued``: held and paused jobs are counted apart, when there are any."""
+    states = [j.record.state for j in snap.jobs]
+    held = sum(1 for j in snap.jobs if j.record.state is JobState.QUEUED and j.record.current.held)
+    counts = [
+        (states.count(JobState.RUNNING), "running"),
+        (states.count(JobState.QUEUED) - held, "queued"),
+        (held, "held"),
+        (states.count(JobState.PAUSED), "paused"),
+    ]
+    return ", ".join(f"{n} {what}" for i, (n, what) in enumerate(counts) if n or i < 2)
 
 
 def _gpu_table(discovery: Discovery) -> Table:

@@ -105,7 +105,7 @@ def job_rows(records: Sequence[JobRecord], params: bool = False) -> list[list[st
             command = "~" + command[len(home) :]
         row = [
             r.name,
-            _list_state(r),
+            list_state(r),
             gpu_text(r),
             nproc_text(r),
             when(r.current.started_at, now) or "-",  # one that never started has no time
@@ -131,7 +131,7 @@ def nproc_text(record: JobRecord) -> str:
     return f"{n}x{record.current.nproc}" if n > 1 else str(record.current.nproc)
 
 
-def _list_state(record: JobRecord) -> str:
+def list_state(record: JobRecord) -> str:
     """The STATE cell: a queued run carries its place in the queue (``queued #2``); a held
     one says ``held``."""
     wait = record.current.wait
