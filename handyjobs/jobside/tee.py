@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_WINSIZE", "Outcome", "run_on_pty"]
 
-#: (rows, columns) given to the job's terminal when there is no terminal to copy a size from.
-DEFAULT_WINSIZE = (50, 200)
+#: (rows, columns) given to the job's terminal when there is no terminal to copy a size from
+#: (a batch job): the tmux pane's default, 120x40. At 200 columns progress bars were drawn
+#: wider than the terminals `logs` is read on, and showed there as walls of fragments.
+DEFAULT_WINSIZE = (40, 120)
 
 # One read from the pty master; Linux hands out at most a few KiB per read anyway.
 _READ_SIZE = 65536
