@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import SLEEPER, Sandbox, log_of, wait_log, wait_state
+from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
 from handyjobs.core.procs import is_running
 from handyjobs.jobside.rank import LineForwarder
@@ -207,3 +211,88 @@ def test_one_process_jobs_run_bare_on_the_runners_terminal(sandbox: Sandbox) -> 
     assert "handyjobs.jobside.rank" not in log_of(sandbox, "one")
     assert not list(Path(rec["log_path"]).parent.glob("rank-*.log"))
     assert sandbox.cli("logs", "one", "--rank", "0", check=True).stdout == log_of(sandbox, "one")
+
+
+# Each rank notes when a SIGTERM reaches it and carries on "saving" for 8 s, as a trainer
+# that got should_stop does.
+SAVER = """
+import os, signal, sys, time
+out, rank = sys.argv[1], os.environ["RANK"]
+got = []
+def on_term(signum, frame):
+    got.append(time.monotonic())
+    with open(os.path.join(out, "term-" + rank), "a") as f:
+        f.write(repr(time.monotonic()) + "\\n")
+signal.signal(signal.SIGTERM, on_term)
+print("pid", os.getpid(), "rank", rank, flush=True)
+open(os.path.join(out, "ready-" + rank), "w").close()
+while not got:
+    time.sleep(0.05)
+while time.monotonic() < got[0] + 8:
+    time.sleep(0.05)
+open(os.path.join(out, "saved-" + rank), "w").close()
+"""
+
+
+def test_a_stop_reaches_each_rank_once_however_late_torchruns_copy(sandbox: Sandbox) -> None:
+    # `stop` signals every process of the run; torchrun passes its own copy to each rank's
+    # wrapper when it gets to it, which on a loaded machine can be seconds later: a worker
+    # must not get that late copy (a trainer takes a repeat after its window as "kill me").
+    out = sandbox.root / "out"
+    out.mkdir()
+    sandbox.write("saver.py", SAVER)
+    sandbox.cli("start", "saver.py", "--cpu", "--nproc", "2", "--name", "sv", "--", str(out),
+                check=True)  # fmt: skip
+    wait_until(lambda: all((out / f"ready-{r}").exists() for r in "01"), 90, what="ranks")
+    workers = re.findall(r"^(?:\[rank 1\] )?pid (\d+) rank", log_of(sandbox, "sv"), re.M)
+    assert len(workers) == 2, log_of(sandbox, "sv")
+    wrappers = [_parent(int(pid)) for pid in workers]
+    stopping = subprocess.Popen(
+        [sys.executable, "-m", "handyjobs", "stop", "sv", "--timeout", "60"],
+        env={**sandbox.env, "PWD": str(sandbox.root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_until(lambda: all((out / f"term-{r}").exists() for r in "01"), 30, what="the stop")
+    time.sleep(4)
+    for wrapper in wrappers:  # torchrun's copy, late
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(wrapper, signal.SIGTERM)
+    said, _ = stopping.communicate(timeout=90)
+    assert stopping.returncode == 0, said
+    assert show(sandbox, "sv")["state"] == "stopped"
+    for rank in "01":
+        assert (out / f"saved-{rank}").exists(), f"rank {rank} died before it saved"
+        times = [float(x) for x in (out / f"term-{rank}").read_text().split()]
+        assert max(times) - min(times) < 2, f"rank {rank} got a late copy: {times}"
+
+
+COUNTER = """
+import os, signal, sys, time
+out, rank = sys.argv[1], os.environ["RANK"]
+def on_usr2(signum, frame):
+    with open(os.path.join(out, "usr2-" + rank), "a") as f:
+        f.write("got\\n")
+signal.signal(signal.SIGUSR2, on_usr2)
+open(os.path.join(out, "ready-" + rank), "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_kill_signals_each_rank_once(sandbox: Sandbox) -> None:
+    # Each rank's wrapper would pass the signal on to its worker, which `kill` signals itself.
+    out = sandbox.root / "out"
+    out.mkdir()
+    sandbox.write("counter.py", COUNTER)
+    sandbox.cli("start", "counter.py", "--cpu", "--nproc", "2", "--name", "kk", "--", str(out),
+                check=True)  # fmt: skip
+    wait_until(lambda: all((out / f"ready-{r}").exists() for r in "01"), 90, what="ranks")
+    said = sandbox.cli("kill", "kk", "--signal", "USR2", check=True).stdout
+    assert said.startswith("sent SIGUSR2 to kk (")
+    wait_until(lambda: all((out / f"usr2-{r}").exists() for r in "01"), 30, what="handlers")
+    time.sleep(1)  # a second copy, if any, has arrived by now
+    for rank in "01":
+        assert (out / f"usr2-{rank}").read_text() == "got\n", f"rank {rank}"
+    sandbox.cli("stop", "kk", "--timeout", "2", check=True)

@@ -208,11 +208,6 @@ def results(out: Path, name: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="under investigation: in 1 of 3 full runs (two workers, loaded machine) rank 1 wrote "
-    "no result after `stop` although the job read stopped",
-)
 def test_handyjobs_stop_mid_epoch_then_restart_resumes_exactly(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:

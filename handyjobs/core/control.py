@@ -287,7 +287,10 @@ def signal_job(name: str, sig: int, main_only: bool = False) -> Signalled:
         return Signalled(record, 1, main.pid)
     count = 0
     for pid, start in procs.members(run.run_id).items():
-        count += procs.signal_verified(pid, start, run.run_id, sig)
+        # A rank wrapper passes what it gets on to its worker, which gets it directly here:
+        # signalling both would deliver it twice (a handler that dumps stacks runs twice).
+        if not procs.is_rank_wrapper(pid):
+            count += procs.signal_verified(pid, start, run.run_id, sig)
     if not count:
         raise JobStateError(f"job {name} has no process left to signal (it is ending)")
     return Signalled(record, count)

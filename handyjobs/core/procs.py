@@ -32,6 +32,8 @@ MARKER_ENV = "HANDYJOBS_RUN_ID"
 RUNNER_ENV = "HANDYJOBS_RUNNER_OF"
 
 _PROC = Path("/proc")
+#: The module of handyjobs' rank wrapper, which torchrun runs around each rank's worker.
+RANK_WRAPPER = "handyjobs.jobside.rank"
 
 
 def start_time(pid: int) -> int | None:
@@ -69,6 +71,15 @@ def is_same(ident: ProcId, token: str | None = None) -> bool:
             if needle in (_PROC / str(ident.pid) / part).read_bytes():
                 return True
     return False
+
+
+def is_rank_wrapper(pid: int) -> bool:
+    """True when the process is handyjobs' rank wrapper (read from its command line): it
+    passes what it gets on to its worker, so a signal meant for the worker goes to the worker."""
+    try:
+        return RANK_WRAPPER.encode() in (_PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _environ(pid: int) -> list[bytes]:

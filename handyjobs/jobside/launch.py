@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from handyjobs.core import procs
 from handyjobs.core.records import JobSpec
 
 #: How the rendezvous of a multi-process run is recorded.
@@ -91,10 +92,6 @@ def build(
     return Launch(argv, env, rendezvous)
 
 
-#: The module of the rank wrapper (also how the job side knows a wrapper by its command line).
-RANK_MODULE = "handyjobs.jobside.rank"
-
-
 def torchrun_argv(spec: JobSpec, ctx: RunContext, rendezvous_args: Sequence[str]) -> list[str]:
     """torchrun running the spec's script on this node, each rank in handyjobs' rank wrapper.
 
@@ -117,7 +114,7 @@ def torchrun_argv(spec: JobSpec, ctx: RunContext, rendezvous_args: Sequence[str]
         # before the script starts with "-": torchrun names a failed job after the first word
         # that does not (its report then says "train.py FAILED", not the wrapper's name).
         target = ["-m", spec.script] if spec.module else [spec.script]
-        wrapper = [ctx.rank_python, f"-m{RANK_MODULE}", f"--python={spec.python}"]
+        wrapper = [ctx.rank_python, f"-m{procs.RANK_WRAPPER}", f"--python={spec.python}"]
         return [*head, "--no-python", *wrapper, "-u", *target, *spec.args]
     return [*head, *(["--module"] if spec.module else []), spec.script, *spec.args]
 

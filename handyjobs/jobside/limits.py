@@ -28,7 +28,6 @@ from pathlib import Path
 from handyjobs import procfs
 from handyjobs.core import cgroups, limits, procs
 from handyjobs.core.records import JobSpec, LostKind, Reason, utcnow
-from handyjobs.jobside import launch
 
 #: The warning before the time limit: what a scheduler sends and ``should_stop`` listens for.
 WARNING_SIGNAL = signal.SIGUSR1
@@ -36,9 +35,6 @@ WARNING_SIGNAL = signal.SIGUSR1
 GRACE_S = 10.0
 #: How often the watch looks at the clock and for processes newly listening for the warning.
 TICK_S = 0.2
-#: What the command line of handyjobs' rank wrapper holds: it passes the warning on to its
-#: worker whether the worker handles it or not, so the worker is warned directly instead.
-_RANK_WRAPPER = launch.RANK_MODULE.encode()
 
 
 def handles(pid: int, sig: int) -> bool:
@@ -51,14 +47,6 @@ def handles(pid: int, sig: int) -> bool:
         if line.startswith("SigCgt:"):
             return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
     return False
-
-
-def is_rank_wrapper(pid: int) -> bool:
-    """True when the process is handyjobs' rank wrapper (read from its command line)."""
-    try:
-        return _RANK_WRAPPER in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 class Watch:
@@ -113,7 +101,7 @@ class Watch:
         """Send the warning to each process of the run that handles it and has not had it."""
         sent = 0
         for pid, start in procs.members(self.run_id).items():
-            if pid in warned or not handles(pid, WARNING_SIGNAL) or is_rank_wrapper(pid):
+            if pid in warned or not handles(pid, WARNING_SIGNAL) or procs.is_rank_wrapper(pid):
                 continue
             if procs.signal_verified(pid, start, self.run_id, WARNING_SIGNAL):
                 warned.add(pid)

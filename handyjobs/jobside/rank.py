@@ -92,6 +92,15 @@ class LineForwarder:
                 return
 
 
+#: Stop signals passed on once: a repeat is the same stop arriving by another way, and it
+#: would kill a worker that is saving. ``handyjobs stop`` signals every process of the run
+#: (this wrapper and its worker too), then torchrun sends its own copy to each wrapper when it
+#: gets to it, seconds later on a loaded machine: past the trainer's window for repeats, that
+#: copy killed rank 1 while it saved. Whoever stops escalates with SIGKILL (torchrun after its
+#: 30 s, ``stop`` after its grace), so a stop never hangs on a dropped repeat.
+ONCE = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
 class _Forward:
     """Signals to the worker's process group once it runs; remembered until then."""
 
@@ -99,6 +108,7 @@ class _Forward:
         """No worker yet."""
         self.pid: int | None = None
         self.early: list[int] = []
+        self.sent: set[int] = set()
 
     def started(self, pid: int) -> None:
         """The worker runs: pass on what came before it did."""
@@ -107,7 +117,11 @@ class _Forward:
             self._send(sig)
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
-        """The signal handler: to the worker now, or once it runs."""
+        """The signal handler: to the worker now, or once it runs; a stop signal only once."""
+        if signum in ONCE:
+            if signum in self.sent:
+                return
+            self.sent.add(signum)
         if self.pid is None:
             self.early.append(signum)
         else:

@@ -163,7 +163,7 @@ class JobSide:
             start = procs.start_time(pid)
             # A rank wrapper passes it on to a worker that may not handle it: warn the worker.
             handled = start is not None and limits.handles(pid, signal.SIGUSR1)
-            if handled and start is not None and not limits.is_rank_wrapper(pid):
+            if handled and start is not None and not procs.is_rank_wrapper(pid):
                 found[pid] = start
         return found
 
