@@ -9,7 +9,6 @@ them into words.
 
 from __future__ import annotations
 
-import enum
 import re
 import shlex
 from dataclasses import dataclass, field, replace
@@ -18,55 +17,17 @@ from typing import Any
 
 from handyjobs.core.codec import AS_OBJECT, OMIT_DEFAULT, JsonRecord, Layout
 
+# Re-exported: the records' enums live in a module of their own, light to import.
+from handyjobs.core.states import BlockKind as BlockKind
+from handyjobs.core.states import JobState as JobState
+from handyjobs.core.states import LostKind as LostKind
+
 #: Bumped whenever a JSON layout changes; older files are migrated on load (see registry.py).
 SCHEMA_VERSION = 2
 
 #: Names of new jobs: they start with a letter or digit, so that no printed hint such as
 #: ``handyjobs stop NAME`` can be read as an option.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-class JobState(str, enum.Enum):
-    """Where a run is in its life; the last four are end states."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    #: Its processes are stopped (SIGSTOP) by ``pause`` until ``resume``; its GPUs stay booked.
-    PAUSED = "paused"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    LOST = "lost"
-
-    @property
-    def active(self) -> bool:
-        """True while the run waits for GPUs, runs or is paused."""
-        return self in (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
-
-
-class LostKind(str, enum.Enum):
-    """Why a run ended with no outcome of its own, failed before its command started, or was
-    ended by a limit."""
-
-    #: The runner process is gone and wrote no outcome (SIGKILL, OOM killer).
-    RUNNER_DIED = "runner_died"
-    #: The runner's terminal went away (tmux session or server killed); it ended the job.
-    SESSION_GONE = "session_gone"
-    #: The machine rebooted since the run started.
-    REBOOT = "reboot"
-    #: The runner stopped on an unexpected error of its own.
-    RUNNER_ERROR = "runner_error"
-    #: The run could not be started (its session, its environment file, the command).
-    START_FAILED = "start_failed"
-    #: A cluster scheduler ended it and the job side recorded nothing (node failure, or the
-    #: scheduler no longer knows the job); ``detail`` holds the scheduler's state.
-    CLUSTER_ENDED = "cluster_ended"
-    #: A job it was to start after (``--after``) failed, was stopped, lost or removed.
-    DEPENDENCY_FAILED = "dependency_failed"
-    #: Its runner ended it at its time limit (``--time``); ``detail`` holds the limit.
-    TIME_LIMIT = "time_limit"
-    #: The kernel killed its processes for going over its memory limit (``--mem``).
-    OUT_OF_MEMORY = "out_of_memory"
 
 
 @dataclass(frozen=True)
@@ -81,18 +42,6 @@ class Reason(JsonRecord):
     pids: tuple[int, ...] = ()
     #: The other job involved (a dependency that failed).
     job: str | None = None
-
-
-class BlockKind(str, enum.Enum):
-    """What keeps one GPU from a queued run."""
-
-    HELD = "held"  # a running job of ours holds it (job)
-    WANTED = "wanted"  # a job queued earlier keeps it (job)
-    PROCESSES = "processes"  # compute processes run on it (processes)
-    MEMORY = "memory"  # memory in use above the threshold (used_mib, threshold_mib)
-    MIG = "mig"  # MIG mode is on: a plain index cannot address an instance
-    UNREADABLE = "unreadable"  # discovery could not read it (detail)
-    MISSING = "missing"  # it is not there (any more)
 
 
 @dataclass(frozen=True)
