@@ -8,12 +8,14 @@ from typing import NoReturn
 
 from handyjobs.cli.args import NAME
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.core import jobs
 from handyjobs.errors import JobStateError
 
 
 def exec_attach(name: str) -> NoReturn:
     """Replace this process with the command the core gives to attach (a terminal needed)."""
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import jobs
+
     argv = jobs.attach_argv(name)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise JobStateError(

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from handyjobs.core.records import JobState
+from handyjobs.core.states import JobState
 from handyjobs.errors import HandyjobsError, UsageError
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from handyjobs.cli.args import NAME
 from handyjobs.cli.parse import Arg, Command, Parsed
-from handyjobs.core import queueing
-from handyjobs.core.options import START_OPTIONS
-from handyjobs.views import render
+from handyjobs.core.options import EDIT_OPTIONS, START_OPTIONS
 
 
 def _run(p: Parsed) -> int:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import queueing
+    from handyjobs.views import render
+
     name = p.text("name")
     assert name is not None
     args = p.items("args") if p.dashdash or p.items("args") else None
@@ -28,5 +30,5 @@ COMMAND = Command(
     _run,
     args=(NAME, Arg("args", "New arguments for the script (after --).", many=True)),
     # The same options as `start`, declared once there.
-    options=tuple(o for o in START_OPTIONS if o.name in queueing.EDIT_OPTIONS),
+    options=tuple(o for o in START_OPTIONS if o.name in EDIT_OPTIONS),
 )

@@ -5,11 +5,13 @@ from __future__ import annotations
 from handyjobs.cli.args import GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.core import queueing
-from handyjobs.core.records import JobState
+from handyjobs.core.states import JobState
 
 
 def _run(p: Parsed) -> int:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import queueing
+
     picked = pick_names(p.items("names"), p.text("group"), False, (JobState.QUEUED,), "to hold")
 
     def one(name: str) -> None:

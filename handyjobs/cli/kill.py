@@ -9,9 +9,8 @@ from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
 from handyjobs.cli.pause import processes
-from handyjobs.core import control
 from handyjobs.core.options import option
-from handyjobs.core.records import JobState
+from handyjobs.core.states import JobState
 from handyjobs.errors import UsageError
 
 #: Signals that would make a job's state wrong if sent behind handyjobs' back.
@@ -47,6 +46,9 @@ def _name(sig: int) -> str:
 
 
 def _run(p: Parsed) -> int:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import control
+
     text = p.text("signal")
     if text is None:
         raise UsageError("give the signal to send: --signal USR1 (a name or a number)")

@@ -11,10 +11,12 @@ from handyjobs.cli.common import pick_names
 from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core.options import option
 from handyjobs.errors import UsageError
-from handyjobs.views.logview import show_log, show_logs, show_removed_log
 
 
 def _run(p: Parsed) -> int | None:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.views.logview import show_log, show_logs, show_removed_log
+
     names, group = p.items("names"), p.text("group")
     if not names and group is None:
         raise UsageError("give the job: NAME (or several, or --group GROUP)")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.core import control
-from handyjobs.core.records import JobState
+from handyjobs.core.states import JobState
 
 
 def processes(n: int) -> str:
@@ -15,6 +14,9 @@ def processes(n: int) -> str:
 
 
 def _run(p: Parsed) -> int:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import control
+
     picked = pick_names(
         p.items("names"), p.text("group"), p.flag("every"), (JobState.RUNNING,), "to pause"
     )

@@ -8,11 +8,12 @@ from pathlib import Path
 from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core.options import option
 from handyjobs.errors import UsageError
-from handyjobs.views import observe
 
 
 def _run(p: Parsed) -> None:
+    # lazy: only this command pays for it, not `--help` or the other commands
     from handyjobs.views import charts as views  # lazy: rich's charts cost start-up
+    from handyjobs.views import observe
 
     height, width, smooth = p.number("height"), p.number("width"), p.number("smooth")
     metric = p.text("metric")

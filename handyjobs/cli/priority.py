@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from handyjobs.cli.args import NAME
 from handyjobs.cli.parse import Arg, Command, Parsed
-from handyjobs.core import queueing
 from handyjobs.errors import UsageError
-from handyjobs.views import render
 
 
 def _run(p: Parsed) -> int:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import queueing
+    from handyjobs.views import render
+
     name, value = p.text("name"), p.text("priority")
     assert name is not None and value is not None
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from handyjobs.cli.args import NAMES
 from handyjobs.cli.common import each_name
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.core import control
 from handyjobs.core.options import option
 from handyjobs.errors import UsageError
 
@@ -13,6 +12,9 @@ LOGS = option("--logs", "flag", "", "Delete their logs too.", name="with_logs")
 
 
 def _run(p: Parsed) -> int:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import control
+
     names = p.items("names")
     if not names:
         raise UsageError("give the jobs to remove: NAME... (or `handyjobs clean`)")

@@ -5,13 +5,15 @@ from __future__ import annotations
 from handyjobs.cli.args import GROUP
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Arg, Command, Parsed
-from handyjobs.core import control
-from handyjobs.core.options import option
-from handyjobs.core.records import JobState
+from handyjobs.core.options import STOP_GRACE_S, option
+from handyjobs.core.states import JobState
 from handyjobs.errors import UsageError
 
 
 def _run(p: Parsed) -> int:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import control
+
     name, args, group = p.text("name"), p.items("args"), p.text("group")
     if p.flag("all_failed"):
         if name is not None or args:
@@ -52,7 +54,7 @@ COMMAND = Command(
             "float",
             "S",
             "Seconds between SIGTERM and SIGKILL if it runs.",
-            default=control.DEFAULT_GRACE_S,
+            default=STOP_GRACE_S,
         ),
     ),
     passthrough=True,

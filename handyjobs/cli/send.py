@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from handyjobs.cli.args import NAME
 from handyjobs.cli.parse import Arg, Command, Parsed
-from handyjobs.core import jobs
 from handyjobs.core.options import option
 from handyjobs.errors import UsageError
 
@@ -25,6 +24,9 @@ def check_text(line: str) -> None:
 
 
 def _run(p: Parsed) -> None:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import jobs
+
     name = p.text("name")
     assert name is not None
     line = " ".join(p.items("text"))

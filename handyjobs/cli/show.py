@@ -6,10 +6,12 @@ from handyjobs.cli.args import JSON, NAME
 from handyjobs.cli.common import dump_json, hide_secrets
 from handyjobs.cli.listing import SHOW_SECRETS
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.views import observe
 
 
 def _run(p: Parsed) -> None:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.views import observe
+
     name = p.text("name")
     assert name is not None
     view = observe.job_view(name)

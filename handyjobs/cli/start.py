@@ -12,15 +12,18 @@ import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from handyjobs.backends.slurm import options as slurm_options
 from handyjobs.cli.parse import Arg, Command, Parsed
-from handyjobs.core import jobs, starting
 from handyjobs.core import options as table
 from handyjobs.core.options import BackendOptions, Option
-from handyjobs.core.records import JobRecord, JobState, returncode
-from handyjobs.core.spec import LOCAL_BACKEND, BackendRequest, StartRequest
+from handyjobs.core.states import JobState
 from handyjobs.errors import UsageError
+
+if TYPE_CHECKING:
+    from handyjobs.core.records import JobRecord
+    from handyjobs.core.spec import BackendRequest, StartRequest
 
 #: Each backend's own options of start and sweep, declared in its folder.
 BACKENDS: tuple[BackendOptions, ...] = (slurm_options,)
@@ -43,6 +46,9 @@ def _like(name: str, given: Mapping[str, object], new_args: list[str] | None) ->
     """A request from another job's spec, changed by the options typed on this command line."""
     if given.get("nnodes") is not None:
         raise UsageError("--like starts a job on this machine; give --nnodes without --like")
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import jobs
+
     spec = jobs.get_job(name).spec
     base = table.request_from_spec(spec)
     for backend in BACKENDS:
@@ -53,6 +59,8 @@ def _like(name: str, given: Mapping[str, object], new_args: list[str] | None) ->
 
 def make_request(p: Parsed) -> StartRequest:
     """The start request of a parsed command line (with ``--like``, from another job's spec)."""
+    from handyjobs.core import spec  # lazy: `start --help` does not pay for it
+
     script, like = p.text("script"), p.text("like")
     if like is not None:
         # With --like, what is typed where SCRIPT goes are the new arguments.
@@ -61,9 +69,9 @@ def make_request(p: Parsed) -> StartRequest:
     elif script is None:
         raise UsageError("give the SCRIPT to run (or --like NAME to start from another job)")
     else:
-        base = StartRequest(script=script, args=p.items("args"), backend=backend_part(p.typed))
+        base = spec.StartRequest(script=script, args=p.items("args"), backend=backend_part(p.typed))
         req = table.request(base, p.typed)
-    if p.flag("attach") and req.goes_to != LOCAL_BACKEND:
+    if p.flag("attach") and req.goes_to != spec.LOCAL_BACKEND:
         raise UsageError(
             f"a {req.goes_to.capitalize()} job has no terminal to attach to: use --follow"
         )
@@ -72,6 +80,9 @@ def make_request(p: Parsed) -> StartRequest:
 
 def _run(p: Parsed) -> int | None:
     req = make_request(p)
+    from handyjobs.core import jobs, starting  # lazy: `start --help` does not pay for it
+    from handyjobs.core.records import returncode  # lazy: as above
+
     record = starting.start_job(req)
     announce(record, req)
     sys.stdout.flush()

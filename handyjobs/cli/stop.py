@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from handyjobs import backends
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.core import control
-from handyjobs.core.options import option
-from handyjobs.core.records import JobState
+from handyjobs.core.options import STOP_GRACE_S, option
+from handyjobs.core.states import JobState
 
 
 def _run(p: Parsed) -> int:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs import backends
+    from handyjobs.core import control
+
     active = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
     picked = pick_names(p.items("names"), p.text("group"), p.flag("every"), active, "to stop")
     grace = p.real("timeout")
@@ -53,7 +55,7 @@ COMMAND = Command(
             "float",
             "S",
             "Seconds between SIGTERM and SIGKILL.",
-            default=control.DEFAULT_GRACE_S,
+            default=STOP_GRACE_S,
         ),
     ),
 )

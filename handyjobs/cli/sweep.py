@@ -5,14 +5,17 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from handyjobs.cli import start as startmod
 from handyjobs.cli.parse import Arg, Command, Parsed
 from handyjobs.core import options as table
-from handyjobs.core import paths, starting
+from handyjobs.core import paths
 from handyjobs.core.options import option
-from handyjobs.core.spec import StartRequest, check_name, default_stem, sweep_names
 from handyjobs.errors import UsageError
+
+if TYPE_CHECKING:
+    from handyjobs.core.spec import StartRequest
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
@@ -86,6 +89,9 @@ def point_requests(
     p: Parsed, script: str, grid: list[tuple[str, list[str]]], group: str, names: list[str]
 ) -> list[StartRequest]:
     """One request per point of the grid: its values as arguments and in the environment."""
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core.spec import StartRequest
+
     arg_format = p.text("arg_format")
     assert arg_format is not None
     points = list(itertools.product(*(values for _, values in grid)))
@@ -113,6 +119,10 @@ def point_requests(
 
 
 def _run(p: Parsed) -> None:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import starting
+    from handyjobs.core.spec import check_name, default_stem, sweep_names
+
     script, arg_format = p.text("script"), p.text("arg_format")
     assert script is not None and arg_format is not None
     grid = parse_grid(p.items("grid"))

@@ -6,12 +6,14 @@ from __future__ import annotations
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import pick_names
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.core import jobs
 from handyjobs.core.options import option
-from handyjobs.core.records import exit_summary, returncode
 
 
 def _run(p: Parsed) -> int:
+    # lazy: only this command pays for it, not `--help` or the other commands
+    from handyjobs.core import jobs
+    from handyjobs.core.records import exit_summary, returncode
+
     picked = pick_names(p.items("names"), p.text("group"), p.flag("every"), (), "to wait for")
     first_failure = 0
     for name, record in jobs.wait_jobs(picked, timeout_s=p.real("timeout")):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from handyjobs import procfs
 from handyjobs.backends import base as backends
 from handyjobs.core import jobs, lifecycle, paths, procs, registry, scheduler, starting
+from handyjobs.core.options import STOP_GRACE_S
 from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run, parse_time
 from handyjobs.core.spec import check_given, parse_env
 from handyjobs.errors import (
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 
 #: Seconds ``stop`` waits after SIGTERM before it SIGKILLs what is left.
-DEFAULT_GRACE_S = 10.0
+DEFAULT_GRACE_S = STOP_GRACE_S
 #: Seconds a runner gets to record the outcome once its job's processes are gone.
 RUNNER_EXIT_S = 10.0
 #: Seconds ``pause`` and ``resume`` wait for every process of the run to show the change.

@@ -116,6 +116,11 @@ def _seconds_text(value: int | None) -> str | None:
 C: Like = "copy"
 A: Like = "add"
 
+#: Seconds ``stop`` (and ``restart``) wait after SIGTERM before they SIGKILL what is left.
+STOP_GRACE_S = 10.0
+#: What ``edit`` may change of a queued job, by the name of its ``start`` option.
+EDIT_OPTIONS = ("gpus", "ngpus", "env", "priority", "after", "after_any")
+
 #: ``start``'s options, in the order ``--help`` lists them.
 # fmt: off
 START_OPTIONS: tuple[Option, ...] = (

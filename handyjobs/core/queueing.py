@@ -18,8 +18,6 @@ from handyjobs.core import options as table
 from handyjobs.core.records import JobRecord, JobSpec, JobState, Run
 from handyjobs.errors import GpuError, JobStateError, UsageError
 
-#: What ``edit`` may change, by the name of its ``start`` option (declared once there).
-EDIT_OPTIONS = ("gpus", "ngpus", "env", "priority", "after", "after_any")
 #: The spec fields an edit takes from the checked request; every other field stays as it was.
 _EDITED_FIELDS = ("args", "env", "gpus", "ngpus", "cpu", "force", "priority", "after", "after_any")
 
@@ -100,11 +98,11 @@ def edit_job(
     name: str, given: Mapping[str, object], args: Sequence[str] | None = None
 ) -> JobRecord:
     """Change a queued job before it starts: the options typed (``given``: an option's name,
-    one of :data:`EDIT_OPTIONS`, and its value as ``start`` reads it) and the script's
-    arguments (``args``); checked as ``start`` checks them. Its record after."""
+    one of :data:`~handyjobs.core.options.EDIT_OPTIONS`, and its value as ``start`` reads it)
+    and the script's arguments (``args``); checked as ``start`` checks them. Its record after."""
     from handyjobs.core.spec import make_spec  # lazy: only an edit checks a spec here
 
-    unknown = sorted(set(given) - set(EDIT_OPTIONS))
+    unknown = sorted(set(given) - set(table.EDIT_OPTIONS))
     if unknown:
         raise UsageError(f"edit cannot change {', '.join(unknown)}; see `handyjobs edit --help`")
     if not given and args is None:
