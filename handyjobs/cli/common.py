@@ -84,9 +84,9 @@ def do_list(
     value; ``--show-secrets``: --env values in the JSON)."""
     every = all_jobs or group is not None
     if metric:
-        from handyjobs.views import observe  # lazy: only --metric reads metrics
+        from handyjobs.views import summary  # lazy: only --metric reads metrics
 
-        listing = observe.list_with_metric(metric, every, parse_states(states))
+        listing = summary.list_with_metric(metric, every, parse_states(states))
         records, total, values = listing.records, listing.total, listing.values
     else:
         from handyjobs.core import jobs  # lazy: start-up of `list` is measured, see the bench

@@ -13,19 +13,19 @@ from handyjobs.errors import UsageError
 def _run(p: Parsed) -> None:
     # lazy: only this command pays for it, not `--help` or the other commands
     from handyjobs.views import charts as views  # lazy: rich's charts cost start-up
-    from handyjobs.views import observe
+    from handyjobs.views import jobcurves
 
     height, width, smooth = p.number("height"), p.number("width"), p.number("smooth")
     metric = p.text("metric")
     assert height is not None and smooth is not None and metric is not None
     if height < 3 or (width is not None and width < 20):
         raise UsageError("--height 3 or more and --width 20 or more, please")
-    curves = observe.job_curves(
+    curves = jobcurves.job_curves(
         p.items("names"), metric, smooth, p.text("group"), p.text("x") or "step", p.number("last")
     )
     png = p.text("png")
     if png is not None:
-        size = observe.write_picture(curves, Path(png), p.flag("log_y"))
+        size = jobcurves.write_picture(curves, Path(png), p.flag("log_y"))
         print(f"wrote {png} ({size[0]}x{size[1]}, {len(curves.series)} curves)")
         return
     cols = width or min(shutil.get_terminal_size((100, 24)).columns, 160)

@@ -10,11 +10,11 @@ from handyjobs.cli.parse import Command, Parsed
 
 def _run(p: Parsed) -> None:
     # lazy: only this command pays for it, not `--help` or the other commands
-    from handyjobs.views import observe
+    from handyjobs.views import summary
 
     name = p.text("name")
     assert name is not None
-    view = observe.job_view(name)
+    view = summary.job_view(name)
     if p.flag("as_json"):
         doc = hide_secrets(view.record.to_dict(), p.flag("show_secrets"))
         doc["metrics"] = {s.metric: s.to_dict() for s in view.metrics}

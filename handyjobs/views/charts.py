@@ -18,7 +18,8 @@ from handyjobs.core.records import JobState
 from handyjobs.gpus.model import Discovery
 from handyjobs.views import render
 from handyjobs.views.curves import higher_is_better
-from handyjobs.views.observe import Curves, LiveJob, Progress, Snapshot
+from handyjobs.views.jobcurves import Curves
+from handyjobs.views.observe import LiveJob, Progress, Snapshot
 from handyjobs.views.plot import COLOURS, MARKS, Series, chart_lines
 
 # The colour of each state, as `list` draws it (rich style names).

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from handyjobs.errors import UsageError
-from handyjobs.views import curves, observe
+from handyjobs.views import curves, jobcurves
 
 #: The columns, in order: pandas reads them with ``pd.read_csv(f, parse_dates=["time"])``.
 COLUMNS = ("job", "run", "step", "time", "metric", "value", "params")
@@ -63,7 +63,7 @@ def _step(step: float) -> int | float:
 def rows(names: Sequence[str], group: str | None = None) -> list[Row]:
     """Every value of the jobs named and of ``group``: job by job, in step order."""
     out: list[Row] = []
-    for record in observe.pick_jobs(names, group):
+    for record in jobcurves.pick_jobs(names, group):
         params = dict(record.spec.params)
         found = curves.read_samples(curves.metrics_path(record.log_path))
         mine = [
