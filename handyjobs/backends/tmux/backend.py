@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
+from handyjobs.backends.tmux.handle import TmuxHandle
 from handyjobs.core import cgroups, paths, procs
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, Run
@@ -118,26 +119,6 @@ def sessions() -> dict[str, tuple[str, str]]:
         if len(parts) == 3:
             out[parts[0]] = (parts[1], parts[2])
     return out
-
-
-@dataclass(frozen=True)
-class TmuxHandle:
-    """This backend's handle on a run: the session it made, by name and by tmux's id."""
-
-    session: str = ""
-    session_id: str | None = None
-
-    @classmethod
-    def of(cls, run: Run) -> TmuxHandle:
-        """The handle a run stores (``run.handle`` is data at rest; only we read its keys)."""
-        return cls(run.handle.get("session", ""), run.handle.get("session_id"))
-
-    def stored(self) -> dict[str, str]:
-        """The form ``run.handle`` keeps."""
-        out = {"session": self.session}
-        if self.session_id is not None:
-            out["session_id"] = self.session_id
-        return out
 
 
 class TmuxBackend:
