@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
 
+from handyjobs.backends.tmux.handle import TmuxHandle
 from handyjobs.core.procs import is_running as pid_alive
 from handyjobs.core.records import JobState
 
@@ -617,7 +618,7 @@ def test_start_killed_mid_write_leaves_a_valid_registry_and_no_orphan_session(
         assert len(registry.load_all(sandbox.home)) >= 3050
 
     def sessions_match_records() -> bool:
-        names = {r.session for r in registry.load_active(sandbox.home)}
+        names = {TmuxHandle.of(r.current).session for r in registry.load_active(sandbox.home)}
         live = set(sandbox.tmux("list-sessions", "-F", "#{session_name}").stdout.split())
         return live <= names  # a session whose start died before saving ends by itself
 

@@ -176,6 +176,9 @@ class Describe(Protocol):
     def reason_words(self, key: str) -> str | None:
         """A scheduler's pending reason in words, when it is a well-known one."""
 
+    def place(self, record: JobRecord) -> str:
+        """Where the current run is, in a few words: ``tmux session exp1``, ``Slurm job 42``."""
+
     def show_fields(self, record: JobRecord) -> list[tuple[str, str]]:
         """``show``'s lines about where the run is: a session, a scheduler's job."""
 

@@ -110,16 +110,18 @@ COMMAND = Command(
 
 def announce(record: JobRecord, req: StartRequest, brief: bool = False) -> None:
     """Say where the job runs, or why it waits; with ``brief``, one line."""
-    from handyjobs.views import render  # lazy: a failed start never renders
+    from handyjobs import backends  # lazy: a failed start never renders
+    from handyjobs.views import render
 
     run = record.current
     submitted = render.submitted_lines(record)  # a scheduler took it: its own words
     if submitted:
         print("\n".join(submitted))
         return
+    place = backends.describe(run.backend).place(record)
     if run.state is JobState.QUEUED:
         why = render.wait_text(run.wait) if run.wait else "waiting"
-        print(f"queued {record.name} (tmux session {record.session}): {why}")
+        print(f"queued {record.name} ({place}): {why}")
     else:
         where = (
             f"GPUs {','.join(map(str, run.gpus))}"
@@ -129,7 +131,7 @@ def announce(record: JobRecord, req: StartRequest, brief: bool = False) -> None:
             else "the caller's devices"
         )
         procs = f"{run.nproc} process{'es' if run.nproc > 1 else ''}"
-        print(f"started {record.name} in tmux session {record.session} on {where}, {procs}")
+        print(f"started {record.name} in {place} on {where}, {procs}")
         if not record.spec.cpu and not record.spec.books_gpus and _has_nvidia_gpu():
             visible = req.caller_env.get("CUDA_VISIBLE_DEVICES")
             if visible is None:

@@ -414,7 +414,7 @@ class JobRecord(JsonRecord):
         derived={
             "state": "state",
             "command": "spec.command",
-            "session": "session",
+            "session": "json_session",
             **{
                 key: f"current.{key}"
                 for key in (
@@ -438,14 +438,15 @@ class JobRecord(JsonRecord):
         return self.runs[-1]
 
     @property
+    def json_session(self) -> str:
+        """The JSON's ``session`` key, kept for readers of the first release: the session in the
+        current run's handle (as data; only the tmux backend reads handles), else the name."""
+        return self.current.handle.get("session", self.name)
+
+    @property
     def state(self) -> JobState:
         """The state of the newest run."""
         return self.current.state
-
-    @property
-    def session(self) -> str:
-        """The tmux session of the current run (the job's name unless that was taken)."""
-        return self.current.handle.get("session", self.name)
 
     def run_by_id(self, run_id: str) -> Run | None:
         """The run with this id, current or past."""

@@ -124,7 +124,7 @@ def test_first_release_registry_loads_and_migrates(tmp_path: Path) -> None:
     assert after.keys() == before.keys()
     for name, record in after.items():
         assert record.state == before[name].state
-        assert record.session == before[name].session
+        assert record.current.handle == before[name].current.handle
         assert record.current.pids == before[name].current.pids
     assert registry.load_one("exp1", root) is not None
 

@@ -94,6 +94,10 @@ class Describe:
             fields.append(("slurm options", " ".join([*asked, *slurm.extra]) or "-"))
         return fields
 
+    def place(self, record: JobRecord) -> str:
+        """``Slurm job 42`` (``Slurm job -`` before it was submitted)."""
+        return f"Slurm job {SlurmHandle.of(record.current).job_id or '-'}"
+
     def submitted(self, record: JobRecord, state: str) -> list[str]:
         """What ``start`` prints: the Slurm job, its size, where its script and log are."""
         run, slurm = record.current, record.spec.slurm

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from handyjobs.backends.tmux.handle import TmuxHandle
 from handyjobs.core.records import JobRecord, JobSpec
 
 
@@ -23,9 +24,13 @@ class Describe:
         """No scheduler of its own: no reasons of its own."""
         return None
 
+    def place(self, record: JobRecord) -> str:
+        """``tmux session NAME``: the session of the current run (the job's name unless taken)."""
+        return f"tmux session {_session(record)}"
+
     def show_fields(self, record: JobRecord) -> list[tuple[str, str]]:
         """The session to attach to."""
-        return [("tmux session", record.session)]
+        return [("tmux session", _session(record))]
 
     def submitted(self, record: JobRecord, state: str) -> list[str]:
         """Nothing: ``start`` announces a run on this machine itself."""
@@ -38,3 +43,7 @@ class Describe:
 
 
 DESCRIBE = Describe()
+
+
+def _session(record: JobRecord) -> str:
+    return TmuxHandle.of(record.current).session or record.name
