@@ -20,9 +20,10 @@ trap 'tmux -L "$HANDYJOBS_TMUX_SOCKET" kill-server 2>/dev/null || true' EXIT
 # Two pytest workers (pytest-xdist): a test mostly waits on one process at a time (a CLI call,
 # a job, torchrun), so two keep a 2-core machine busy. Every test has its own state folder, home
 # and tmux socket; the ones that share the local Slurm or a real GPU (markers slurm, gpu) run
-# afterwards, one after another, in a pytest of their own: xdist's loadgroup does not keep a
-# group on one worker under pytest 9 (the group suffix it puts on node ids is not seen), and
-# two Slurm tests at once take the one cluster's node from under each other.
+# one after another, in a pytest of their own beside the workers (see below): xdist's
+# loadgroup does not keep a group on one worker under pytest 9 (the group suffix it puts on
+# node ids is not seen), and two Slurm tests at once take the one cluster's node from under
+# each other.
 # HANDYJOBS_TEST_WORKERS=0 runs in this process (for pdb or -s), any other number sets the workers.
 parallel=(-n "${HANDYJOBS_TEST_WORKERS:-2}")
 shared=(-p no:xdist -m "slurm or gpu")
@@ -36,12 +37,36 @@ if [ "$fast" = 1 ]; then
 fi
 echo "==> mypy --strict (package, tests, scripts)"
 "$VENV/bin/mypy" --strict
+# The tests that share the local Slurm or a GPU run one after another, beside the two workers:
+# they mostly wait on the cluster's daemons, so together they take about the time of the
+# longer part alone. Their report is printed after the workers' (one report never splits the
+# other). HANDYJOBS_TEST_SERIAL_AFTER=1 runs them afterwards instead (to time each part).
+shared_log="$(mktemp)"
+shared_pid=""
+trap 'tmux -L "$HANDYJOBS_TMUX_SOCKET" kill-server 2>/dev/null || true
+      [ -n "$shared_pid" ] && kill "$shared_pid" 2>/dev/null; rm -f "$shared_log"' EXIT
+if [ "${HANDYJOBS_TEST_SERIAL_AFTER:-0}" != 1 ]; then
+    echo "==> pytest (the tests that share the local Slurm or a GPU, one after another) started"
+    "$PY" -m pytest "${shared[@]}" "$@" >"$shared_log" 2>&1 &
+    shared_pid=$!
+fi
 echo "==> pytest (each test on its own: two at a time)"
-"$PY" -m pytest "${parallel[@]}" -m "not slurm and not gpu" "$@"
-echo "==> pytest (the tests that share the local Slurm or a GPU: one after another)"
 rc=0
-"$PY" -m pytest "${shared[@]}" "$@" || rc=$?
-# 5: nothing of that kind among the tests asked for (e.g. `scripts/test.sh tests/fast`).
-if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then
+"$PY" -m pytest "${parallel[@]}" -m "not slurm and not gpu" "$@" || rc=$?
+shared_rc=0
+if [ -n "$shared_pid" ]; then
+    wait "$shared_pid" || shared_rc=$?
+    shared_pid=""
+    echo "==> pytest (the tests that share the local Slurm or a GPU: one after another)"
+    cat "$shared_log"
+else
+    echo "==> pytest (the tests that share the local Slurm or a GPU: one after another)"
+    "$PY" -m pytest "${shared[@]}" "$@" || shared_rc=$?
+fi
+if [ "$rc" != 0 ]; then
     exit "$rc"
+fi
+# 5: nothing of that kind among the tests asked for (e.g. `scripts/test.sh tests/fast`).
+if [ "$shared_rc" != 0 ] && [ "$shared_rc" != 5 ]; then
+    exit "$shared_rc"
 fi

@@ -21,18 +21,9 @@ from handyjobs.core.records import JobRecord, JobSpec, JobState, Run, utcnow
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: Markers of tests that share one thing of the machine: the one local Slurm, a real GPU.
-#: scripts/test.sh runs them after the others, one after another, in a pytest of its own
-#: (xdist's loadgroup does not keep the group below on one worker under pytest 9); every
-#: other test has its own state folder, home and tmux socket.
-SERIAL_MARKERS = ("slurm", "gpu")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put the tests that share the machine into one xdist group."""
-    for item in items:
-        if any(item.get_closest_marker(name) for name in SERIAL_MARKERS):
-            item.add_marker(pytest.mark.xdist_group("serial"))
+# Tests that share one thing of the machine (markers slurm and gpu: the one local Slurm, a real
+# GPU) run one after another in a pytest of their own, beside the two workers that run every
+# other test (scripts/test.sh); every other test has its own state folder, home and tmux socket.
 
 
 def wait_until(
