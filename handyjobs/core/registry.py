@@ -13,6 +13,7 @@ Two files keep every record (schema version 2)::
 with 10 finished jobs as with 10,000. A record that ends is appended to ``history.jsonl``, one
 line each; the last line of a name wins, and a name that is active again (restarted) is read
 from ``registry.json``. ``rm`` and ``clean`` rewrite the history without the forgotten names.
+The history's format, its readers and writers are in :mod:`handyjobs.core.history`.
 
 Reads take no lock: ``registry.json`` is replaced atomically and history lines are appended
 whole (a torn last line, from a crash mid-append, is skipped). Every read-modify-write holds
@@ -29,24 +30,14 @@ import fcntl
 import json
 import os
 import re
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handyjobs.core import paths
-from handyjobs.core.logs import lines_backwards
-from handyjobs.core.records import NAME_RE, SCHEMA_VERSION, JobRecord, ProcId
-from handyjobs.errors import RegistryError, printable, storage_error
-
-_HISTORY_HEADER = json.dumps({"schema_version": SCHEMA_VERSION}).encode() + b"\n"
-# Reading the history backwards, a block at a time.
-_BLOCK = 64 * 1024
-#: The largest pid Linux gives (PID_MAX_LIMIT). A bigger or negative pid in a file is no
-#: process of ours and must never reach kill(): pid -1 is every process we may signal.
-_PID_MAX = 1 << 22
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+from handyjobs.core import history, paths
+from handyjobs.core.records import SCHEMA_VERSION, JobRecord
+from handyjobs.errors import RegistryError, storage_error
 
 
 def _numbered(name: str, stem: str) -> bool:
@@ -88,7 +79,7 @@ class Registry:
 
     def _lookup(self, name: str) -> JobRecord | None:
         if name not in self._looked_up:
-            self._looked_up[name] = _history_lookup(self.root, name)
+            self._looked_up[name] = history.lookup(self.root, name)
         return self._looked_up[name]
 
     def exists(self, name: str) -> bool:
@@ -99,7 +90,7 @@ class Registry:
         """The N of every job named ``STEM-N`` kept (active, finished, or just put): the
         default names already given for a script of that stem, read in one pass."""
         head = re.compile(rb'(?:^|\n)\{"name": "' + re.escape(stem.encode()) + rb'-([0-9]+)"')
-        data = _read(paths.history_path(self.root)) or b""
+        data = history.read(paths.history_path(self.root)) or b""
         found = {int(n) for n in head.findall(data)}
         names = [*self.active, *self._ended]
         found.update(int(n[len(stem) + 1 :]) for n in names if _numbered(n, stem))
@@ -151,9 +142,9 @@ class Registry:
             return
         hist = paths.history_path(self.root)
         if self._forgotten:
-            _rewrite_history(hist, self._forgotten, set(self.active), self._ended)
+            history.rewrite(hist, self._forgotten, set(self.active), self._ended)
         elif self._ended:
-            _append_history(hist, self._ended.values())
+            history.append(hist, self._ended.values())
         try:
             paths.remove_stale_temps(self.root)
             paths.write_atomic(paths.registry_path(self.root), self._bytes())
@@ -257,15 +248,6 @@ def shared(root: Path | None = None) -> Iterator[None]:
 # ---- reading -------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise storage_error(exc, "read") from exc
-
-
 def _bad(path: Path, exc: Exception) -> RegistryError:
     return RegistryError(
         f"the registry {path} is not valid ({str(exc)[:200]}); fix that value, or move it"
@@ -290,48 +272,9 @@ def _decode_head(data: bytes, path: Path) -> dict[str, Any]:
 
 def _records(raw: Iterable[Any], version: int, path: Path) -> list[JobRecord]:
     try:
-        return [checked(JobRecord.from_dict(migrate(d, version))) for d in raw]
+        return [history.checked(JobRecord.from_dict(history.migrate(d, version))) for d in raw]
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise _bad(path, exc) from exc
-
-
-def checked(record: JobRecord) -> JobRecord:
-    """``record``, refused (ValueError) when a well-formed file holds a value no command may
-    act on: a name that is a path, no run, a pid that is no process, a negative count."""
-    name = record.name
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"{name!r} is not a job name")
-    if not record.runs:
-        raise ValueError(f"job {name} has no run")
-    for run in record.runs:
-        if not _RUN_ID_RE.match(run.run_id) or run.run < 1 or run.nproc < 1:
-            raise ValueError(f"job {name}: run {run.run} ({run.run_id!r}) is not a run")
-        for proc in (run.runner, run.main):
-            if proc is not None and not (0 < proc.pid <= _PID_MAX and (proc.start or 0) >= 0):
-                raise ValueError(f"job {name}: {proc.pid} (start {proc.start}) is not a process id")
-        if any(g < 0 for g in run.gpus):
-            raise ValueError(f"job {name}: run {run.run} names a negative GPU")
-    return record
-
-
-def migrate(d: dict[str, Any], version: int) -> dict[str, Any]:
-    """Bring one record from an older schema version up to the current one."""
-    if version < 2:
-        # v1 kept the session on the record, pids as a flat dict, and why a job waited as an
-        # English sentence (now data, recomputed by the next scheduling pass).
-        d = dict(d)
-        runs = [dict(r) for r in d.get("runs", [])]
-        if runs:
-            runs[-1].setdefault("handle", {"session": d.get("session", d["name"])})
-        for r in runs:
-            pids = r.get("pids") or {}
-            if "runner" not in r and pids.get("runner"):
-                r["runner"] = ProcId(int(pids["runner"])).to_dict()
-            if "main" not in r and pids.get("main"):
-                r["main"] = ProcId(int(pids["main"])).to_dict()
-            r.pop("waiting_for", None)
-        d["runs"] = runs
-    return d
 
 
 @dataclass
@@ -347,7 +290,7 @@ class _Snapshot:
 
 def _snapshot(root: Path) -> _Snapshot:
     path = paths.registry_path(root)
-    data = _read(path)
+    data = history.read(path)
     if data is None:
         return _Snapshot(SCHEMA_VERSION, 1, 0, [], [])
     doc = _decode_head(data, path)
@@ -378,104 +321,10 @@ def _load_locked(root: Path) -> Registry:
     if snap.version < 2:
         # Written once, under the lock: the finished records move to the history, then the
         # active ones are saved in the new layout. A crash in between repeats the migration.
-        _write_history(paths.history_path(root), snap.legacy_finished)
+        history.write(paths.history_path(root), snap.legacy_finished)
         reg.modified = True
         reg.save()
     return reg
-
-
-def _parse_line(line: bytes, path: Path) -> JobRecord | None:
-    """A history line as a record; None for the header, a torn line or a wrong one (skipped,
-    and said once: one bad line must not stop list, rm or clean)."""
-    if not line.startswith(b'{"name": '):
-        return None
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return None  # torn by a crash mid-append: the record is still active or appended again
-    try:
-        return checked(JobRecord.from_dict(migrate(doc, SCHEMA_VERSION)))
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
-        _skipped(path, _line_name(line), exc)
-        return None
-
-
-#: History files whose wrong lines were already reported by this process.
-_SAID: set[Path] = set()
-
-
-def _skipped(path: Path, name: str | None, exc: Exception) -> None:
-    """Say once per file that a wrong line was skipped; every other record still reads."""
-    if path not in _SAID:
-        _SAID.add(path)
-        text = str(exc)[:200]
-        why = printable(text if name and name in text else f"job {name}: {text}")
-        sys.stderr.write(f"handyjobs: skipped a line of {path} ({why}); fix or delete it\n")
-
-
-def _whole(line: bytes) -> bool:
-    """True for a line that is one whole JSON document (not torn by a crash)."""
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True
-
-
-def _line_name(line: bytes) -> str | None:
-    """The name of a history line, read without parsing it (names need no JSON escapes)."""
-    if not line.startswith(b'{"name": "'):
-        return None
-    end = line.find(b'"', 10)
-    return line[10:end].decode(errors="replace") if end > 10 else None
-
-
-def _lines_backwards(path: Path) -> Iterator[bytes]:
-    """The history's lines, last first, read a block at a time from the end."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise storage_error(exc, "read") from exc
-    try:
-        yield from lines_backwards(fd, _BLOCK)
-    finally:
-        os.close(fd)
-
-
-def _history_lookup(root: Path, name: str) -> JobRecord | None:
-    """The last history line of ``name``, parsed; None when there is none. Searched from the
-    end a block at a time: the cost is how far back the job ended, not the history's size."""
-    path = paths.history_path(root)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise storage_error(exc, "read") from exc
-    needle = b'\n{"name": ' + json.dumps(name).encode() + b", "
-    try:
-        pos, tail = os.fstat(fd).st_size, b""
-        while pos > 0:
-            size = min(_BLOCK, pos)
-            pos -= size
-            chunk = os.pread(fd, size, pos) + tail
-            # Whole lines only: the first one may go on in the block before (kept as ``tail``).
-            cut = chunk.find(b"\n") if pos > 0 else 0
-            body, tail = (chunk[cut:], chunk[:cut]) if pos > 0 else (b"\n" + chunk, b"")
-            if cut == -1:
-                body, tail = b"", chunk
-            hit = body.rfind(needle)
-            while hit != -1:
-                end = body.find(b"\n", hit + 1)
-                record = _parse_line(body[hit + 1 : None if end == -1 else end], path)
-                if record is not None:
-                    return record
-                hit = body.rfind(needle, 0, hit)
-    finally:
-        os.close(fd)
-    return None
 
 
 def load_active(root: Path | None = None) -> list[JobRecord]:
@@ -492,7 +341,7 @@ def load_one(name: str, root: Path | None = None) -> JobRecord | None:
             return record
     if snap.version < 2:
         return next((r for r in snap.legacy_finished if r.name == name), None)
-    return _history_lookup(base, name)
+    return history.lookup(base, name)
 
 
 def load_recent(root: Path | None = None, finished: int = 20) -> tuple[list[JobRecord], int]:
@@ -508,18 +357,7 @@ def load_recent(root: Path | None = None, finished: int = 20) -> tuple[list[JobR
         done = snap.legacy_finished[::-1][:finished]
         return snap.active + done, total
     seen = {r.name for r in snap.active}
-    picked: list[JobRecord] = []
-    path = paths.history_path(base)
-    for line in _lines_backwards(path):
-        if len(picked) >= finished:
-            break
-        name = _line_name(line)
-        if name is None or name in seen:
-            continue
-        record = _parse_line(line, path)
-        if record is not None:
-            seen.add(name)
-            picked.append(record)
+    picked = history.newest(paths.history_path(base), seen, finished)
     return snap.active + picked, total
 
 
@@ -530,71 +368,5 @@ def load_all(root: Path | None = None) -> list[JobRecord]:
     if snap.version < 2:
         return snap.active + snap.legacy_finished
     active = {r.name for r in snap.active}
-    finished: dict[str, JobRecord] = {}
-    path = paths.history_path(base)
-    for line in (_read(path) or b"").split(b"\n"):
-        name = _line_name(line)
-        if name is None or name in active:
-            continue
-        record = _parse_line(line, path)
-        if record is not None:
-            finished.pop(name, None)
-            finished[name] = record
-    return snap.active + list(finished.values())
-
-
-# ---- writing the history -------------------------------------------------------------------
-
-
-def _line(record: JobRecord) -> bytes:
-    return json.dumps(record.to_dict(), ensure_ascii=False).encode() + b"\n"
-
-
-def _append_history(path: Path, records: Iterable[JobRecord]) -> None:
-    """Append records as whole lines, fsynced; a failed append is cut back off the file."""
-    data = b"".join(_line(r) for r in records)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError as exc:
-        raise storage_error(exc, "write the job history") from exc
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            data = _HISTORY_HEADER + data
-        elif os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data  # a torn line from a crash: start on a line of our own
-        try:
-            paths.write_all(fd, data)
-            os.fsync(fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            raise storage_error(exc, "write the job history") from exc
-    finally:
-        os.close(fd)
-
-
-def _write_history(path: Path, records: Iterable[JobRecord]) -> None:
-    try:
-        paths.write_atomic(path, _HISTORY_HEADER + b"".join(_line(r) for r in records))
-    except OSError as exc:
-        raise storage_error(exc, "write the job history") from exc
-
-
-def _rewrite_history(
-    path: Path, forgotten: set[str], active: set[str], ended: dict[str, JobRecord]
-) -> None:
-    """Rewrite the history without forgotten names, keeping one (the last) line per name."""
-    keep: dict[str, bytes] = {}
-    for line in (_read(path) or b"").split(b"\n"):
-        name = _line_name(line)
-        if name is None or name in forgotten or name in active or name in ended:
-            continue
-        if _whole(line):  # a wrong but whole line is kept as it is: nothing is lost
-            keep.pop(name, None)
-            keep[name] = line + b"\n"
-    body = b"".join(keep.values()) + b"".join(_line(r) for r in ended.values())
-    try:
-        paths.write_atomic(path, _HISTORY_HEADER + body)
-    except OSError as exc:
-        raise storage_error(exc, "write the job history") from exc
+    finished = history.every(paths.history_path(base), active)
+    return snap.active + finished
