@@ -4,14 +4,23 @@
 
     history.jsonl    {"schema_version": 2}
                      {"name": "train-1", "state": "succeeded", ...}
+                     {"name": "train-1", "removed": true}
                      ...
 
-The last line of a name wins. Lines are appended whole and fsynced; a torn last line, from a
-crash mid-append, is skipped by readers and the next append starts on a line of its own.
-Readers of one job or of the newest jobs read the file from its end a block at a time, so
-their cost is how far back they look, not the history's size. This module also holds the
-checks every record read from a file passes (:func:`checked`) and its migration
-(:func:`migrate`), which :mod:`handyjobs.core.registry` applies to ``registry.json`` too.
+The last line of a name wins; a *tombstone* (``"removed": true``) says the name is kept no
+more. ``rm`` and ``clean`` append tombstones instead of rewriting the file, so removing one
+job of 100,000 writes some 40 bytes; the file is compacted (rewritten with one line per kept
+name) only by the ``rm`` or ``clean`` whose tombstones would outnumber the kept records, so
+compaction costs at most one line copied per line removed, and never slows a start or an
+outcome. A file of an older release, with no tombstones, reads as it is (a release before
+tombstones, reading a newer file, skips them with a note and shows the removed jobs again).
+
+Lines are appended whole and fsynced; a torn last line, from a crash mid-append, is skipped by
+readers and the next append starts on a line of its own. Readers of one job or of the newest
+jobs read the file from its end a block at a time, so their cost is how far back they look,
+not the history's size. This module also holds the checks every record read from a file
+passes (:func:`checked`) and its migration (:func:`migrate`), which
+:mod:`handyjobs.core.registry` applies to ``registry.json`` too.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ _BLOCK = 64 * 1024
 #: process of ours and must never reach kill(): pid -1 is every process we may signal.
 _PID_MAX = 1 << 22
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: How a tombstone line ends: after its name, where a record's line goes on with its fields.
+_TOMB_END = b', "removed": true}'
 
 
 def read(path: Path) -> bytes | None:
@@ -87,10 +98,23 @@ def migrate(d: dict[str, Any], version: int) -> dict[str, Any]:
     return d
 
 
+def tombstone(name: str) -> bytes:
+    """The line that says ``name`` is kept no more (without its newline)."""
+    return b'{"name": ' + json.dumps(name).encode() + _TOMB_END
+
+
+def is_tombstone(line: bytes) -> bool:
+    """True for a tombstone line, read without parsing it (names need no JSON escapes)."""
+    if not line.endswith(_TOMB_END):
+        return False
+    name = line_name(line)
+    return name is not None and line == tombstone(name)
+
+
 def parse_line(line: bytes, path: Path) -> JobRecord | None:
-    """A history line as a record; None for the header, a torn line or a wrong one (skipped,
-    and said once: one bad line must not stop list, rm or clean)."""
-    if not line.startswith(b'{"name": '):
+    """A history line as a record; None for the header, a tombstone, a torn line or a wrong one
+    (skipped, and said once: one bad line must not stop list, rm or clean)."""
+    if not line.startswith(b'{"name": ') or is_tombstone(line):
         return None
     try:
         doc = json.loads(line)
@@ -148,8 +172,9 @@ def lines_backwards_of(path: Path) -> Iterator[bytes]:
 
 
 def lookup(root: Path, name: str) -> JobRecord | None:
-    """The last history line of ``name``, parsed; None when there is none. Searched from the
-    end a block at a time: the cost is how far back the job ended, not the history's size."""
+    """The last history line of ``name``, parsed; None when there is none or it is a tombstone.
+    Searched from the end a block at a time: the cost is how far back the job ended (or was
+    removed), not the history's size."""
     path = paths.history_path(root)
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -172,7 +197,10 @@ def lookup(root: Path, name: str) -> JobRecord | None:
             hit = body.rfind(needle)
             while hit != -1:
                 end = body.find(b"\n", hit + 1)
-                record = parse_line(body[hit + 1 : None if end == -1 else end], path)
+                line = body[hit + 1 : None if end == -1 else end]
+                if is_tombstone(line):
+                    return None
+                record = parse_line(line, path)
                 if record is not None:
                     return record
                 hit = body.rfind(needle, 0, hit)
@@ -192,6 +220,9 @@ def newest(path: Path, skip: set[str], count: int) -> list[JobRecord]:
         name = line_name(line)
         if name is None or name in seen:
             continue
+        if is_tombstone(line):
+            seen.add(name)  # removed: its older lines are no record
+            continue
         record = parse_line(line, path)
         if record is not None:
             seen.add(name)
@@ -205,6 +236,9 @@ def every(path: Path, skip: set[str]) -> list[JobRecord]:
     for line in (read(path) or b"").split(b"\n"):
         name = line_name(line)
         if name is None or name in skip:
+            continue
+        if is_tombstone(line):
+            finished.pop(name, None)
             continue
         record = parse_line(line, path)
         if record is not None:
@@ -220,9 +254,10 @@ def _line(record: JobRecord) -> bytes:
     return json.dumps(record.to_dict(), ensure_ascii=False).encode() + b"\n"
 
 
-def append(path: Path, records: Iterable[JobRecord]) -> None:
-    """Append records as whole lines, fsynced; a failed append is cut back off the file."""
-    data = b"".join(_line(r) for r in records)
+def append(path: Path, records: Iterable[JobRecord], removed: Iterable[str] = ()) -> None:
+    """Append tombstones for the ``removed`` names, then records, as whole lines, fsynced; a
+    failed append is cut back off the file."""
+    data = b"".join(tombstone(n) + b"\n" for n in removed) + b"".join(_line(r) for r in records)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
     except OSError as exc:
@@ -245,20 +280,24 @@ def append(path: Path, records: Iterable[JobRecord]) -> None:
 
 
 def write(path: Path, records: Iterable[JobRecord]) -> None:
+    """Replace the history with these records (the first release's migration)."""
     try:
         paths.write_atomic(path, HEADER + b"".join(_line(r) for r in records))
     except OSError as exc:
         raise storage_error(exc, "write the job history") from exc
 
 
-def rewrite(path: Path, forgotten: set[str], active: set[str], ended: dict[str, JobRecord]) -> None:
-    """Rewrite the history without forgotten names, keeping one (the last) line per name."""
+def compact(path: Path, forgotten: set[str], active: set[str], ended: dict[str, JobRecord]) -> None:
+    """Rewrite the history with one (the last) line per kept name: without tombstones, the
+    names they removed, forgotten and active names; then the ``ended`` records."""
     keep: dict[str, bytes] = {}
     for line in (read(path) or b"").split(b"\n"):
         name = line_name(line)
         if name is None or name in forgotten or name in active or name in ended:
             continue
-        if _whole(line):  # a wrong but whole line is kept as it is: nothing is lost
+        if is_tombstone(line):
+            keep.pop(name, None)
+        elif _whole(line):  # a wrong but whole line is kept as it is: nothing is lost
             keep.pop(name, None)
             keep[name] = line + b"\n"
     body = b"".join(keep.values()) + b"".join(_line(r) for r in ended.values())

@@ -2,7 +2,7 @@
 
 Two files keep every record (schema version 2)::
 
-    registry.json    {"schema_version": 2, "next_id": 7, "finished": 9812, "jobs": [
+    registry.json    {"schema_version": 2, "next_id": 7, "finished": 9812, "removed": 3, "jobs": [
                      {"name": "exp1", "state": "running", ...}
                      ]}
     history.jsonl    {"schema_version": 2}
@@ -12,7 +12,8 @@ Two files keep every record (schema version 2)::
 ``registry.json`` holds only active records (queued, running), so writing it costs the same
 with 10 finished jobs as with 10,000. A record that ends is appended to ``history.jsonl``, one
 line each; the last line of a name wins, and a name that is active again (restarted) is read
-from ``registry.json``. ``rm`` and ``clean`` rewrite the history without the forgotten names.
+from ``registry.json``. ``rm`` and ``clean`` append a tombstone line per forgotten name, and
+``removed`` counts them until a compaction rewrites the history without them.
 The history's format, its readers and writers are in :mod:`handyjobs.core.history`.
 
 Reads take no lock: ``registry.json`` is replaced atomically and history lines are appended
@@ -55,11 +56,15 @@ class Registry:
     active: dict[str, JobRecord] = field(default_factory=dict)
     next_id: int = 1
     finished_count: int = 0
+    #: Tombstones in the history since it was last compacted.
+    removed_count: int = 0
     modified: bool = False
     #: Finished records to append to the history, by name.
     _ended: dict[str, JobRecord] = field(default_factory=dict)
     #: Finished names to drop from the history.
     _forgotten: set[str] = field(default_factory=set)
+    #: Names whose lines in the history file get a tombstone at the next save (in order).
+    _tombs: dict[str, None] = field(default_factory=dict)
     #: History lookups made during this lock (the file does not change while we hold it).
     _looked_up: dict[str, JobRecord | None] = field(default_factory=dict)
 
@@ -89,9 +94,14 @@ class Registry:
     def numbers(self, stem: str) -> set[int]:
         """The N of every job named ``STEM-N`` kept (active, finished, or just put): the
         default names already given for a script of that stem, read in one pass."""
-        head = re.compile(rb'(?:^|\n)\{"name": "' + re.escape(stem.encode()) + rb'-([0-9]+)"')
+        head = re.compile(
+            rb'(?:^|\n)\{"name": "'
+            + re.escape(stem.encode())
+            + rb'-([0-9]+)", ("removed": true\}(?=\n|$))?'
+        )
         data = history.read(paths.history_path(self.root)) or b""
-        found = {int(n) for n in head.findall(data)}
+        kept = {int(m[1]): not m[2] for m in head.finditer(data)}  # the last line of each wins
+        found = {n for n, alive in kept.items() if alive}
         names = [*self.active, *self._ended]
         found.update(int(n[len(stem) + 1 :]) for n in names if _numbered(n, stem))
         return found
@@ -115,14 +125,23 @@ class Registry:
         self.modified = True
 
     def forget(self, name: str) -> None:
-        """Drop a finished record (its history lines go at the next save)."""
+        """Drop a finished record (a tombstone for its history lines goes at the next save)."""
         if name in self.active:
             raise ValueError(f"job {name} is active; end it before forgetting it")
         if self._finished_exists(name):
             self.finished_count -= 1
+        if name not in self._forgotten and self._lookup(name) is not None:
+            self._tombs[name] = None
         self._ended.pop(name, None)
         self._forgotten.add(name)
         self.modified = True
+
+    def finished(self) -> list[JobRecord]:
+        """Every finished record, the history read in one pass (``clean``), newest last."""
+        skip = set(self.active) | self._forgotten | set(self._ended)
+        found = history.every(paths.history_path(self.root), skip)
+        self._looked_up.update((r.name, r) for r in found)
+        return found + list(self._ended.values())
 
     def _finished_exists(self, name: str) -> bool:
         if name in self._forgotten:
@@ -141,10 +160,14 @@ class Registry:
         if not self.modified:
             return
         hist = paths.history_path(self.root)
-        if self._forgotten:
-            history.rewrite(hist, self._forgotten, set(self.active), self._ended)
-        elif self._ended:
-            history.append(hist, self._ended.values())
+        # Compact when the tombstones would outnumber the records kept: rewriting N kept
+        # lines then follows at least N removals, one line copied per line removed.
+        if self._tombs and self.removed_count + len(self._tombs) > self.finished_count:
+            history.compact(hist, set(self._tombs), set(self.active), self._ended)
+            self.removed_count = 0
+        elif self._tombs or self._ended:
+            history.append(hist, self._ended.values(), self._tombs)
+            self.removed_count += len(self._tombs)
         try:
             paths.remove_stale_temps(self.root)
             paths.write_atomic(paths.registry_path(self.root), self._bytes())
@@ -152,6 +175,7 @@ class Registry:
             raise storage_error(exc, "write the registry") from exc
         self._ended.clear()
         self._forgotten.clear()
+        self._tombs.clear()
         self._looked_up.clear()
         self.modified = False
 
@@ -161,6 +185,7 @@ class Registry:
                 "schema_version": SCHEMA_VERSION,
                 "next_id": self.next_id,
                 "finished": max(0, self.finished_count),
+                "removed": self.removed_count,
             }
         )
         body = [json.dumps(r.to_dict(), ensure_ascii=False).encode() for r in self.active.values()]
@@ -286,6 +311,7 @@ class _Snapshot:
     finished_count: int
     active: list[JobRecord]
     legacy_finished: list[JobRecord]
+    removed_count: int = 0
 
 
 def _snapshot(root: Path) -> _Snapshot:
@@ -302,7 +328,9 @@ def _snapshot(root: Path) -> _Snapshot:
             active = [r for r in records if r.state.active]
             done = [r for r in records if not r.state.active]
             return _Snapshot(version, next_id, len(done), active, done)
-        return _Snapshot(version, next_id, _count(doc.get("finished", 0), "finished"), records, [])
+        finished = _count(doc.get("finished", 0), "finished")
+        removed = _count(doc.get("removed", 0), "removed")
+        return _Snapshot(version, next_id, finished, records, [], removed)
     except (ValueError, TypeError, OverflowError) as exc:
         raise _bad(path, exc) from exc
 
@@ -317,7 +345,13 @@ def _count(value: Any, key: str) -> int:
 def _load_locked(root: Path) -> Registry:
     """Read the registry under the lock, migrating a first-release file to this layout."""
     snap = _snapshot(root)
-    reg = Registry(root, {r.name: r for r in snap.active}, snap.next_id, snap.finished_count)
+    reg = Registry(
+        root,
+        {r.name: r for r in snap.active},
+        snap.next_id,
+        snap.finished_count,
+        snap.removed_count,
+    )
     if snap.version < 2:
         # Written once, under the lock: the finished records move to the history, then the
         # active ones are saved in the new layout. A crash in between repeats the migration.
