@@ -32,7 +32,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from handyjobs.core import paths
 from handyjobs.core.logs import lines_backwards
@@ -42,6 +42,9 @@ from handyjobs.errors import printable, storage_error
 HEADER = json.dumps({"schema_version": SCHEMA_VERSION}).encode() + b"\n"
 # Reading the history backwards, a block at a time.
 _BLOCK = 64 * 1024
+# History bytes an older release appended, unindexed, that a job's end indexes with its own
+# line; past this, the next rm or clean does (a job's end must stay quick).
+_MAX_MISSED = 1024 * 1024
 #: The largest pid Linux gives (PID_MAX_LIMIT). A bigger or negative pid in a file is no
 #: process of ours and must never reach kill(): pid -1 is every process we may signal.
 _PID_MAX = 1 << 22
@@ -173,8 +176,11 @@ def lines_backwards_of(path: Path) -> Iterator[bytes]:
 
 def lookup(root: Path, name: str) -> JobRecord | None:
     """The last history line of ``name``, parsed; None when there is none or it is a tombstone.
-    Searched from the end a block at a time: the cost is how far back the job ended (or was
-    removed), not the history's size."""
+
+    The index names the line; only the history's tail it does not cover yet is searched (from
+    the end, a block at a time). Without a usable index the whole history is searched from the
+    end: the cost is then how far back the job ended (or was removed).
+    """
     path = paths.history_path(root)
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -182,31 +188,224 @@ def lookup(root: Path, name: str) -> JobRecord | None:
         return None
     except OSError as exc:
         raise storage_error(exc, "read") from exc
-    needle = b'\n{"name": ' + json.dumps(name).encode() + b", "
+    index = _Index.open(root)  # after the history: a compaction in between shows as stale
     try:
-        pos, tail = os.fstat(fd).st_size, b""
-        while pos > 0:
-            size = min(_BLOCK, pos)
-            pos -= size
-            chunk = os.pread(fd, size, pos) + tail
-            # Whole lines only: the first one may go on in the block before (kept as ``tail``).
-            cut = chunk.find(b"\n") if pos > 0 else 0
-            body, tail = (chunk[cut:], chunk[:cut]) if pos > 0 else (b"\n" + chunk, b"")
-            if cut == -1:
-                body, tail = b"", chunk
-            hit = body.rfind(needle)
-            while hit != -1:
-                end = body.find(b"\n", hit + 1)
-                line = body[hit + 1 : None if end == -1 else end]
-                if is_tombstone(line):
-                    return None
-                record = parse_line(line, path)
-                if record is not None:
-                    return record
-                hit = body.rfind(needle, 0, hit)
+        if index is not None and not index.describes(fd):
+            index.close()
+            index = None
+        low = 0 if index is None else index.covered
+        found, record = _search(fd, path, name, low, os.fstat(fd).st_size)
+        if found or index is None:
+            return record
+        answer = index.find(fd, path, name)
+        if answer is None:  # an index that does not match the file: search the file itself
+            answer = _search(fd, path, name, 0, low)
+        return answer[1]
     finally:
         os.close(fd)
-    return None
+        if index is not None:
+            index.close()
+
+
+#: A search's answer: whether a line of the name was found, and its record (None for a
+#: tombstone, which is found too: the name is kept no more).
+_Found: TypeAlias = "tuple[bool, JobRecord | None]"
+_NOT_FOUND: _Found = (False, None)
+
+
+def _search(fd: int, path: Path, name: str, low: int, high: int) -> _Found:
+    """The last line of ``name`` between offsets ``low`` (a line's start) and ``high``."""
+    needle = b'\n{"name": ' + json.dumps(name).encode() + b", "
+    for line in _lines_with(fd, needle, low, high):
+        if is_tombstone(line):
+            return True, None
+        record = parse_line(line, path)
+        if record is not None:
+            return True, record
+    return _NOT_FOUND
+
+
+def _lines_with(fd: int, needle: bytes, low: int, high: int) -> Iterator[bytes]:
+    """The lines between offsets ``low`` (a line's start) and ``high`` that hold ``needle``
+    (which may begin with the newline before a line), last first, read a block at a time."""
+    pos, tail = high, b""
+    while pos > low:
+        size = min(_BLOCK, pos - low)
+        pos -= size
+        chunk = os.pread(fd, size, pos) + tail
+        # Whole lines only: the first one may go on in the block before (kept as ``tail``).
+        if pos == low:
+            body, tail = b"\n" + chunk, b""
+        else:
+            cut = chunk.find(b"\n")
+            body, tail = (b"", chunk) if cut == -1 else (chunk[cut:], chunk[:cut])
+        hit = body.rfind(needle)
+        while hit != -1:
+            begin = body.rfind(b"\n", 0, hit + 1) + 1
+            end = body.find(b"\n", hit + 1)
+            yield body[begin : None if end == -1 else end]
+            hit = body.rfind(needle, 0, begin)
+
+
+# ---- the index ----------------------------------------------------------------------------
+#
+# history.idx: a header naming the history file it indexes (by inode: a compaction makes a new
+# file), then "OFFSET LENGTH NAME" for each history line. A look-up searches it from the end
+# (some 30 bytes a job where the history has 2 KB) and reads the one line it points to. The
+# index is advisory: the history alone is the record, and an index that is missing, another
+# file's, or behind it (a crash between the two appends, an older release's appends) is
+# worked around by searching the history itself.
+
+_INDEX_MAGIC = b"handyjobs history index 1, inode "
+
+
+class _Index:
+    """An open index and the history bytes it covers (lines below ``covered`` are indexed)."""
+
+    def __init__(self, fd: int, inode: int, start: int, last: _Entry | None) -> None:
+        """Keep the open index, its history's inode, where its entries start, its last entry."""
+        self.fd, self.inode, self.start, self.last = fd, inode, start, last
+        self.covered = 0 if last is None else last[0] + last[1]
+
+    @classmethod
+    def open(cls, root: Path) -> _Index | None:
+        """The index of the state folder's history, or None when there is none it can use."""
+        try:
+            fd = os.open(paths.history_index_path(root), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            head = os.pread(fd, 128, 0).split(b"\n", 1)[0]
+            if not head.startswith(_INDEX_MAGIC):
+                raise ValueError("not an index")
+            inode = int(head[len(_INDEX_MAGIC) :])
+            last = _last_entry(fd, len(head) + 1)
+        except (OSError, ValueError):
+            os.close(fd)
+            return None
+        return cls(fd, inode, len(head) + 1, last)
+
+    def describes(self, hist_fd: int) -> bool:
+        """True when this index is of that open history file: its inode (which a file made
+        later may reuse) and its last entry, which must point at a whole line of its name."""
+        st = os.fstat(hist_fd)
+        if st.st_ino != self.inode or self.covered > st.st_size:
+            return False
+        if self.last is None:
+            return True
+        offset, length, name = self.last
+        line = os.pread(hist_fd, length, offset)
+        return line.endswith(b"\n") and line_name(line) == name
+
+    def find(self, hist_fd: int, path: Path, name: str) -> _Found | None:
+        """The last covered line of ``name``; None when an entry does not point at a line of
+        that name (the index is not this history's)."""
+        size = os.fstat(self.fd).st_size
+        for entry in _lines_with(self.fd, b" " + name.encode() + b"\n", self.start, size):
+            try:
+                offset, length, _ = entry.split(b" ", 2)
+                line = os.pread(hist_fd, int(length), int(offset))
+            except (ValueError, OSError):
+                return None
+            if not line.endswith(b"\n") or line_name(line) != name:
+                return None
+            if is_tombstone(line[:-1]):
+                return True, None
+            record = parse_line(line[:-1], path)
+            if record is not None:
+                return True, record
+        return _NOT_FOUND
+
+    def close(self) -> None:
+        """Close the index file."""
+        os.close(self.fd)
+
+
+#: An index entry: the offset and length (with its newline) of a history line, and its name.
+_Entry: TypeAlias = "tuple[int, int, str]"
+
+
+def _last_entry(fd: int, start: int) -> _Entry | None:
+    """The index's last whole entry (None when it has none); a torn last entry (a crash
+    mid-append) is not counted. ValueError when the entry is not one."""
+    size = os.fstat(fd).st_size
+    begin = max(start, size - 4096)
+    data = os.pread(fd, size - begin, begin)
+    whole = data[: data.rfind(b"\n") + 1]
+    last = whole[:-1].rsplit(b"\n", 1)
+    if begin > start and len(last) == 1:  # the entry may begin before what was read
+        raise ValueError("no whole entry at the end of the index")
+    if not whole:
+        return None
+    offset, length, name = last[-1].split(b" ", 2)
+    return int(offset), int(length), name.decode()
+
+
+def _entries(start: int, data: bytes) -> bytes:
+    """Index entries for the history lines in ``data``, which begins at offset ``start``."""
+    out, pos = [], start
+    for line in data.split(b"\n")[:-1]:  # what follows the last newline is no whole line
+        name = line_name(line)
+        if name is not None:
+            out.append(b"%d %d %s\n" % (pos, len(line) + 1, name.encode()))
+        pos += len(line) + 1
+    return b"".join(out)
+
+
+def _index_appended(root: Path, hist_fd: int, start: int, data: bytes, rebuild: bool) -> None:
+    """Index ``data``, just appended to the history at ``start``, and any tail the index
+    missed before it. ``rebuild`` (rm, clean: never a job's end) makes a missing or stale
+    index afresh. Errors are ignored: readers work around an index that is behind."""
+    with contextlib.suppress(OSError):
+        index = _Index.open(root)
+        if index is None or not index.describes(hist_fd) or index.covered > start:
+            if index is not None:
+                index.close()
+            if start == 0:  # a new history: its index is just as new
+                _write_index(root, os.fstat(hist_fd).st_ino, _entries(0, data))
+            elif rebuild:
+                _index_all(root, hist_fd)
+            return
+        try:
+            missed = start - index.covered
+            if missed > _MAX_MISSED and not rebuild:
+                return  # an older release appended much: left to the next rm or clean
+            old = os.pread(hist_fd, missed, index.covered) if missed else b""
+            _append_entries(root, index, _entries(index.covered, old) + _entries(start, data))
+        finally:
+            index.close()
+
+
+def _append_entries(root: Path, index: _Index, entries: bytes) -> None:
+    """Append entries to the index, after cutting off an entry torn by a crash."""
+    fd = os.open(paths.history_index_path(root), os.O_WRONLY | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        if os.pread(index.fd, 1, size - 1) != b"\n":
+            os.ftruncate(fd, os.pread(index.fd, size, 0).rfind(b"\n") + 1)
+        paths.write_all(fd, entries)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _index_all(root: Path, hist_fd: int) -> None:
+    """Write the index of the whole history afresh, read a block at a time."""
+    out, pos, tail = [], 0, b""
+    while True:
+        got = os.pread(hist_fd, 16 * _BLOCK, pos)
+        if not got:
+            break
+        chunk, begin = tail + got, pos - len(tail)
+        cut = chunk.rfind(b"\n") + 1
+        out.append(_entries(begin, chunk[:cut]))
+        pos, tail = pos + len(got), chunk[cut:]
+    _write_index(root, os.fstat(hist_fd).st_ino, b"".join(out))
+
+
+def _write_index(root: Path, inode: int, entries: bytes) -> None:
+    """Replace the index with these entries of the history file ``inode``."""
+    paths.write_atomic(paths.history_index_path(root), _INDEX_MAGIC + b"%d\n" % inode + entries)
 
 
 def newest(path: Path, skip: set[str], count: int) -> list[JobRecord]:
@@ -254,9 +453,13 @@ def _line(record: JobRecord) -> bytes:
     return json.dumps(record.to_dict(), ensure_ascii=False).encode() + b"\n"
 
 
-def append(path: Path, records: Iterable[JobRecord], removed: Iterable[str] = ()) -> None:
-    """Append tombstones for the ``removed`` names, then records, as whole lines, fsynced; a
-    failed append is cut back off the file."""
+def append(
+    root: Path, records: Iterable[JobRecord], removed: Iterable[str] = (), rebuild: bool = False
+) -> None:
+    """Append tombstones for the ``removed`` names, then records, as whole lines, fsynced (a
+    failed append is cut back off the file), then index them (``rebuild``: see
+    :func:`_index_appended`)."""
+    path = paths.history_path(root)
     data = b"".join(tombstone(n) + b"\n" for n in removed) + b"".join(_line(r) for r in records)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -275,23 +478,32 @@ def append(path: Path, records: Iterable[JobRecord], removed: Iterable[str] = ()
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)
             raise storage_error(exc, "write the job history") from exc
+        _index_appended(root, fd, size, data, rebuild)
     finally:
         os.close(fd)
 
 
-def write(path: Path, records: Iterable[JobRecord]) -> None:
+def write(root: Path, records: Iterable[JobRecord]) -> None:
     """Replace the history with these records (the first release's migration)."""
+    _replace(root, HEADER + b"".join(_line(r) for r in records))
+
+
+def _replace(root: Path, data: bytes) -> None:
+    """Replace the history with ``data``, then its index (a stale one is never used)."""
+    path = paths.history_path(root)
     try:
-        paths.write_atomic(path, HEADER + b"".join(_line(r) for r in records))
+        paths.write_atomic(path, data)
     except OSError as exc:
         raise storage_error(exc, "write the job history") from exc
+    with contextlib.suppress(OSError):
+        _write_index(root, os.stat(path).st_ino, _entries(0, data))
 
 
-def compact(path: Path, forgotten: set[str], active: set[str], ended: dict[str, JobRecord]) -> None:
+def compact(root: Path, forgotten: set[str], active: set[str], ended: dict[str, JobRecord]) -> None:
     """Rewrite the history with one (the last) line per kept name: without tombstones, the
     names they removed, forgotten and active names; then the ``ended`` records."""
     keep: dict[str, bytes] = {}
-    for line in (read(path) or b"").split(b"\n"):
+    for line in (read(paths.history_path(root)) or b"").split(b"\n"):
         name = line_name(line)
         if name is None or name in forgotten or name in active or name in ended:
             continue
@@ -301,7 +513,4 @@ def compact(path: Path, forgotten: set[str], active: set[str], ended: dict[str, 
             keep.pop(name, None)
             keep[name] = line + b"\n"
     body = b"".join(keep.values()) + b"".join(_line(r) for r in ended.values())
-    try:
-        paths.write_atomic(path, HEADER + body)
-    except OSError as exc:
-        raise storage_error(exc, "write the job history") from exc
+    _replace(root, HEADER + body)

@@ -159,14 +159,14 @@ class Registry:
         """Write the changes: history first, then ``registry.json`` (the commit point)."""
         if not self.modified:
             return
-        hist = paths.history_path(self.root)
         # Compact when the tombstones would outnumber the records kept: rewriting N kept
         # lines then follows at least N removals, one line copied per line removed.
         if self._tombs and self.removed_count + len(self._tombs) > self.finished_count:
-            history.compact(hist, set(self._tombs), set(self.active), self._ended)
+            history.compact(self.root, set(self._tombs), set(self.active), self._ended)
             self.removed_count = 0
         elif self._tombs or self._ended:
-            history.append(hist, self._ended.values(), self._tombs)
+            # An rm or clean (never a job's end) may index a history of an older release.
+            history.append(self.root, self._ended.values(), self._tombs, rebuild=bool(self._tombs))
             self.removed_count += len(self._tombs)
         try:
             paths.remove_stale_temps(self.root)
@@ -355,7 +355,7 @@ def _load_locked(root: Path) -> Registry:
     if snap.version < 2:
         # Written once, under the lock: the finished records move to the history, then the
         # active ones are saved in the new layout. A crash in between repeats the migration.
-        history.write(paths.history_path(root), snap.legacy_finished)
+        history.write(root, snap.legacy_finished)
         reg.modified = True
         reg.save()
     return reg

@@ -200,6 +200,82 @@ def test_removed_default_names_are_free_again(tmp_path: Path) -> None:
         assert reg.numbers("train") == {1, 2, 3}
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read so far (read and pread calls), as the kernel counts them."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def _history_of(root: Path, count: int) -> None:
+    """A history of ``count`` finished jobs old0..oldN, written as an older release left it
+    (no index), quickly: one record's line repeated under other names."""
+    _fill(root, active=0, finished=1)
+    hist = paths.history_path(root)
+    line = hist.read_bytes().splitlines()[-1]
+    body = b"\n".join(line.replace(b'"done0"', b'"old%d"' % i) for i in range(count))
+    hist.write_bytes(json.dumps({"schema_version": 2}).encode() + b"\n" + body + b"\n")
+    paths.history_index_path(root).unlink()
+
+
+def test_one_jobs_lookup_reads_the_index_not_the_history(tmp_path: Path) -> None:
+    """Once indexed (by the first rm of an older release's history), finding the oldest job
+    of 20,000 reads a small part of the history's size; before, it read it all."""
+    root = tmp_path / "state"
+    _history_of(root, 20_000)
+    size = paths.history_path(root).stat().st_size
+    before = _bytes_read()
+    assert registry.load_one("old0", root) is not None  # no index: the whole file, from the end
+    assert _bytes_read() - before > size * 0.9
+    with registry.locked(root) as reg:
+        reg.forget("old5")  # rm (never a job's end) indexes the whole history once
+    assert paths.history_index_path(root).stat().st_size < size / 20
+    before = _bytes_read()
+    oldest = registry.load_one("old0", root)
+    assert oldest is not None and oldest.name == "old0"
+    assert _bytes_read() - before < size / 10
+    assert registry.load_one("old5", root) is None and registry.load_one("never", root) is None
+    assert registry.load_one("old19999", root) is not None
+
+
+def test_an_index_that_is_behind_torn_or_another_files_is_worked_around(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    _fill(root, active=0, finished=20)
+    hist, index = paths.history_path(root), paths.history_index_path(root)
+    assert index.read_bytes().count(b"\n") == 21  # a new history is indexed from its first line
+    # Lines appended by an older release, not indexed: found at the end, then indexed.
+    line = hist.read_bytes().splitlines()[-1]
+    with hist.open("ab") as f:
+        f.write(line.replace(b'"done19"', b'"older"') + b"\n")
+    assert registry.load_one("older", root) is not None
+    # An entry torn by a crash mid-append: cut off by the next append.
+    with index.open("ab") as f:
+        f.write(b"12345 67")
+    with registry.locked(root) as reg:
+        reg.put(make_record("newer"))
+    assert b"12345 67" not in index.read_bytes() and index.read_bytes().endswith(b" newer\n")
+    assert index.read_bytes().count(b" older\n") == 1
+    for name in ("done0", "older", "newer"):
+        assert registry.load_one(name, root) is not None
+    # The history rewritten by an older release (a new file): the index is another file's.
+    data = hist.read_bytes()
+    hist.unlink()
+    hist.write_bytes(data.replace(b'{"name": "done3", ', b'{"name": "done3x", '))
+    assert registry.load_one("done3", root) is None
+    assert registry.load_one("done3x", root) is not None
+    # Entries pointing at the wrong lines of this very file: the file itself is searched.
+    entries = index.read_bytes().splitlines(keepends=True)
+    head = entries[0].split(b"inode ")[0] + b"inode %d\n" % hist.stat().st_ino
+    index.write_bytes(head + b"".join(e.replace(b" done4\n", b" done5\n") for e in entries[1:]))
+    five = registry.load_one("done5", root)
+    assert five is not None and five.name == "done5"
+    with registry.locked(root) as reg:  # rm makes the index afresh
+        reg.forget("done6")
+    assert registry.load_one("done4", root) is not None and registry.load_one("done6", root) is None
+    assert b" done4\n" in index.read_bytes()
+
+
 def test_a_tombstone_after_a_torn_line_starts_on_its_own_line(tmp_path: Path) -> None:
     root = tmp_path / "state"
     _fill(root, active=0, finished=4)
