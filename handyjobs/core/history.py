@@ -16,9 +16,10 @@ outcome. A file of an older release, with no tombstones, reads as it is (a relea
 tombstones, reading a newer file, skips them with a note and shows the removed jobs again).
 
 Lines are appended whole and fsynced; a torn last line, from a crash mid-append, is skipped by
-readers and the next append starts on a line of its own. Readers of one job or of the newest
-jobs read the file from its end a block at a time, so their cost is how far back they look,
-not the history's size. This module also holds the checks every record read from a file
+readers and the next append starts on a line of its own. Readers of the newest jobs read the
+file from its end a block at a time, and a reader of one job finds its line through the index
+``history.idx`` (below), so their cost is how far back they look, not the history's size. This
+module also holds the checks every record read from a file
 passes (:func:`checked`) and its migration (:func:`migrate`), which
 :mod:`handyjobs.core.registry` applies to ``registry.json`` too.
 """
@@ -54,6 +55,7 @@ _TOMB_END = b', "removed": true}'
 
 
 def read(path: Path) -> bytes | None:
+    """A file's bytes; None when it does not exist."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
