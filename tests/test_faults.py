@@ -227,6 +227,58 @@ def test_stop_and_restart_at_the_same_moment_agree_with_reality(sandbox: Sandbox
         assert not _marked_alive(run2.run_id)
 
 
+def test_rm_logs_racing_a_start_of_the_same_name_never_deletes_the_new_jobs_files(
+    sandbox: Sandbox,
+) -> None:
+    """``rm --logs x`` and ``start --name x`` run at the same moment, 30 times, in either
+    order: whenever the start succeeds its job has its folder and its whole log, and the
+    removed job's lines are not in it; when the start comes first it is refused."""
+    import random
+
+    sandbox.write("say.py", "import sys\nprint('I am', sys.argv[1], flush=True)\n")
+    cli = [sys.executable, "-m", "handyjobs"]
+    folder = sandbox.home / "jobs" / "x"
+
+    def launch(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*cli, *args],
+            env=sandbox.env,
+            cwd=sandbox.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    sandbox.cli("start", "say.py", "--name", "x", "--", "gen0", check=True)
+    sandbox.cli("wait", "x", check=True)
+    rng = random.Random(5)
+    outcomes = {"started": 0, "refused": 0}
+    for i in range(1, 31):
+        first, second = ("rm", "start") if i % 2 else ("start", "rm")
+        argv = {
+            "rm": ("rm", "--logs", "x"),
+            "start": ("start", "say.py", "--name", "x", "--", f"gen{i}"),
+        }
+        procs_ = {first: launch(*argv[first])}
+        time.sleep(rng.uniform(0, 0.3))  # somewhere in the other's start-up or its lock
+        procs_[second] = launch(*argv[second])
+        _, start_err = procs_["start"].communicate(timeout=120)
+        _, rm_err = procs_["rm"].communicate(timeout=120)
+        assert procs_["rm"].returncode == 0, rm_err  # x had ended: removed before or after
+        if procs_["start"].returncode != 0:
+            assert "a job named x exists" in start_err, start_err  # it came before the rm
+            outcomes["refused"] += 1
+            sandbox.cli("start", "say.py", "--name", "x", "--", f"gen{i}", check=True)
+        else:
+            outcomes["started"] += 1
+        done = sandbox.cli("wait", "x")
+        assert done.returncode == 0, (i, outcomes, done.stderr)
+        log = (folder / "output.log").read_text()
+        assert f"I am gen{i}\n" in log and f"I am gen{i - 1}\n" not in log, (i, log)
+        assert show(sandbox, "x")["log_path"] == str(folder / "output.log")
+    assert outcomes["started"] > 0, outcomes
+
+
 # ---- 3. nothing left running ---------------------------------------------------------------
 
 

@@ -465,18 +465,15 @@ def clean_jobs(logs: bool = False, states: Sequence[JobState] = ()) -> list[str]
     """Forget every finished job (of ``states`` when given); return their names."""
     root = paths.home()
     paths.check_home(root)
-    records = scheduler.refresh(registry.load_all(root), root)
-    names = [r.name for r in records if not r.state.active and (not states or r.state in states)]
-    if not names:
-        return []
+    scheduler.refresh(registry.load_active(root), root)  # runs that ended meanwhile count
     kept = []
     with registry.locked(root) as reg:
-        names = [n for n in names if n not in reg.active]
-        for name in names:
-            record = reg.get(name)
-            reg.forget(name)
-            if record is not None:
-                kept.append(_set_aside(root, record))
+        # The history read once, under the lock: a lookup per name would read it N times.
+        records = [r for r in reg.finished() if not states or r.state in states]
+        names = [r.name for r in records]
+        for record in records:
+            reg.forget(record.name)
+            kept.append(_set_aside(root, record))
     for folder in kept:
         _remove_files(folder, logs)
     return names

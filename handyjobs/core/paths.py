@@ -5,6 +5,7 @@ Layout::
     $HANDYJOBS_HOME/              0700 when handyjobs makes it; refused if others may write it
       registry.json               active jobs (queued, running), next id, schema version
       history.jsonl               finished jobs, one JSON record a line, appended
+      history.idx                 where each name's lines are in history.jsonl (advisory)
       scheduler.lock              held by the one queued runner that schedules the queue
       sweep.lock                  held by a sweep while it picks its names and group
       pending/RUNID.env.json      a start's environment before its record is saved (swept)
@@ -171,6 +172,11 @@ def registry_path(root: Path | None = None) -> Path:
 def history_path(root: Path | None = None) -> Path:
     """The append-only file of finished jobs."""
     return (root or home()) / "history.jsonl"
+
+
+def history_index_path(root: Path | None = None) -> Path:
+    """The index of the history: where each job's lines are."""
+    return (root or home()) / "history.idx"
 
 
 def lock_path(root: Path | None = None) -> Path:

@@ -2,7 +2,7 @@
 
 Two files keep every record (schema version 2)::
 
-    registry.json    {"schema_version": 2, "next_id": 7, "finished": 9812, "jobs": [
+    registry.json    {"schema_version": 2, "next_id": 7, "finished": 9812, "removed": 3, "jobs": [
                      {"name": "exp1", "state": "running", ...}
                      ]}
     history.jsonl    {"schema_version": 2}
@@ -12,7 +12,9 @@ Two files keep every record (schema version 2)::
 ``registry.json`` holds only active records (queued, running), so writing it costs the same
 with 10 finished jobs as with 10,000. A record that ends is appended to ``history.jsonl``, one
 line each; the last line of a name wins, and a name that is active again (restarted) is read
-from ``registry.json``. ``rm`` and ``clean`` rewrite the history without the forgotten names.
+from ``registry.json``. ``rm`` and ``clean`` append a tombstone line per forgotten name, and
+``removed`` counts them until a compaction rewrites the history without them.
+The history's format, its readers and writers are in :mod:`handyjobs.core.history`.
 
 Reads take no lock: ``registry.json`` is replaced atomically and history lines are appended
 whole (a torn last line, from a crash mid-append, is skipped). Every read-modify-write holds
@@ -29,24 +31,14 @@ import fcntl
 import json
 import os
 import re
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handyjobs.core import paths
-from handyjobs.core.logs import lines_backwards
-from handyjobs.core.records import NAME_RE, SCHEMA_VERSION, JobRecord, ProcId
-from handyjobs.errors import RegistryError, printable, storage_error
-
-_HISTORY_HEADER = json.dumps({"schema_version": SCHEMA_VERSION}).encode() + b"\n"
-# Reading the history backwards, a block at a time.
-_BLOCK = 64 * 1024
-#: The largest pid Linux gives (PID_MAX_LIMIT). A bigger or negative pid in a file is no
-#: process of ours and must never reach kill(): pid -1 is every process we may signal.
-_PID_MAX = 1 << 22
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+from handyjobs.core import history, paths
+from handyjobs.core.records import SCHEMA_VERSION, JobRecord
+from handyjobs.errors import RegistryError, storage_error
 
 
 def _numbered(name: str, stem: str) -> bool:
@@ -64,11 +56,15 @@ class Registry:
     active: dict[str, JobRecord] = field(default_factory=dict)
     next_id: int = 1
     finished_count: int = 0
+    #: Tombstones in the history since it was last compacted.
+    removed_count: int = 0
     modified: bool = False
     #: Finished records to append to the history, by name.
     _ended: dict[str, JobRecord] = field(default_factory=dict)
     #: Finished names to drop from the history.
     _forgotten: set[str] = field(default_factory=set)
+    #: Names whose lines in the history file get a tombstone at the next save (in order).
+    _tombs: dict[str, None] = field(default_factory=dict)
     #: History lookups made during this lock (the file does not change while we hold it).
     _looked_up: dict[str, JobRecord | None] = field(default_factory=dict)
 
@@ -88,7 +84,7 @@ class Registry:
 
     def _lookup(self, name: str) -> JobRecord | None:
         if name not in self._looked_up:
-            self._looked_up[name] = _history_lookup(self.root, name)
+            self._looked_up[name] = history.lookup(self.root, name)
         return self._looked_up[name]
 
     def exists(self, name: str) -> bool:
@@ -98,9 +94,14 @@ class Registry:
     def numbers(self, stem: str) -> set[int]:
         """The N of every job named ``STEM-N`` kept (active, finished, or just put): the
         default names already given for a script of that stem, read in one pass."""
-        head = re.compile(rb'(?:^|\n)\{"name": "' + re.escape(stem.encode()) + rb'-([0-9]+)"')
-        data = _read(paths.history_path(self.root)) or b""
-        found = {int(n) for n in head.findall(data)}
+        head = re.compile(
+            rb'(?:^|\n)\{"name": "'
+            + re.escape(stem.encode())
+            + rb'-([0-9]+)", ("removed": true\}(?=\n|$))?'
+        )
+        data = history.read(paths.history_path(self.root)) or b""
+        kept = {int(m[1]): not m[2] for m in head.finditer(data)}  # the last line of each wins
+        found = {n for n, alive in kept.items() if alive}
         names = [*self.active, *self._ended]
         found.update(int(n[len(stem) + 1 :]) for n in names if _numbered(n, stem))
         return found
@@ -124,14 +125,23 @@ class Registry:
         self.modified = True
 
     def forget(self, name: str) -> None:
-        """Drop a finished record (its history lines go at the next save)."""
+        """Drop a finished record (a tombstone for its history lines goes at the next save)."""
         if name in self.active:
             raise ValueError(f"job {name} is active; end it before forgetting it")
         if self._finished_exists(name):
             self.finished_count -= 1
+        if name not in self._forgotten and self._lookup(name) is not None:
+            self._tombs[name] = None
         self._ended.pop(name, None)
         self._forgotten.add(name)
         self.modified = True
+
+    def finished(self) -> list[JobRecord]:
+        """Every finished record, the history read in one pass (``clean``), newest last."""
+        skip = set(self.active) | self._forgotten | set(self._ended)
+        found = history.every(paths.history_path(self.root), skip)
+        self._looked_up.update((r.name, r) for r in found)
+        return found + list(self._ended.values())
 
     def _finished_exists(self, name: str) -> bool:
         if name in self._forgotten:
@@ -149,11 +159,15 @@ class Registry:
         """Write the changes: history first, then ``registry.json`` (the commit point)."""
         if not self.modified:
             return
-        hist = paths.history_path(self.root)
-        if self._forgotten:
-            _rewrite_history(hist, self._forgotten, set(self.active), self._ended)
-        elif self._ended:
-            _append_history(hist, self._ended.values())
+        # Compact when the tombstones would outnumber the records kept: rewriting N kept
+        # lines then follows at least N removals, one line copied per line removed.
+        if self._tombs and self.removed_count + len(self._tombs) > self.finished_count:
+            history.compact(self.root, set(self._tombs), set(self.active), self._ended)
+            self.removed_count = 0
+        elif self._tombs or self._ended:
+            # An rm or clean (never a job's end) may index a history of an older release.
+            history.append(self.root, self._ended.values(), self._tombs, rebuild=bool(self._tombs))
+            self.removed_count += len(self._tombs)
         try:
             paths.remove_stale_temps(self.root)
             paths.write_atomic(paths.registry_path(self.root), self._bytes())
@@ -161,6 +175,7 @@ class Registry:
             raise storage_error(exc, "write the registry") from exc
         self._ended.clear()
         self._forgotten.clear()
+        self._tombs.clear()
         self._looked_up.clear()
         self.modified = False
 
@@ -170,6 +185,7 @@ class Registry:
                 "schema_version": SCHEMA_VERSION,
                 "next_id": self.next_id,
                 "finished": max(0, self.finished_count),
+                "removed": self.removed_count,
             }
         )
         body = [json.dumps(r.to_dict(), ensure_ascii=False).encode() for r in self.active.values()]
@@ -257,15 +273,6 @@ def shared(root: Path | None = None) -> Iterator[None]:
 # ---- reading -------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise storage_error(exc, "read") from exc
-
-
 def _bad(path: Path, exc: Exception) -> RegistryError:
     return RegistryError(
         f"the registry {path} is not valid ({str(exc)[:200]}); fix that value, or move it"
@@ -290,48 +297,9 @@ def _decode_head(data: bytes, path: Path) -> dict[str, Any]:
 
 def _records(raw: Iterable[Any], version: int, path: Path) -> list[JobRecord]:
     try:
-        return [checked(JobRecord.from_dict(migrate(d, version))) for d in raw]
+        return [history.checked(JobRecord.from_dict(history.migrate(d, version))) for d in raw]
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise _bad(path, exc) from exc
-
-
-def checked(record: JobRecord) -> JobRecord:
-    """``record``, refused (ValueError) when a well-formed file holds a value no command may
-    act on: a name that is a path, no run, a pid that is no process, a negative count."""
-    name = record.name
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"{name!r} is not a job name")
-    if not record.runs:
-        raise ValueError(f"job {name} has no run")
-    for run in record.runs:
-        if not _RUN_ID_RE.match(run.run_id) or run.run < 1 or run.nproc < 1:
-            raise ValueError(f"job {name}: run {run.run} ({run.run_id!r}) is not a run")
-        for proc in (run.runner, run.main):
-            if proc is not None and not (0 < proc.pid <= _PID_MAX and (proc.start or 0) >= 0):
-                raise ValueError(f"job {name}: {proc.pid} (start {proc.start}) is not a process id")
-        if any(g < 0 for g in run.gpus):
-            raise ValueError(f"job {name}: run {run.run} names a negative GPU")
-    return record
-
-
-def migrate(d: dict[str, Any], version: int) -> dict[str, Any]:
-    """Bring one record from an older schema version up to the current one."""
-    if version < 2:
-        # v1 kept the session on the record, pids as a flat dict, and why a job waited as an
-        # English sentence (now data, recomputed by the next scheduling pass).
-        d = dict(d)
-        runs = [dict(r) for r in d.get("runs", [])]
-        if runs:
-            runs[-1].setdefault("handle", {"session": d.get("session", d["name"])})
-        for r in runs:
-            pids = r.get("pids") or {}
-            if "runner" not in r and pids.get("runner"):
-                r["runner"] = ProcId(int(pids["runner"])).to_dict()
-            if "main" not in r and pids.get("main"):
-                r["main"] = ProcId(int(pids["main"])).to_dict()
-            r.pop("waiting_for", None)
-        d["runs"] = runs
-    return d
 
 
 @dataclass
@@ -343,11 +311,12 @@ class _Snapshot:
     finished_count: int
     active: list[JobRecord]
     legacy_finished: list[JobRecord]
+    removed_count: int = 0
 
 
 def _snapshot(root: Path) -> _Snapshot:
     path = paths.registry_path(root)
-    data = _read(path)
+    data = history.read(path)
     if data is None:
         return _Snapshot(SCHEMA_VERSION, 1, 0, [], [])
     doc = _decode_head(data, path)
@@ -359,7 +328,9 @@ def _snapshot(root: Path) -> _Snapshot:
             active = [r for r in records if r.state.active]
             done = [r for r in records if not r.state.active]
             return _Snapshot(version, next_id, len(done), active, done)
-        return _Snapshot(version, next_id, _count(doc.get("finished", 0), "finished"), records, [])
+        finished = _count(doc.get("finished", 0), "finished")
+        removed = _count(doc.get("removed", 0), "removed")
+        return _Snapshot(version, next_id, finished, records, [], removed)
     except (ValueError, TypeError, OverflowError) as exc:
         raise _bad(path, exc) from exc
 
@@ -374,108 +345,20 @@ def _count(value: Any, key: str) -> int:
 def _load_locked(root: Path) -> Registry:
     """Read the registry under the lock, migrating a first-release file to this layout."""
     snap = _snapshot(root)
-    reg = Registry(root, {r.name: r for r in snap.active}, snap.next_id, snap.finished_count)
+    reg = Registry(
+        root,
+        {r.name: r for r in snap.active},
+        snap.next_id,
+        snap.finished_count,
+        snap.removed_count,
+    )
     if snap.version < 2:
         # Written once, under the lock: the finished records move to the history, then the
         # active ones are saved in the new layout. A crash in between repeats the migration.
-        _write_history(paths.history_path(root), snap.legacy_finished)
+        history.write(root, snap.legacy_finished)
         reg.modified = True
         reg.save()
     return reg
-
-
-def _parse_line(line: bytes, path: Path) -> JobRecord | None:
-    """A history line as a record; None for the header, a torn line or a wrong one (skipped,
-    and said once: one bad line must not stop list, rm or clean)."""
-    if not line.startswith(b'{"name": '):
-        return None
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return None  # torn by a crash mid-append: the record is still active or appended again
-    try:
-        return checked(JobRecord.from_dict(migrate(doc, SCHEMA_VERSION)))
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
-        _skipped(path, _line_name(line), exc)
-        return None
-
-
-#: History files whose wrong lines were already reported by this process.
-_SAID: set[Path] = set()
-
-
-def _skipped(path: Path, name: str | None, exc: Exception) -> None:
-    """Say once per file that a wrong line was skipped; every other record still reads."""
-    if path not in _SAID:
-        _SAID.add(path)
-        text = str(exc)[:200]
-        why = printable(text if name and name in text else f"job {name}: {text}")
-        sys.stderr.write(f"handyjobs: skipped a line of {path} ({why}); fix or delete it\n")
-
-
-def _whole(line: bytes) -> bool:
-    """True for a line that is one whole JSON document (not torn by a crash)."""
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True
-
-
-def _line_name(line: bytes) -> str | None:
-    """The name of a history line, read without parsing it (names need no JSON escapes)."""
-    if not line.startswith(b'{"name": "'):
-        return None
-    end = line.find(b'"', 10)
-    return line[10:end].decode(errors="replace") if end > 10 else None
-
-
-def _lines_backwards(path: Path) -> Iterator[bytes]:
-    """The history's lines, last first, read a block at a time from the end."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise storage_error(exc, "read") from exc
-    try:
-        yield from lines_backwards(fd, _BLOCK)
-    finally:
-        os.close(fd)
-
-
-def _history_lookup(root: Path, name: str) -> JobRecord | None:
-    """The last history line of ``name``, parsed; None when there is none. Searched from the
-    end a block at a time: the cost is how far back the job ended, not the history's size."""
-    path = paths.history_path(root)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise storage_error(exc, "read") from exc
-    needle = b'\n{"name": ' + json.dumps(name).encode() + b", "
-    try:
-        pos, tail = os.fstat(fd).st_size, b""
-        while pos > 0:
-            size = min(_BLOCK, pos)
-            pos -= size
-            chunk = os.pread(fd, size, pos) + tail
-            # Whole lines only: the first one may go on in the block before (kept as ``tail``).
-            cut = chunk.find(b"\n") if pos > 0 else 0
-            body, tail = (chunk[cut:], chunk[:cut]) if pos > 0 else (b"\n" + chunk, b"")
-            if cut == -1:
-                body, tail = b"", chunk
-            hit = body.rfind(needle)
-            while hit != -1:
-                end = body.find(b"\n", hit + 1)
-                record = _parse_line(body[hit + 1 : None if end == -1 else end], path)
-                if record is not None:
-                    return record
-                hit = body.rfind(needle, 0, hit)
-    finally:
-        os.close(fd)
-    return None
 
 
 def load_active(root: Path | None = None) -> list[JobRecord]:
@@ -492,7 +375,7 @@ def load_one(name: str, root: Path | None = None) -> JobRecord | None:
             return record
     if snap.version < 2:
         return next((r for r in snap.legacy_finished if r.name == name), None)
-    return _history_lookup(base, name)
+    return history.lookup(base, name)
 
 
 def load_recent(root: Path | None = None, finished: int = 20) -> tuple[list[JobRecord], int]:
@@ -508,18 +391,7 @@ def load_recent(root: Path | None = None, finished: int = 20) -> tuple[list[JobR
         done = snap.legacy_finished[::-1][:finished]
         return snap.active + done, total
     seen = {r.name for r in snap.active}
-    picked: list[JobRecord] = []
-    path = paths.history_path(base)
-    for line in _lines_backwards(path):
-        if len(picked) >= finished:
-            break
-        name = _line_name(line)
-        if name is None or name in seen:
-            continue
-        record = _parse_line(line, path)
-        if record is not None:
-            seen.add(name)
-            picked.append(record)
+    picked = history.newest(paths.history_path(base), seen, finished)
     return snap.active + picked, total
 
 
@@ -530,71 +402,5 @@ def load_all(root: Path | None = None) -> list[JobRecord]:
     if snap.version < 2:
         return snap.active + snap.legacy_finished
     active = {r.name for r in snap.active}
-    finished: dict[str, JobRecord] = {}
-    path = paths.history_path(base)
-    for line in (_read(path) or b"").split(b"\n"):
-        name = _line_name(line)
-        if name is None or name in active:
-            continue
-        record = _parse_line(line, path)
-        if record is not None:
-            finished.pop(name, None)
-            finished[name] = record
-    return snap.active + list(finished.values())
-
-
-# ---- writing the history -------------------------------------------------------------------
-
-
-def _line(record: JobRecord) -> bytes:
-    return json.dumps(record.to_dict(), ensure_ascii=False).encode() + b"\n"
-
-
-def _append_history(path: Path, records: Iterable[JobRecord]) -> None:
-    """Append records as whole lines, fsynced; a failed append is cut back off the file."""
-    data = b"".join(_line(r) for r in records)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError as exc:
-        raise storage_error(exc, "write the job history") from exc
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            data = _HISTORY_HEADER + data
-        elif os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data  # a torn line from a crash: start on a line of our own
-        try:
-            paths.write_all(fd, data)
-            os.fsync(fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            raise storage_error(exc, "write the job history") from exc
-    finally:
-        os.close(fd)
-
-
-def _write_history(path: Path, records: Iterable[JobRecord]) -> None:
-    try:
-        paths.write_atomic(path, _HISTORY_HEADER + b"".join(_line(r) for r in records))
-    except OSError as exc:
-        raise storage_error(exc, "write the job history") from exc
-
-
-def _rewrite_history(
-    path: Path, forgotten: set[str], active: set[str], ended: dict[str, JobRecord]
-) -> None:
-    """Rewrite the history without forgotten names, keeping one (the last) line per name."""
-    keep: dict[str, bytes] = {}
-    for line in (_read(path) or b"").split(b"\n"):
-        name = _line_name(line)
-        if name is None or name in forgotten or name in active or name in ended:
-            continue
-        if _whole(line):  # a wrong but whole line is kept as it is: nothing is lost
-            keep.pop(name, None)
-            keep[name] = line + b"\n"
-    body = b"".join(keep.values()) + b"".join(_line(r) for r in ended.values())
-    try:
-        paths.write_atomic(path, _HISTORY_HEADER + body)
-    except OSError as exc:
-        raise storage_error(exc, "write the job history") from exc
+    finished = history.every(paths.history_path(base), active)
+    return snap.active + finished

@@ -163,6 +163,11 @@ def _prepare_job_terminal(slave: int, winsize: bytes) -> None:
     # Keep "\n" as "\n" so the log holds exactly the bytes the job wrote (no "\r\n"); the pane's
     # own terminal still turns it into a new line on screen.
     attrs[1] &= ~termios.ONLCR
+    # Ctrl-S pressed in the pane reaches this terminal as input: with IXON (a fresh pty's
+    # default) it would stop the job's output until a Ctrl-Q, so the job blocks in its next
+    # write, its log stops, and its outcome waits for whoever unfreezes it. Without IXON the
+    # key is a byte like any other, for a program that wants it (readline's search, an editor).
+    attrs[0] &= ~(termios.IXON | termios.IXOFF)
     # No shell runs on this terminal to resume a stopped job, so Ctrl-Z (a habit in a terminal)
     # must not freeze a training run for ever.
     cc = list(attrs[6])
@@ -185,7 +190,7 @@ def quiet_pane() -> list[Callable[[], None]]:
 
 def drop_typed_ahead(fd: int) -> None:
     """Forget keys pressed on the pane before the job started: they were for nobody, and
-    must not reach the job's terminal as its first input (a Ctrl-S would stop its output)."""
+    must not reach the job's terminal as its first input."""
     with contextlib.suppress(OSError, termios.error):
         termios.tcflush(fd, termios.TCIFLUSH)
 
