@@ -14,6 +14,15 @@ def processes(n: int) -> str:
     return f"{n} process{'' if n == 1 else 'es'}"
 
 
+def what_did(result: control.Signalled, paused: bool) -> str:
+    """``2 processes stopped``, or the backend's words when its scheduler did it."""
+    if result.count is not None:
+        return f"{processes(result.count)} {'stopped' if paused else 'continued'}"
+    from handyjobs.backends import describe  # lazy: only a pause that worked is put in words
+
+    return describe(result.record.current.backend).paused(result.record, paused) or "done"
+
+
 def _run(p: Parsed) -> int:
     picked = pick_names(
         p.items("names"), p.text("group"), p.flag("every"), (JobState.RUNNING,), "to pause"
@@ -24,7 +33,7 @@ def _run(p: Parsed) -> int:
 
         result = control.pause_job(name)
         said = render.paused_text(result.record.current.gpus)
-        print(f"paused {name} ({processes(result.count)} stopped): {said}")
+        print(f"paused {name} ({what_did(result, True)}): {said}")
 
     return each_name(picked, one)
 

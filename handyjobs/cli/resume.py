@@ -5,7 +5,7 @@ from __future__ import annotations
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.cli.pause import processes
+from handyjobs.cli.pause import what_did
 from handyjobs.core import control
 from handyjobs.core.records import JobState
 
@@ -17,7 +17,7 @@ def _run(p: Parsed) -> int:
 
     def one(name: str) -> None:
         result = control.pause_job(name, paused=False)
-        print(f"resumed {name} ({processes(result.count)} continued)")
+        print(f"resumed {name} ({what_did(result, False)})")
 
     return each_name(picked, one)
 
