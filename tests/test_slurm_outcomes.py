@@ -61,11 +61,6 @@ def node(box: Sandbox) -> Iterator[str]:  # noqa: F811
     wait_until(idle, 60, 0.5, "the node back in service")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 17, item 1): on this one-host cluster a node taken down while its job "
-    "runs can still be read as succeeded; seen in 2 of 4 runs, in full CI runs only",
-)
 def test_a_node_failure_is_lost_with_no_exit_code_and_wait_fails(box: Sandbox, node: str) -> None:  # noqa: F811
     box.write("job.py", SLEEP_EXIT)
     box.cli("start", "job.py", "300", "0", "--slurm", "--cpu", "--name", "nf", check=True)

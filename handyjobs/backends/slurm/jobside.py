@@ -6,6 +6,8 @@ runner does not queue), signals it (``scancel``, preemption, the time limit) and
 - SIGTERM from Slurm ends the job: every process of the step got it too; the runner keeps
   copying output until they end and records the end as the scheduler's, whose own state says
   which end it was. A SIGTERM that comes before the job started means: start nothing.
+- When the step ends, Slurm is asked whether it still runs the job: a node that fails makes
+  srun exit 0 before Slurm's SIGTERM arrives, and that end is the scheduler's too (``lost``).
 - SIGUSR1 is the time-limit warning (``--signal=B:USR1@S``): passed on to the step once
   (srun gives it to every task on every node), then every few seconds to each process of the
   job on this node that started handling it since, once each, since Slurm may warn before the
@@ -28,9 +30,9 @@ from dataclasses import replace
 from types import FrameType
 
 from handyjobs.backends.base import JobControl
-from handyjobs.backends.slurm import step
+from handyjobs.backends.slurm import backend, step
 from handyjobs.core import procs
-from handyjobs.core.records import JobSpec, LostKind, Reason, utcnow
+from handyjobs.core.records import JobSpec, JobState, LostKind, Reason, utcnow
 from handyjobs.jobside import launch, limits
 
 #: Seconds between two looks for processes newly listening for Slurm's time-limit warning.
@@ -118,6 +120,30 @@ def node_addr(name: str) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return step.parse_node_addr(proc.stdout) if proc.returncode == 0 else ""
+
+
+def slurm_ended(job_id: str | None) -> str | None:
+    """Slurm's state word for the job when Slurm no longer runs it as it was (NODE_FAIL,
+    CANCELLED, TIMEOUT, requeued) though its batch script still runs; None while Slurm runs
+    it, or when Slurm cannot be asked (the job's own end then stands)."""
+    if not job_id:
+        return None
+    try:
+        proc = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    # Asked under the controller's lock on its jobs: a node failure that srun was told of is
+    # already the job's state when the answer comes.
+    view = backend.parse_scontrol(proc.stdout) if proc.returncode == 0 else None
+    if view is None or view.verdict in (JobState.RUNNING, JobState.PAUSED):
+        return None
+    return view.state
 
 
 def _from_allocation(key: str) -> bool:
@@ -254,12 +280,21 @@ class JobSide:
         return launch.Launch(argv, env, step.rendezvous(spec, alloc, port))
 
     def job_ended(self) -> list[str]:
-        """Stop repeating the warning; the lines the log gets about it."""
-        if self.warned_at is None:
-            return []
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        heard = f"; {len(self.warned)} process(es) here handle it" if self.warned else ""
-        return [f"Slurm's time-limit warning (SIGUSR1) reached the job {self.warned_at}{heard}"]
+        """Stop repeating the warning; see whether Slurm ended the job; lines for the log."""
+        lines = []
+        if self.warned_at is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            heard = f"; {len(self.warned)} process(es) here handle it" if self.warned else ""
+            lines.append(
+                f"Slurm's time-limit warning (SIGUSR1) reached the job {self.warned_at}{heard}"
+            )
+        ended = None if self.ended_by_scheduler else slurm_ended(os.environ.get("SLURM_JOB_ID"))
+        if ended is not None:
+            # srun exits 0 the moment Slurm tells it a node failed, before Slurm's SIGTERM
+            # reaches this script (measured: 10 ms before it): that 0 is not how the job ended.
+            self.ended_by_scheduler = True
+            lines.append(f"Slurm ended the job ({ended}): the step's exit is not its outcome")
+        return lines
 
     def _stopped_early(self, exit_code: int | None) -> bool:
         """The job heard the warning (a process of it handles SIGUSR1) and left cleanly."""
