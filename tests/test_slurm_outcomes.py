@@ -20,15 +20,19 @@ time.sleep(float(sys.argv[1]))
 sys.exit(int(sys.argv[2]))
 """
 
-# Listens for Slurm's warning, then leaves cleanly (what a trainer does on should_stop).
+# Listens for Slurm's warning, then says it leaves early and leaves cleanly (what a trainer
+# does when should_stop turns True).
 WARNED = """
-import signal, sys, time
+import os, signal, sys, time
 got = []
 signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
 deadline = time.time() + 120
 while not got and time.time() < deadline:
     time.sleep(0.2)
 print("warned, saving and leaving" if got else "no warning came", flush=True)
+if got:
+    with open(os.environ["HANDYJOBS_STOPPED_FILE"], "a") as f:
+        f.write("SIGUSR1\\n")
 if got and len(sys.argv) > 1:
     # A slow teardown: CPython gives SIGUSR1 back its default at interpreter shutdown.
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)

@@ -13,9 +13,10 @@ runner does not queue), signals it (``scancel``, preemption, the time limit) and
   job on this node that started handling it since, once each, since Slurm may warn before the
   job's processes listen. Never again to one that had it: a process whose interpreter is
   shutting down has SIGUSR1's default back, and would die of it (exit 138).
-- A job that heard the warning (a process of it handled SIGUSR1) and then exits 0 stopped
-  early: a ``--requeue`` job asks Slurm to requeue it; any other ends ``failed`` with the
-  reason "time limit", as Slurm's TIMEOUT would, so jobs ``--after`` it do not start.
+- A job that exits 0 after the warning and says it stopped early (``HANDYJOBS_STOPPED_FILE``:
+  the trainer writes it when ``should_stop`` turns True) is not done: a ``--requeue`` job asks
+  Slurm to requeue it; any other ends ``failed`` with the reason "time limit", as Slurm's
+  TIMEOUT would, so jobs ``--after`` it do not start. Exit 0 without that note is done.
 - Nobody reads the runner's own output in a batch script: the log has every byte.
 """
 
@@ -27,6 +28,7 @@ import signal
 import subprocess
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from types import FrameType
 
 from handyjobs.backends.base import JobControl
@@ -37,6 +39,9 @@ from handyjobs.jobside import launch, limits
 
 #: Seconds between two looks for processes newly listening for Slurm's time-limit warning.
 WARNING_REPEAT_S = 5.0
+#: Where the trainer notes that its loop left early at a stop request (kept in sync with
+#: handyjobs.trainer.stopping.STOPPED_FILE_ENV; the runner does not import torch's side).
+STOPPED_FILE_ENV = "HANDYJOBS_STOPPED_FILE"
 #: What the command line of handyjobs' rank wrapper holds: it passes the warning on to its
 #: worker whether the worker handles it or not, so the worker is warned directly instead.
 _RANK_WRAPPER = b"handyjobs.jobside.rank"
@@ -172,6 +177,8 @@ class JobSide:
         self.warned: dict[int, int] = {}
         #: The warning went to the step (srun) once: later looks warn processes one by one.
         self._passed = False
+        #: Where the job notes that it left early at the warning (known once it starts).
+        self.stopped_file: Path | None = None
 
     def take_signals(self, control: JobControl) -> None:
         """Install Slurm's handling, taking over what came while the runner started up."""
@@ -276,6 +283,10 @@ class JobSide:
             env.pop("CUDA_VISIBLE_DEVICES", None)
         # Tasks write to Slurm's pipes, not a terminal: unbuffered, lines arrive as printed.
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # One run id for every start of a requeued run: the note of the start before goes.
+        self.stopped_file = Path(ctx.job_dir) / f"stopped-early-{ctx.run_id}"
+        self.stopped_file.unlink(missing_ok=True)
+        env[STOPPED_FILE_ENV] = str(self.stopped_file)
         argv = step.step_argv(spec, alloc, port, ctx)
         return launch.Launch(argv, env, step.rendezvous(spec, alloc, port))
 
@@ -297,8 +308,12 @@ class JobSide:
         return lines
 
     def _stopped_early(self, exit_code: int | None) -> bool:
-        """The job heard the warning (a process of it handles SIGUSR1) and left cleanly."""
-        return bool(self.warned) and exit_code == 0 and not self.ended_by_scheduler
+        """The job left cleanly after the warning, and said it left early: its loop saw
+        ``should_stop`` (the trainer notes it) or the script wrote the note itself. Without
+        the note its exit 0 says its work is done: it succeeded, whenever the warning came."""
+        if self.warned_at is None or exit_code != 0 or self.ended_by_scheduler:
+            return False
+        return self.stopped_file is not None and self.stopped_file.exists()
 
     def stop_reason(self, exit_code: int | None) -> Reason | None:
         """A job that stopped early at the warning ran out of time, as Slurm's TIMEOUT says."""
