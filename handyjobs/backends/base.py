@@ -5,7 +5,7 @@ run's backend, named on every run (``run.backend``) with the handle the backend 
 launch (``run.handle``). A backend launches the *runner* (``python -m handyjobs.jobside.runner HOME
 NAME RUN_ID``), which is the same everywhere: it starts the job, tees its output and writes
 its outcome. So a backend only has to say how to start a runner somewhere, whether it is
-still there, how to end what it started, and how a person can look at it.
+still there, how to hold, pause and end what it started, and how a person can look at it.
 
 Adding a backend: a folder ``backends/<name>/`` with ``backend.py`` (``BACKEND``, a class that
 satisfies :class:`Backend`) and ``jobside.py`` (``JobSide``, satisfying :class:`JobSide`: what

@@ -18,9 +18,9 @@ no such row) changes nothing and returns False.
 
 A run whose backend has a scheduler of its own (``Probe.queues``) also moves by that
 scheduler's view, as the backend puts it into neutral data (:class:`ClusterState`): queued with
-its reason, running once it runs, back to queued when it is requeued (:func:`observe`,
-:func:`requeue`), and ended by the scheduler's verdict when the job side could not say
-(:func:`end_by_cluster`).
+its reason (held while the scheduler holds it), running once it runs, paused while the
+scheduler suspends it, back to queued when it is requeued (:func:`observe`, :func:`requeue`),
+and ended by the scheduler's verdict when the job side could not say (:func:`end_by_cluster`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Each function reads the job's current run id first, checks what it can outside t
 spec, as ``start`` checks it; GPU discovery), then under the registry lock acts only if that
 run is still the current one and still waits: a job that starts meanwhile is refused whole,
 never half-changed. Every change goes through :mod:`handyjobs.core.lifecycle`; a scheduling
-pass follows, so that positions, waits and grants reflect it at once.
+pass follows, so that positions, waits and grants reflect it at once. A job that a cluster's
+scheduler queues is held and released in that queue (its backend's ``hold``); ``edit`` and
+``priority`` change jobs of this machine's queue only.
 """
 
 from __future__ import annotations
