@@ -40,7 +40,8 @@ def _run(p: Parsed) -> int:
 
 COMMAND = Command(
     "pause",
-    "Pause running jobs: every process stopped (SIGSTOP) until `handyjobs resume`.\n\n"
+    "Pause running jobs: every process stopped (SIGSTOP; a Slurm job is suspended, `scontrol "
+    "suspend`) until `handyjobs resume`.\n\n"
     "A paused job keeps its GPUs booked, and its group starts no queued job until it is "
     "resumed; `handyjobs stop` still ends it.",
     _run,

@@ -24,7 +24,8 @@ def _run(p: Parsed) -> int:
 
 COMMAND = Command(
     "resume",
-    "Resume paused jobs: every process continues (SIGCONT); their group's queue goes on.",
+    "Resume paused jobs: every process continues (SIGCONT; `scontrol resume` for a Slurm job); "
+    "their group's queue goes on.",
     _run,
     args=(NAMES,),
     options=(GROUP, ALL),
