@@ -7,7 +7,7 @@ import shutil
 import time
 
 import pytest
-from conftest import REPO, Sandbox, log_of, show, wait_state
+from conftest import REPO, Sandbox, log_of, show, wait_state, wait_until
 from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
@@ -55,3 +55,43 @@ def test_time_limit_warning_checkpoints_and_requeue_resumes(box: Sandbox) -> Non
     assert len(rec["runs"]) == 1
     box.cli("stop", "tl", check=True)
     assert wait_state(box, "tl", "stopped", timeout=60)["state"] == "stopped"
+
+
+# The first start leaves early at the warning (requeued); the resumed one has little work
+# left: the warning comes while it finishes, after its loop's last look at should_stop.
+RESUMED = """
+import os, time
+from handyjobs import ParallelTrainer
+
+trainer = ParallelTrainer()
+start = os.environ.get("SLURM_RESTART_COUNT", "0")
+print("start", start, flush=True)
+if start == "0":
+    while not trainer.should_stop:
+        time.sleep(0.2)
+    print("left early at the warning", flush=True)
+else:
+    while not trainer.stop_requested:
+        time.sleep(0.2)
+    print("work done", flush=True)
+"""
+
+
+def test_a_job_done_after_the_warning_of_its_resumed_run_is_not_requeued(box: Sandbox) -> None:  # noqa: F811
+    box.write("resumed.py", RESUMED)
+    box.cli(
+        "start", "resumed.py", "--slurm", "--cpu", "--time", "1", "--signal-before", "50",
+        "--requeue", "--name", "done", check=True,
+    )  # fmt: skip
+
+    def settled() -> dict[str, object] | None:
+        rec = show(box, "done")
+        ended = rec["state"] not in ("queued", "running")
+        return rec if ended or "start 2" in log_of(box, "done") else None
+
+    rec = wait_until(settled, 240, 1.0, "the job to end, or to start a third time")
+    log = log_of(box, "done")
+    assert "left early at the warning" in log and "work done" in log, log
+    assert "start 2" not in log, log  # it ran a third time after its work was done
+    assert rec["state"] == "succeeded", (rec, log)  # type: ignore[index]
+    assert log.count("asking Slurm to requeue") == 1, log

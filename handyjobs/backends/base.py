@@ -5,7 +5,7 @@ run's backend, named on every run (``run.backend``) with the handle the backend 
 launch (``run.handle``). A backend launches the *runner* (``python -m handyjobs.jobside.runner HOME
 NAME RUN_ID``), which is the same everywhere: it starts the job, tees its output and writes
 its outcome. So a backend only has to say how to start a runner somewhere, whether it is
-still there, how to end what it started, and how a person can look at it.
+still there, how to hold, pause and end what it started, and how a person can look at it.
 
 Adding a backend: a folder ``backends/<name>/`` with ``backend.py`` (``BACKEND``, a class that
 satisfies :class:`Backend`) and ``jobside.py`` (``JobSide``, satisfying :class:`JobSide`: what
@@ -46,6 +46,8 @@ class LaunchRequest:
     #: The current runs of the jobs named by ``--after``: a scheduler's dependency (Slurm);
     #: this machine's queue waits for them itself.
     after: Mapping[str, Run] = field(default_factory=dict)
+    #: Held from the start (``start --hold``): a scheduler of the backend's own holds it.
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,15 @@ class Backend(Protocol):
 
     def send(self, run: Run, text: str) -> None:
         """Type ``text`` and Enter into the job's terminal (its standard input)."""
+
+    def hold(self, run: Run, held: bool) -> None:
+        """Hold a queued run in the backend's own scheduler (``held``), or release it there;
+        raise, with what to do next, when it refuses. Without a scheduler of its own there is
+        nothing to do: handyjobs' queue holds the run."""
+
+    def pause(self, run: Run, paused: bool) -> int | None:
+        """Stop (``paused``) or continue every process of a running run: how many got it, or
+        None when a scheduler of the backend's own did it; raise when that is refused."""
 
     def log_path(self, name: str, root: Path) -> Path:
         """Where the job's log is."""
@@ -187,6 +198,9 @@ class Describe(Protocol):
 
     def cancelled(self, record: JobRecord) -> str | None:
         """What ``stop`` says when the backend's scheduler ended the job's processes."""
+
+    def paused(self, record: JobRecord, paused: bool) -> str | None:
+        """What ``pause`` (``resume``) says when the backend's scheduler did it."""
 
 
 def get(name: str) -> Backend:

@@ -23,7 +23,8 @@ def _run(p: Parsed) -> int:
 
 COMMAND = Command(
     "hold",
-    "Keep queued jobs out of the queue (they never start) until `handyjobs release`.",
+    "Keep queued jobs out of the queue (they never start) until `handyjobs release`; a Slurm "
+    "job is held in Slurm's queue (`scontrol uhold`).",
     _run,
     args=(NAMES,),
     options=(GROUP,),

@@ -62,7 +62,7 @@ def _run(p: Parsed) -> int:
         if main_only:
             print(f"sent {_name(sig)} to the main process of {name} (pid {result.main})")
         else:
-            print(f"sent {_name(sig)} to {name} ({processes(result.count)})")
+            print(f"sent {_name(sig)} to {name} ({processes(result.count or 0)})")
 
     return each_name(picked, one)
 

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
 from handyjobs.core.states import JobState
 
+if TYPE_CHECKING:
+    from handyjobs.core.control import Signalled
+
 
 def processes(n: int) -> str:
     """``1 process``, ``3 processes``."""
     return f"{n} process{'' if n == 1 else 'es'}"
+
+
+def what_did(result: Signalled, paused: bool) -> str:
+    """``2 processes stopped``, or the backend's words when its scheduler did it."""
+    if result.count is not None:
+        return f"{processes(result.count)} {'stopped' if paused else 'continued'}"
+    from handyjobs.backends import describe  # lazy: only a pause that worked is put in words
+
+    return describe(result.record.current.backend).paused(result.record, paused) or "done"
 
 
 def _run(p: Parsed) -> int:
@@ -26,14 +40,15 @@ def _run(p: Parsed) -> int:
 
         result = control.pause_job(name)
         said = render.paused_text(result.record.current.gpus)
-        print(f"paused {name} ({processes(result.count)} stopped): {said}")
+        print(f"paused {name} ({what_did(result, True)}): {said}")
 
     return each_name(picked, one)
 
 
 COMMAND = Command(
     "pause",
-    "Pause running jobs: every process stopped (SIGSTOP) until `handyjobs resume`.\n\n"
+    "Pause running jobs: every process stopped (SIGSTOP; a Slurm job is suspended, `scontrol "
+    "suspend`) until `handyjobs resume`.\n\n"
     "A paused job keeps its GPUs booked, and its group starts no queued job until it is "
     "resumed; `handyjobs stop` still ends it.",
     _run,

@@ -24,7 +24,8 @@ def _run(p: Parsed) -> int:
 
 COMMAND = Command(
     "release",
-    "Let held jobs back into the queue: each starts when its turn, GPUs and dependencies allow.",
+    "Let held jobs back into the queue: each starts when its turn, GPUs and dependencies allow "
+    "(a Slurm job: `scontrol release`).",
     _run,
     args=(NAMES,),
     options=(GROUP,),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
-from handyjobs.cli.pause import processes
+from handyjobs.cli.pause import what_did
 from handyjobs.core.states import JobState
 
 
@@ -19,14 +19,15 @@ def _run(p: Parsed) -> int:
 
     def one(name: str) -> None:
         result = control.pause_job(name, paused=False)
-        print(f"resumed {name} ({processes(result.count)} continued)")
+        print(f"resumed {name} ({what_did(result, False)})")
 
     return each_name(picked, one)
 
 
 COMMAND = Command(
     "resume",
-    "Resume paused jobs: every process continues (SIGCONT); their group's queue goes on.",
+    "Resume paused jobs: every process continues (SIGCONT; `scontrol resume` for a Slurm job); "
+    "their group's queue goes on.",
     _run,
     args=(NAMES,),
     options=(GROUP, ALL),

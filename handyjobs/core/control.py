@@ -11,14 +11,12 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from handyjobs import procfs
 from handyjobs.backends import base as backends
 from handyjobs.core import jobs, lifecycle, paths, procs, registry, scheduler, starting
 from handyjobs.core.options import STOP_GRACE_S
@@ -41,8 +39,6 @@ if TYPE_CHECKING:
 DEFAULT_GRACE_S = STOP_GRACE_S
 #: Seconds a runner gets to record the outcome once its job's processes are gone.
 RUNNER_EXIT_S = 10.0
-#: Seconds ``pause`` and ``resume`` wait for every process of the run to show the change.
-SETTLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -188,10 +184,11 @@ def _end_run(
 @dataclass(frozen=True)
 class Signalled:
     """What pause, resume or kill did to a job's run: the record after, and how many of its
-    processes got the signal (for ``--main``, its main process's pid)."""
+    processes got the signal (None: its backend's scheduler did it; for ``--main``, its main
+    process's pid)."""
 
     record: JobRecord
-    count: int
+    count: int | None
     main: int | None = None
 
 
@@ -201,7 +198,7 @@ def _acting_on(name: str, states: Sequence[JobState], verb: str) -> tuple[JobRec
     record = jobs.get_job(name)
     run = record.current
     if run.state in states and run.started_at is not None and not run.stop_requested:
-        if backends.get(run.backend).queues:
+        if verb == "signal" and backends.get(run.backend).queues:
             raise JobStateError(
                 f"job {name} runs under a cluster's scheduler: {verb} acts on jobs of this machine"
             )
@@ -221,39 +218,19 @@ def _acting_on(name: str, states: Sequence[JobState], verb: str) -> tuple[JobRec
     raise JobStateError(f"job {name} {why}; nothing to {verb}")
 
 
-def _settled(pid: int, stopped: bool) -> bool:
-    """True when the process shows the change: stopped (state T), or running again, or gone."""
-    state = procfs.state(pid)
-    return state is None or state in (b"Z", b"X") or (state == b"T") == stopped
-
-
-def _signal_run(run_id: str, sig: int) -> int:
-    """Send ``sig`` to every process of the run (identity checked), and to any that appears
-    meanwhile, until each shows it (SIGSTOP, SIGCONT); how many got it."""
-    got: dict[int, int] = {}
-    deadline = time.monotonic() + SETTLE_S
-    while True:
-        found = procs.members(run_id)
-        fresh = {pid: start for pid, start in found.items() if got.get(pid) != start}
-        for pid, start in fresh.items():
-            if procs.signal_verified(pid, start, run_id, sig):
-                got[pid] = start
-        stopping = sig == signal.SIGSTOP
-        if all(_settled(pid, stopping) for pid in found) or time.monotonic() > deadline:
-            return len(got)
-        time.sleep(0.02)
-
-
 def pause_job(name: str, paused: bool = True) -> Signalled:
-    """Stop every process of a running job (SIGSTOP), or continue a paused one's (SIGCONT).
+    """Stop every process of a running job, or continue a paused one's, through its backend
+    (SIGSTOP and SIGCONT here, a cluster's suspend and resume there).
 
     Only the run's processes are signalled (its cgroup's members, identity checked). While it
     is paused its GPUs stay booked and its group starts no queued job; ``stop`` still ends it.
+    A refusal (the scheduler's) leaves the record as it was. ``count`` is None when the
+    backend's scheduler did it.
     """
     verb = "pause" if paused else "resume"
     _, run = _acting_on(name, (JobState.RUNNING,) if paused else (JobState.PAUSED,), verb)
-    count = _signal_run(run.run_id, signal.SIGSTOP if paused else signal.SIGCONT)
-    if not count:
+    count = backends.get(run.backend).pause(run, paused)
+    if count == 0:
         raise JobStateError(f"job {name} has no process left to {verb} (it is ending)")
     root = paths.home()
     with registry.locked(root) as reg:
@@ -408,7 +385,7 @@ def restart_job(
                 f"job {name} was started again meanwhile (run {current.current.run}, "
                 f"{current.state.value}); nothing to do"
             )
-        run = lifecycle.new_run(current, spec.procs, backend.name, local=not backend.queues)
+        run = starting.new_run(current, spec.procs, backend.name, local=not backend.queues)
         fresh = replace(current, spec=spec).with_run(run)
         pending = starting.launch_run(reg, fresh, base, discovery, backend)
         try:

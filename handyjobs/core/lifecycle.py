@@ -18,9 +18,9 @@ no such row) changes nothing and returns False.
 
 A run whose backend has a scheduler of its own (``Probe.queues``) also moves by that
 scheduler's view, as the backend puts it into neutral data (:class:`ClusterState`): queued with
-its reason, running once it runs, back to queued when it is requeued (:func:`observe`,
-:func:`requeue`), and ended by the scheduler's verdict when the job side could not say
-(:func:`end_by_cluster`).
+its reason (held while the scheduler holds it), running once it runs, paused while the
+scheduler suspends it, back to queued when it is requeued (:func:`observe`, :func:`requeue`),
+and ended by the scheduler's verdict when the job side could not say (:func:`end_by_cluster`).
 """
 
 from __future__ import annotations
@@ -104,6 +104,12 @@ TABLE: Mapping[tuple[JobState, Event], Mapping[JobState, str]] = {
     (_R, Event.OBSERVE): {
         _R: "the scheduler says it still runs (on these nodes)",
         _Q: "the scheduler queued it again after it ran (preempted, node failed): a restart",
+        _P: "the scheduler says it is suspended: its processes are stopped there",
+    },
+    (_P, Event.OBSERVE): {
+        _P: "the scheduler says it is still suspended",
+        _R: "the scheduler says it runs again (resumed there)",
+        _Q: "the scheduler queued it again while it was suspended: a restart",
     },
     (_R, Event.REQUEUE): {
         _Q: "the job side had the scheduler requeue it (time-limit warning): it starts again"
@@ -141,6 +147,11 @@ TABLE: Mapping[tuple[JobState, Event], Mapping[JobState, str]] = {
     (_P, Event.FINISH): _FINISHED,
     (_P, Event.CANCEL): {_STOPPED: "stopped while paused, and its runner went before recording"},
     (_P, Event.LOSE): {_LOST: "its runner went while it was paused (killed, reboot)"},
+    (_P, Event.END_BY_CLUSTER): {
+        _FAILED: "the scheduler says it failed while suspended (time limit, preemption)",
+        _STOPPED: "the scheduler cancelled it while suspended, or it ended after a stop",
+        _LOST: "the scheduler ended it while suspended and the job side recorded nothing",
+    },
     (_Q, Event.HOLD): {_Q: "the user held it: it keeps out of the queue until released"},
     (_Q, Event.RELEASE): {_Q: "the user released it: it waits in the queue again"},
     (_Q, Event.EDIT): {_Q: "the user changed the job before it started (processes, waits)"},
@@ -156,31 +167,6 @@ def allowed(event: Event, src: JobState, dst: JobState) -> bool:
 
 #: The scheduler-neutral word a requeue leaves as the scheduler's state until it next answers.
 REQUEUED = "requeued"
-
-
-def new_run(
-    record: JobRecord | None, nproc: int, backend: str, local: bool = True, held: bool = False
-) -> Run:
-    """A fresh queued run: run 1 of a new job, or the next run of ``record``.
-
-    ``local``: the run lives on this machine, so this boot's id dates its pids (a run on a
-    cluster does not end when the machine that submitted it reboots). ``held``: it waits
-    out of the queue until released (``start --hold``).
-    """
-    import secrets  # only start and restart need it; list should not pay for the import
-
-    if record is not None and record.current.state.active:
-        raise ValueError(f"job {record.name} still has an active run")
-    return Run(
-        run=1 if record is None else record.current.run + 1,
-        run_id=secrets.token_hex(6),
-        state=JobState.QUEUED,
-        created_at=utcnow(),
-        nproc=nproc,
-        backend=backend,
-        boot_id=paths.boot_id() if local else None,
-        held=held,
-    )
 
 
 def _target(store: Store, name: str, run_id: str) -> tuple[JobRecord, Run] | None:
@@ -429,7 +415,8 @@ def relaunch(store: Store, name: str, run_id: str, boot: str) -> bool:
 
 
 def _scheduler_wait(view: ClusterState) -> Wait:
-    return Wait(needed=0, free=0, scheduler=view.scheduler, reason=view.reason or view.state)
+    reason = view.reason or view.state
+    return Wait(needed=0, free=0, scheduler=view.scheduler, reason=reason, held=view.held)
 
 
 def observe(store: Store, name: str, run_id: str, view: ClusterState) -> bool:
@@ -439,19 +426,19 @@ def observe(store: Store, name: str, run_id: str, view: ClusterState) -> bool:
         known = run.cluster.restarts if run.cluster else 0
         if view.restarts < known:
             return None  # an answer from before the last requeue
-        to = run.state
+        if not view.verdict.active:
+            return None  # an end is the scheduler's verdict: end_by_cluster
         if view.verdict is JobState.QUEUED:
-            if run.state is JobState.RUNNING and view.restarts <= known:
+            if run.state is not JobState.QUEUED and view.restarts <= known:
                 # Queued again after it ran means requeued, which counts a restart: a view
                 # without one is older than the runner's start (answers are kept a moment).
                 return None
-            to, run.wait = JobState.QUEUED, _scheduler_wait(view)
-        elif view.verdict is JobState.RUNNING:
-            to, run.wait = JobState.RUNNING, None
+            # Held there or not is the scheduler's to say (a hold of its own, or a release).
+            run.held, run.wait = view.held, _scheduler_wait(view)
         else:
-            return None  # an end is the scheduler's verdict: end_by_cluster
+            run.wait = None  # running, or suspended there (paused)
         run.cluster = view
-        return to
+        return view.verdict
 
     return _apply(store, name, run_id, Event.OBSERVE, step)
 
@@ -579,7 +566,7 @@ def _reconcile_cluster(store: Store, name: str, run: Run, probe: Probe, root: Pa
     view = probe.observe(run)
     if view is None:
         return False  # the scheduler cannot be asked now: keep what we know
-    if view.verdict in (JobState.QUEUED, JobState.RUNNING):
+    if view.verdict.active:
         return observe(store, name, run.run_id, view)
     # It ended. The runner may have recorded the outcome just now (a shared file system can
     # show it late): take it if it is a plain one, else the scheduler's verdict with it.

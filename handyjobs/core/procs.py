@@ -235,3 +235,30 @@ def reap_children() -> None:
             return
         if pid == 0:
             return
+
+
+#: Seconds :func:`pause` waits for every process of the run to show the change.
+SETTLE_S = 5.0
+
+
+def _settled(pid: int, stopped: bool) -> bool:
+    """True when the process shows the change: stopped (state T), or running again, or gone."""
+    state = procfs.state(pid)
+    return state is None or state in (b"Z", b"X") or (state == b"T") == stopped
+
+
+def pause(run_id: str, stopped: bool) -> int:
+    """SIGSTOP (``stopped``) or SIGCONT to every process of the run (identity checked), and to
+    any that appears meanwhile, until each shows it; how many got it."""
+    sig = signal.SIGSTOP if stopped else signal.SIGCONT
+    got: dict[int, int] = {}
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        found = members(run_id)
+        fresh = {pid: start for pid, start in found.items() if got.get(pid) != start}
+        for pid, start in fresh.items():
+            if signal_verified(pid, start, run_id, sig):
+                got[pid] = start
+        if all(_settled(pid, stopped) for pid in found) or time.monotonic() > deadline:
+            return len(got)
+        time.sleep(0.02)

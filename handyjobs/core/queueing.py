@@ -4,7 +4,9 @@ Each function reads the job's current run id first, checks what it can outside t
 spec, as ``start`` checks it; GPU discovery), then under the registry lock acts only if that
 run is still the current one and still waits: a job that starts meanwhile is refused whole,
 never half-changed. Every change goes through :mod:`handyjobs.core.lifecycle`; a scheduling
-pass follows, so that positions, waits and grants reflect it at once.
+pass follows, so that positions, waits and grants reflect it at once. A job that a cluster's
+scheduler queues is held and released in that queue (its backend's ``hold``); ``edit`` and
+``priority`` change jobs of this machine's queue only.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
+from handyjobs.backends import base as backends
 from handyjobs.core import booking, jobs, lifecycle, paths, registry, scheduler
 from handyjobs.core import options as table
 from handyjobs.core.records import JobRecord, JobSpec, JobState, Run
-from handyjobs.errors import GpuError, JobStateError, UsageError
+from handyjobs.errors import GpuError, HandyjobsError, JobStateError, UsageError
 
 #: The spec fields an edit takes from the checked request; every other field stays as it was.
 _EDITED_FIELDS = ("args", "env", "gpus", "ngpus", "cpu", "force", "priority", "after", "after_any")
 
 
-def _waiting(record: JobRecord, what: str) -> Run:
-    """The job's current run, when it still waits in this machine's queue; else one line."""
+def _waiting(record: JobRecord, what: str, cluster: bool = False) -> Run:
+    """The job's current run, when it still waits in this machine's queue (or, ``cluster``,
+    in its own scheduler's); else one line."""
     run, name = record.current, record.name
     if run.state is not JobState.QUEUED or run.started_at is not None:
         state = "is running" if run.state.active else f"has ended ({run.state.value})"
@@ -33,7 +37,7 @@ def _waiting(record: JobRecord, what: str) -> Run:
         )
     if run.stop_requested:
         raise JobStateError(f"job {name} is being stopped; {what} changes nothing now")
-    if run.backend not in booking.OWN_QUEUE:
+    if run.backend not in booking.OWN_QUEUE and not cluster:
         raise JobStateError(
             f"job {name} waits in its cluster scheduler's queue, not this machine's; "
             f"{what} changes jobs of this machine's queue"
@@ -45,7 +49,9 @@ def _waiting(record: JobRecord, what: str) -> Run:
 _Change = Callable[[registry.Registry, JobRecord], None]
 
 
-def _locked_change(name: str, run_id: str, what: str, change: _Change) -> JobRecord:
+def _locked_change(
+    name: str, run_id: str, what: str, change: _Change, cluster: bool = False
+) -> JobRecord:
     """Under the lock: ``change`` the job's run ``run_id`` if it still waits; the record after."""
     root = paths.home()
     with registry.locked(root) as reg:
@@ -55,7 +61,7 @@ def _locked_change(name: str, run_id: str, what: str, change: _Change) -> JobRec
             raise jobs.not_found(name)
         if current.current.run_id != run_id:
             raise JobStateError(f"job {name} was started again meanwhile; look at it and retry")
-        _waiting(current, what)
+        _waiting(current, what, cluster)
         change(reg, current)
         record = reg.get(name) or current
     with contextlib.suppress(GpuError, UsageError):
@@ -64,29 +70,41 @@ def _locked_change(name: str, run_id: str, what: str, change: _Change) -> JobRec
 
 
 def hold_job(name: str) -> JobRecord:
-    """Keep a queued job out of the queue until :func:`release_job`; its record after."""
-    record = jobs.get_job(name)
-    run = _waiting(record, "hold")
-    if run.held:
-        raise JobStateError(f"job {name} is already held; `handyjobs release {name}` lets it go")
+    """Keep a queued job out of the queue until :func:`release_job`; its record after.
 
-    def change(reg: registry.Registry, current: JobRecord) -> None:
-        lifecycle.hold(reg, name, run.run_id, held=True)
-
-    return _locked_change(name, run.run_id, "hold", change)
+    A job a cluster's scheduler queues is held there (its backend asks it), then recorded.
+    """
+    return _hold(name, True)
 
 
 def release_job(name: str) -> JobRecord:
     """Let a held job back into the queue (it may start at once); its record after."""
+    return _hold(name, False)
+
+
+def _hold(name: str, held: bool) -> JobRecord:
+    """Hold or release the job's queued run: in its scheduler first, if it has one (a
+    refusal there changes nothing here), then in its record."""
+    what = "hold" if held else "release"
     record = jobs.get_job(name)
-    run = _waiting(record, "release")
-    if not run.held:
+    backend = backends.get(record.current.backend)
+    run = _waiting(record, what, backend.queues)
+    if held and run.held:
+        raise JobStateError(f"job {name} is already held; `handyjobs release {name}` lets it go")
+    if not held and not run.held:
         raise JobStateError(f"job {name} is not held; it waits in the queue already")
+    backend.hold(run, held)
 
     def change(reg: registry.Registry, current: JobRecord) -> None:
-        lifecycle.hold(reg, name, run.run_id, held=False)
+        lifecycle.hold(reg, name, run.run_id, held=held)
 
-    return _locked_change(name, run.run_id, "release", change)
+    try:
+        return _locked_change(name, run.run_id, what, change, backend.queues)
+    except JobStateError:
+        if held and backend.queues:  # it started meanwhile: a hold must not outlive it there
+            with contextlib.suppress(HandyjobsError):
+                backend.hold(run, False)
+        raise
 
 
 def set_priority(name: str, priority: int) -> JobRecord:

@@ -155,10 +155,9 @@ class BatchSpec(JsonRecord):
 
 @dataclass(frozen=True)
 class ClusterState(JsonRecord):
-    """A run as a cluster's scheduler sees it, in the scheduler's own words, kept as data.
-
-    ``verdict`` is what that means for the run (the backend maps its states): QUEUED or
-    RUNNING while the scheduler has it, else how it ended (SUCCEEDED, FAILED, STOPPED, LOST).
+    """A run as a cluster's scheduler sees it, in its own words, kept as data. ``verdict`` is
+    what that means for the run (the backend maps its states): QUEUED, RUNNING or PAUSED
+    (suspended) while the scheduler has it, else how it ended (SUCCEEDED, FAILED, STOPPED, LOST).
     """
 
     scheduler: str
@@ -173,9 +172,10 @@ class ClusterState(JsonRecord):
     signal: int | None = None
     #: How many times the scheduler requeued the job.
     restarts: int = 0
-    #: The scheduler ended the job, never started, because a job it was to start after did
-    #: not succeed (the backend says so from its own reason words).
+    #: Ended unstarted by the scheduler: a job it was to start after did not succeed.
     dependency_failed: bool = field(default=False, metadata=OMIT_DEFAULT)
+    #: The scheduler holds it: queued, it never starts until released (the backend says so).
+    held: bool = field(default=False, metadata=OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)

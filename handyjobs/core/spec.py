@@ -308,11 +308,6 @@ def _check_own(req: StartRequest) -> None:
         raise UsageError("--cpu cannot be combined with --gpus/--ngpus; pick one")
     if req.gpus is not None and req.ngpus is not None:
         raise UsageError("--gpus and --ngpus both given; pick GPUs by number or by count")
-    if req.hold and req.goes_to != LOCAL_BACKEND:
-        raise UsageError(
-            "--hold keeps a job in this machine's queue; a job sent to a cluster waits in its "
-            "scheduler's queue: hold it there"
-        )
     if req.force and req.gpus is None:
         raise UsageError("--force overrides checks on GPUs you name: use it with --gpus")
     if req.executable and req.nproc is not None and req.nproc > 1:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from handyjobs.backends import base as backends
 from handyjobs.core import booking, config, lifecycle, paths, registry, scheduler
-from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run
+from handyjobs.core.records import JobRecord, JobState, LaunchEnv, Run, utcnow
 from handyjobs.core.spec import backend_of, default_stem, make_spec
 from handyjobs.errors import (
     UsageError,
@@ -29,6 +29,31 @@ if TYPE_CHECKING:
     from handyjobs.backends.base import Backend
     from handyjobs.core.spec import StartRequest
     from handyjobs.gpus.discovery import Discovery
+
+
+def new_run(
+    record: JobRecord | None, nproc: int, backend: str, local: bool = True, held: bool = False
+) -> Run:
+    """A fresh queued run: run 1 of a new job, or the next run of ``record``.
+
+    ``local``: the run lives on this machine, so this boot's id dates its pids (a run on a
+    cluster does not end when the machine that submitted it reboots). ``held``: it waits
+    out of the queue until released (``start --hold``).
+    """
+    import secrets  # only start and restart need it; list should not pay for the import
+
+    if record is not None and record.current.state.active:
+        raise ValueError(f"job {record.name} still has an active run")
+    return Run(
+        run=1 if record is None else record.current.run + 1,
+        run_id=secrets.token_hex(6),
+        state=JobState.QUEUED,
+        created_at=utcnow(),
+        nproc=nproc,
+        backend=backend,
+        boot_id=paths.boot_id() if local else None,
+        held=held,
+    )
 
 
 def start_job(req: StartRequest) -> JobRecord:
@@ -69,7 +94,7 @@ def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
                         f"--name or remove it with `handyjobs rm {name}`"
                     )
                 paths.set_aside(name, reg.root)  # no record owns it: an older job's files
-                run = lifecycle.new_run(
+                run = new_run(
                     None, spec.procs, backend.name, local=not backend.queues, held=req.hold
                 )
                 record = JobRecord(
@@ -132,6 +157,8 @@ def launch_run(
         elif wait is not None:
             lifecycle.set_wait(reg, name, run.run_id, wait)
             _renumber_queue(reg)
+    elif run.held:  # held in the scheduler's queue (the launch asks it to): say so at once
+        lifecycle.set_wait(reg, name, run.run_id, booking.HELD)
     fresh = not paths.job_dir(name, reg.root).exists()
     job_dir = paths.ensure_private_dir(paths.job_dir(name, reg.root))
     pending = _write_pending(reg.root, name, run.run_id, env)
@@ -141,7 +168,7 @@ def launch_run(
         argv = [sys.executable, "-m", "handyjobs.jobside.runner", str(reg.root), name, run.run_id]
         started = backend.launch(
             backends.LaunchRequest(
-                name, run.run_id, session, argv, str(job_dir), spec, run.run, env, after
+                name, run.run_id, session, argv, str(job_dir), spec, run.run, env, after, run.held
             )
         )
     except BaseException:

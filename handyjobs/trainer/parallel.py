@@ -217,6 +217,8 @@ class ParallelTrainer(Communication, DataFacet, StepFacet, CheckpointFacet):
             return True
         agreed = collectives.any_rank(self.state, local) if self.distributed else local
         self._stop_agreed = agreed
+        if agreed:
+            stopping.note_stopped_early(stopping.listener.requested)
         return agreed
 
     @property

@@ -20,6 +20,7 @@ chosen so that a script that never asks keeps dying promptly:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -45,6 +46,21 @@ _DEFAULTS = (signal.SIG_DFL, signal.default_int_handler)
 #: that torchrun survives a scheduler's warning; workers inherit SIG_IGN, which is then not
 #: the script's.
 IGNORED_FOR_TORCHRUN_ENV = "HANDYJOBS_IGNORED_FOR_TORCHRUN"
+
+#: Set by a backend whose scheduler may run the job again (a requeue after the time-limit
+#: warning): the file where the trainer notes that its loop left early at a stop request.
+#: A clean exit then means "not done" (requeue it); one without the note means "done".
+STOPPED_FILE_ENV = "HANDYJOBS_STOPPED_FILE"
+
+
+def note_stopped_early(why: str | None) -> None:
+    """Note, where the job side looks, that the loop leaves early (``should_stop`` turned
+    True); best effort: a note that cannot be written leaves the run to end as done."""
+    path = os.environ.get(STOPPED_FILE_ENV)
+    if not path:
+        return
+    with contextlib.suppress(OSError), open(path, "a") as f:
+        f.write(f"{why or 'stop requested'}\n")
 
 
 def _ours_to_take(sig: int, current: Handler) -> bool:

@@ -407,7 +407,9 @@ def error_text(exc: HandyjobsError) -> str:
 def wait_text(wait: Wait) -> str:
     """Why a run waits, in one line."""
     if wait.held:
-        return "held: it starts only after `handyjobs release`"
+        # A scheduler that holds it says so in its own word too (JobHeldUser).
+        said = f" ({_scheduler(wait.scheduler)}: {printable(wait.reason)})" if wait.reason else ""
+        return f"held: it starts only after `handyjobs release`{said}"
     if wait.scheduler is not None:
         return scheduler_reason(wait.scheduler, wait.reason)
     if wait.config is not None:

@@ -221,6 +221,7 @@ def view(
     exit_code: int | None = None,
     dependency_failed: bool = False,
     nodes: str | None = None,
+    held: bool = False,
 ) -> ClusterState:
     """A scheduler's answer in neutral data: its verdict, its own word and reason."""
     return ClusterState(
@@ -233,4 +234,5 @@ def view(
         exit_code=exit_code,
         restarts=restarts,
         dependency_failed=dependency_failed,
+        held=held,
     )

@@ -125,6 +125,7 @@ cluster_states = record(
     exit_code=opt_ints,
     signal=opt_ints,
     restarts=small,
+    held=st.booleans(),
 )
 specs = record(
     JobSpec,

@@ -129,6 +129,26 @@ ROWS: dict[tuple[JobState, Event, JobState], tuple[dict[str, object], Act, Check
         lambda s, i: lifecycle.observe(s, NAME, i, view(Q, "PENDING", "BeginTime", restarts=1)),
         lambda run: run.cluster is not None and run.cluster.restarts == 1,
     ),
+    (R, Event.OBSERVE, P): (
+        {**STARTED, **RUNNING_VIEW},
+        lambda s, i: lifecycle.observe(s, NAME, i, view(P, "SUSPENDED")),
+        lambda run: run.cluster is not None and run.cluster.state == "SUSPENDED",
+    ),
+    (P, Event.OBSERVE, P): (
+        {**STARTED, **RUNNING_VIEW},
+        lambda s, i: lifecycle.observe(s, NAME, i, view(P, "SUSPENDED", nodes="n2")),
+        lambda run: run.cluster is not None and run.cluster.nodes == "n2",
+    ),
+    (P, Event.OBSERVE, R): (
+        {**STARTED, "cluster": view(P, "SUSPENDED")},
+        lambda s, i: lifecycle.observe(s, NAME, i, view(R, "RUNNING")),
+        lambda run: run.cluster is not None and run.cluster.state == "RUNNING",
+    ),
+    (P, Event.OBSERVE, Q): (
+        {**STARTED, "cluster": view(P, "SUSPENDED")},
+        lambda s, i: lifecycle.observe(s, NAME, i, view(Q, "PENDING", "BeginTime", restarts=1)),
+        lambda run: run.cluster is not None and run.cluster.restarts == 1,
+    ),
     (R, Event.REQUEUE, Q): (
         {**STARTED, **RUNNING_VIEW},
         lambda s, i: lifecycle.requeue(s, NAME, i),
@@ -225,6 +245,21 @@ ROWS: dict[tuple[JobState, Event, JobState], tuple[dict[str, object], Act, Check
         lambda run: run.signal == 15,
     ),
     (R, Event.END_BY_CLUSTER, LOST): (
+        STARTED,
+        lambda s, i: lifecycle.end_by_cluster(s, NAME, i, view(LOST, "NODE_FAIL"), None),
+        lambda run: run.reason is not None and run.reason.kind is LostKind.CLUSTER_ENDED,
+    ),
+    (P, Event.END_BY_CLUSTER, FAILED): (
+        STARTED,
+        lambda s, i: lifecycle.end_by_cluster(s, NAME, i, view(FAILED, "PREEMPTED"), None),
+        lambda run: run.cluster is not None and run.cluster.state == "PREEMPTED",
+    ),
+    (P, Event.END_BY_CLUSTER, STOPPED): (
+        STARTED,
+        lambda s, i: lifecycle.end_by_cluster(s, NAME, i, view(STOPPED, "CANCELLED"), None),
+        lambda run: run.ended_at is not None,
+    ),
+    (P, Event.END_BY_CLUSTER, LOST): (
         STARTED,
         lambda s, i: lifecycle.end_by_cluster(s, NAME, i, view(LOST, "NODE_FAIL"), None),
         lambda run: run.reason is not None and run.reason.kind is LostKind.CLUSTER_ENDED,
@@ -624,6 +659,21 @@ def test_pending_with_a_reason_is_queued_with_the_schedulers_wait(root: Path) ->
     run = step().current
     assert run.state is Q
     assert run.wait == Wait(0, 0, scheduler="fake", reason="Resources")
+
+
+def test_suspended_by_the_scheduler_reads_paused_until_it_runs_again(root: Path) -> None:
+    run = make_run(P, boot_id=None, started_at=utcnow(), cluster=view(R, "RUNNING"))
+    _, _, step = cluster(root, run, view(P, "SUSPENDED"), view(P, "SUSPENDED"), view(R, "RUNNING"))
+    assert [step().current.state for _ in range(3)] == [P, P, R]
+
+
+def test_held_by_the_scheduler_reads_held_until_it_is_released_there(root: Path) -> None:
+    held = view(Q, "PENDING", "JobHeldUser", held=True)
+    _, _, step = cluster(root, make_run(Q, boot_id=None), held, view(Q, "PENDING", "Priority"))
+    run = step().current
+    assert run.held and run.wait == Wait(0, 0, scheduler="fake", reason="JobHeldUser", held=True)
+    run = step().current  # released there (by hand, or by `release`)
+    assert not run.held and run.wait == Wait(0, 0, scheduler="fake", reason="Priority")
 
 
 def test_running_by_the_schedulers_word(root: Path) -> None:

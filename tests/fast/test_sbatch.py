@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from handyjobs.backends.slurm import jobside, node, sbatch, step
+from handyjobs.backends.slurm import backend, jobside, node, sbatch, step
 from handyjobs.core.records import JobSpec, JobState, Run
 from handyjobs.errors import UsageError
 from handyjobs.jobside import launch
@@ -219,3 +219,45 @@ def test_the_nodes_meet_at_the_heads_address_not_its_name() -> None:
     assert "gpu07" in step.step_argv(spec, alloc, 29512)
     six = replace(alloc, head_addr="fd00::7")
     assert step.endpoint(six, 29512) == "[fd00::7]:29512"
+
+
+def test_squeue_words_for_a_suspended_and_a_held_job() -> None:
+    jobs = backend.parse_squeue(
+        "7|SUSPENDED|None|n1|0|\n8|PENDING|JobHeldUser||0|\n9|PENDING|JobHeldAdmin||0|\n"
+        "10|PENDING|Resources||0|\n"
+    )
+    assert jobs["7"].verdict is JobState.PAUSED and not jobs["7"].held
+    assert jobs["8"].held and jobs["9"].held and jobs["8"].verdict is JobState.QUEUED
+    assert not jobs["10"].held
+
+
+@pytest.mark.parametrize(
+    ("verb", "said", "line"),
+    [
+        (
+            "suspend",
+            "Access/permission denied for job 42\n",
+            "Slurm refused to suspend job 42 (Access/permission denied): on most clusters only "
+            "Slurm's operators may suspend and resume jobs; ask one to `scontrol suspend 42`, or "
+            "end it with `handyjobs stop exp`",
+        ),
+        (
+            "release",
+            "Access/permission denied for job 42\nslurm_suspend error: Access/permission denied\n",
+            "Slurm refused to release job 42 (Access/permission denied): an administrator's hold "
+            "is theirs to change; ask one to `scontrol release 42`, or end the job with "
+            "`handyjobs stop exp`",
+        ),
+        (
+            "resume",
+            "Job/step already completing or completed for job 42\n",
+            "Slurm refused to resume job 42 (Job/step already completing or completed); see its "
+            "state with `handyjobs show exp`, then try again",
+        ),
+    ],
+    ids=["suspend-denied", "release-denied", "ended"],
+)
+def test_a_control_slurm_refuses_is_one_line_saying_what_to_do(
+    verb: str, said: str, line: str
+) -> None:
+    assert backend.refusal(verb, "42", "exp", said) == line

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,17 @@ def test_a_warning_before_the_flag_is_read_is_kept_under_a_rank_wrapper(
         listener.requested = None
         listener.release()
         signal.signal(signal.SIGUSR1, old)
+
+
+def test_the_trainer_notes_an_early_stop_where_the_job_side_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    note = tmp_path / "stopped-early"
+    monkeypatch.delenv(stopping.STOPPED_FILE_ENV, raising=False)
+    stopping.note_stopped_early("SIGUSR1")  # no backend asked for it: nothing is written
+    assert not note.exists()
+    monkeypatch.setenv(stopping.STOPPED_FILE_ENV, str(note))
+    stopping.note_stopped_early("SIGUSR1")
+    assert note.read_text() == "SIGUSR1\n"
+    monkeypatch.setenv(stopping.STOPPED_FILE_ENV, str(tmp_path / "gone" / "note"))
+    stopping.note_stopped_early(None)  # best effort: a note that cannot be written is no error

@@ -58,6 +58,10 @@ _QUEUED = {
     "REQUEUE_FED",
     "RESV_DEL_HOLD",
 }
+# Suspended (``scontrol suspend``): every process of the job stopped, its nodes kept.
+_PAUSED = {"SUSPENDED"}
+# Pending reasons that say the job is held: it never starts until ``scontrol release``.
+_HELD = ("JobHeldUser", "JobHeldAdmin")
 _ENDED = {
     "COMPLETED": JobState.SUCCEEDED,
     "CANCELLED": JobState.STOPPED,
@@ -120,6 +124,8 @@ def verdict(state: str) -> JobState:
     word = state.split()[0].rstrip("+") if state.split() else ""
     if word in _QUEUED:
         return JobState.QUEUED
+    if word in _PAUSED:
+        return JobState.PAUSED
     return _ENDED.get(word, JobState.RUNNING)
 
 
@@ -160,6 +166,7 @@ def state_of(
         # --kill-on-invalid-dep: Slurm cancels a job whose dependency did not succeed and
         # leaves a reason that starts with "Dependency" (DependencyNeverSatisfied).
         dependency_failed=not meaning.active and (reason or "").startswith("Dependency"),
+        held=meaning is JobState.QUEUED and reason in _HELD,
     )
 
 
@@ -352,7 +359,9 @@ class SlurmBackend:
         except OSError as exc:
             raise storage_error(exc, "write the batch script") from exc
         env = dict(req.env) if req.env else None
-        code, out, err = _run(["sbatch", "--parsable", str(path)], env)
+        # Held (start --hold) on the command line, not in the script: a restart is not held.
+        hold = ["--hold"] if req.held else []
+        code, out, err = _run(["sbatch", "--parsable", *hold, str(path)], env)
         job_id = out.strip().split(";", 1)[0]
         if code != 0 or not job_id.isdigit():
             path.unlink(missing_ok=True)
@@ -378,7 +387,7 @@ class SlurmBackend:
         if jobs is None:
             return None
         view = jobs.get(job_id)
-        if view is not None and view.verdict in (JobState.QUEUED, JobState.RUNNING):
+        if view is not None and view.verdict.active:
             return view
         # Ended (squeue has no exit code) or not listed (just submitted, or long gone).
         found = details(job_id)
@@ -392,9 +401,9 @@ class SlurmBackend:
         return found
 
     def runner_alive(self, run: Run) -> bool:
-        """While Slurm has the job queued or running (or cannot say)."""
+        """While Slurm has the job queued, running or suspended (or cannot say)."""
         view = self.observe(run)
-        return view is None or view.verdict in (JobState.QUEUED, JobState.RUNNING)
+        return view is None or view.verdict.active
 
     def leftover_pids(self, run: Run) -> tuple[int, ...]:
         """Processes on the cluster's nodes are Slurm's to end: none to list from here."""
@@ -434,6 +443,20 @@ class SlurmBackend:
             time.sleep(STOP_POLL_S)
         return Ended((), ())
 
+    def hold(self, run: Run, held: bool) -> None:
+        """``scontrol uhold`` a pending job (or ``release`` it); one line when Slurm refuses.
+
+        ``uhold`` is the user's hold, whoever asks: an operator's ``hold`` is an
+        administrator's, which the job's owner could not release; for a user they are one.
+        """
+        _control(run, "uhold" if held else "release")
+
+    def pause(self, run: Run, paused: bool) -> int | None:
+        """``scontrol suspend`` a running job (or ``resume`` it): Slurm stops every process of
+        it on every node; None, as Slurm does not say how many."""
+        _control(run, "suspend" if paused else "resume")
+        return None
+
     def end_runner(self, run: Run) -> None:
         """SIGKILL to every process of the job, the batch script included."""
         handle = SlurmHandle.of(run)
@@ -442,9 +465,9 @@ class SlurmBackend:
             forget_snapshot()
 
     def session_alive(self, run: Run) -> bool:
-        """True while Slurm runs the job."""
+        """True while Slurm runs the job (suspended too: its allocation is there)."""
         view = self.observe(run)
-        return view is not None and view.verdict is JobState.RUNNING
+        return view is not None and view.verdict in (JobState.RUNNING, JobState.PAUSED)
 
     def attach_argv(self, run: Run) -> list[str]:
         """There is no terminal to attach to: say what can be done instead."""
@@ -466,7 +489,50 @@ class SlurmBackend:
         return paths.log_path(name, root)
 
 
-_ALIVE = (JobState.QUEUED, JobState.RUNNING)
+_ALIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
+#: What each control of scontrol's does, in words.
+_DOES = {"uhold": "hold", "release": "release", "suspend": "suspend", "resume": "resume"}
+
+
+def _control(run: Run, verb: str) -> None:
+    """``scontrol VERB JOBID`` for the run's job, then a fresh look (the next ``list``, here
+    or in another command within the cache time, must not read the state from before)."""
+    handle = SlurmHandle.of(run)
+    name, job_id, action = run_name(run), handle.job_id, _DOES[verb]
+    if not job_id:
+        raise JobStateError(f"job {name} has no Slurm job yet; try again in a moment")
+    other = elsewhere(handle)
+    if other:
+        raise SlurmError(
+            f"job {name} is Slurm job {job_id} of cluster {other}, and SLURM_CONF here names "
+            f"cluster {cluster_name()}: {action} it where SLURM_CONF names {other}"
+        )
+    code, out, err = _run(["scontrol", verb, job_id])
+    if code != 0:
+        raise SlurmError(refusal(verb, job_id, name, err or out, code))
+    forget_snapshot()
+    snapshot(fresh=True)
+
+
+def refusal(verb: str, job_id: str, name: str, said: str, code: int = 1) -> str:
+    """The one line for a control Slurm refused: what it said, and what to do next."""
+    action = _DOES[verb]
+    lines = [line.strip() for line in said.strip().splitlines() if line.strip()]
+    why = (lines[0] if lines else f"exit code {code}").removesuffix(f" for job {job_id}")
+    if code == -1:
+        return f"Slurm could not be asked to {action} job {job_id} ({why}); try again later"
+    head = f"Slurm refused to {action} job {job_id} ({why})"
+    if "permission denied" not in why.lower():
+        return f"{head}; see its state with `handyjobs show {name}`, then try again"
+    if verb in ("suspend", "resume"):
+        return (
+            f"{head}: on most clusters only Slurm's operators may suspend and resume jobs; ask "
+            f"one to `scontrol {verb} {job_id}`, or end it with `handyjobs stop {name}`"
+        )
+    return (
+        f"{head}: an administrator's hold is theirs to change; ask one to `scontrol {verb} "
+        f"{job_id}`, or end the job with `handyjobs stop {name}`"
+    )
 
 
 def run_name(run: Run) -> str:

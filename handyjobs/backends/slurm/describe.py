@@ -122,5 +122,10 @@ class Describe:
         job_id = SlurmHandle.of(record.current).job_id
         return f"Slurm job {job_id} cancelled" if job_id else None
 
+    def paused(self, record: JobRecord, paused: bool) -> str | None:
+        """``Slurm job N suspended`` (``resumed``)."""
+        job_id = SlurmHandle.of(record.current).job_id
+        return f"Slurm job {job_id} {'suspended' if paused else 'resumed'}"
+
 
 DESCRIBE = Describe()

@@ -6,14 +6,17 @@ runner does not queue), signals it (``scancel``, preemption, the time limit) and
 - SIGTERM from Slurm ends the job: every process of the step got it too; the runner keeps
   copying output until they end and records the end as the scheduler's, whose own state says
   which end it was. A SIGTERM that comes before the job started means: start nothing.
+- When the step ends, Slurm is asked whether it still runs the job: a node that fails makes
+  srun exit 0 before Slurm's SIGTERM arrives, and that end is the scheduler's too (``lost``).
 - SIGUSR1 is the time-limit warning (``--signal=B:USR1@S``): passed on to the step once
   (srun gives it to every task on every node), then every few seconds to each process of the
   job on this node that started handling it since, once each, since Slurm may warn before the
   job's processes listen. Never again to one that had it: a process whose interpreter is
   shutting down has SIGUSR1's default back, and would die of it (exit 138).
-- A job that heard the warning (a process of it handled SIGUSR1) and then exits 0 stopped
-  early: a ``--requeue`` job asks Slurm to requeue it; any other ends ``failed`` with the
-  reason "time limit", as Slurm's TIMEOUT would, so jobs ``--after`` it do not start.
+- A job that exits 0 after the warning and says it stopped early (``HANDYJOBS_STOPPED_FILE``:
+  the trainer writes it when ``should_stop`` turns True) is not done: a ``--requeue`` job asks
+  Slurm to requeue it; any other ends ``failed`` with the reason "time limit", as Slurm's
+  TIMEOUT would, so jobs ``--after`` it do not start. Exit 0 without that note is done.
 - Nobody reads the runner's own output in a batch script: the log has every byte.
 """
 
@@ -25,16 +28,20 @@ import signal
 import subprocess
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from types import FrameType
 
 from handyjobs.backends.base import JobControl
-from handyjobs.backends.slurm import step
+from handyjobs.backends.slurm import backend, step
 from handyjobs.core import procs
-from handyjobs.core.records import JobSpec, LostKind, Reason, utcnow
+from handyjobs.core.records import JobSpec, JobState, LostKind, Reason, utcnow
 from handyjobs.jobside import launch, limits
 
 #: Seconds between two looks for processes newly listening for Slurm's time-limit warning.
 WARNING_REPEAT_S = 5.0
+#: Where the trainer notes that its loop left early at a stop request (kept in sync with
+#: handyjobs.trainer.stopping.STOPPED_FILE_ENV; the runner does not import torch's side).
+STOPPED_FILE_ENV = "HANDYJOBS_STOPPED_FILE"
 
 # Inside the allocation the runner's own SLURM_* variables describe the job's allocation; the
 # caller's (from a shell inside another allocation, say) must not reach srun. SLURM_CONF says
@@ -109,6 +116,30 @@ def node_addr(name: str) -> str:
     return step.parse_node_addr(proc.stdout) if proc.returncode == 0 else ""
 
 
+def slurm_ended(job_id: str | None) -> str | None:
+    """Slurm's state word for the job when Slurm no longer runs it as it was (NODE_FAIL,
+    CANCELLED, TIMEOUT, requeued) though its batch script still runs; None while Slurm runs
+    it, or when Slurm cannot be asked (the job's own end then stands)."""
+    if not job_id:
+        return None
+    try:
+        proc = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    # Asked under the controller's lock on its jobs: a node failure that srun was told of is
+    # already the job's state when the answer comes.
+    view = backend.parse_scontrol(proc.stdout) if proc.returncode == 0 else None
+    if view is None or view.verdict in (JobState.RUNNING, JobState.PAUSED):
+        return None
+    return view.state
+
+
 def _from_allocation(key: str) -> bool:
     """True for a ``SLURM_*`` variable that describes the allocation (taken from the step)."""
     return key.startswith(_PREFIX) and key not in _KEEP
@@ -135,6 +166,8 @@ class JobSide:
         self.warned: dict[int, int] = {}
         #: The warning went to the step (srun) once: later looks warn processes one by one.
         self._passed = False
+        #: Where the job notes that it left early at the warning (known once it starts).
+        self.stopped_file: Path | None = None
 
     def take_signals(self, control: JobControl) -> None:
         """Install Slurm's handling, taking over what came while the runner started up."""
@@ -239,20 +272,37 @@ class JobSide:
             env.pop("CUDA_VISIBLE_DEVICES", None)
         # Tasks write to Slurm's pipes, not a terminal: unbuffered, lines arrive as printed.
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # One run id for every start of a requeued run: the note of the start before goes.
+        self.stopped_file = Path(ctx.job_dir) / f"stopped-early-{ctx.run_id}"
+        self.stopped_file.unlink(missing_ok=True)
+        env[STOPPED_FILE_ENV] = str(self.stopped_file)
         argv = step.step_argv(spec, alloc, port, ctx)
         return launch.Launch(argv, env, step.rendezvous(spec, alloc, port))
 
     def job_ended(self) -> list[str]:
-        """Stop repeating the warning; the lines the log gets about it."""
-        if self.warned_at is None:
-            return []
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        heard = f"; {len(self.warned)} process(es) here handle it" if self.warned else ""
-        return [f"Slurm's time-limit warning (SIGUSR1) reached the job {self.warned_at}{heard}"]
+        """Stop repeating the warning; see whether Slurm ended the job; lines for the log."""
+        lines = []
+        if self.warned_at is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            heard = f"; {len(self.warned)} process(es) here handle it" if self.warned else ""
+            lines.append(
+                f"Slurm's time-limit warning (SIGUSR1) reached the job {self.warned_at}{heard}"
+            )
+        ended = None if self.ended_by_scheduler else slurm_ended(os.environ.get("SLURM_JOB_ID"))
+        if ended is not None:
+            # srun exits 0 the moment Slurm tells it a node failed, before Slurm's SIGTERM
+            # reaches this script (measured: 10 ms before it): that 0 is not how the job ended.
+            self.ended_by_scheduler = True
+            lines.append(f"Slurm ended the job ({ended}): the step's exit is not its outcome")
+        return lines
 
     def _stopped_early(self, exit_code: int | None) -> bool:
-        """The job heard the warning (a process of it handles SIGUSR1) and left cleanly."""
-        return bool(self.warned) and exit_code == 0 and not self.ended_by_scheduler
+        """The job left cleanly after the warning, and said it left early: its loop saw
+        ``should_stop`` (the trainer notes it) or the script wrote the note itself. Without
+        the note its exit 0 says its work is done: it succeeded, whenever the warning came."""
+        if self.warned_at is None or exit_code != 0 or self.ended_by_scheduler:
+            return False
+        return self.stopped_file is not None and self.stopped_file.exists()
 
     def stop_reason(self, exit_code: int | None) -> Reason | None:
         """A job that stopped early at the warning ran out of time, as Slurm's TIMEOUT says."""

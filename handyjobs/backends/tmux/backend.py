@@ -236,6 +236,13 @@ class TmuxBackend:
             if proc.returncode != 0:
                 raise TmuxError(f"tmux could not send the text: {' '.join(proc.stderr)}")
 
+    def hold(self, run: Run, held: bool) -> None:
+        """Nothing to do here: handyjobs' own queue holds the run (its record says so)."""
+
+    def pause(self, run: Run, paused: bool) -> int:
+        """SIGSTOP (or SIGCONT) to every process of the run, identity checked; how many."""
+        return procs.pause(run.run_id, paused)
+
     def log_path(self, name: str, root: Path) -> Path:
         """The log the runner tees into, in the job's folder."""
         return paths.log_path(name, root)

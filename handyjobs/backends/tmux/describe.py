@@ -41,6 +41,10 @@ class Describe:
         """None: stop itself ended the processes here."""
         return None
 
+    def paused(self, record: JobRecord, paused: bool) -> str | None:
+        """None: pause itself signalled the processes here."""
+        return None
+
 
 DESCRIBE = Describe()
 
