@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +123,11 @@ def sessions() -> dict[str, tuple[str, str]]:
     return out
 
 
+#: How often ``launch`` asks again when the tmux server went away under it (see there).
+SERVER_GONE_TRIES = 4
+_SERVER_GONE = re.compile(r"server exited unexpectedly|lost server|no server running")
+
+
 class TmuxBackend:
     """Runs the runner in a detached, tagged tmux session on this machine."""
 
@@ -141,8 +148,16 @@ class TmuxBackend:
 
     def launch(self, req: LaunchRequest) -> Launched:
         """Create the session running the runner's argv (no shell), tagged with the run id."""
-        with _not_the_jobs():
-            proc = self._new_session(req)
+        for attempt in range(SERVER_GONE_TRIES):
+            with _not_the_jobs():
+                proc = self._new_session(req)
+            # The server exits when its last session ends (a job that just finished); a client
+            # that reached it in that moment gets "server exited unexpectedly" and made nothing.
+            # Asking again starts a fresh server.
+            gone = " ".join(proc.stderr)
+            if proc.returncode == 0 or proc.stdout or not _SERVER_GONE.search(gone):
+                break
+            time.sleep(0.05 * (attempt + 1))
         if proc.returncode != 0 or not proc.stdout:
             msg = " ".join(proc.stderr).strip() or f"exit code {proc.returncode}"
             if proc.stdout:  # the session was made (we know its id) but not tagged
