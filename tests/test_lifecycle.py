@@ -146,6 +146,16 @@ def test_two_process_cpu_example_succeeds_with_torchrun(
     assert rec["nproc"] == 2 and rec["exit_code"] == 0
     assert rec["spec"]["args"] == script_args
     assert rec["runs"][0]["rendezvous"].startswith("standalone")
+    if example == "seed_style.py":
+        # The seed README's script, unchanged, under handyjobs' torchrun: DDP on CPU, rank 0
+        # alone prints and writes its log and model.
+        assert "done: 3 epochs" in log and "(DDP, cpu)" in log
+        assert log.count("epoch 1/3") == 1
+        out = sandbox.root / "runs" / "seed_style"
+        assert len((out / "log.txt").read_text().splitlines()) == 3
+        import torch  # only this case reads a checkpoint
+
+        assert torch.load(out / "model.pt", weights_only=True)["epoch"] == 3
 
 
 def test_two_torchrun_jobs_at_once_do_not_collide_on_a_port(sandbox: Sandbox) -> None:

@@ -411,20 +411,6 @@ def test_a_failing_rank_ends_the_job_quickly(tmp_path: Path) -> None:
     assert (tmp_path / "fail_started_rank0").exists()
 
 
-def test_seed_style_example_under_torchrun(tmp_path: Path) -> None:
-    """The seed README's script, unchanged, with --synch on 2 CPU processes."""
-    argv = torchrun_argv(str(EXAMPLES / "seed_style.py"), "--synch")
-    result = run(argv, tmp_path, HANDYJOBS_DEVICE="cpu")
-    assert result.returncode == 0, result.explain()
-    assert "done: 3 epochs" in result.stdout
-    assert "(DDP, cpu)" in result.stdout
-    assert result.stdout.count("epoch 1/3") == 1  # printed by global rank 0 only
-    log = (tmp_path / "runs" / "seed_style" / "log.txt").read_text().splitlines()
-    assert len(log) == 3
-    state = torch.load(tmp_path / "runs" / "seed_style" / "model.pt", weights_only=True)
-    assert state["epoch"] == 3
-
-
 def test_train_example_checkpoints_and_resumes(tmp_path: Path) -> None:
     """examples/train.py on 2 processes: a checkpoint each epoch; a second run resumes."""
     ckpt = tmp_path / "last.pt"
