@@ -1,5 +1,6 @@
 """On a real local Slurm: ``hold``/``release`` (and ``start --hold``) are Slurm's hold and
-release, ``pause``/``resume`` its suspend and resume; ``list`` keeps reading them so; ``stop``
+release, ``pause``/``resume`` its suspend and resume, ``kill --signal`` its ``scancel
+--signal``; ``list`` keeps reading them so; ``stop``
 ends a held or paused job; a refusal of Slurm's is one line and changes nothing."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Sandbox, show, wait_state, wait_until
-from test_controls import COUNTER, count, stays
+from test_controls import COUNTER, LISTENER, count, stays
 from test_slurm import FOREVER, box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
@@ -181,3 +182,32 @@ def test_a_pause_slurm_refuses_is_one_line_and_changes_nothing(box: Sandbox) -> 
     assert f"Slurm refused to suspend job {job_id}" in refused.stderr
     after = show(box, "f", env=kept)
     assert after["state"] == "running" and after["runs"] == before["runs"]
+
+
+def test_kill_has_slurm_signal_every_process_of_the_job(box: Sandbox) -> None:  # noqa: F811
+    root = box.root
+    box.write("listener.py", LISTENER)
+    box.cli("start", "listener.py", "--slurm", "--cpu", "--name", "ks", "--", "--child",
+            check=True)  # fmt: skip
+    wait_until(
+        lambda: (root / "main-ready").exists() and (root / "child-ready").exists(),
+        90,
+        what="both processes to listen",
+    )
+    job_id = _job_id(box, "ks")
+    out = box.cli("kill", "ks", "--signal", "USR1", check=True).stdout
+    said = f"Slurm sent it to every process of job {job_id}'s steps"
+    assert out.strip() == f"sent SIGUSR1 to ks ({said})"
+    wait_until(
+        lambda: (root / "main-got").exists() and (root / "child-got").exists(),
+        30,
+        what="both handlers",
+    )
+    assert (root / "main-got").read_text().split()[0] == "SIGUSR1"
+    main = box.cli("kill", "ks", "--signal", "USR1", "--main")
+    assert main.returncode == 1 and main.stderr.count("\n") == 1, main.stderr
+    assert "leave out --main" in main.stderr
+    assert show(box, "ks")["state"] == "running"  # a signal changes no state
+    box.cli("stop", "ks", check=True)
+    wait_state(box, "ks", "stopped", timeout=90)
+

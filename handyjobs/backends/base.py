@@ -104,6 +104,10 @@ class Backend(Protocol):
         """Stop (``paused``) or continue every process of a running run: how many got it, or
         None when a scheduler of the backend's own did it; raise when that is refused."""
 
+    def signal(self, run: Run, sig: int) -> int | None:
+        """Send ``sig`` to every process of a running run (identity checked): how many got it,
+        or None when the backend's scheduler did it; raise when that is refused."""
+
     def log_path(self, name: str, root: Path) -> Path:
         """Where the job's log is."""
 
@@ -201,6 +205,9 @@ class Describe(Protocol):
 
     def paused(self, record: JobRecord, paused: bool) -> str | None:
         """What ``pause`` (``resume``) says when the backend's scheduler did it."""
+
+    def signalled(self, record: JobRecord, sig: str) -> str | None:
+        """What ``kill`` says when the backend's scheduler sent the signal (None: it counted)."""
 
 
 def get(name: str) -> Backend:

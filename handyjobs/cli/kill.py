@@ -61,8 +61,13 @@ def _run(p: Parsed) -> int:
         result = control.signal_job(name, sig, main_only=main_only)
         if main_only:
             print(f"sent {_name(sig)} to the main process of {name} (pid {result.main})")
-        else:
-            print(f"sent {_name(sig)} to {name} ({processes(result.count or 0)})")
+        elif result.count is not None:
+            print(f"sent {_name(sig)} to {name} ({processes(result.count)})")
+        else:  # a cluster's scheduler sent it
+            from handyjobs.backends import describe  # lazy: only a scheduler's kill needs it
+
+            said = describe(result.record.current.backend).signalled(result.record, _name(sig))
+            print(f"sent {_name(sig)} to {name} ({said or 'done'})")
 
     return each_name(picked, one)
 
@@ -70,6 +75,7 @@ def _run(p: Parsed) -> int:
 COMMAND = Command(
     "kill",
     "Send a signal to every process of running jobs (identity checked), or to the main one.\n\n"
+    "A Slurm job's signal is sent by Slurm (`scancel --signal`) to every process of its steps. "
     "The job's state is not changed: a job that dies of the signal ends failed. To stop a job, "
     "use `handyjobs stop`; to pause it, `handyjobs pause`.",
     _run,

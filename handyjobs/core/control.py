@@ -198,10 +198,6 @@ def _acting_on(name: str, states: Sequence[JobState], verb: str) -> tuple[JobRec
     record = jobs.get_job(name)
     run = record.current
     if run.state in states and run.started_at is not None and not run.stop_requested:
-        if verb == "signal" and backends.get(run.backend).queues:
-            raise JobStateError(
-                f"job {name} runs under a cluster's scheduler: {verb} acts on jobs of this machine"
-            )
         return record, run
     if run.stop_requested and run.state.active:
         why = "is being stopped"
@@ -251,11 +247,18 @@ def pause_job(name: str, paused: bool = True) -> Signalled:
 
 
 def signal_job(name: str, sig: int, main_only: bool = False) -> Signalled:
-    """Send ``sig`` to every process of a running (or paused) job, identity checked, or with
-    ``main_only`` to its main process alone (torchrun's agent, or the script)."""
+    """Send ``sig`` to every process of a running (or paused) job, identity checked (or its
+    scheduler does, ``count`` None), or with ``main_only`` to its main process alone
+    (torchrun's agent, or the script) on this machine."""
     record, run = _acting_on(name, (JobState.RUNNING, JobState.PAUSED), "signal")
+    backend = backends.get(run.backend)
     if main_only:
         main = run.main
+        if backend.queues:
+            raise JobStateError(
+                f"job {name} runs under a cluster's scheduler, which signals all of it: "
+                "leave out --main"
+            )
         if (
             main is None
             or main.start is None
@@ -263,13 +266,8 @@ def signal_job(name: str, sig: int, main_only: bool = False) -> Signalled:
         ):
             raise JobStateError(f"job {name}: its main process is gone; nothing to signal")
         return Signalled(record, 1, main.pid)
-    count = 0
-    for pid, start in procs.members(run.run_id).items():
-        # A rank wrapper passes what it gets on to its worker, which gets it directly here:
-        # signalling both would deliver it twice (a handler that dumps stacks runs twice).
-        if not procs.is_rank_wrapper(pid):
-            count += procs.signal_verified(pid, start, run.run_id, sig)
-    if not count:
+    count = backend.signal(run, sig)
+    if count == 0:
         raise JobStateError(f"job {name} has no process left to signal (it is ending)")
     return Signalled(record, count)
 

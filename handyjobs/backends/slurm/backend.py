@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -457,6 +458,12 @@ class SlurmBackend:
         _control(run, "suspend" if paused else "resume")
         return None
 
+    def signal(self, run: Run, sig: int) -> int | None:
+        """``scancel --signal SIG``: Slurm signals every process of the job's steps on every
+        node (not the batch script: the runner, which would read SIGUSR1 as the warning)."""
+        _control(run, "signal", signal.Signals(sig).name.removeprefix("SIG"))
+        return None
+
     def end_runner(self, run: Run) -> None:
         """SIGKILL to every process of the job, the batch script included."""
         handle = SlurmHandle.of(run)
@@ -491,10 +498,16 @@ class SlurmBackend:
 
 _ALIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
 #: What each control of scontrol's does, in words.
-_DOES = {"uhold": "hold", "release": "release", "suspend": "suspend", "resume": "resume"}
+_DOES = {
+    "uhold": "hold",
+    "release": "release",
+    "suspend": "suspend",
+    "resume": "resume",
+    "signal": "signal",
+}
 
 
-def _control(run: Run, verb: str) -> None:
+def _control(run: Run, verb: str, sig: str = "") -> None:
     """``scontrol VERB JOBID`` for the run's job, then a fresh look (the next ``list``, here
     or in another command within the cache time, must not read the state from before)."""
     handle = SlurmHandle.of(run)
@@ -507,7 +520,10 @@ def _control(run: Run, verb: str) -> None:
             f"job {name} is Slurm job {job_id} of cluster {other}, and SLURM_CONF here names "
             f"cluster {cluster_name()}: {action} it where SLURM_CONF names {other}"
         )
-    code, out, err = _run(["scontrol", verb, job_id])
+    argv = ["scontrol", verb, job_id]
+    if verb == "signal":
+        argv = ["scancel", f"--signal={sig}", job_id]
+    code, out, err = _run(argv)
     if code != 0:
         raise SlurmError(refusal(verb, job_id, name, err or out, code))
     forget_snapshot()
@@ -522,7 +538,7 @@ def refusal(verb: str, job_id: str, name: str, said: str, code: int = 1) -> str:
     if code == -1:
         return f"Slurm could not be asked to {action} job {job_id} ({why}); try again later"
     head = f"Slurm refused to {action} job {job_id} ({why})"
-    if "permission denied" not in why.lower():
+    if "permission denied" not in why.lower() or verb == "signal":
         return f"{head}; see its state with `handyjobs show {name}`, then try again"
     if verb in ("suspend", "resume"):
         return (

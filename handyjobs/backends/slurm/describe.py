@@ -127,5 +127,10 @@ class Describe:
         job_id = SlurmHandle.of(record.current).job_id
         return f"Slurm job {job_id} {'suspended' if paused else 'resumed'}"
 
+    def signalled(self, record: JobRecord, sig: str) -> str | None:
+        """``Slurm sent it to every process of job N's steps``."""
+        job_id = SlurmHandle.of(record.current).job_id
+        return f"Slurm sent it to every process of job {job_id}'s steps"
+
 
 DESCRIBE = Describe()

@@ -258,6 +258,16 @@ class TmuxBackend:
         """SIGSTOP (or SIGCONT) to every process of the run, identity checked; how many."""
         return procs.pause(run.run_id, paused)
 
+    def signal(self, run: Run, sig: int) -> int:
+        """``sig`` to every process of the run, identity checked; how many got it."""
+        count = 0
+        for pid, start in procs.members(run.run_id).items():
+            # A rank wrapper passes what it gets on to its worker, which gets it directly here:
+            # signalling both would deliver it twice (a handler that dumps stacks runs twice).
+            if not procs.is_rank_wrapper(pid):
+                count += procs.signal_verified(pid, start, run.run_id, sig)
+        return count
+
     def log_path(self, name: str, root: Path) -> Path:
         """The log the runner tees into, in the job's folder."""
         return paths.log_path(name, root)

@@ -45,6 +45,10 @@ class Describe:
         """None: pause itself signalled the processes here."""
         return None
 
+    def signalled(self, record: JobRecord, sig: str) -> str | None:
+        """None: kill itself signalled the processes here, and counted them."""
+        return None
+
 
 DESCRIBE = Describe()
 
