@@ -16,6 +16,11 @@ cd "$ROOT"
 # tmux socket (tests/conftest.py); these are belt and braces for anything run outside a fixture.
 export HANDYJOBS_HOME="$(mktemp -d)/handyjobs-home"
 export HANDYJOBS_TMUX_SOCKET="handyjobs-test-$$"
+# Bytecode is cached (in a folder of its own, so the checkout stays clean) even where the
+# caller's environment says not to write it: the tests start the CLI, runners and jobs as new
+# processes thousands of times, and compiling the package anew cost each start about 50 ms.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX:-$(dirname "$HANDYJOBS_HOME")/pycache}"
 trap 'tmux -L "$HANDYJOBS_TMUX_SOCKET" kill-server 2>/dev/null || true' EXIT
 # Two pytest workers (pytest-xdist): a test mostly waits on one process at a time (a CLI call,
 # a job, torchrun), so two keep a 2-core machine busy. Every test has its own state folder, home
