@@ -250,7 +250,6 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
         HOME=str(tmp_path / "home"),
         NO_COLOR="1",
         OMP_NUM_THREADS="1",
-        PYTHONDONTWRITEBYTECODE="1",
         # the python that runs the tests is the one on the user's PATH (an activated venv)
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
     )
@@ -261,10 +260,10 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
         monkeypatch.delenv(key, raising=False)
     box = Sandbox(tmp_path, env)
     yield box
-    _reap(box)
+    reap(box)
 
 
-def _reap(box: Sandbox) -> None:
+def reap(box: Sandbox) -> None:
     """Kill every process a test's jobs left behind (runners too), then the tmux server."""
     import signal
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import gc
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_record
+from conftest import Sandbox, make_record, reap
 
 from handyjobs.cli import main
 from handyjobs.core import registry
@@ -20,14 +21,19 @@ from handyjobs.core.records import JobState
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private state folder; main() disables the garbage collector, given back after."""
+    """A private state folder and tmux socket; main() disables the garbage collector, given
+    back after. A held job that a test starts has a runner waiting in tmux: it is ended with
+    its server at the end, never left on the caller's socket."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
+    sock = f"hj-fast-{uuid.uuid4().hex[:10]}"
     monkeypatch.setenv("HANDYJOBS_HOME", str(state))
+    monkeypatch.setenv("HANDYJOBS_TMUX_SOCKET", sock)
     for key in ("HANDYJOBS_PARALLEL", "HANDYJOBS_GPUS", "HANDYJOBS_ON_EXIT", "COLUMNS"):
         monkeypatch.delenv(key, raising=False)
     yield state
     gc.enable()
+    reap(Sandbox(tmp_path, {"HANDYJOBS_HOME": str(state), "HANDYJOBS_TMUX_SOCKET": sock}))
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
