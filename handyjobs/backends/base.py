@@ -202,6 +202,10 @@ class Describe(Protocol):
     def paused(self, record: JobRecord, paused: bool) -> str | None:
         """What ``pause`` (``resume``) says when the backend's scheduler did it."""
 
+    def silence(self) -> str | None:
+        """One line when the backend's scheduler did not answer this command (the states
+        shown are its last answer), else None."""
+
 
 def get(name: str) -> Backend:
     """The backend of that name (``tmux`` for runs on this machine, ``slurm`` for a cluster)."""

@@ -22,8 +22,6 @@ means for the run.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import shutil
@@ -34,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
-from handyjobs.backends.slurm import sbatch
+from handyjobs.backends.slurm import answers, sbatch
 from handyjobs.backends.slurm.handle import SlurmHandle
 from handyjobs.core import paths
 from handyjobs.core.procs import Ended
@@ -47,6 +45,9 @@ CACHE_ENV = "HANDYJOBS_SLURM_CACHE_S"
 DEFAULT_CACHE_S = 2.0
 #: Seconds a Slurm command may take before we give up on it for now.
 COMMAND_TIMEOUT_S = 30.0
+#: Seconds one ``squeue`` may take: a silent controller made it wait 9 s (``scontrol``, 18 s),
+#: and ``list`` shows the last answer instead, saying so. An answering one takes milliseconds.
+ASK_TIMEOUT_S = 3.0
 #: Seconds between two looks at a job that ``stop`` cancelled.
 STOP_POLL_S = 1.0
 
@@ -212,14 +213,18 @@ def parse_sacct(text: str, job_id: str) -> ClusterState | None:
     return None
 
 
-def _run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+def _run(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float = COMMAND_TIMEOUT_S,
+) -> tuple[int, str, str]:
     """Run a Slurm command; (-1, "", why) when it cannot run or takes too long."""
     try:
         proc = subprocess.run(
             list(argv),
             capture_output=True,
             text=True,
-            timeout=COMMAND_TIMEOUT_S,
+            timeout=timeout,
             env=None if env is None else dict(env),
             stdin=subprocess.DEVNULL,
         )
@@ -235,9 +240,6 @@ def _last_line(text: str) -> str:
 
 # ---- one squeue for everybody ---------------------------------------------------------------
 
-_memo: tuple[float, str, dict[str, ClusterState]] | None = None
-
-
 def _cache_s() -> float:
     try:
         return max(0.0, float(os.environ.get(CACHE_ENV, DEFAULT_CACHE_S)))
@@ -250,53 +252,42 @@ def _cache_key() -> str:
     return f"{os.environ.get('SLURM_CONF', '')}|{os.getuid()}"
 
 
-def _cache_path() -> Path:
-    return paths.home() / "slurm-squeue.json"
+def snapshot(fresh: bool = False, after: float | None = None) -> dict[str, ClusterState] | None:
+    """Every job of this user that Slurm still lists, by id; None when Slurm cannot be asked.
 
-
-def snapshot(fresh: bool = False) -> dict[str, ClusterState] | None:
-    """Every job of this user that Slurm still lists, by id; None when Slurm cannot be asked."""
-    global _memo
-    now, key, ttl = time.time(), _cache_key(), _cache_s()
-    if not fresh and _memo is not None and _memo[1] == key and now - _memo[0] < ttl:
-        return _memo[2]
-    if not fresh and ttl > 0:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            doc = json.loads(_cache_path().read_bytes())
-            if doc["key"] == key and 0 <= now - float(doc["taken"]) < ttl:
-                jobs = {
-                    j: c
-                    for j, d in doc["jobs"].items()
-                    if (c := ClusterState.from_dict(d)) is not None
-                }
-                _memo = (float(doc["taken"]), key, jobs)
-                return jobs
-    code, out, _ = _run(
+    ``fresh``: ask now, whatever is kept; ``after``: an answer kept from before that time
+    will not do. A controller that did not answer a moment ago is not asked again (see
+    :mod:`handyjobs.backends.slurm.answers`).
+    """
+    key = _cache_key()
+    if not fresh:
+        kept = answers.recent(key, _cache_s(), after)
+        if kept is not None:
+            return kept
+        if after is None and answers.silent(key) is not None:
+            return None
+    code, out, err = _run(
         [
             "squeue",
             "--me",
             "--states=all",
             "--noheader",
             "--Format=JobID:|,State:|,Reason:|,NodeList:|,RestartCnt:|",
-        ]
+        ],
+        timeout=ASK_TIMEOUT_S,
     )
     if code != 0:
+        why = f"squeue gave no answer in {ASK_TIMEOUT_S:g}s" if code == -1 else _last_line(err)
+        answers.no_answer(key, cluster_name(), why or f"squeue exit code {code}")
         return None
     jobs = parse_squeue(out)
-    _memo = (now, key, jobs)
-    if ttl > 0:
-        # Best effort: a read-only or full state folder only costs the next command a call.
-        doc = {"key": key, "taken": now, "jobs": {j: c.to_dict() for j, c in jobs.items()}}
-        with contextlib.suppress(OSError, HandyjobsError):
-            if _cache_path().parent.is_dir():
-                paths.write_atomic(_cache_path(), json.dumps(doc).encode())
+    answers.answered(key, jobs)
     return jobs
 
 
 def forget_snapshot() -> None:
     """Drop the answer kept in memory (the file's is checked by age)."""
-    global _memo
-    _memo = None
+    answers.forget()
 
 
 def details(job_id: str) -> ClusterState | bool | None:

@@ -6,6 +6,8 @@ Slurm's job numbers, state names and pending reasons never leave this folder as 
 
 from __future__ import annotations
 
+import time
+
 from handyjobs.backends.slurm.handle import SlurmHandle
 from handyjobs.core.records import JobRecord, JobSpec, JobState
 
@@ -126,6 +128,37 @@ class Describe:
         """``Slurm job N suspended`` (``resumed``)."""
         job_id = SlurmHandle.of(record.current).job_id
         return f"Slurm job {job_id} {'suspended' if paused else 'resumed'}"
+
+
+    def silence(self) -> str | None:
+        """``Slurm cluster C has not answered since ...`` when squeue went unanswered."""
+        from handyjobs.backends.slurm import answers  # lazy: only after Slurm was asked
+
+        quiet = answers.heard()
+        if quiet is None:
+            return None
+        who = f"Slurm cluster {quiet.cluster}" if quiet.cluster else "Slurm"
+        if quiet.since is None:
+            when = f"did not answer ({quiet.why}): the states shown are the last recorded"
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(quiet.since))
+            ago = _ago(quiet.asked - quiet.since)
+            when = (
+                f"has not answered since {stamp} ({ago} ago; {quiet.why}): the states "
+                "shown are from then"
+            )
+        return f"{who} {when}; `sinfo` shows whether its controller is up"
+
+def _ago(seconds: float) -> str:
+    """``40s``, ``12 min``, ``3 h``, ``2 days``."""
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h"
+    return f"{s // 86400} days"
 
 
 DESCRIBE = Describe()

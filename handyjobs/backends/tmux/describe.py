@@ -45,6 +45,10 @@ class Describe:
         """None: pause itself signalled the processes here."""
         return None
 
+    def silence(self) -> str | None:
+        """None: tmux is asked on this machine, and answers."""
+        return None
+
 
 DESCRIBE = Describe()
 

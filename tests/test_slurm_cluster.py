@@ -1,0 +1,65 @@
+"""On a real local Slurm: what a real cluster asks of handyjobs (a controller that does not
+answer, a group stopped at once, CPUs per GPU task, setup lines)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Sandbox, show, wait_state, wait_until
+from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / "scripts" / "slurm-local.sh"
+
+FOREVER = """
+import time
+while True:
+    time.sleep(0.2)
+"""
+
+
+@pytest.fixture
+def silent_controller(box: Sandbox) -> Iterator[None]:  # noqa: F811
+    """Stops the local controller for the test; starts it again afterwards, whatever happened."""
+    subprocess.run(["bash", str(LOCAL), "ctld-stop"], check=True, timeout=60)
+    try:
+        yield
+    finally:
+        subprocess.run(["bash", str(LOCAL), "ctld-start"], check=True, timeout=120)
+
+
+def test_list_says_the_cluster_is_silent_in_bounded_time(
+    box: Sandbox,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> None:
+    box.write("forever.py", FOREVER)
+    for name in ("a", "b"):
+        box.cli("start", "forever.py", "--slurm", "--cpu", "--name", name, check=True)
+    for name in ("a", "b"):
+        wait_state(box, name, "running", timeout=90)
+    assert "did not answer" not in box.cli("list", check=True).stderr
+    request.getfixturevalue("silent_controller")
+    # A squeue left to itself waits 9 s for a silent controller, per job asked.
+    began = time.monotonic()
+    listed = box.cli("list", check=True)
+    took = time.monotonic() - began
+    assert took < 8.0, took
+    lines = [x for x in listed.stderr.splitlines() if "has not answered since" in x]
+    assert len(lines) == 1 and "Slurm cluster handyjobs-local" in lines[0], listed.stderr
+    assert listed.stdout.count("running") == 2  # the last known states
+    shown = box.cli("show", "a")
+    assert shown.returncode == 0 and "has not answered since" in shown.stderr
+    subprocess.run(["bash", str(LOCAL), "ctld-start"], check=True, timeout=120)
+    wait_until(
+        lambda: "not answered" not in box.cli("list", check=True).stderr,
+        30,
+        0.5,
+        "the line to go once the controller answers",
+    )
+    assert show(box, "a")["state"] == "running"
