@@ -3,6 +3,7 @@ answer, a group stopped at once, CPUs per GPU task, setup lines)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -63,3 +64,49 @@ def test_list_says_the_cluster_is_silent_in_bounded_time(
         "the line to go once the controller answers",
     )
     assert show(box, "a")["state"] == "running"
+
+
+def _shims(sb: Sandbox, calls: Path) -> str:
+    """A folder of Slurm commands that log each call to ``calls`` and run the real one: a
+    counter in front of the real Slurm, which still does the work."""
+    folder = sb.root / "shims"
+    folder.mkdir()
+    for cmd in ("sbatch", "squeue", "scancel", "scontrol", "sacct"):
+        real = shutil.which(cmd)
+        if real is None:
+            continue
+        shim = folder / cmd
+        shim.write_text(f'#!/bin/sh\necho "{cmd} $*" >> "{calls}"\nexec "{real}" "$@"\n')
+        shim.chmod(0o755)
+    return f"{folder}:{sb.env.get('PATH', '')}"
+
+
+def test_stop_group_cancels_every_job_in_one_scancel(box: Sandbox) -> None:  # noqa: F811
+    box.write("forever.py", FOREVER)
+    names = [f"g{i}" for i in range(10)]
+    for name in names:
+        box.cli("start", "forever.py", "--slurm", "--cpu", "--name", name, "--group", "grp",
+                check=True)  # fmt: skip
+    # Two run (the node has 2 CPUs), the others wait in Slurm's queue: both kinds are stopped.
+    wait_until(
+        lambda: sum(show(box, n)["state"] == "running" for n in names[:3]) >= 2,
+        90,
+        0.5,
+        "two of the group to run",
+    )
+    calls = box.root / "calls.log"
+    began = time.monotonic()
+    out = box.cli("stop", "--group", "grp", env={"PATH": _shims(box, calls)}, check=True)
+    took = time.monotonic() - began
+    made = calls.read_text().splitlines()
+    scancels = [c for c in made if c.startswith("scancel")]
+    print(f"stop --group of 10: {len(made)} Slurm calls in {took:.1f}s")
+    assert len(scancels) == 1, made
+    assert all(box_job in scancels[0] for box_job in _job_ids(box, names)), scancels
+    assert out.stdout.count("stopped") == 10, out.stdout
+    for name in names:
+        assert show(box, name)["state"] == "stopped"
+
+
+def _job_ids(sb: Sandbox, names: list[str]) -> list[str]:
+    return [show(sb, n)["runs"][-1]["handle"]["job_id"] for n in names]

@@ -151,6 +151,11 @@ def forget() -> None:
     _answer = None
 
 
+def taken() -> float | None:
+    """When the answer this process holds was taken (None: it holds none)."""
+    return None if _answer is None else _answer.taken
+
+
 def heard() -> Silence | None:
     """The silence this process met when it last asked, if the controller did not answer."""
     return _heard
