@@ -96,8 +96,16 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=2
 MinJobAge=300
 KillWait=10
-NodeName=$host NodeAddr=127.0.0.1 NodeHostname=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+# Two GPUs that Slurm only counts (its gres.conf names two harmless character devices, as
+# Slurm wants one per GPU): GPU jobs are allocated, with their share of the node's CPUs
+# (SLURM_CPUS_PER_TASK); nothing runs on a GPU here.
+GresTypes=gpu
+NodeName=$host NodeAddr=127.0.0.1 NodeHostname=$host CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+    cat >"$DIR/gres.conf" <<EOF
+NodeName=$host Name=gpu File=/dev/null
+NodeName=$host Name=gpu File=/dev/zero
 EOF
 }
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, show, wait_state, wait_until
+from conftest import Sandbox, log_of, show, wait_state, wait_until
 from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
@@ -110,3 +110,31 @@ def test_stop_group_cancels_every_job_in_one_scancel(box: Sandbox) -> None:  # n
 
 def _job_ids(sb: Sandbox, names: list[str]) -> list[str]:
     return [show(sb, n)["runs"][-1]["handle"]["job_id"] for n in names]
+
+
+CPUS = """
+import os
+print("cpus per task", os.environ.get("SLURM_CPUS_PER_TASK"), "rank", os.environ.get("RANK"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "cpus"),
+    [
+        # The local node has 2 CPUs and 2 GPUs (Slurm counts them): a share of 1 per GPU.
+        (("--gpus-per-node", "2"), "2"),
+        (("--gpus-per-node", "1", "--cpus-per-gpu", "2"), "2"),
+        (("--gpus-per-node", "1"), "1"),
+    ],
+)
+def test_a_gpu_job_gets_cpus_per_gpu(
+    box: Sandbox,  # noqa: F811
+    options: tuple[str, ...],
+    cpus: str,
+) -> None:
+    box.write("cpus.py", CPUS)
+    box.cli("start", "cpus.py", "--slurm", *options, "--name", "c", check=True)
+    rec = wait_state(box, "c", "succeeded", "failed", "lost", timeout=90)
+    log = log_of(box, "c")
+    assert rec["state"] == "succeeded", log
+    assert f"cpus per task {cpus} " in log, log

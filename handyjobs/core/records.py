@@ -151,6 +151,10 @@ class BatchSpec(JsonRecord):
     requeue: bool = False
     #: Seconds before the time limit at which the batch script gets SIGUSR1.
     signal_before_s: int = 60
+    #: CPUs for each GPU (None: the node's CPUs shared out over its GPUs, when known).
+    cpus_per_gpu: int | None = None
+    #: Memory for each GPU, a size as the scheduler takes it (``32G``).
+    mem_per_gpu: str | None = None
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,11 @@ def test_the_batch_script_carries_the_options_and_execs_the_runner() -> None:
         ({"signal_before_s": 0}, "--signal-before"),
         ({"extra": ("qos=high",)}, "--slurm-arg"),
         ({"extra": ("--comment='a b'",)}, "--slurm-arg"),
+        ({"cpus_per_gpu": 8}, "--cpus-per-gpu is for GPU jobs"),
+        ({"mem_per_gpu": "32G"}, "--mem-per-gpu is for GPU jobs"),
+        ({"gpus_per_node": 2, "cpus_per_gpu": 0}, "--cpus-per-gpu"),
+        ({"gpus_per_node": 2, "mem_per_gpu": "lots"}, "--mem-per-gpu"),
+        ({"gpus_per_node": 2, "mem_per_gpu": "32G", "mem": "64G"}, "pick one"),
     ],
 )
 def test_bad_slurm_options_are_one_usage_error(given: dict[str, object], message: str) -> None:
@@ -261,3 +266,61 @@ def test_a_control_slurm_refuses_is_one_line_saying_what_to_do(
     verb: str, said: str, line: str
 ) -> None:
     assert backend.refusal(verb, "42", "exp", said) == line
+
+
+def gpu_spec(**given: object) -> JobSpec:
+    """A checked spec of a GPU job submitted with ``--slurm`` and the given Slurm options."""
+    return replace(slurm_spec(**given), cpu=False, nproc=None)
+
+
+GPU_SCRIPT = """\
+#!/bin/bash
+# handyjobs job fit, run 1 (run id abc123), submitted with sbatch.
+# The runner starts one torchrun per node through srun, copies every byte of output
+# to output.log and records the outcome in this folder, which every node must share.
+#SBATCH --job-name=fit
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=4
+#SBATCH --cpus-per-task=32
+#SBATCH --mem-per-gpu=40G
+#SBATCH --partition=gpu
+#SBATCH --output=/s/jobs/fit/slurm-%j.out
+#SBATCH --open-mode=append
+#SBATCH --export=NONE
+#SBATCH --signal=B:USR1@60
+#SBATCH --no-requeue
+export HANDYJOBS_RUNNER_OF=abc123
+export HANDYJOBS_SCHEDULED=slurm
+exec python -m handyjobs.jobside.runner
+"""
+
+
+def test_a_gpu_job_gets_cpus_and_memory_per_gpu() -> None:
+    spec = gpu_spec(nodes=2, gpus_per_node=4, partition="gpu", cpus_per_gpu=8, mem_per_gpu="40G")
+    runner = ["python", "-m", "handyjobs.jobside.runner"]
+    assert sbatch.script(spec, "fit", 1, "abc123", runner, "/s/jobs/fit") == GPU_SCRIPT
+    # Asked for, it wins over the nodes' share.
+    assert sbatch.script(spec, "fit", 1, "abc123", runner, "/s/jobs/fit", share=2) == GPU_SCRIPT
+
+
+def test_a_gpu_job_that_does_not_say_gets_the_nodes_share() -> None:
+    spec = gpu_spec(gpus_per_node=2)
+    assert "--cpus-per-task=12" in sbatch.options(spec, "/j", share=6)
+    # Nothing known of the nodes: Slurm's own default.
+    assert not any(o.startswith("--cpus-per-task") for o in sbatch.options(spec, "/j"))
+
+
+@pytest.mark.parametrize(
+    ("sinfo", "partition", "share"),
+    [
+        ("2 gpu:2 debug*\n", None, 1),
+        ("64 gpu:a100:8(S:0-1) gpu\n32 (null) cpu*\n", "gpu", 8),
+        ("64 gpu:a100:8(S:0-1) gpu\n32 (null) cpu*\n", None, None),  # default has no GPUs
+        ("64 gpu:8 gpu*\n48 gpu:4 gpu*\n", None, 8),  # two kinds of node: the smaller share
+        ("96 gpu:h100:4,gpu:a100:4 mixed\n", "mixed", 12),
+        ("", "gpu", None),
+    ],
+)
+def test_the_cpu_share_is_read_from_sinfo(sinfo: str, partition: str | None, share: int) -> None:
+    assert sbatch.cpu_share(sinfo, partition) == share

@@ -309,6 +309,13 @@ def details(job_id: str) -> ClusterState | bool | None:
     return False
 
 
+def _cpu_share(partition: str | None, env: Mapping[str, str] | None) -> int | None:
+    """CPUs per GPU of the partition's nodes, as sinfo says; None when it cannot say."""
+    argv = ["sinfo", "-h", "-o", "%c %G %P", *(["-p", partition] if partition else [])]
+    code, out, _ = _run(argv, dict(env) if env else None, timeout=ASK_TIMEOUT_S)
+    return sbatch.cpu_share(out, partition) if code == 0 else None
+
+
 class SlurmBackend:
     """Submits the runner with sbatch; asks squeue/scontrol/sacct; cancels with scancel."""
 
@@ -335,6 +342,10 @@ class SlurmBackend:
             raise ValueError("a Slurm launch needs the job's Slurm spec")
         path = Path(req.cwd) / f"slurm-{req.run_id}.sbatch"
         after = sbatch.dependency(req.after, req.spec.after_any)
+        slurm = req.spec.slurm
+        share = None
+        if slurm.gpus_per_node and not slurm.cpus_per_gpu:
+            share = _cpu_share(slurm.partition, req.env)
         text = sbatch.script(
             req.spec,
             req.name,
@@ -344,6 +355,7 @@ class SlurmBackend:
             req.cwd,
             req.env.get("PYTHONPATH"),
             after,
+            share,
         )
         try:
             paths.write_atomic(path, text.encode())

@@ -43,7 +43,15 @@ _REASONS = {
 # Reasons that all mean a limit of the user's account or QOS.
 _LIMIT_PREFIXES = ("Assoc", "QOS", "MaxCpu", "MaxGRES", "MaxNode")
 # The options shown back in `show`, in this order.
-_SHOWN_OPTS = ("partition", "time", "account", "mem", "constraint")
+_SHOWN_OPTS = (
+    "partition",
+    "time",
+    "account",
+    "mem",
+    "constraint",
+    "cpus_per_gpu",
+    "mem_per_gpu",
+)
 
 
 class Describe:
@@ -92,7 +100,11 @@ class Describe:
         ]
         slurm = record.spec.slurm
         if slurm is not None:
-            asked = [f"--{k}={getattr(slurm, k)}" for k in _SHOWN_OPTS if getattr(slurm, k)]
+            asked = [
+                f"--{k.replace('_', '-')}={getattr(slurm, k)}"
+                for k in _SHOWN_OPTS
+                if getattr(slurm, k)
+            ]
             fields.append(("slurm options", " ".join([*asked, *slurm.extra]) or "-"))
         return fields
 

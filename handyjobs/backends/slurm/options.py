@@ -40,6 +40,9 @@ OPTIONS: tuple[Option, ...] = (
     _slurm("--slurm-arg", "list", "OPT", "Slurm: any sbatch option, --slurm-arg=--qos=high.",
            field="extra"),
     _slurm("--requeue", "flag", "", "Slurm: requeue after the time-limit warning."),
+    _slurm("--cpus-per-gpu", "int", "N",
+           "Slurm: CPUs per GPU (default: the node's CPUs over its GPUs)."),
+    _slurm("--mem-per-gpu", "str", "M", "Slurm: memory per GPU, e.g. 32G."),
 )
 # fmt: on
 

@@ -57,6 +57,8 @@ class SlurmRequest:
     extra: Sequence[str] = field(default_factory=tuple)
     requeue: bool = False
     signal_before_s: int | None = None
+    cpus_per_gpu: int | None = None
+    mem_per_gpu: str | None = None
 
     @property
     def backend(self) -> str:
@@ -106,23 +108,30 @@ def _word(option: str, value: str | None) -> str | None:
     return value
 
 
+def _not_submitted(req: SlurmRequest) -> None:
+    """Slurm's options typed without ``--slurm``: one usage error naming the first."""
+    options = {
+        "--nodes": req.nodes,
+        "--gpus-per-node": req.gpus_per_node,
+        "--partition": req.partition,
+        "--time": req.time,
+        "--account": req.account,
+        "--mem": req.mem,
+        "--constraint": req.constraint,
+        "--slurm-arg": req.extra or None,
+        "--requeue": req.requeue or None,
+        "--signal-before": req.signal_before_s,
+        "--cpus-per-gpu": req.cpus_per_gpu,
+        "--mem-per-gpu": req.mem_per_gpu,
+    }
+    given = next((opt for opt, value in options.items() if value is not None), "that option")
+    raise UsageError(f"{given} is for Slurm jobs: add --slurm")
+
+
 def check(req: SlurmRequest) -> BatchSpec:
     """Check Slurm options; every problem is one usage error saying what to give instead."""
     if not req.submit:
-        options = {
-            "--nodes": req.nodes,
-            "--gpus-per-node": req.gpus_per_node,
-            "--partition": req.partition,
-            "--time": req.time,
-            "--account": req.account,
-            "--mem": req.mem,
-            "--constraint": req.constraint,
-            "--slurm-arg": req.extra or None,
-            "--requeue": req.requeue or None,
-            "--signal-before": req.signal_before_s,
-        }
-        given = next((opt for opt, value in options.items() if value is not None), "that option")
-        raise UsageError(f"{given} is for Slurm jobs: add --slurm")
+        _not_submitted(req)
     nodes = 1 if req.nodes is None else req.nodes
     if nodes < 1:
         raise UsageError(f"--nodes {nodes}: ask for at least 1 node")
@@ -137,6 +146,7 @@ def check(req: SlurmRequest) -> BatchSpec:
         raise UsageError(
             f"--mem {_printable(req.mem)}: give a size per node as sbatch takes it (e.g. 64G, 500M)"
         )
+    _check_per_gpu(req)
     before = DEFAULT_SIGNAL_BEFORE_S if req.signal_before_s is None else req.signal_before_s
     if not 0 < before <= MAX_SIGNAL_BEFORE_S:
         raise UsageError(
@@ -161,7 +171,47 @@ def check(req: SlurmRequest) -> BatchSpec:
         extra=tuple(extra),
         requeue=req.requeue,
         signal_before_s=before,
+        cpus_per_gpu=req.cpus_per_gpu,
+        mem_per_gpu=req.mem_per_gpu,
     )
+
+
+def _check_per_gpu(req: SlurmRequest) -> None:
+    """``--cpus-per-gpu`` and ``--mem-per-gpu`` need GPUs, and sbatch takes one memory size."""
+    given = "--cpus-per-gpu" if req.cpus_per_gpu is not None else None
+    given = "--mem-per-gpu" if req.mem_per_gpu is not None else given
+    if given and not req.gpus_per_node:
+        raise UsageError(
+            f"{given} is for GPU jobs: add --gpus-per-node G (a CPU job gets a CPU per process; "
+            "size it with --nproc, its memory with --mem)"
+        )
+    if req.cpus_per_gpu is not None and req.cpus_per_gpu < 1:
+        raise UsageError(f"--cpus-per-gpu {req.cpus_per_gpu}: ask for at least 1 CPU per GPU")
+    if req.mem_per_gpu is not None and not _MEM_RE.match(req.mem_per_gpu):
+        raise UsageError(
+            f"--mem-per-gpu {_printable(req.mem_per_gpu)}: give a size per GPU as sbatch takes "
+            "it (e.g. 32G, 500M)"
+        )
+    if req.mem_per_gpu is not None and req.mem is not None:
+        raise UsageError("--mem and --mem-per-gpu cannot be combined (sbatch takes one); pick one")
+
+
+def cpu_share(text: str, partition: str | None = None) -> int | None:
+    """``sinfo -h -o '%c %G %P'`` -> CPUs per GPU on the partition's nodes (the default
+    partition's when none is named): the least of its node kinds; None when it has no GPUs."""
+    shares = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        name = parts[2]
+        if (name.rstrip("*") != partition) if partition else not name.endswith("*"):
+            continue
+        # "gpu:2", "gpu:a100:8(S:0-1)", several kinds comma separated; "(null)" when none.
+        gpus = sum(int(m) for m in re.findall(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)", parts[1]))
+        if gpus:
+            shares.append(max(1, int(parts[0]) // gpus))
+    return min(shares) if shares else None
 
 
 def _directive(option: str) -> str:
@@ -195,10 +245,13 @@ def dependency(after: Mapping[str, Run], after_any: bool) -> str | None:
     return ("afterany:" if after_any else "afterok:") + ":".join(ids)
 
 
-def options(spec: JobSpec, job_dir: str, after: str | None = None) -> list[str]:
+def options(
+    spec: JobSpec, job_dir: str, after: str | None = None, share: int | None = None
+) -> list[str]:
     """The sbatch options of a job, in the order the script lists them (extras last: they win).
 
-    ``after``: the ``--dependency`` value (:func:`dependency`).
+    ``after``: the ``--dependency`` value (:func:`dependency`); ``share``: CPUs per GPU of the
+    nodes (:func:`cpu_share`), for a GPU job that did not say.
     """
     slurm = spec.slurm
     if slurm is None:
@@ -209,6 +262,13 @@ def options(spec: JobSpec, job_dir: str, after: str | None = None) -> list[str]:
         opts.append(f"--cpus-per-task={spec.procs}")
     if slurm.gpus_per_node:
         opts.append(f"--gpus-per-node={slurm.gpus_per_node}")
+        per_gpu = slurm.cpus_per_gpu or share
+        if per_gpu:
+            # The one task per node runs torchrun and a worker per GPU, each with its data
+            # loader's processes: without this Slurm gives it one CPU.
+            opts.append(f"--cpus-per-task={per_gpu * slurm.gpus_per_node}")
+        if slurm.mem_per_gpu:
+            opts.append(f"--mem-per-gpu={slurm.mem_per_gpu}")
     for key in ("partition", "time", "account", "mem", "constraint"):
         value = getattr(slurm, key)
         if value is not None:
@@ -243,6 +303,7 @@ def script(
     job_dir: str,
     pythonpath: str | None = None,
     after: str | None = None,
+    share: int | None = None,
 ) -> str:
     """The batch script: the job's sbatch options, then the runner, exec'd (it gets the signals)."""
     # --export=NONE keeps the login shell's environment out, but the runner must import the
@@ -254,7 +315,7 @@ def script(
         "# The runner starts one torchrun per node through srun, copies every byte of output",
         "# to output.log and records the outcome in this folder, which every node must share.",
         f"#SBATCH --job-name={name}",
-        *(_directive(opt) for opt in options(spec, job_dir, after)),
+        *(_directive(opt) for opt in options(spec, job_dir, after, share)),
         *path,
         f"export HANDYJOBS_RUNNER_OF={run_id}",
         # Slurm signals this script (scancel, the time-limit warning) from its first moment.
