@@ -138,3 +138,27 @@ def test_a_gpu_job_gets_cpus_per_gpu(
     log = log_of(box, "c")
     assert rec["state"] == "succeeded", log
     assert f"cpus per task {cpus} " in log, log
+
+
+SETUP = """
+import os
+print("FOO is", os.environ.get("FOO"))
+print("PATH is", os.environ.get("PATH"))
+"""
+
+
+def test_setup_lines_change_the_jobs_environment(box: Sandbox) -> None:  # noqa: F811
+    box.write("setup.py", SETUP)
+    box.cli(
+        "start", "setup.py", "--slurm", "--cpu", "--name", "s",
+        "--setup", "export FOO=bar", "--setup", 'export PATH="/opt/mod/bin:$PATH"',
+        check=True,
+    )  # fmt: skip
+    rec = wait_state(box, "s", "succeeded", "failed", "lost", timeout=90)
+    log = log_of(box, "s")
+    assert rec["state"] == "succeeded", log
+    assert "FOO is bar" in log, log
+    # The module's folder in front, and the job's own PATH (the caller's) behind it.
+    path = next(line for line in log.splitlines() if line.startswith("PATH is ")).split()[-1]
+    assert path.startswith("/opt/mod/bin:") and path.endswith(box.env["PATH"]), path
+    assert "--setup='export FOO=bar'" in box.cli("show", "s", check=True).stdout

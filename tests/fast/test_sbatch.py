@@ -147,6 +147,11 @@ def test_the_batch_script_carries_the_options_and_execs_the_runner() -> None:
         ({"gpus_per_node": 2, "cpus_per_gpu": 0}, "--cpus-per-gpu"),
         ({"gpus_per_node": 2, "mem_per_gpu": "lots"}, "--mem-per-gpu"),
         ({"gpus_per_node": 2, "mem_per_gpu": "32G", "mem": "64G"}, "pick one"),
+        ({"setup": ("module load a\nmodule load b",)}, "one shell line per --setup"),
+        ({"setup": ("  ",)}, "--setup"),
+        ({"srun_opts": ("container-image=x",)}, "--srun-opt"),
+        ({"srun_opts": ("--container-mounts='/a b'",)}, "--srun-opt"),
+        ({"submit": False, "setup": ("module load x",)}, "--setup is for Slurm jobs"),
     ],
 )
 def test_bad_slurm_options_are_one_usage_error(given: dict[str, object], message: str) -> None:
@@ -324,3 +329,52 @@ def test_a_gpu_job_that_does_not_say_gets_the_nodes_share() -> None:
 )
 def test_the_cpu_share_is_read_from_sinfo(sinfo: str, partition: str | None, share: int) -> None:
     assert sbatch.cpu_share(sinfo, partition) == share
+
+
+def test_setup_lines_run_before_the_runner_in_the_order_given() -> None:
+    spec = slurm_spec(setup=("module load cuda/12.4", "export FOO='a b'"))
+    text = sbatch.script(spec, "fit", 1, "abc123", ["python", "-m", "runner"], "/s/jobs/fit")
+    tail = text.splitlines()[-8:]
+    assert tail == [
+        "env -0 > /s/jobs/fit/setup-env-abc123",
+        "# --setup",
+        "module load cuda/12.4",
+        "export FOO='a b'",
+        "export HANDYJOBS_SETUP_BEFORE=/s/jobs/fit/setup-env-abc123",
+        "export HANDYJOBS_RUNNER_OF=abc123",
+        "export HANDYJOBS_SCHEDULED=slurm",
+        "exec python -m runner",
+    ], text
+    # Without --setup the script saves nothing.
+    assert "env -0" not in sbatch.script(slurm_spec(), "fit", 1, "abc123", ["r"], "/s/jobs/fit")
+
+
+def test_srun_options_come_after_handyjobs_own() -> None:
+    spec = slurm_spec(nodes=2, srun_opts=("--container-image=nvcr.io#pytorch", "--mpi=none"))
+    argv = step.step_argv(spec, step.Allocation.from_env(TWO_NODES), 29512)
+    at = argv.index("--container-image=nvcr.io#pytorch")
+    assert argv[at + 1] == "--mpi=none"
+    assert at > argv.index("--cpus-per-task=4") and argv.index("--mpi=none") < argv.index(
+        "handyjobs.backends.slurm.node"
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "job", "carried"),
+    [
+        ({}, {"FOO": "bar"}, {}, {"FOO": "bar"}),
+        ({"FOO": "x"}, {"FOO": "bar"}, {"FOO": "mine"}, {"FOO": "bar"}),
+        # module load puts its folder in front: the job keeps its own PATH behind it.
+        ({"PATH": "/usr/bin"}, {"PATH": "/opt/cuda/bin:/usr/bin"}, {"PATH": "/venv/bin:/usr/bin"},
+         {"PATH": "/opt/cuda/bin:/venv/bin:/usr/bin"}),
+        ({"LD": "/a"}, {"LD": "/a:/b"}, {"LD": "/j"}, {"LD": "/j:/b"}),
+        ({"PATH": "/usr/bin"}, {"PATH": "/opt/bin"}, {"PATH": "/venv/bin"}, {"PATH": "/opt/bin"}),
+        # Unchanged, the shell's own, or Slurm's and handyjobs': none of the setup's doing.
+        ({"A": "1", "SHLVL": "1"}, {"A": "1", "SHLVL": "2", "_": "/bin/env"}, {}, {}),
+        ({}, {"SLURM_X": "1", "HANDYJOBS_SETUP_BEFORE": "/f"}, {}, {}),
+    ],
+)  # fmt: skip
+def test_what_setup_lines_change_reaches_the_job(
+    before: dict[str, str], after: dict[str, str], job: dict[str, str], carried: dict[str, str]
+) -> None:
+    assert step.setup_changes(before, after, job) == carried

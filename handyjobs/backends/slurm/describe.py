@@ -6,6 +6,7 @@ Slurm's job numbers, state names and pending reasons never leave this folder as 
 
 from __future__ import annotations
 
+import shlex
 import time
 
 from handyjobs.backends.slurm.handle import SlurmHandle
@@ -105,6 +106,8 @@ class Describe:
                 for k in _SHOWN_OPTS
                 if getattr(slurm, k)
             ]
+            asked += [f"--setup={shlex.quote(line)}" for line in slurm.setup]
+            asked += [f"--srun-opt={opt}" for opt in slurm.srun_opts]
             fields.append(("slurm options", " ".join([*asked, *slurm.extra]) or "-"))
         return fields
 

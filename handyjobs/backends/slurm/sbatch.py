@@ -31,6 +31,10 @@ WARNING_SIGNAL = "USR1"
 DEFAULT_SIGNAL_BEFORE_S = 60
 #: Slurm keeps the lead time of ``--signal`` in 16 bits.
 MAX_SIGNAL_BEFORE_S = 65535
+#: The batch environment before the ``--setup`` lines, in the job's folder (``env -0``), and
+#: the variable that names it for the runner.
+SETUP_ENV_FILE = "setup-env-{run_id}"
+SETUP_ENV = "HANDYJOBS_SETUP_BEFORE"
 
 # sbatch's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or no limit.
 _TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2})$")
@@ -59,6 +63,8 @@ class SlurmRequest:
     signal_before_s: int | None = None
     cpus_per_gpu: int | None = None
     mem_per_gpu: str | None = None
+    setup: Sequence[str] = field(default_factory=tuple)
+    srun_opts: Sequence[str] = field(default_factory=tuple)
 
     @property
     def backend(self) -> str:
@@ -123,6 +129,8 @@ def _not_submitted(req: SlurmRequest) -> None:
         "--signal-before": req.signal_before_s,
         "--cpus-per-gpu": req.cpus_per_gpu,
         "--mem-per-gpu": req.mem_per_gpu,
+        "--setup": req.setup or None,
+        "--srun-opt": req.srun_opts or None,
     }
     given = next((opt for opt, value in options.items() if value is not None), "that option")
     raise UsageError(f"{given} is for Slurm jobs: add --slurm")
@@ -152,14 +160,16 @@ def check(req: SlurmRequest) -> BatchSpec:
         raise UsageError(
             f"--signal-before {before}: give seconds between 1 and {MAX_SIGNAL_BEFORE_S}"
         )
-    extra = []
-    for arg in req.extra:
-        if not arg.startswith("-") or any(c in arg for c in "\"'\\\n\r\t\0") or arg.strip() != arg:
+    extra = [_one_option("--slurm-arg", "sbatch", "--qos=high", arg) for arg in req.extra]
+    srun_opts = [
+        _one_option("--srun-opt", "srun", "--container-image=IMG", arg) for arg in req.srun_opts
+    ]
+    for line in req.setup:
+        if not line.strip() or any(c in line for c in "\n\r\0"):
             raise UsageError(
-                f"--slurm-arg {_printable(arg)}: give one sbatch option such as --qos=high "
-                "or --exclusive (no quotes or line breaks)"
+                f"--setup {_printable(line)}: give one shell line per --setup (repeat it for "
+                "more lines), e.g. --setup 'module load cuda/12.4'"
             )
-        extra.append(arg)
     return BatchSpec(
         nodes=nodes,
         gpus_per_node=req.gpus_per_node,
@@ -173,7 +183,19 @@ def check(req: SlurmRequest) -> BatchSpec:
         signal_before_s=before,
         cpus_per_gpu=req.cpus_per_gpu,
         mem_per_gpu=req.mem_per_gpu,
+        setup=tuple(req.setup),
+        srun_opts=tuple(srun_opts),
     )
+
+
+def _one_option(flag: str, command: str, example: str, arg: str) -> str:
+    """One option of sbatch's or srun's as typed (``--opt=value``), or one usage error."""
+    if not arg.startswith("-") or any(c in arg for c in "\"'\\\n\r\t\0") or arg.strip() != arg:
+        raise UsageError(
+            f"{flag} {_printable(arg)}: give one {command} option such as {example} "
+            "(no quotes or line breaks)"
+        )
+    return arg
 
 
 def _check_per_gpu(req: SlurmRequest) -> None:
@@ -309,6 +331,17 @@ def script(
     # --export=NONE keeps the login shell's environment out, but the runner must import the
     # same handyjobs that submitted it: a PYTHONPATH the submitter had goes along.
     path = [f"export PYTHONPATH={shlex.quote(pythonpath)}"] if pythonpath else []
+    setup: list[str] = []
+    if spec.slurm is not None and spec.slurm.setup:
+        # What the lines change in the environment reaches the job: the runner compares its
+        # own environment with this one (taken before them) and carries the differences.
+        before = shlex.quote(f"{job_dir}/{SETUP_ENV_FILE.format(run_id=run_id)}")
+        setup = [
+            f"env -0 > {before}",
+            "# --setup",
+            *spec.slurm.setup,
+            f"export {SETUP_ENV}={before}",
+        ]
     lines = [
         "#!/bin/bash",
         f"# handyjobs job {name}, run {run} (run id {run_id}), submitted with sbatch.",
@@ -317,6 +350,7 @@ def script(
         f"#SBATCH --job-name={name}",
         *(_directive(opt) for opt in options(spec, job_dir, after, share)),
         *path,
+        *setup,
         f"export HANDYJOBS_RUNNER_OF={run_id}",
         # Slurm signals this script (scancel, the time-limit warning) from its first moment.
         "export HANDYJOBS_SCHEDULED=slurm",
