@@ -15,6 +15,10 @@ cancels:
   where accounting exists, for its end state and exit code.
 - ``terminate`` is ``scancel``: Slurm sends SIGTERM to every process of the job (the runner
   passes it on and records how the job ended), SIGKILL after the grace period if it lingers.
+  Several jobs stopped together are one ``scancel`` (``cancel_many``); each ``terminate``
+  then only waits for its job, on squeue answers the jobs share.
+- When the controller does not answer, squeue is given :data:`ASK_TIMEOUT_S` once for all
+  jobs, and the silence is kept (:mod:`handyjobs.backends.slurm.answers`) for ``list`` to say.
 
 Slurm's words are kept as they are (``show`` prints them); :func:`verdict` says what each
 means for the run.
