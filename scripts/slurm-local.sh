@@ -5,6 +5,9 @@
 #                                   the daemons, wait for the node; prints SLURM_CONF=...
 #   scripts/slurm-local.sh status   exit 0 when the local cluster answers (prints SLURM_CONF=...)
 #   scripts/slurm-local.sh stop     cancel its jobs, stop the daemons it started, remove its folder
+#   scripts/slurm-local.sh ctld-stop   stop only the controller (slurmctld): a cluster that does
+#                                   not answer, its jobs left running on the node
+#   scripts/slurm-local.sh ctld-start  start the controller again (it reloads its saved state)
 #
 # Everything lives in one folder (HANDYJOBS_SLURM_DIR, default /tmp/handyjobs-slurm): the munge
 # key and socket, slurm.conf, state and spool folders, pid files and logs. Nothing is written to
@@ -93,8 +96,16 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=2
 MinJobAge=300
 KillWait=10
-NodeName=$host NodeAddr=127.0.0.1 NodeHostname=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+# Two GPUs that Slurm only counts (its gres.conf names two harmless character devices, as
+# Slurm wants one per GPU): GPU jobs are allocated, with their share of the node's CPUs
+# (SLURM_CPUS_PER_TASK); nothing runs on a GPU here.
+GresTypes=gpu
+NodeName=$host NodeAddr=127.0.0.1 NodeHostname=$host CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+    cat >"$DIR/gres.conf" <<EOF
+NodeName=$host Name=gpu File=/dev/null
+NodeName=$host Name=gpu File=/dev/zero
 EOF
 }
 
@@ -154,8 +165,37 @@ stop_daemons() {
     done
 }
 
+ctld_stop() {
+    if alive "$DIR/slurmctld.pid"; then
+        pid="$(cat "$DIR/slurmctld.pid")"
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || return 0
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+}
+
+ctld_start() {
+    if ! alive "$DIR/slurmctld.pid"; then
+        slurmctld -f "$CONF"
+    fi
+    for _ in $(seq 1 100); do
+        if SLURM_CONF="$CONF" timeout 5 squeue -h >/dev/null 2>&1; then
+            echo "SLURM_CONF=$CONF"
+            return
+        fi
+        sleep 0.2
+    done
+    say "slurmctld did not answer again; see $DIR/log/slurmctld.log"
+    exit 1
+}
+
 case "${1:-}" in
     start) start ;;
+    ctld-stop) need_root; ctld_stop ;;
+    ctld-start) need_root; ctld_start ;;
     status)
         if running; then echo "SLURM_CONF=$CONF"; else say "not running"; exit 1; fi ;;
     stop)
@@ -163,6 +203,6 @@ case "${1:-}" in
         stop_daemons
         rm -rf "$DIR" ;;
     *)
-        echo "usage: $0 start|status|stop" >&2
+        echo "usage: $0 start|status|stop|ctld-stop|ctld-start" >&2
         exit 2 ;;
 esac

@@ -118,12 +118,14 @@ def test_a_stop_slurm_could_not_take_does_not_stop_the_job_later(
     slurm_conf: str,  # noqa: F811
 ) -> None:
     box.write("job.py", SLEEP_EXIT)
-    box.cli("start", "job.py", "8", "0", "--slurm", "--cpu", "--name", "later", check=True)
+    # The job outlives the failed stop (squeue's 3 s, then scancel's 9 s for an unreachable
+    # controller): a job that ends by itself while a stop is under way reads "stopped".
+    box.cli("start", "job.py", "25", "0", "--slurm", "--cpu", "--name", "later", check=True)
     wait_state(box, "later", "running", timeout=90)
     bad = _unreachable(box, slurm_conf)
     proc = box.cli("stop", "later", env={"SLURM_CONF": str(bad), "HANDYJOBS_SLURM_CACHE_S": "0"})
     assert proc.returncode != 0
-    assert show(box, "later")["runs"][-1]["stop_requested"] is False
+    assert show(box, "later")["runs"][-1]["stop_requested"] is False, proc.stderr
     rec = wait_state(box, "later", "succeeded", "failed", "stopped", "lost", timeout=90)
     assert rec["state"] == "succeeded", rec
 

@@ -83,6 +83,11 @@ class Backend(Protocol):
     def terminate(self, run: Run, grace_s: float) -> Ended:
         """End every process of the run but the runner: SIGTERM, then SIGKILL after grace."""
 
+    def cancel_many(self, runs: Sequence[Run]) -> list[str]:
+        """End many runs in one call where a scheduler of the backend's own can (one cancel
+        for all): the ids of the runs it took, which ``terminate`` then only waits for; []
+        when runs end one by one. Those it did not take are left to ``terminate``."""
+
     def end_runner(self, run: Run) -> None:
         """End a runner that does not finish by itself, and its session if we tagged it."""
 
@@ -208,6 +213,10 @@ class Describe(Protocol):
 
     def signalled(self, record: JobRecord, sig: str) -> str | None:
         """What ``kill`` says when the backend's scheduler sent the signal (None: it counted)."""
+
+    def silence(self) -> str | None:
+        """One line when the backend's scheduler did not answer this command (the states
+        shown are its last answer), else None."""
 
 
 def get(name: str) -> Backend:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handyjobs.core.states import JobState
 from handyjobs.errors import HandyjobsError, UsageError
+
+if TYPE_CHECKING:
+    from handyjobs.core.records import JobRecord
 
 
 def complete_names(incomplete: str) -> list[str]:
@@ -95,6 +98,7 @@ def do_list(
         values = {}
     if group is not None:
         records = [r for r in records if r.spec.group == group]
+    say_silences(records)
     if as_json:
         docs = [hide_secrets(r.to_dict(), show_secrets) for r in records]
         if metric:
@@ -114,6 +118,20 @@ def do_list(
     from handyjobs.views import render  # lazy: --json output never renders a table
 
     render.print_jobs(records, total, every or bool(states), metric, values)
+
+
+def say_silences(records: Sequence[JobRecord]) -> None:
+    """One line on stderr per scheduler that did not answer while the records were read: the
+    states shown are its last answer (stderr keeps ``--json`` output the documented schema)."""
+    asked = {r.current.backend for r in records if r.state.active}
+    if not asked:
+        return
+    from handyjobs import backends  # lazy: only when active runs were reconciled
+
+    for name in sorted(asked):
+        line = backends.describe(name).silence()
+        if line:
+            print(f"handyjobs: {line}", file=sys.stderr)
 
 
 def pick_names(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handyjobs.cli.args import JSON, NAME
-from handyjobs.cli.common import dump_json, hide_secrets
+from handyjobs.cli.common import dump_json, hide_secrets, say_silences
 from handyjobs.cli.listing import SHOW_SECRETS
 from handyjobs.cli.parse import Command, Parsed
 
@@ -15,6 +15,7 @@ def _run(p: Parsed) -> None:
     name = p.text("name")
     assert name is not None
     view = summary.job_view(name)
+    say_silences([view.record])
     if p.flag("as_json"):
         doc = hide_secrets(view.record.to_dict(), p.flag("show_secrets"))
         doc["metrics"] = {s.metric: s.to_dict() for s in view.metrics}

@@ -20,6 +20,8 @@ def _run(p: Parsed) -> int:
     assert grace is not None
     # All marked first: a queued job that waits for another one named here ends stopped too.
     asked = control.ask_to_stop(picked) if len(picked) > 1 else {}
+    if len(picked) > 1:  # a cluster's jobs all cancelled in one call, then waited for
+        asked.update(control.cancel_together(picked))
 
     def one(name: str) -> None:
         result = control.stop_job(name, grace_s=grace, asked=asked.get(name))

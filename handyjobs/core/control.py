@@ -72,6 +72,41 @@ def ask_to_stop(names: Sequence[str]) -> dict[str, str]:
     return marked
 
 
+def cancel_together(names: Sequence[str]) -> dict[str, str]:
+    """End at once the current runs of the jobs named whose backend can (a cluster's scheduler:
+    one cancel for all), each marked asked to stop first; :func:`stop_job` then waits for each.
+    Returns the runs taken: name -> run id, for :func:`stop_job`'s ``asked``."""
+    root = paths.home()
+    active = {r.name: r for r in registry.load_active(root) if r.name in set(names)}
+    by_backend: dict[str, list[Run]] = {}
+    for record in active.values():
+        if backends.get(record.current.backend).queues:
+            by_backend.setdefault(record.current.backend, []).append(record.current)
+    if not any(len(runs) > 1 for runs in by_backend.values()):
+        return {}
+    names_of = {r.current.run_id: r.name for r in active.values()}
+    marked, newly = {}, set()
+    with registry.locked(root) as reg:
+        for runs in by_backend.values():
+            for run in runs:
+                name = names_of[run.run_id]
+                if lifecycle.request_stop(reg, name, run.run_id):
+                    newly.add(run.run_id)
+                mine = (reg.get(name) or active[name]).run_by_id(run.run_id)
+                if mine is not None and mine.state.active and mine.stop_requested:
+                    marked[run.run_id] = name  # ask_to_stop's marks included
+    taken: set[str] = set()
+    try:
+        for backend, runs in by_backend.items():
+            taken.update(backends.get(backend).cancel_many([r for r in runs if r.run_id in marked]))
+    finally:
+        # The ones not taken are stopped one by one, and marked then.
+        with registry.locked(root) as reg:
+            for run_id in newly - taken:
+                lifecycle.request_stop(reg, marked.get(run_id, names_of[run_id]), run_id, False)
+    return {marked[run_id]: run_id for run_id in taken}
+
+
 def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = None) -> StopResult:
     """End every process of a job's current run (SIGTERM, grace, SIGKILL); mark it stopped.
 
@@ -86,7 +121,7 @@ def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = No
     run = record.current
     backend = backends.get(run.backend)
     if run.run_id == asked and run.state is JobState.STOPPED:
-        return StopResult(record, run.run_id, (), was_queued=True)
+        return StopResult(record, run.run_id, (), was_queued=run.started_at is None)
     if not run.state.active:
         if run.state is JobState.LOST and backend.leftover_pids(run):
             ended = backend.terminate(run, grace_s)
@@ -147,7 +182,8 @@ def _mark_stopping(
             current = reg.get(name)
             mine = None if current is None else current.run_by_id(run_id)
             if mine is not None and run_id == asked and mine.state is JobState.STOPPED:
-                return StopResult(current or record, run_id, (), was_queued=True)  # runner went
+                queued = mine.started_at is None  # runner went
+                return StopResult(current or record, run_id, (), was_queued=queued)
             if mine is None or not mine.state.active:
                 state = "was removed" if mine is None else mine.state.value
                 raise JobStateError(f"job {name} is not running (it {state}); nothing to stop")

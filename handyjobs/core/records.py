@@ -151,6 +151,14 @@ class BatchSpec(JsonRecord):
     requeue: bool = False
     #: Seconds before the time limit at which the batch script gets SIGUSR1.
     signal_before_s: int = 60
+    #: CPUs for each GPU (None: the node's CPUs shared out over its GPUs, when known).
+    cpus_per_gpu: int | None = None
+    #: Memory for each GPU, a size as the scheduler takes it (``32G``).
+    mem_per_gpu: str | None = None
+    #: Shell lines the batch script runs before the job (``module load cuda/12.4``).
+    setup: tuple[str, ...] = ()
+    #: Options of the step that starts the job's processes (``--container-image=IMG``).
+    srun_opts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

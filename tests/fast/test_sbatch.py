@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from handyjobs.backends.slurm import backend, jobside, node, sbatch, step
+from handyjobs.backends.slurm import backend, describe, jobside, node, sbatch, step
 from handyjobs.core.records import JobSpec, JobState, Run
 from handyjobs.errors import UsageError
 from handyjobs.jobside import launch
@@ -142,6 +142,16 @@ def test_the_batch_script_carries_the_options_and_execs_the_runner() -> None:
         ({"signal_before_s": 0}, "--signal-before"),
         ({"extra": ("qos=high",)}, "--slurm-arg"),
         ({"extra": ("--comment='a b'",)}, "--slurm-arg"),
+        ({"cpus_per_gpu": 8}, "--cpus-per-gpu is for GPU jobs"),
+        ({"mem_per_gpu": "32G"}, "--mem-per-gpu is for GPU jobs"),
+        ({"gpus_per_node": 2, "cpus_per_gpu": 0}, "--cpus-per-gpu"),
+        ({"gpus_per_node": 2, "mem_per_gpu": "lots"}, "--mem-per-gpu"),
+        ({"gpus_per_node": 2, "mem_per_gpu": "32G", "mem": "64G"}, "pick one"),
+        ({"setup": ("module load a\nmodule load b",)}, "one shell line per --setup"),
+        ({"setup": ("  ",)}, "--setup"),
+        ({"srun_opts": ("container-image=x",)}, "--srun-opt"),
+        ({"srun_opts": ("--container-mounts='/a b'",)}, "--srun-opt"),
+        ({"submit": False, "setup": ("module load x",)}, "--setup is for Slurm jobs"),
     ],
 )
 def test_bad_slurm_options_are_one_usage_error(given: dict[str, object], message: str) -> None:
@@ -260,4 +270,111 @@ def test_squeue_words_for_a_suspended_and_a_held_job() -> None:
 def test_a_control_slurm_refuses_is_one_line_saying_what_to_do(
     verb: str, said: str, line: str
 ) -> None:
-    assert backend.refusal(verb, "42", "exp", said) == line
+    assert describe.refusal(verb, "42", "exp", said) == line
+
+
+def gpu_spec(**given: object) -> JobSpec:
+    """A checked spec of a GPU job submitted with ``--slurm`` and the given Slurm options."""
+    return replace(slurm_spec(**given), cpu=False, nproc=None)
+
+
+GPU_SCRIPT = """\
+#!/bin/bash
+# handyjobs job fit, run 1 (run id abc123), submitted with sbatch.
+# The runner starts one torchrun per node through srun, copies every byte of output
+# to output.log and records the outcome in this folder, which every node must share.
+#SBATCH --job-name=fit
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=4
+#SBATCH --cpus-per-task=32
+#SBATCH --mem-per-gpu=40G
+#SBATCH --partition=gpu
+#SBATCH --output=/s/jobs/fit/slurm-%j.out
+#SBATCH --open-mode=append
+#SBATCH --export=NONE
+#SBATCH --signal=B:USR1@60
+#SBATCH --no-requeue
+export HANDYJOBS_RUNNER_OF=abc123
+export HANDYJOBS_SCHEDULED=slurm
+exec python -m handyjobs.jobside.runner
+"""
+
+
+def test_a_gpu_job_gets_cpus_and_memory_per_gpu() -> None:
+    spec = gpu_spec(nodes=2, gpus_per_node=4, partition="gpu", cpus_per_gpu=8, mem_per_gpu="40G")
+    runner = ["python", "-m", "handyjobs.jobside.runner"]
+    assert sbatch.script(spec, "fit", 1, "abc123", runner, "/s/jobs/fit") == GPU_SCRIPT
+    # Asked for, it wins over the nodes' share.
+    assert sbatch.script(spec, "fit", 1, "abc123", runner, "/s/jobs/fit", share=2) == GPU_SCRIPT
+
+
+def test_a_gpu_job_that_does_not_say_gets_the_nodes_share() -> None:
+    spec = gpu_spec(gpus_per_node=2)
+    assert "--cpus-per-task=12" in sbatch.options(spec, "/j", share=6)
+    # Nothing known of the nodes: Slurm's own default.
+    assert not any(o.startswith("--cpus-per-task") for o in sbatch.options(spec, "/j"))
+
+
+@pytest.mark.parametrize(
+    ("sinfo", "partition", "share"),
+    [
+        ("2 gpu:2 debug*\n", None, 1),
+        ("64 gpu:a100:8(S:0-1) gpu\n32 (null) cpu*\n", "gpu", 8),
+        ("64 gpu:a100:8(S:0-1) gpu\n32 (null) cpu*\n", None, None),  # default has no GPUs
+        ("64 gpu:8 gpu*\n48 gpu:4 gpu*\n", None, 8),  # two kinds of node: the smaller share
+        ("96 gpu:h100:4,gpu:a100:4 mixed\n", "mixed", 12),
+        ("", "gpu", None),
+    ],
+)
+def test_the_cpu_share_is_read_from_sinfo(sinfo: str, partition: str | None, share: int) -> None:
+    assert sbatch.cpu_share(sinfo, partition) == share
+
+
+def test_setup_lines_run_before_the_runner_in_the_order_given() -> None:
+    spec = slurm_spec(setup=("module load cuda/12.4", "export FOO='a b'"))
+    text = sbatch.script(spec, "fit", 1, "abc123", ["python", "-m", "runner"], "/s/jobs/fit")
+    tail = text.splitlines()[-8:]
+    assert tail == [
+        "env -0 > /s/jobs/fit/setup-env-abc123",
+        "# --setup",
+        "module load cuda/12.4",
+        "export FOO='a b'",
+        "export HANDYJOBS_SETUP_BEFORE=/s/jobs/fit/setup-env-abc123",
+        "export HANDYJOBS_RUNNER_OF=abc123",
+        "export HANDYJOBS_SCHEDULED=slurm",
+        "exec python -m runner",
+    ], text
+    # Without --setup the script saves nothing.
+    assert "env -0" not in sbatch.script(slurm_spec(), "fit", 1, "abc123", ["r"], "/s/jobs/fit")
+
+
+def test_srun_options_come_after_handyjobs_own() -> None:
+    spec = slurm_spec(nodes=2, srun_opts=("--container-image=nvcr.io#pytorch", "--mpi=none"))
+    argv = step.step_argv(spec, step.Allocation.from_env(TWO_NODES), 29512)
+    at = argv.index("--container-image=nvcr.io#pytorch")
+    assert argv[at + 1] == "--mpi=none"
+    assert at > argv.index("--cpus-per-task=4") and argv.index("--mpi=none") < argv.index(
+        "handyjobs.backends.slurm.node"
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "job", "carried"),
+    [
+        ({}, {"FOO": "bar"}, {}, {"FOO": "bar"}),
+        ({"FOO": "x"}, {"FOO": "bar"}, {"FOO": "mine"}, {"FOO": "bar"}),
+        # module load puts its folder in front: the job keeps its own PATH behind it.
+        ({"PATH": "/usr/bin"}, {"PATH": "/opt/cuda/bin:/usr/bin"}, {"PATH": "/venv/bin:/usr/bin"},
+         {"PATH": "/opt/cuda/bin:/venv/bin:/usr/bin"}),
+        ({"LD": "/a"}, {"LD": "/a:/b"}, {"LD": "/j"}, {"LD": "/j:/b"}),
+        ({"PATH": "/usr/bin"}, {"PATH": "/opt/bin"}, {"PATH": "/venv/bin"}, {"PATH": "/opt/bin"}),
+        # Unchanged, the shell's own, or Slurm's and handyjobs': none of the setup's doing.
+        ({"A": "1", "SHLVL": "1"}, {"A": "1", "SHLVL": "2", "_": "/bin/env"}, {}, {}),
+        ({}, {"SLURM_X": "1", "HANDYJOBS_SETUP_BEFORE": "/f"}, {}, {}),
+    ],
+)  # fmt: skip
+def test_what_setup_lines_change_reaches_the_job(
+    before: dict[str, str], after: dict[str, str], job: dict[str, str], carried: dict[str, str]
+) -> None:
+    assert step.setup_changes(before, after, job) == carried

@@ -15,6 +15,10 @@ cancels:
   where accounting exists, for its end state and exit code.
 - ``terminate`` is ``scancel``: Slurm sends SIGTERM to every process of the job (the runner
   passes it on and records how the job ended), SIGKILL after the grace period if it lingers.
+  Several jobs stopped together are one ``scancel`` (``cancel_many``); each ``terminate``
+  then only waits for its job, on squeue answers the jobs share.
+- When the controller does not answer, squeue is given :data:`ASK_TIMEOUT_S` once for all
+  jobs, and the silence is kept (:mod:`handyjobs.backends.slurm.answers`) for ``list`` to say.
 
 Slurm's words are kept as they are (``show`` prints them); :func:`verdict` says what each
 means for the run.
@@ -22,8 +26,6 @@ means for the run.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import shutil
@@ -35,7 +37,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
-from handyjobs.backends.slurm import sbatch
+from handyjobs.backends.slurm import answers, sbatch
+from handyjobs.backends.slurm.describe import CONTROL_WORDS, refusal
 from handyjobs.backends.slurm.handle import SlurmHandle
 from handyjobs.core import paths
 from handyjobs.core.procs import Ended
@@ -48,6 +51,9 @@ CACHE_ENV = "HANDYJOBS_SLURM_CACHE_S"
 DEFAULT_CACHE_S = 2.0
 #: Seconds a Slurm command may take before we give up on it for now.
 COMMAND_TIMEOUT_S = 30.0
+#: Seconds one ``squeue`` may take: a silent controller made it wait 9 s (``scontrol``, 18 s),
+#: and ``list`` shows the last answer instead, saying so. An answering one takes milliseconds.
+ASK_TIMEOUT_S = 3.0
 #: Seconds between two looks at a job that ``stop`` cancelled.
 STOP_POLL_S = 1.0
 
@@ -213,14 +219,18 @@ def parse_sacct(text: str, job_id: str) -> ClusterState | None:
     return None
 
 
-def _run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+def _run(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float = COMMAND_TIMEOUT_S,
+) -> tuple[int, str, str]:
     """Run a Slurm command; (-1, "", why) when it cannot run or takes too long."""
     try:
         proc = subprocess.run(
             list(argv),
             capture_output=True,
             text=True,
-            timeout=COMMAND_TIMEOUT_S,
+            timeout=timeout,
             env=None if env is None else dict(env),
             stdin=subprocess.DEVNULL,
         )
@@ -236,8 +246,6 @@ def _last_line(text: str) -> str:
 
 # ---- one squeue for everybody ---------------------------------------------------------------
 
-_memo: tuple[float, str, dict[str, ClusterState]] | None = None
-
 
 def _cache_s() -> float:
     try:
@@ -251,53 +259,42 @@ def _cache_key() -> str:
     return f"{os.environ.get('SLURM_CONF', '')}|{os.getuid()}"
 
 
-def _cache_path() -> Path:
-    return paths.home() / "slurm-squeue.json"
+def snapshot(fresh: bool = False, after: float | None = None) -> dict[str, ClusterState] | None:
+    """Every job of this user that Slurm still lists, by id; None when Slurm cannot be asked.
 
-
-def snapshot(fresh: bool = False) -> dict[str, ClusterState] | None:
-    """Every job of this user that Slurm still lists, by id; None when Slurm cannot be asked."""
-    global _memo
-    now, key, ttl = time.time(), _cache_key(), _cache_s()
-    if not fresh and _memo is not None and _memo[1] == key and now - _memo[0] < ttl:
-        return _memo[2]
-    if not fresh and ttl > 0:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            doc = json.loads(_cache_path().read_bytes())
-            if doc["key"] == key and 0 <= now - float(doc["taken"]) < ttl:
-                jobs = {
-                    j: c
-                    for j, d in doc["jobs"].items()
-                    if (c := ClusterState.from_dict(d)) is not None
-                }
-                _memo = (float(doc["taken"]), key, jobs)
-                return jobs
-    code, out, _ = _run(
+    ``fresh``: ask now, whatever is kept; ``after``: an answer kept from before that time
+    will not do. A controller that did not answer a moment ago is not asked again (see
+    :mod:`handyjobs.backends.slurm.answers`).
+    """
+    key = _cache_key()
+    if not fresh:
+        kept = answers.recent(key, _cache_s(), after)
+        if kept is not None:
+            return kept
+        if after is None and answers.silent(key) is not None:
+            return None
+    code, out, err = _run(
         [
             "squeue",
             "--me",
             "--states=all",
             "--noheader",
             "--Format=JobID:|,State:|,Reason:|,NodeList:|,RestartCnt:|",
-        ]
+        ],
+        timeout=ASK_TIMEOUT_S,
     )
     if code != 0:
+        why = f"squeue gave no answer in {ASK_TIMEOUT_S:g}s" if code == -1 else _last_line(err)
+        answers.no_answer(key, cluster_name(), why or f"squeue exit code {code}")
         return None
     jobs = parse_squeue(out)
-    _memo = (now, key, jobs)
-    if ttl > 0:
-        # Best effort: a read-only or full state folder only costs the next command a call.
-        doc = {"key": key, "taken": now, "jobs": {j: c.to_dict() for j, c in jobs.items()}}
-        with contextlib.suppress(OSError, HandyjobsError):
-            if _cache_path().parent.is_dir():
-                paths.write_atomic(_cache_path(), json.dumps(doc).encode())
+    answers.answered(key, jobs)
     return jobs
 
 
 def forget_snapshot() -> None:
     """Drop the answer kept in memory (the file's is checked by age)."""
-    global _memo
-    _memo = None
+    answers.forget()
 
 
 def details(job_id: str) -> ClusterState | bool | None:
@@ -317,6 +314,13 @@ def details(job_id: str) -> ClusterState | bool | None:
         if found is not None:
             return found
     return False
+
+
+def _cpu_share(partition: str | None, env: Mapping[str, str] | None) -> int | None:
+    """CPUs per GPU of the partition's nodes, as sinfo says; None when it cannot say."""
+    argv = ["sinfo", "-h", "-o", "%c %G %P", *(["-p", partition] if partition else [])]
+    code, out, _ = _run(argv, dict(env) if env else None, timeout=ASK_TIMEOUT_S)
+    return sbatch.cpu_share(out, partition) if code == 0 else None
 
 
 class SlurmBackend:
@@ -345,6 +349,10 @@ class SlurmBackend:
             raise ValueError("a Slurm launch needs the job's Slurm spec")
         path = Path(req.cwd) / f"slurm-{req.run_id}.sbatch"
         after = sbatch.dependency(req.after, req.spec.after_any)
+        slurm = req.spec.slurm
+        share = None
+        if slurm.gpus_per_node and not slurm.cpus_per_gpu:
+            share = _cpu_share(slurm.partition, req.env)
         text = sbatch.script(
             req.spec,
             req.name,
@@ -354,6 +362,7 @@ class SlurmBackend:
             req.cwd,
             req.env.get("PYTHONPATH"),
             after,
+            share,
         )
         try:
             paths.write_atomic(path, text.encode())
@@ -403,12 +412,40 @@ class SlurmBackend:
 
     def runner_alive(self, run: Run) -> bool:
         """While Slurm has the job queued, running or suspended (or cannot say)."""
+        job_id = SlurmHandle.of(run).job_id
+        jobs = snapshot() if job_id and not elsewhere(SlurmHandle.of(run)) else None
+        listed = None if jobs is None or job_id is None else jobs.get(job_id)
+        if listed is not None:
+            return listed.verdict.active  # its end's details are not needed to know that
         view = self.observe(run)
         return view is None or view.verdict.active
 
     def leftover_pids(self, run: Run) -> tuple[int, ...]:
         """Processes on the cluster's nodes are Slurm's to end: none to list from here."""
         return ()
+
+    def cancel_many(self, runs: Sequence[Run]) -> list[str]:
+        """One ``scancel`` with every job id of this cluster's (52 jobs once took 260 calls
+        one by one); ``terminate`` then only waits for them. Another cluster's are left to
+        ``terminate``, which says where to stop them."""
+        mine = {
+            SlurmHandle.of(run).job_id: run.run_id
+            for run in runs
+            if SlurmHandle.of(run).job_id and not elsewhere(SlurmHandle.of(run))
+        }
+        ids = sorted(str(j) for j in mine)
+        if len(ids) < 2:
+            return []  # one job: terminate cancels it, and says why when Slurm refuses
+        code, _, err = _run(["scancel", *ids])
+        if code == -1:
+            return []  # not reached: each is tried (and refused) by itself, with why
+        # scancel goes on past a job it refuses ("... on job id 42: ..."): that one is
+        # tried again by itself, and its refusal said then.
+        refused = set(re.findall(r"job id (\d+)", err)) if code else set()
+        ids = [j for j in ids if j not in refused]
+        _cancelled.update(dict.fromkeys(ids, time.time()))
+        forget_snapshot()
+        return [mine[j] for j in ids]
 
     def terminate(self, run: Run, grace_s: float) -> Ended:
         """``scancel``, then wait for the job to end; SIGKILL to all of it after ``grace_s``."""
@@ -422,17 +459,22 @@ class SlurmBackend:
                 f"job {run_name(run)} is Slurm job {job_id} of cluster {other}, and SLURM_CONF "
                 f"here names cluster {cluster_name()}: stop it where SLURM_CONF names {other}"
             )
-        code, _, err = _run(["scancel", job_id])
-        if code != 0:
-            raise SlurmError(
-                f"scancel {job_id} failed: {_last_line(err) or code}; try again, or "
-                f"`scancel {job_id}` yourself"
-            )
+        seen = _cancelled.pop(job_id, None)  # cancelled with others, in one scancel
+        if seen is None:
+            code, _, err = _run(["scancel", job_id])
+            if code != 0:
+                raise SlurmError(
+                    f"scancel {job_id} failed: {_last_line(err) or code}; try again, or "
+                    f"`scancel {job_id}` yourself"
+                )
+            seen = time.time()
         killed = False
         deadline = time.monotonic() + grace_s
         while True:
-            forget_snapshot()
-            jobs = snapshot(fresh=True)
+            # An answer taken after the cancel (or the last look) will do: the jobs
+            # cancelled together share one squeue per look.
+            jobs = snapshot(after=seen)
+            seen = answers.taken() or time.time()
             view = None if jobs is None else jobs.get(job_id)
             if jobs is not None and (view is None or view.verdict not in _ALIVE):
                 break
@@ -497,21 +539,15 @@ class SlurmBackend:
 
 
 _ALIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
-#: What each control of scontrol's does, in words.
-_DOES = {
-    "uhold": "hold",
-    "release": "release",
-    "suspend": "suspend",
-    "resume": "resume",
-    "signal": "signal",
-}
+#: Job ids cancelled together by :meth:`SlurmBackend.cancel_many`, and when.
+_cancelled: dict[str, float] = {}
 
 
 def _control(run: Run, verb: str, sig: str = "") -> None:
     """``scontrol VERB JOBID`` for the run's job, then a fresh look (the next ``list``, here
     or in another command within the cache time, must not read the state from before)."""
     handle = SlurmHandle.of(run)
-    name, job_id, action = run_name(run), handle.job_id, _DOES[verb]
+    name, job_id, action = run_name(run), handle.job_id, CONTROL_WORDS[verb]
     if not job_id:
         raise JobStateError(f"job {name} has no Slurm job yet; try again in a moment")
     other = elsewhere(handle)
@@ -528,27 +564,6 @@ def _control(run: Run, verb: str, sig: str = "") -> None:
         raise SlurmError(refusal(verb, job_id, name, err or out, code))
     forget_snapshot()
     snapshot(fresh=True)
-
-
-def refusal(verb: str, job_id: str, name: str, said: str, code: int = 1) -> str:
-    """The one line for a control Slurm refused: what it said, and what to do next."""
-    action = _DOES[verb]
-    lines = [line.strip() for line in said.strip().splitlines() if line.strip()]
-    why = (lines[0] if lines else f"exit code {code}").removesuffix(f" for job {job_id}")
-    if code == -1:
-        return f"Slurm could not be asked to {action} job {job_id} ({why}); try again later"
-    head = f"Slurm refused to {action} job {job_id} ({why})"
-    if "permission denied" not in why.lower() or verb == "signal":
-        return f"{head}; see its state with `handyjobs show {name}`, then try again"
-    if verb in ("suspend", "resume"):
-        return (
-            f"{head}: on most clusters only Slurm's operators may suspend and resume jobs; ask "
-            f"one to `scontrol {verb} {job_id}`, or end it with `handyjobs stop {name}`"
-        )
-    return (
-        f"{head}: an administrator's hold is theirs to change; ask one to `scontrol {verb} "
-        f"{job_id}`, or end the job with `handyjobs stop {name}`"
-    )
 
 
 def run_name(run: Run) -> str:

@@ -6,6 +6,9 @@ Slurm's job numbers, state names and pending reasons never leave this folder as 
 
 from __future__ import annotations
 
+import shlex
+import time
+
 from handyjobs.backends.slurm.handle import SlurmHandle
 from handyjobs.core.records import JobRecord, JobSpec, JobState
 
@@ -41,7 +44,15 @@ _REASONS = {
 # Reasons that all mean a limit of the user's account or QOS.
 _LIMIT_PREFIXES = ("Assoc", "QOS", "MaxCpu", "MaxGRES", "MaxNode")
 # The options shown back in `show`, in this order.
-_SHOWN_OPTS = ("partition", "time", "account", "mem", "constraint")
+_SHOWN_OPTS = (
+    "partition",
+    "time",
+    "account",
+    "mem",
+    "constraint",
+    "cpus_per_gpu",
+    "mem_per_gpu",
+)
 
 
 class Describe:
@@ -90,7 +101,13 @@ class Describe:
         ]
         slurm = record.spec.slurm
         if slurm is not None:
-            asked = [f"--{k}={getattr(slurm, k)}" for k in _SHOWN_OPTS if getattr(slurm, k)]
+            asked = [
+                f"--{k.replace('_', '-')}={getattr(slurm, k)}"
+                for k in _SHOWN_OPTS
+                if getattr(slurm, k)
+            ]
+            asked += [f"--setup={shlex.quote(line)}" for line in slurm.setup]
+            asked += [f"--srun-opt={opt}" for opt in slurm.srun_opts]
             fields.append(("slurm options", " ".join([*asked, *slurm.extra]) or "-"))
         return fields
 
@@ -131,6 +148,68 @@ class Describe:
         """``Slurm sent it to every process of job N's steps``."""
         job_id = SlurmHandle.of(record.current).job_id
         return f"Slurm sent it to every process of job {job_id}'s steps"
+
+    def silence(self) -> str | None:
+        """``Slurm cluster C has not answered since ...`` when squeue went unanswered."""
+        from handyjobs.backends.slurm import answers  # lazy: only after Slurm was asked
+
+        quiet = answers.heard()
+        if quiet is None:
+            return None
+        who = f"Slurm cluster {quiet.cluster}" if quiet.cluster else "Slurm"
+        if quiet.since is None:
+            when = f"did not answer ({quiet.why}): the states shown are the last recorded"
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(quiet.since))
+            ago = _ago(quiet.asked - quiet.since)
+            when = (
+                f"has not answered since {stamp} ({ago} ago; {quiet.why}): the states "
+                "shown are from then"
+            )
+        return f"{who} {when}; `sinfo` shows whether its controller is up"
+
+
+def _ago(seconds: float) -> str:
+    """``40s``, ``12 min``, ``3 h``, ``2 days``."""
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h"
+    return f"{s // 86400} days"
+
+
+#: What each control of Slurm's does, in words.
+CONTROL_WORDS = {
+    "uhold": "hold",
+    "release": "release",
+    "suspend": "suspend",
+    "resume": "resume",
+    "signal": "signal",
+}
+
+
+def refusal(verb: str, job_id: str, name: str, said: str, code: int = 1) -> str:
+    """The one line for a control Slurm refused: what it said, and what to do next."""
+    action = CONTROL_WORDS[verb]
+    lines = [line.strip() for line in said.strip().splitlines() if line.strip()]
+    why = (lines[0] if lines else f"exit code {code}").removesuffix(f" for job {job_id}")
+    if code == -1:
+        return f"Slurm could not be asked to {action} job {job_id} ({why}); try again later"
+    head = f"Slurm refused to {action} job {job_id} ({why})"
+    if "permission denied" not in why.lower() or verb == "signal":
+        return f"{head}; see its state with `handyjobs show {name}`, then try again"
+    if verb in ("suspend", "resume"):
+        return (
+            f"{head}: on most clusters only Slurm's operators may suspend and resume jobs; ask "
+            f"one to `scontrol {verb} {job_id}`, or end it with `handyjobs stop {name}`"
+        )
+    return (
+        f"{head}: an administrator's hold is theirs to change; ask one to `scontrol {verb} "
+        f"{job_id}`, or end the job with `handyjobs stop {name}`"
+    )
 
 
 DESCRIBE = Describe()

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import FrameType
 
 from handyjobs.backends.base import JobControl
-from handyjobs.backends.slurm import backend, step
+from handyjobs.backends.slurm import backend, sbatch, step
 from handyjobs.core import procs
 from handyjobs.core.records import JobSpec, JobState, LostKind, Reason, utcnow
 from handyjobs.jobside import launch, limits
@@ -143,6 +143,22 @@ def slurm_ended(job_id: str | None) -> str | None:
 def _from_allocation(key: str) -> bool:
     """True for a ``SLURM_*`` variable that describes the allocation (taken from the step)."""
     return key.startswith(_PREFIX) and key not in _KEEP
+
+
+def _setup_changes(batch: Mapping[str, str], job: Mapping[str, str]) -> dict[str, str]:
+    """What the batch script's ``--setup`` lines changed, made to the job's environment: the
+    script saved its environment before them (``env -0``) in the file it names."""
+    saved = batch.get(sbatch.SETUP_ENV)
+    if not saved:
+        return {}
+    try:
+        raw = Path(saved).read_bytes()
+    except OSError:
+        return {}  # the job starts without them; its log shows what it lacks
+    before = dict(
+        os.fsdecode(item).partition("=")[::2] for item in raw.split(b"\0") if b"=" in item
+    )
+    return step.setup_changes(before, batch, job)
 
 
 class JobSide:
@@ -270,6 +286,7 @@ class JobSide:
         if not spec.cpu and "CUDA_VISIBLE_DEVICES" not in dict(spec.env):
             # Slurm gives each step the GPUs it allocated; the login node's choice means nothing.
             env.pop("CUDA_VISIBLE_DEVICES", None)
+        env.update(_setup_changes(pane_env, env))
         # Tasks write to Slurm's pipes, not a terminal: unbuffered, lines arrive as printed.
         env.setdefault("PYTHONUNBUFFERED", "1")
         # One run id for every start of a requeued run: the note of the start before goes.

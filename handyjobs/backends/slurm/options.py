@@ -40,6 +40,13 @@ OPTIONS: tuple[Option, ...] = (
     _slurm("--slurm-arg", "list", "OPT", "Slurm: any sbatch option, --slurm-arg=--qos=high.",
            field="extra"),
     _slurm("--requeue", "flag", "", "Slurm: requeue after the time-limit warning."),
+    _slurm("--cpus-per-gpu", "int", "N",
+           "Slurm: CPUs per GPU (default: the node's CPUs over its GPUs)."),
+    _slurm("--mem-per-gpu", "str", "M", "Slurm: memory per GPU, e.g. 32G."),
+    _slurm("--setup", "list", "LINE", "Slurm: a shell line run before the job, e.g. "
+           "'module load cuda/12.4' (repeatable)."),
+    _slurm("--srun-opt", "list", "OPT", "Slurm: an srun option, --srun-opt=--container-image=IMG "
+           "(repeatable).", field="srun_opts"),
 )
 # fmt: on
 
@@ -63,8 +70,9 @@ def _typed(base: SlurmRequest, given: Mapping[str, object]) -> SlurmRequest | No
     changes: dict[str, Any] = request_fields(OPTIONS, {k: given[k] for k in _NAMES & set(given)})
     if base.submit or given.get("slurm"):  # else they are this machine's limits
         changes.update({field: given[name] for name, field in SHARED.items() if name in given})
-    if "extra" in changes:
-        changes["extra"] = tuple(changes["extra"])
+    for key in ("extra", "setup", "srun_opts"):  # lists typed, kept as tuples
+        if key in changes:
+            changes[key] = tuple(changes[key])
     merged = replace(base, **changes)
     return None if merged == _none() else merged
 

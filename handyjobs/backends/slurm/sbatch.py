@@ -31,6 +31,10 @@ WARNING_SIGNAL = "USR1"
 DEFAULT_SIGNAL_BEFORE_S = 60
 #: Slurm keeps the lead time of ``--signal`` in 16 bits.
 MAX_SIGNAL_BEFORE_S = 65535
+#: The batch environment before the ``--setup`` lines, in the job's folder (``env -0``), and
+#: the variable that names it for the runner.
+SETUP_ENV_FILE = "setup-env-{run_id}"
+SETUP_ENV = "HANDYJOBS_SETUP_BEFORE"
 
 # sbatch's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or no limit.
 _TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2})$")
@@ -57,6 +61,10 @@ class SlurmRequest:
     extra: Sequence[str] = field(default_factory=tuple)
     requeue: bool = False
     signal_before_s: int | None = None
+    cpus_per_gpu: int | None = None
+    mem_per_gpu: str | None = None
+    setup: Sequence[str] = field(default_factory=tuple)
+    srun_opts: Sequence[str] = field(default_factory=tuple)
 
     @property
     def backend(self) -> str:
@@ -106,23 +114,32 @@ def _word(option: str, value: str | None) -> str | None:
     return value
 
 
+def _not_submitted(req: SlurmRequest) -> None:
+    """Slurm's options typed without ``--slurm``: one usage error naming the first."""
+    options = {
+        "--nodes": req.nodes,
+        "--gpus-per-node": req.gpus_per_node,
+        "--partition": req.partition,
+        "--time": req.time,
+        "--account": req.account,
+        "--mem": req.mem,
+        "--constraint": req.constraint,
+        "--slurm-arg": req.extra or None,
+        "--requeue": req.requeue or None,
+        "--signal-before": req.signal_before_s,
+        "--cpus-per-gpu": req.cpus_per_gpu,
+        "--mem-per-gpu": req.mem_per_gpu,
+        "--setup": req.setup or None,
+        "--srun-opt": req.srun_opts or None,
+    }
+    given = next((opt for opt, value in options.items() if value is not None), "that option")
+    raise UsageError(f"{given} is for Slurm jobs: add --slurm")
+
+
 def check(req: SlurmRequest) -> BatchSpec:
     """Check Slurm options; every problem is one usage error saying what to give instead."""
     if not req.submit:
-        options = {
-            "--nodes": req.nodes,
-            "--gpus-per-node": req.gpus_per_node,
-            "--partition": req.partition,
-            "--time": req.time,
-            "--account": req.account,
-            "--mem": req.mem,
-            "--constraint": req.constraint,
-            "--slurm-arg": req.extra or None,
-            "--requeue": req.requeue or None,
-            "--signal-before": req.signal_before_s,
-        }
-        given = next((opt for opt, value in options.items() if value is not None), "that option")
-        raise UsageError(f"{given} is for Slurm jobs: add --slurm")
+        _not_submitted(req)
     nodes = 1 if req.nodes is None else req.nodes
     if nodes < 1:
         raise UsageError(f"--nodes {nodes}: ask for at least 1 node")
@@ -137,19 +154,22 @@ def check(req: SlurmRequest) -> BatchSpec:
         raise UsageError(
             f"--mem {_printable(req.mem)}: give a size per node as sbatch takes it (e.g. 64G, 500M)"
         )
+    _check_per_gpu(req)
     before = DEFAULT_SIGNAL_BEFORE_S if req.signal_before_s is None else req.signal_before_s
     if not 0 < before <= MAX_SIGNAL_BEFORE_S:
         raise UsageError(
             f"--signal-before {before}: give seconds between 1 and {MAX_SIGNAL_BEFORE_S}"
         )
-    extra = []
-    for arg in req.extra:
-        if not arg.startswith("-") or any(c in arg for c in "\"'\\\n\r\t\0") or arg.strip() != arg:
+    extra = [_one_option("--slurm-arg", "sbatch", "--qos=high", arg) for arg in req.extra]
+    srun_opts = [
+        _one_option("--srun-opt", "srun", "--container-image=IMG", arg) for arg in req.srun_opts
+    ]
+    for line in req.setup:
+        if not line.strip() or any(c in line for c in "\n\r\0"):
             raise UsageError(
-                f"--slurm-arg {_printable(arg)}: give one sbatch option such as --qos=high "
-                "or --exclusive (no quotes or line breaks)"
+                f"--setup {_printable(line)}: give one shell line per --setup (repeat it for "
+                "more lines), e.g. --setup 'module load cuda/12.4'"
             )
-        extra.append(arg)
     return BatchSpec(
         nodes=nodes,
         gpus_per_node=req.gpus_per_node,
@@ -161,7 +181,59 @@ def check(req: SlurmRequest) -> BatchSpec:
         extra=tuple(extra),
         requeue=req.requeue,
         signal_before_s=before,
+        cpus_per_gpu=req.cpus_per_gpu,
+        mem_per_gpu=req.mem_per_gpu,
+        setup=tuple(req.setup),
+        srun_opts=tuple(srun_opts),
     )
+
+
+def _one_option(flag: str, command: str, example: str, arg: str) -> str:
+    """One option of sbatch's or srun's as typed (``--opt=value``), or one usage error."""
+    if not arg.startswith("-") or any(c in arg for c in "\"'\\\n\r\t\0") or arg.strip() != arg:
+        raise UsageError(
+            f"{flag} {_printable(arg)}: give one {command} option such as {example} "
+            "(no quotes or line breaks)"
+        )
+    return arg
+
+
+def _check_per_gpu(req: SlurmRequest) -> None:
+    """``--cpus-per-gpu`` and ``--mem-per-gpu`` need GPUs, and sbatch takes one memory size."""
+    given = "--cpus-per-gpu" if req.cpus_per_gpu is not None else None
+    given = "--mem-per-gpu" if req.mem_per_gpu is not None else given
+    if given and not req.gpus_per_node:
+        raise UsageError(
+            f"{given} is for GPU jobs: add --gpus-per-node G (a CPU job gets a CPU per process; "
+            "size it with --nproc, its memory with --mem)"
+        )
+    if req.cpus_per_gpu is not None and req.cpus_per_gpu < 1:
+        raise UsageError(f"--cpus-per-gpu {req.cpus_per_gpu}: ask for at least 1 CPU per GPU")
+    if req.mem_per_gpu is not None and not _MEM_RE.match(req.mem_per_gpu):
+        raise UsageError(
+            f"--mem-per-gpu {_printable(req.mem_per_gpu)}: give a size per GPU as sbatch takes "
+            "it (e.g. 32G, 500M)"
+        )
+    if req.mem_per_gpu is not None and req.mem is not None:
+        raise UsageError("--mem and --mem-per-gpu cannot be combined (sbatch takes one); pick one")
+
+
+def cpu_share(text: str, partition: str | None = None) -> int | None:
+    """``sinfo -h -o '%c %G %P'`` -> CPUs per GPU on the partition's nodes (the default
+    partition's when none is named): the least of its node kinds; None when it has no GPUs."""
+    shares = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        name = parts[2]
+        if (name.rstrip("*") != partition) if partition else not name.endswith("*"):
+            continue
+        # "gpu:2", "gpu:a100:8(S:0-1)", several kinds comma separated; "(null)" when none.
+        gpus = sum(int(m) for m in re.findall(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)", parts[1]))
+        if gpus:
+            shares.append(max(1, int(parts[0]) // gpus))
+    return min(shares) if shares else None
 
 
 def _directive(option: str) -> str:
@@ -195,10 +267,13 @@ def dependency(after: Mapping[str, Run], after_any: bool) -> str | None:
     return ("afterany:" if after_any else "afterok:") + ":".join(ids)
 
 
-def options(spec: JobSpec, job_dir: str, after: str | None = None) -> list[str]:
+def options(
+    spec: JobSpec, job_dir: str, after: str | None = None, share: int | None = None
+) -> list[str]:
     """The sbatch options of a job, in the order the script lists them (extras last: they win).
 
-    ``after``: the ``--dependency`` value (:func:`dependency`).
+    ``after``: the ``--dependency`` value (:func:`dependency`); ``share``: CPUs per GPU of the
+    nodes (:func:`cpu_share`), for a GPU job that did not say.
     """
     slurm = spec.slurm
     if slurm is None:
@@ -209,6 +284,13 @@ def options(spec: JobSpec, job_dir: str, after: str | None = None) -> list[str]:
         opts.append(f"--cpus-per-task={spec.procs}")
     if slurm.gpus_per_node:
         opts.append(f"--gpus-per-node={slurm.gpus_per_node}")
+        per_gpu = slurm.cpus_per_gpu or share
+        if per_gpu:
+            # The one task per node runs torchrun and a worker per GPU, each with its data
+            # loader's processes: without this Slurm gives it one CPU.
+            opts.append(f"--cpus-per-task={per_gpu * slurm.gpus_per_node}")
+        if slurm.mem_per_gpu:
+            opts.append(f"--mem-per-gpu={slurm.mem_per_gpu}")
     for key in ("partition", "time", "account", "mem", "constraint"):
         value = getattr(slurm, key)
         if value is not None:
@@ -243,19 +325,32 @@ def script(
     job_dir: str,
     pythonpath: str | None = None,
     after: str | None = None,
+    share: int | None = None,
 ) -> str:
     """The batch script: the job's sbatch options, then the runner, exec'd (it gets the signals)."""
     # --export=NONE keeps the login shell's environment out, but the runner must import the
     # same handyjobs that submitted it: a PYTHONPATH the submitter had goes along.
     path = [f"export PYTHONPATH={shlex.quote(pythonpath)}"] if pythonpath else []
+    setup: list[str] = []
+    if spec.slurm is not None and spec.slurm.setup:
+        # What the lines change in the environment reaches the job: the runner compares its
+        # own environment with this one (taken before them) and carries the differences.
+        before = shlex.quote(f"{job_dir}/{SETUP_ENV_FILE.format(run_id=run_id)}")
+        setup = [
+            f"env -0 > {before}",
+            "# --setup",
+            *spec.slurm.setup,
+            f"export {SETUP_ENV}={before}",
+        ]
     lines = [
         "#!/bin/bash",
         f"# handyjobs job {name}, run {run} (run id {run_id}), submitted with sbatch.",
         "# The runner starts one torchrun per node through srun, copies every byte of output",
         "# to output.log and records the outcome in this folder, which every node must share.",
         f"#SBATCH --job-name={name}",
-        *(_directive(opt) for opt in options(spec, job_dir, after)),
+        *(_directive(opt) for opt in options(spec, job_dir, after, share)),
         *path,
+        *setup,
         f"export HANDYJOBS_RUNNER_OF={run_id}",
         # Slurm signals this script (scancel, the time-limit warning) from its first moment.
         "export HANDYJOBS_SCHEDULED=slurm",

@@ -98,6 +98,8 @@ def step_argv(
     if alloc.cpus_per_task:
         # srun does not take the batch job's --cpus-per-task from its environment (22.05+).
         srun.append(f"--cpus-per-task={alloc.cpus_per_task}")
+    if spec.slurm is not None:
+        srun += spec.slurm.srun_opts  # --srun-opt: after handyjobs' own, so they win
     node = [spec.python, "-m", "handyjobs.backends.slurm.node", alloc.head, "--"]
     if spec.executable:
         # --exec: the command as typed, once per node; its shebang says how it runs.
@@ -114,6 +116,32 @@ def step_argv(
         f"--rdzv-id={alloc.job_id}",
     ]
     return [*srun, *node, *launch.torchrun_argv(spec, ctx, rdzv)]
+
+
+#: Variables the shell itself changes: never the ``--setup`` lines' doing.
+_SHELLS_OWN = frozenset({"_", "SHLVL", "PWD", "OLDPWD"})
+
+
+def setup_changes(
+    before: Mapping[str, str], after: Mapping[str, str], job: Mapping[str, str]
+) -> dict[str, str]:
+    """What the ``--setup`` lines changed (``before`` and ``after`` them), made to the job's
+    own environment ``job``: a variable they set takes its value; one they grew at either end
+    (``module load`` puts its folder in front of ``PATH``) grows the job's value the same way,
+    so the job keeps its own ``PATH`` (its virtual environment) with the module's in front."""
+    out = {}
+    for key, value in after.items():
+        old = before.get(key)
+        if old == value or key in _SHELLS_OWN or key.startswith(("SLURM_", "HANDYJOBS_")):
+            continue
+        mine = job.get(key)
+        if old and mine is not None and value.endswith(old):
+            out[key] = value[: len(value) - len(old)] + mine
+        elif old and mine is not None and value.startswith(old):
+            out[key] = mine + value[len(old) :]
+        else:
+            out[key] = value
+    return out
 
 
 def rendezvous(spec: JobSpec, alloc: Allocation, port: int) -> str | None:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,6 +253,10 @@ class TmuxBackend:
 
     def hold(self, run: Run, held: bool) -> None:
         """Nothing to do here: handyjobs' own queue holds the run (its record says so)."""
+
+    def cancel_many(self, runs: Sequence[Run]) -> list[str]:
+        """None: each run is ended by itself (``terminate``), identity checked."""
+        return []
 
     def pause(self, run: Run, paused: bool) -> int:
         """SIGSTOP (or SIGCONT) to every process of the run, identity checked; how many."""

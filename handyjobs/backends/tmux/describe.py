@@ -36,7 +36,6 @@ class Describe:
         """Nothing: ``start`` announces a run on this machine itself."""
         return []
 
-
     def cancelled(self, record: JobRecord) -> str | None:
         """None: stop itself ended the processes here."""
         return None
@@ -47,6 +46,10 @@ class Describe:
 
     def signalled(self, record: JobRecord, sig: str) -> str | None:
         """None: kill itself signalled the processes here, and counted them."""
+        return None
+
+    def silence(self) -> str | None:
+        """None: tmux is asked on this machine, and answers."""
         return None
 
 

@@ -1,0 +1,164 @@
+"""On a real local Slurm: what a real cluster asks of handyjobs (a controller that does not
+answer, a group stopped at once, CPUs per GPU task, setup lines)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Sandbox, log_of, show, wait_state, wait_until
+from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / "scripts" / "slurm-local.sh"
+
+FOREVER = """
+import time
+while True:
+    time.sleep(0.2)
+"""
+
+
+@pytest.fixture
+def silent_controller(box: Sandbox) -> Iterator[None]:  # noqa: F811
+    """Stops the local controller for the test; starts it again afterwards, whatever happened."""
+    subprocess.run(["bash", str(LOCAL), "ctld-stop"], check=True, timeout=60)
+    try:
+        yield
+    finally:
+        subprocess.run(["bash", str(LOCAL), "ctld-start"], check=True, timeout=120)
+
+
+def test_list_says_the_cluster_is_silent_in_bounded_time(
+    box: Sandbox,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> None:
+    box.write("forever.py", FOREVER)
+    for name in ("a", "b"):
+        box.cli("start", "forever.py", "--slurm", "--cpu", "--name", name, check=True)
+    for name in ("a", "b"):
+        wait_state(box, name, "running", timeout=90)
+    assert "did not answer" not in box.cli("list", check=True).stderr
+    request.getfixturevalue("silent_controller")
+    # A squeue left to itself waits 9 s for a silent controller, per job asked.
+    began = time.monotonic()
+    listed = box.cli("list", check=True)
+    took = time.monotonic() - began
+    assert took < 8.0, took
+    lines = [x for x in listed.stderr.splitlines() if "has not answered since" in x]
+    assert len(lines) == 1 and "Slurm cluster handyjobs-local" in lines[0], listed.stderr
+    assert listed.stdout.count("running") == 2  # the last known states
+    shown = box.cli("show", "a")
+    assert shown.returncode == 0 and "has not answered since" in shown.stderr
+    subprocess.run(["bash", str(LOCAL), "ctld-start"], check=True, timeout=120)
+    wait_until(
+        lambda: "not answered" not in box.cli("list", check=True).stderr,
+        30,
+        0.5,
+        "the line to go once the controller answers",
+    )
+    assert show(box, "a")["state"] == "running"
+
+
+def _shims(sb: Sandbox, calls: Path) -> str:
+    """A folder of Slurm commands that log each call to ``calls`` and run the real one: a
+    counter in front of the real Slurm, which still does the work."""
+    folder = sb.root / "shims"
+    folder.mkdir()
+    for cmd in ("sbatch", "squeue", "scancel", "scontrol", "sacct"):
+        real = shutil.which(cmd)
+        if real is None:
+            continue
+        shim = folder / cmd
+        shim.write_text(f'#!/bin/sh\necho "{cmd} $*" >> "{calls}"\nexec "{real}" "$@"\n')
+        shim.chmod(0o755)
+    return f"{folder}:{sb.env.get('PATH', '')}"
+
+
+def test_stop_group_cancels_every_job_in_one_scancel(box: Sandbox) -> None:  # noqa: F811
+    box.write("forever.py", FOREVER)
+    names = [f"g{i}" for i in range(10)]
+    for name in names:
+        box.cli("start", "forever.py", "--slurm", "--cpu", "--name", name, "--group", "grp",
+                check=True)  # fmt: skip
+    # Two run (the node has 2 CPUs), the others wait in Slurm's queue: both kinds are stopped.
+    wait_until(
+        lambda: sum(show(box, n)["state"] == "running" for n in names[:3]) >= 2,
+        90,
+        0.5,
+        "two of the group to run",
+    )
+    calls = box.root / "calls.log"
+    began = time.monotonic()
+    out = box.cli("stop", "--group", "grp", env={"PATH": _shims(box, calls)}, check=True)
+    took = time.monotonic() - began
+    made = calls.read_text().splitlines()
+    scancels = [c for c in made if c.startswith("scancel")]
+    print(f"stop --group of 10: {len(made)} Slurm calls in {took:.1f}s")
+    assert len(scancels) == 1, made
+    assert all(box_job in scancels[0] for box_job in _job_ids(box, names)), scancels
+    assert out.stdout.count("stopped") == 10, out.stdout
+    for name in names:
+        assert show(box, name)["state"] == "stopped"
+
+
+def _job_ids(sb: Sandbox, names: list[str]) -> list[str]:
+    return [show(sb, n)["runs"][-1]["handle"]["job_id"] for n in names]
+
+
+CPUS = """
+import os
+print("cpus per task", os.environ.get("SLURM_CPUS_PER_TASK"), "rank", os.environ.get("RANK"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "cpus"),
+    [
+        # The local node has 2 CPUs and 2 GPUs (Slurm counts them): a share of 1 per GPU.
+        (("--gpus-per-node", "2"), "2"),
+        (("--gpus-per-node", "1", "--cpus-per-gpu", "2"), "2"),
+        (("--gpus-per-node", "1"), "1"),
+    ],
+)
+def test_a_gpu_job_gets_cpus_per_gpu(
+    box: Sandbox,  # noqa: F811
+    options: tuple[str, ...],
+    cpus: str,
+) -> None:
+    box.write("cpus.py", CPUS)
+    box.cli("start", "cpus.py", "--slurm", *options, "--name", "c", check=True)
+    rec = wait_state(box, "c", "succeeded", "failed", "lost", timeout=90)
+    log = log_of(box, "c")
+    assert rec["state"] == "succeeded", log
+    assert f"cpus per task {cpus} " in log, log
+
+
+SETUP = """
+import os
+print("FOO is", os.environ.get("FOO"))
+print("PATH is", os.environ.get("PATH"))
+"""
+
+
+def test_setup_lines_change_the_jobs_environment(box: Sandbox) -> None:  # noqa: F811
+    box.write("setup.py", SETUP)
+    box.cli(
+        "start", "setup.py", "--slurm", "--cpu", "--name", "s",
+        "--setup", "export FOO=bar", "--setup", 'export PATH="/opt/mod/bin:$PATH"',
+        check=True,
+    )  # fmt: skip
+    rec = wait_state(box, "s", "succeeded", "failed", "lost", timeout=90)
+    log = log_of(box, "s")
+    assert rec["state"] == "succeeded", log
+    assert "FOO is bar" in log, log
+    # The module's folder in front, and the job's own PATH (the caller's) behind it.
+    path = next(line for line in log.splitlines() if line.startswith("PATH is ")).split()[-1]
+    assert path.startswith("/opt/mod/bin:") and path.endswith(box.env["PATH"]), path
+    assert "--setup='export FOO=bar'" in box.cli("show", "s", check=True).stdout
