@@ -22,7 +22,7 @@ from handyjobs.core.records import JobRecord, JobSpec, JobState, Run, utcnow
 REPO = Path(__file__).resolve().parent.parent
 
 # Tests that share one thing of the machine (markers slurm and gpu: the one local Slurm, a real
-# GPU) run one after another in a pytest of their own, beside the two workers that run every
+# GPU) run one after another in a pytest of their own, after the two workers that run every
 # other test (scripts/test.sh); every other test has its own state folder, home and tmux socket.
 
 
