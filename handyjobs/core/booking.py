@@ -27,6 +27,7 @@ from handyjobs.core.records import (
     Run,
     Wait,
 )
+from handyjobs.core.states import OWN_QUEUE as OWN_QUEUE
 from handyjobs.errors import GpuBusy, JobStateError, UsageError
 from handyjobs.gpus.model import Discovery, GpuInfo
 from handyjobs.gpus.select import parse_gpu_spec
@@ -168,8 +169,6 @@ class Plan:
 #: Why a held run waits: until the user releases it.
 HELD = Wait(0, 0, held=True)
 
-#: Backends whose runs wait in this machine's queue (a cluster's scheduler queues its own).
-OWN_QUEUE = frozenset({"tmux"})
 
 
 def queue_order(records: Iterable[JobRecord]) -> list[JobRecord]:

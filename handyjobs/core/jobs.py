@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handyjobs.core import paths, registry, scheduler
-from handyjobs.core.booking import OWN_QUEUE
 from handyjobs.core.records import JobRecord, JobState
+from handyjobs.core.states import OWN_QUEUE
 from handyjobs.errors import (
     JobNotFound,
     JobStateError,

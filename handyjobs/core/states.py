@@ -59,3 +59,7 @@ class BlockKind(str, enum.Enum):
     MIG = "mig"  # MIG mode is on: a plain index cannot address an instance
     UNREADABLE = "unreadable"  # discovery could not read it (detail)
     MISSING = "missing"  # it is not there (any more)
+
+
+#: Backends whose runs wait in this machine's queue (a cluster's scheduler queues its own).
+OWN_QUEUE = frozenset({"tmux"})
