@@ -1107,3 +1107,24 @@ def test_nvml_and_nvidia_smi_agree() -> None:
             f"GPU {ours.index}: NVML says {ours.memory_used_mib} MiB used, "
             f"nvidia-smi {theirs.memory_used_mib} MiB"
         )
+
+
+@pytest.mark.skipif(
+    any(os.path.exists(node) for node in nvml.DRIVER_NODES), reason="a driver's node is here"
+)
+def test_no_driver_node_says_so_without_loading_the_binding(tmp_path: Path) -> None:
+    """With no /dev/nvidiactl (nor WSL2's /dev/dxg) NVML has no driver to talk to: discovery
+    says so without importing nvidia-ml-py, whose import (ctypes.util with it) cost `gpus` a
+    fifth of its start on a machine with no GPU."""
+    env = {k: v for k, v in os.environ.items() if k not in (gpus.FAKE_ENV, nvml.STAND_IN_ENV)}
+    env["PATH"] = str(tmp_path)  # no nvidia-smi either
+    code = (
+        "import sys\nfrom handyjobs.gpus import discovery\n"
+        "print(discovery.discover().note)\nprint('pynvml' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    note, loaded = done.stdout.splitlines()
+    assert note == "no NVIDIA driver (no /dev/nvidiactl) and no nvidia-smi on PATH", note
+    assert loaded == "False"
