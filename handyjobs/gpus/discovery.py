@@ -209,11 +209,11 @@ def query_nvidia_smi(path: str | None = None, timeout_s: float = SMI_TIMEOUT_S) 
     ``timeout_s`` covers all of its queries together; :mod:`handyjobs.gpus.smi`
     runs and parses them.
     """
-    from handyjobs.gpus import smi  # lazy: NVML or nvidia-smi only when a look needs it (start-up)
-
     exe = shutil.which("nvidia-smi", path=path)
     if exe is None:
         return Discovery("none", (), note="no nvidia-smi on PATH")
+    from handyjobs.gpus import smi  # lazy: only when there is an nvidia-smi to run (start-up)
+
     try:
         reading = smi.read(exe, timeout_s)
     except smi.SmiFailed as e:
