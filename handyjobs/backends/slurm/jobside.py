@@ -103,17 +103,23 @@ def _signal_marked(pid: int, start: int, run_id: str, sig: int) -> bool:
 
 def node_addr(name: str) -> str:
     """The node's address as Slurm knows it (``scontrol show node``), "" when it cannot say."""
+    said = _scontrol_show("node", name)
+    return "" if said is None else step.parse_node_addr(said)
+
+
+def _scontrol_show(kind: str, name: str) -> str | None:
+    """``scontrol show KIND -o NAME``'s answer, None when Slurm cannot be asked or refuses."""
     try:
         proc = subprocess.run(
-            ["scontrol", "show", "node", "-o", name],
+            ["scontrol", "show", kind, "-o", name],
             capture_output=True,
             text=True,
             timeout=30,
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return step.parse_node_addr(proc.stdout) if proc.returncode == 0 else ""
+        return None
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def slurm_ended(job_id: str | None) -> str | None:
@@ -122,19 +128,10 @@ def slurm_ended(job_id: str | None) -> str | None:
     it, or when Slurm cannot be asked (the job's own end then stands)."""
     if not job_id:
         return None
-    try:
-        proc = subprocess.run(
-            ["scontrol", "show", "job", "-o", job_id],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
     # Asked under the controller's lock on its jobs: a node failure that srun was told of is
     # already the job's state when the answer comes.
-    view = backend.parse_scontrol(proc.stdout) if proc.returncode == 0 else None
+    said = _scontrol_show("job", job_id)
+    view = None if said is None else backend.parse_scontrol(said)
     if view is None or view.verdict in (JobState.RUNNING, JobState.PAUSED):
         return None
     return view.state
