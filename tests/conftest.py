@@ -294,3 +294,14 @@ def _runner_pids(run_id: str) -> list[int]:
                 if marker in (entry / "environ").read_bytes().split(b"\0"):
                     found.append(int(entry.name))
     return found
+
+
+def run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``handyjobs ARGV`` in this process (the fast layer): exit code, stdout, stderr."""
+    from handyjobs.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    out = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 0), out.out, out.err

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_record
+from conftest import make_record, run_in_process
 
-from handyjobs.cli import main
 from handyjobs.core import registry
 from handyjobs.core.records import JobRecord
 from handyjobs.metrics import log_metrics
@@ -36,13 +35,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     gc.enable()
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``handyjobs ARGV`` in this process: exit code, stdout, stderr."""
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    out = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 0), out.out, out.err
+run = run_in_process
 
 
 def job(home: Path, name: str, group: str | None = None, **params: str) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Sandbox, make_record, reap
+from conftest import Sandbox, make_record, reap, run_in_process
 
 from handyjobs.cli import main
 from handyjobs.core import registry
@@ -36,13 +36,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     reap(Sandbox(tmp_path, {"HANDYJOBS_HOME": str(state), "HANDYJOBS_TMUX_SOCKET": sock}))
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``handyjobs ARGV`` in this process: exit code, stdout, stderr."""
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    out = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 0), out.out, out.err
+run = run_in_process
 
 
 def _save(home: Path, *records: object) -> None:

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from handyjobs.cli import main
+from conftest import run_in_process
 
 
 @pytest.fixture
@@ -29,13 +28,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     gc.enable()
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``handyjobs ARGV`` in this process: exit code, stdout, stderr."""
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    out = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 0), out.out, out.err
+run = run_in_process
 
 
 def test_7_config_shows_the_value_in_force_and_where_it_comes_from(
