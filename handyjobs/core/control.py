@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     pass
 
 
-#: Seconds ``stop`` waits after SIGTERM before it SIGKILLs what is left.
-DEFAULT_GRACE_S = STOP_GRACE_S
 #: Seconds a runner gets to record the outcome once its job's processes are gone.
 RUNNER_EXIT_S = 10.0
 
@@ -107,7 +105,7 @@ def cancel_together(names: Sequence[str]) -> dict[str, str]:
     return {marked[run_id]: run_id for run_id in taken}
 
 
-def stop_job(name: str, grace_s: float = DEFAULT_GRACE_S, asked: str | None = None) -> StopResult:
+def stop_job(name: str, grace_s: float = STOP_GRACE_S, asked: str | None = None) -> StopResult:
     """End every process of a job's current run (SIGTERM, grace, SIGKILL); mark it stopped.
 
     Only processes that carry the run's marker are signalled. A lost run's leftovers are
@@ -378,7 +376,7 @@ class RestartResult:
 def restart_job(
     name: str,
     env: Sequence[str] = (),
-    grace_s: float = DEFAULT_GRACE_S,
+    grace_s: float = STOP_GRACE_S,
     caller_env: Mapping[str, str] | None = None,
     args: Sequence[str] | None = None,
 ) -> RestartResult:

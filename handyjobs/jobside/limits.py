@@ -27,12 +27,13 @@ from pathlib import Path
 
 from handyjobs import procfs
 from handyjobs.core import cgroups, limits, procs
+from handyjobs.core.options import STOP_GRACE_S
 from handyjobs.core.records import JobSpec, LostKind, Reason, utcnow
 
 #: The warning before the time limit: what a scheduler sends and ``should_stop`` listens for.
 WARNING_SIGNAL = signal.SIGUSR1
-#: Seconds between SIGTERM and SIGKILL at the time limit (``stop``'s default grace).
-GRACE_S = 10.0
+#: Seconds between SIGTERM and SIGKILL at the time limit: ``stop``'s default grace.
+GRACE_S = STOP_GRACE_S
 #: How often the watch looks at the clock and for processes newly listening for the warning.
 TICK_S = 0.2
 
