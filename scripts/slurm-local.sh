@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real one-node Slurm (munge, slurmctld, slurmd) on this machine, for handyjobs' Slurm tests.
+# A real two-node Slurm (munge, slurmctld, two slurmd) on this machine, for handyjobs' Slurm tests.
 #
 #   scripts/slurm-local.sh start    install (apt-get, as root) if needed, write slurm.conf, start
 #                                   the daemons, wait for the node; prints SLURM_CONF=...
@@ -15,6 +15,11 @@
 # 16817), so a Slurm already installed on the machine is left alone. Clients find this cluster
 # through SLURM_CONF. The settings that make it work in a container: proctrack/linuxproc (no
 # cgroups), task/none, select/cons_tres, no accounting database.
+#
+# The two nodes, n1 and n2, are two slurmd on this host (slurmd -N NAME, each on its own port).
+# Their names resolve nowhere: whatever must reach a node uses its NodeAddr (127.0.0.1), as on
+# a site whose node names are not in DNS. Each node says it has all of this machine's CPUs and
+# two GPUs that Slurm only counts.
 #
 # Exit codes: 0 ok; 1 the daemons did not come up (their logs are named); 2 cannot run here
 # (not root, no apt-get to install Slurm).
@@ -53,8 +58,10 @@ alive() {  # is the process named in pid file $1 still running?
     [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
+NODES="n1 n2"
+
 running() {
-    alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" \
+    alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd-n1.pid" && alive "$DIR/slurmd-n2.pid" \
         && SLURM_CONF="$CONF" timeout 10 sinfo -h >/dev/null 2>&1
 }
 
@@ -65,7 +72,7 @@ write_conf() {
     # Leave some memory to the machine; Slurm refuses a node that reports less than configured.
     mem="$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)"
     cat >"$CONF" <<EOF
-# Written by handyjobs' scripts/slurm-local.sh: a one-node cluster for tests.
+# Written by handyjobs' scripts/slurm-local.sh: a two-node cluster for tests.
 ClusterName=handyjobs-local
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$PORT
@@ -77,11 +84,11 @@ AuthInfo=socket=$SOCK,cred_expire=10
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -100,12 +107,13 @@ KillWait=10
 # Slurm wants one per GPU): GPU jobs are allocated, with their share of the node's CPUs
 # (SLURM_CPUS_PER_TASK); nothing runs on a GPU here.
 GresTypes=gpu
-NodeName=$host NodeAddr=127.0.0.1 NodeHostname=$host CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+NodeName=n1 NodeAddr=127.0.0.1 NodeHostname=$host Port=$((PORT + 2)) CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+NodeName=n2 NodeAddr=127.0.0.1 NodeHostname=$host Port=$((PORT + 3)) CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP
 EOF
     cat >"$DIR/gres.conf" <<EOF
-NodeName=$host Name=gpu File=/dev/null
-NodeName=$host Name=gpu File=/dev/zero
+NodeName=n[1-2] Name=gpu File=/dev/null
+NodeName=n[1-2] Name=gpu File=/dev/zero
 EOF
 }
 
@@ -118,7 +126,7 @@ start() {
     install
     stop_daemons
     rm -rf "$DIR"
-    mkdir -p "$DIR"/{state,spool,log,munge-key,munge-run}
+    mkdir -p "$DIR"/{state,spool/n1,spool/n2,log,munge-key,munge-run}
     chmod 700 "$DIR/munge-key"
     chmod 755 "$DIR" "$DIR/munge-run"  # users' clients reach munge's socket through it
     dd if=/dev/urandom of="$DIR/munge-key/munge.key" bs=1024 count=1 status=none
@@ -130,21 +138,27 @@ start() {
     write_conf
     export SLURM_CONF="$CONF"
     slurmctld -f "$CONF"
-    slurmd -f "$CONF"
-    local host
-    host="$(hostname -s)"
+    local node ready state
+    for node in $NODES; do
+        slurmd -f "$CONF" -N "$node"
+    done
     for _ in $(seq 1 60); do
-        state="$(sinfo -h -n "$host" -o %T 2>/dev/null || true)"
-        case "$state" in
-            idle*|mixed*|allocated*)
-                echo "SLURM_CONF=$CONF"
-                return ;;
-            down*|drain*)
-                scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true ;;
-        esac
+        ready=0
+        for node in $NODES; do
+            state="$(sinfo -h -n "$node" -o %T 2>/dev/null || true)"
+            case "$state" in
+                idle*|mixed*|allocated*) ready=$((ready + 1)) ;;
+                down*|drain*)
+                    scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true ;;
+            esac
+        done
+        if [ "$ready" = 2 ]; then
+            echo "SLURM_CONF=$CONF"
+            return
+        fi
         sleep 0.5
     done
-    say "the node did not become ready (state: ${state:-none}); see $DIR/log/"
+    say "the nodes did not become ready ($(sinfo -h -N -o '%N %T' 2>/dev/null | tr '\n' ' ')); see $DIR/log/"
     exit 1
 }
 
@@ -152,7 +166,8 @@ stop_daemons() {
     if [ -f "$CONF" ] && alive "$DIR/slurmctld.pid"; then
         SLURM_CONF="$CONF" scancel --full --signal=KILL --user="$(id -un)" 2>/dev/null || true
     fi
-    for pidfile in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munge-run/munged.pid"; do
+    for pidfile in "$DIR/slurmd-n1.pid" "$DIR/slurmd-n2.pid" "$DIR/slurmctld.pid" \
+        "$DIR/munge-run/munged.pid"; do
         if alive "$pidfile"; then
             pid="$(cat "$pidfile")"
             kill "$pid" 2>/dev/null || true
