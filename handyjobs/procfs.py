@@ -53,3 +53,22 @@ def cpu_and_rss(pid: int) -> tuple[float, int] | None:
         return (int(fields[_UTIME]) + int(fields[_STIME])) / TICKS, int(fields[_RSS]) * PAGE
     except ValueError:
         return None
+
+
+def parent(pid: int) -> int | None:
+    """The parent's pid (field 4), or None when the process is gone."""
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def descends(pid: int, root: int) -> bool:
+    """True when ``pid`` is ``root`` or one of its descendants now (its parents lead there)."""
+    seen = 0
+    while pid > 1 and seen < 512:  # a bound: a chain that changes while read cannot loop
+        if pid == root:
+            return True
+        up = parent(pid)
+        if up is None:
+            return False
+        pid, seen = up, seen + 1
+    return False

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from handyjobs.backends import module
 from handyjobs.core.procs import Ended
-from handyjobs.core.records import ClusterState, JobRecord, JobSpec, ProcId, Reason, Run
+from handyjobs.core.records import ClusterState, Cost, JobRecord, JobSpec, ProcId, Reason, Run
 from handyjobs.jobside.launch import Launch, RunContext
 
 
@@ -177,6 +177,9 @@ class JobSide(Protocol):
 
     def goes_on(self, spec: JobSpec, exit_code: int | None) -> bool:
         """True when the run goes on after this exit (requeued): record no outcome."""
+
+    def cost(self, measured: Cost) -> Cost:
+        """What the run cost, given what the runner measured on its own machine."""
 
 
 class Describe(Protocol):

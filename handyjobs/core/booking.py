@@ -170,7 +170,6 @@ class Plan:
 HELD = Wait(0, 0, held=True)
 
 
-
 def queue_order(records: Iterable[JobRecord]) -> list[JobRecord]:
     """Queued runs: higher ``--priority`` first, then first queued first; held ones are out."""
     # Runs a cluster's scheduler queues wait in its queue, not in this machine's; a held run

@@ -137,7 +137,7 @@ def rank_log_file(name: str, rank: int, must_exist: bool = True) -> tuple[JobRec
     """The job's record and rank ``rank``'s own log (a job of one process: its only log)."""
 
     record = get_job(name)
-    procs = record.spec.procs
+    procs = record.spec.world_size
     if not 0 <= rank < procs:
         raise UsageError(_no_such_rank(name, rank, procs))
     if procs == 1:

@@ -251,6 +251,13 @@ class JobSpec(JsonRecord):
         return 1
 
     @property
+    def world_size(self) -> int:
+        """Processes of a run on all its nodes: its ranks are 0 to this less one."""
+        if self.slurm is not None:
+            return self.procs * self.slurm.nodes
+        return self.procs * (self.rdzv.nnodes if self.rdzv is not None else 1)
+
+    @property
     def books_gpus(self) -> bool:
         """True when the job asked for GPUs (by number or by count) and so books them."""
         return self.gpus is not None or self.ngpus is not None
@@ -296,6 +303,18 @@ class GpuUse(JsonRecord):
 
 
 @dataclass(frozen=True)
+class NodeCost(JsonRecord):
+    """One node's share of a run that spans several nodes, as that node measured it."""
+
+    node: str
+    cpu_time_s: float = 0.0
+    peak_rss_bytes: int = 0
+    max_rss_bytes: int = 0
+    #: The node's own GPUs (their indices are the node's: another node has a GPU 0 too).
+    gpus: tuple[GpuUse, ...] = ()
+
+
+@dataclass(frozen=True)
 class Cost(JsonRecord):
     """What a run cost, as its runner measured it (what a scheduler's accounting reports)."""
 
@@ -311,6 +330,9 @@ class Cost(JsonRecord):
     #: How many looks the runner took, and how far apart (seconds).
     samples: int = 0
     interval_s: float = 0.0
+    #: Each node's share, where the run's processes spanned several nodes (the totals above
+    #: add them up); empty for a run on one machine.
+    nodes: tuple[NodeCost, ...] = field(default=(), metadata=OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,4 @@
-"""``--gpus`` and ``HANDYJOBS_GPUS`` parsed and resolved against what was found: indices, UUIDs.
-"""
+"""``--gpus`` and ``HANDYJOBS_GPUS`` parsed and resolved against what was found: indices, UUIDs."""
 
 from __future__ import annotations
 

@@ -164,16 +164,14 @@ def run(command: list[str]) -> tuple[int | None, int | None]:
             signal.signal(sig, forward.handler)
     out_fd = 1 if _writable(1) else None
     forwarder = LineForwarder(rank, out_fd)
-    restart = env.get("TORCHELASTIC_RESTART_COUNT", "0")
-    again = f" (torchrun restart {restart})" if restart not in ("", "0") else ""
+    several_nodes = env.get("WORLD_SIZE", "1") != env.get("LOCAL_WORLD_SIZE", "1")
 
     def on_start(pid: int) -> None:
         forward.started(pid)
-        _note(
-            log_fd,
-            f"run {env.get('HANDYJOBS_RUN', '?')} rank {rank} (local rank "
-            f"{env.get('LOCAL_RANK', '?')}) started {utcnow()}{again}: pid {pid}",
-        )
+        _note(log_fd, _started(env, rank, pid, several_nodes))
+        if several_nodes and out_fd is not None:
+            # The job's log shows every node's ranks together: say which runs where.
+            _note(out_fd, f"rank {rank} runs on node {_node(env)} (pid {pid})")
 
     result = run_on_pty(
         command,
@@ -192,6 +190,22 @@ def run(command: list[str]) -> tuple[int | None, int | None]:
     _note(log_fd, f"rank {rank} ended {utcnow()}: {how}")
     os.close(log_fd)
     return result.exit_code, result.signal
+
+
+def _node(env: dict[str, str]) -> str:
+    """This node's name: the scheduler's (its node wrapper sets HANDYJOBS_NODE), else the host's."""
+    return env.get("HANDYJOBS_NODE") or os.uname().nodename
+
+
+def _started(env: dict[str, str], rank: int, pid: int, several_nodes: bool) -> str:
+    """The rank's first line in its own log: which run, where (its node, on several), when."""
+    restart = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    again = f" (torchrun restart {restart})" if restart not in ("", "0") else ""
+    where = f"node {_node(env)}, " if several_nodes else ""
+    return (
+        f"run {env.get('HANDYJOBS_RUN', '?')} rank {rank} ({where}local rank "
+        f"{env.get('LOCAL_RANK', '?')}) started {utcnow()}{again}: pid {pid}"
+    )
 
 
 def _writable(fd: int) -> bool:

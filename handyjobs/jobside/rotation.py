@@ -42,7 +42,6 @@ def limit_from_env(env: Mapping[str, str]) -> tuple[int | None, str | None]:
     return max(1, int(value * (1 << 20))), None
 
 
-
 class Rotator:
     """Counts what is written to ``fd`` (opened on ``path``) and rotates it past ``limit``."""
 

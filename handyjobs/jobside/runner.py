@@ -282,10 +282,10 @@ class Runner:
             input_fd=0 if side.interactive else None,
             rotator=rotation.Rotator(record.log_path, self.log_fd, limit) if limit else None,
             # Several ranks tag their lines; the pane shows rank 0's as a lone process would.
-            pane_filter=terminal.PaneFilter().feed if spec.procs > 1 else None,
+            pane_filter=terminal.PaneFilter().feed if spec.world_size > 1 else None,
             join=self.group.procs_files,
         )
-        cost = sampler.finish(result.rusage)
+        cost = side.cost(sampler.finish(result.rusage))
         return self._finish(record, env, result, cost, time.monotonic() - started, watch)
 
     def _finish(

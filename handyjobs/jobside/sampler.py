@@ -13,15 +13,15 @@ import contextlib
 import os
 import resource
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handyjobs import procfs
 from handyjobs.core import cgroups
 from handyjobs.core.procs import MARKER_ENV
-from handyjobs.core.records import Cost, GpuUse
+from handyjobs.core.records import Cost, GpuUse, NodeCost
 
 if TYPE_CHECKING:
     from handyjobs.gpus.discovery import Discovery, Watch
@@ -70,12 +70,16 @@ class ProcTable:
         # pid -> (start time, run id or None, torchrun restart count)
         self._known: dict[int, tuple[bytes, str | None, int]] = {}
 
-    def scan(self, only: str | None = None) -> dict[str, list[int]]:
-        """Live processes of every run (or only of run ``only``): run id -> pids."""
+    def scan(self, only: str | None = None, by_group: bool = True) -> dict[str, list[int]]:
+        """Live processes of every run (or only of run ``only``): run id -> pids.
+
+        ``by_group`` False: by the marker alone, even where the run has a cgroup (the cgroup is
+        the runner's, on its own machine; a scheduler's step runs elsewhere, outside it).
+        """
         found: dict[str, list[int]] = {}
         seen: dict[int, tuple[bytes, str | None, int]] = {}
         me = os.getpid()
-        group = cgroups.existing(only) if only is not None else None
+        group = cgroups.existing(only) if only is not None and by_group else None
         try:
             # A run with a cgroup: its members are the run's, whatever their environment.
             members = group.members() if group and group.dirs else None
@@ -173,9 +177,12 @@ class Sampler:
         env: Mapping[str, str] | None = None,
         gpus: bool = True,
         interval_s: float = INTERVAL_S,
+        within: int | None = None,
     ) -> None:
-        """Set up; nothing runs until :meth:`start`."""
+        """Set up; nothing runs until :meth:`start`. ``within``: count only that process and
+        its descendants (one node's share of a run whose processes span several nodes)."""
         self.run_id, self.env, self.gpus, self.interval_s = run_id, env, gpus, interval_s
+        self.within = within
         self.table = ProcTable()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -210,7 +217,10 @@ class Sampler:
 
     def sample(self, watch: Watch | None = None) -> Watch | None:
         """One look at the run's processes (and GPUs); returns the GPU watch to keep using."""
-        pids = self.table.scan(self.run_id).get(self.run_id, [])
+        by_group = self.within is None
+        pids = self.table.scan(self.run_id, by_group).get(self.run_id, [])
+        if self.within is not None:
+            pids = [p for p in pids if procfs.descends(p, self.within)]
         looks = [u for u in (usage(p) for p in pids) if u is not None]
         share: dict[int, tuple[int, int | None]] = {}
         if watch is not None and looks:
@@ -269,6 +279,42 @@ class Sampler:
                 samples=self.samples,
                 interval_s=self.interval_s,
             )
+
+
+def node_cost(node: str, cost: Cost) -> NodeCost:
+    """One node's measure of its share of a run, as that node reports it."""
+    return NodeCost(node, cost.cpu_time_s, cost.peak_rss_bytes, cost.max_rss_bytes, cost.gpus)
+
+
+def over_nodes(measured: Cost, reports: Sequence[NodeCost]) -> Cost:
+    """A run's cost from its nodes' own reports (several from one node, as a requeued run
+    starts again, add up); ``measured`` (what the runner saw) stands where none reported."""
+    if not reports:
+        return measured
+    nodes: dict[str, NodeCost] = {}
+    for r in reports:
+        had = nodes.get(r.node)
+        nodes[r.node] = (
+            r
+            if had is None
+            else NodeCost(
+                r.node,
+                round(had.cpu_time_s + r.cpu_time_s, 3),
+                max(had.peak_rss_bytes, r.peak_rss_bytes),
+                max(had.max_rss_bytes, r.max_rss_bytes),
+                had.gpus + r.gpus,
+            )
+        )
+    each = tuple(nodes[k] for k in sorted(nodes))
+    return replace(
+        measured,
+        cpu_time_s=round(sum(n.cpu_time_s for n in each), 3),
+        # Each node's peak, added: the nodes peak at their own times, so at most this much.
+        peak_rss_bytes=sum(n.peak_rss_bytes for n in each),
+        max_rss_bytes=max(n.max_rss_bytes for n in each),
+        gpus=(),  # per node: GPU 0 of one node is not GPU 0 of another
+        nodes=each,
+    )
 
 
 def cpu_percent(before: Mapping[int, float], after: Mapping[int, float], wall_s: float) -> float:

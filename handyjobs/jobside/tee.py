@@ -590,4 +590,3 @@ def nonblocking(fd: int) -> Callable[[], None]:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
     return restore
-

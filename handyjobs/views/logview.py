@@ -41,7 +41,7 @@ def show_log(
     files = [Path(logmod.previous(str(path))), path]
     colour = not (plain or raw) and render.use_colour()
     mode = TagMode.RAW if raw else TagMode.PREFIX if prefix else TagMode.PANE
-    single = record.spec.procs == 1
+    single = record.spec.world_size == 1
     live = follow and not raw and render.fancy()  # a terminal: redraw the unfinished line
     view = Renderer(colour, live=live, mode=mode, single=single, raw=raw)
     out = sys.stdout.buffer
@@ -156,7 +156,7 @@ def failure(record: JobRecord) -> tuple[int | None, list[str]]:
             first = next((int(m.group(1)) for m in found if m), None)
             lines = lines[:i]  # the report is torchrun's; the error is the rank's
             break
-    if first is not None and record.spec.procs > 1:
+    if first is not None and record.spec.world_size > 1:
         own = Path(paths.rank_log(record.log_path, first))
         if own.is_file():
             lines = _plain_lines(own, FAILURE_LINES)
@@ -212,7 +212,7 @@ def show_logs(names: Sequence[str], lines: int | None, follow: bool, plain: bool
     followers = []
     try:
         for record, path in found:
-            view = Renderer(colour, mode=TagMode.PANE, single=record.spec.procs == 1)
+            view = Renderer(colour, mode=TagMode.PANE, single=record.spec.world_size == 1)
             tagged = _Tagged(record.name, width, view, lock)
             files = [Path(logmod.previous(str(path))), path]
             if lines is None:

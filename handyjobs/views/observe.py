@@ -197,7 +197,7 @@ def _last_line(record: JobRecord) -> str:
     """The last line the job printed (not handyjobs' notes), as its pane showed it; for a job
     of several ranks that was stopped, the last line of a rank (torchrun's own report of the
     signal comes after, untagged, and says nothing of the job)."""
-    ranks_stopped = record.state is JobState.STOPPED and record.spec.procs > 1
+    ranks_stopped = record.state is JobState.STOPPED and record.spec.world_size > 1
     with contextlib.suppress(OSError):
         files = [rotation.previous(record.log_path), record.log_path]
         data, _ = logs.tail_files(files, 80 if ranks_stopped else 8)

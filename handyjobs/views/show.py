@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from handyjobs import backends
-from handyjobs.core.records import Cost, JobRecord, JobState, exit_summary
+from handyjobs.core.records import Cost, GpuUse, JobRecord, JobState, exit_summary
 from handyjobs.views import render
 from handyjobs.views.curves import Summary
 
@@ -130,10 +130,26 @@ def cost_fields(cost: Cost) -> list[tuple[str, str]]:
         ),
         ("cpu time", render.duration(cost.cpu_time_s)),
     ]
+    if cost.nodes:
+        out[0] = ("memory", f"{out[0][1]}, each node's peak added")
+        each = ", ".join(
+            f"{render.printable(n.node)} {render.duration(n.cpu_time_s)}" for n in cost.nodes
+        )
+        out[1] = (
+            "cpu time",
+            f"{render.duration(cost.cpu_time_s)} on {len(cost.nodes)} nodes ({each})",
+        )
     for g in cost.gpus:
-        util = "" if g.mean_utilization_pct is None else f", {g.mean_utilization_pct:.0f}% mean use"
-        out.append((f"gpu {g.index}", f"peak {g.peak_memory_mib} MiB by the job{util}"))
+        out.append(_gpu_field(g, ""))
+    for n in cost.nodes:
+        out += [_gpu_field(g, f"{render.printable(n.node)} ") for g in n.gpus]
     return out
+
+
+def _gpu_field(g: GpuUse, node: str) -> tuple[str, str]:
+    """``show``'s line about one GPU a run used (``node``: the node's name and a space)."""
+    util = "" if g.mean_utilization_pct is None else f", {g.mean_utilization_pct:.0f}% mean use"
+    return (f"{node}gpu {g.index}", f"peak {g.peak_memory_mib} MiB by the job{util}")
 
 
 def metric_fields(summaries: Sequence[Summary]) -> list[tuple[str, str]]:

@@ -27,6 +27,7 @@ from handyjobs.core.records import (
     JobState,
     LaunchEnv,
     LostKind,
+    NodeCost,
     Outcome,
     ProcId,
     Reason,
@@ -160,6 +161,14 @@ gpu_uses = record(
     mean_utilization_pct=st.none() | floats,
     samples=small,
 )
+node_costs = record(
+    NodeCost,
+    node=texts,
+    cpu_time_s=floats,
+    peak_rss_bytes=ints,
+    max_rss_bytes=ints,
+    gpus=tuples_of(gpu_uses),
+)
 costs = record(
     Cost,
     cpu_time_s=floats,
@@ -169,6 +178,7 @@ costs = record(
     restarts=small,
     samples=small,
     interval_s=floats,
+    nodes=tuples_of(node_costs),
 )
 outcomes = record(
     Outcome,
@@ -248,6 +258,7 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     JobSpec: specs,
     GpuUse: gpu_uses,
     Cost: costs,
+    NodeCost: node_costs,
     Outcome: outcomes,
     GpuBaseline: baselines,
     Run: runs,

@@ -23,6 +23,7 @@ runner does not queue), signals it (``scancel``, preemption, the time limit) and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -34,8 +35,8 @@ from types import FrameType
 from handyjobs.backends.base import JobControl
 from handyjobs.backends.slurm import backend, sbatch, step
 from handyjobs.core import procs
-from handyjobs.core.records import JobSpec, JobState, LostKind, Reason, utcnow
-from handyjobs.jobside import launch, limits
+from handyjobs.core.records import Cost, JobSpec, JobState, LostKind, NodeCost, Reason, utcnow
+from handyjobs.jobside import launch, limits, sampler
 
 #: Seconds between two looks for processes newly listening for Slurm's time-limit warning.
 WARNING_REPEAT_S = 5.0
@@ -181,6 +182,8 @@ class JobSide:
         self._passed = False
         #: Where the job notes that it left early at the warning (known once it starts).
         self.stopped_file: Path | None = None
+        #: The job's folder, where each node writes its measure (known once it starts).
+        self.job_dir: Path | None = None
 
     def take_signals(self, control: JobControl) -> None:
         """Install Slurm's handling, taking over what came while the runner started up."""
@@ -287,7 +290,8 @@ class JobSide:
         # Tasks write to Slurm's pipes, not a terminal: unbuffered, lines arrive as printed.
         env.setdefault("PYTHONUNBUFFERED", "1")
         # One run id for every start of a requeued run: the note of the start before goes.
-        self.stopped_file = Path(ctx.job_dir) / f"stopped-early-{ctx.run_id}"
+        self.job_dir = Path(ctx.job_dir)
+        self.stopped_file = self.job_dir / f"stopped-early-{ctx.run_id}"
         self.stopped_file.unlink(missing_ok=True)
         env[STOPPED_FILE_ENV] = str(self.stopped_file)
         argv = step.step_argv(spec, alloc, port, ctx)
@@ -309,6 +313,17 @@ class JobSide:
             self.ended_by_scheduler = True
             lines.append(f"Slurm ended the job ({ended}): the step's exit is not its outcome")
         return lines
+
+    def cost(self, measured: Cost) -> Cost:
+        """The nodes' own measures added up (each start of a requeued run too): the runner
+        here sees only the batch step, not the processes Slurm starts on each node."""
+        if self.job_dir is None or not self.run_id:
+            return measured
+        reports = []
+        for path in sorted(self.job_dir.glob(f"node-cost-{self.run_id}-*.json")):
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                reports.append(NodeCost.from_dict(json.loads(path.read_text())))
+        return sampler.over_nodes(measured, reports)
 
     def _stopped_early(self, exit_code: int | None) -> bool:
         """The job left cleanly after the warning, and said it left early: its loop saw

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from handyjobs.backends.base import JobControl
-from handyjobs.core.records import JobSpec, Reason
+from handyjobs.core.records import Cost, JobSpec, Reason
 from handyjobs.jobside import launch
 
 
@@ -53,3 +53,7 @@ class JobSide:
     def goes_on(self, spec: JobSpec, exit_code: int | None) -> bool:
         """Never requeued: an ended job here has ended."""
         return False
+
+    def cost(self, measured: Cost) -> Cost:
+        """Every process of the job runs on this machine: the runner's measure is the cost."""
+        return measured

@@ -1,0 +1,114 @@
+"""On the local two-node Slurm (n1 and n2, names that resolve nowhere): a job on both nodes
+meets by address, logs every rank with its node, counts what each node used, and a failure of
+its second node ends it ``lost`` on both."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from conftest import Sandbox, log_of, show, wait_state, wait_until
+from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+
+pytestmark = pytest.mark.slurm
+
+# Each rank burns a second and a half of CPU, then meets the other at a barrier.
+BURN = """
+import os, time
+import torch.distributed as dist
+dist.init_process_group("gloo")
+print("rank", dist.get_rank(), "of", dist.get_world_size(), flush=True)
+t = time.process_time()
+while time.process_time() - t < 1.5:
+    pass
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+FOREVER = """
+import time
+while True:
+    time.sleep(0.2)
+"""
+
+
+def _slurm(sb: Sandbox, *argv: str) -> str:
+    env = {**os.environ, **sb.env}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def nodes_back(box: Sandbox) -> Iterator[None]:  # noqa: F811
+    """Every node of the local cluster back in service after the test (it may take one down)."""
+    yield
+    for node in ("n1", "n2"):
+        subprocess.run(
+            ["scontrol", "update", f"nodename={node}", "state=resume"],
+            env={**os.environ, **box.env},
+            capture_output=True,
+        )
+
+    def idle() -> bool:
+        states = _slurm(box, "sinfo", "-h", "-N", "-o", "%t").split()
+        return len(states) == 2 and all(s in ("idle", "mix", "alloc") for s in states)
+
+    wait_until(idle, 60, 0.5, "both nodes back in service")
+
+
+def test_a_job_on_two_nodes_logs_each_rank_with_its_node_and_counts_both(box: Sandbox) -> None:  # noqa: F811
+    box.write("burn.py", BURN)
+    box.cli(
+        "start", "burn.py", "--slurm", "--nodes", "2", "--cpu", "--nproc", "1", "--name", "two",
+        check=True,
+    )  # fmt: skip
+    rec = wait_state(box, "two", "succeeded", "failed", "lost", timeout=120)
+    log = log_of(box, "two")
+    assert rec["state"] == "succeeded", log
+    # The nodes met at the head's address: n1 resolves nowhere.
+    assert "--rdzv-endpoint=127.0.0.1:" in log
+    placed = dict(re.findall(r"\[handyjobs\] rank (\d) runs on node (n\d)", log))
+    assert sorted(placed) == ["0", "1"] and sorted(placed.values()) == ["n1", "n2"], log
+    assert "rank 0 of 2" in log and "[rank 1] rank 1 of 2" in log
+    # Each rank's own log, by rank, from either node, names the node it ran on.
+    for rank, node in placed.items():
+        own = box.cli("logs", "two", "--rank", rank, check=True).stdout
+        assert f"rank {rank} (node {node}, local rank 0) started" in own, own
+        assert f"rank {rank} of 2" in own
+    prefixed = box.cli("logs", "two", "--prefix", check=True).stdout
+    assert "[rank 0] rank 0 of 2" in prefixed and "[rank 1] rank 1 of 2" in prefixed
+    # What each node used, measured there: both ranks burned 1.5 s of CPU.
+    cost = show(box, "two")["runs"][-1]["cost"]
+    by_node = {n["node"]: n["cpu_time_s"] for n in cost["nodes"]}
+    assert sorted(by_node) == ["n1", "n2"] and min(by_node.values()) >= 1.5, cost
+    assert cost["cpu_time_s"] >= 3.0, cost
+    out = box.cli("show", "two", check=True).stdout
+    assert re.search(r"cpu time\s+\S+ on 2 nodes \(n1 \S+, n2 \S+\)", out), out
+
+
+def test_a_failure_of_the_second_node_ends_the_job_lost(box: Sandbox, nodes_back: None) -> None:  # noqa: F811
+    box.write("forever.py", FOREVER)
+    box.cli(
+        "start", "forever.py", "--slurm", "--nodes", "2", "--cpu", "--nproc", "1", "--name", "nf2",
+        check=True,
+    )  # fmt: skip
+    wait_until(lambda: "runs on node" in log_of(box, "nf2"), 90, 0.5, "both ranks to start")
+    job_id = show(box, "nf2")["runs"][-1]["handle"]["job_id"]
+    nodes = _slurm(box, "squeue", "-h", "-j", job_id, "-o", "%N").strip()
+    assert nodes == "n[1-2]", nodes
+    _slurm(box, "scontrol", "update", "nodename=n2", "state=down", "reason=handyjobs-test")
+    rec = wait_state(box, "nf2", "lost", "failed", "succeeded", "stopped", timeout=90)
+    assert rec["state"] == "lost", (rec, log_of(box, "nf2"))
+    assert rec["exit_code"] is None, rec
+    proc = box.cli("wait", "nf2", "--timeout", "10")
+    assert proc.returncode not in (0, 124), proc.stdout
+    assert "NODE_FAIL" in box.cli("show", "nf2", check=True).stdout
+
+    def gone() -> bool:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        return str(box.root / "forever.py") not in ps
+
+    # The first node's rank ends with the job; the failed node's, when its slurmd hears.
+    wait_until(gone, 60, 0.5, "the job's processes on both nodes to end")
