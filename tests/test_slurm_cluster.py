@@ -3,10 +3,12 @@ answer, a group stopped at once, CPUs per GPU task, setup lines)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,9 +91,9 @@ def test_stop_group_cancels_every_job_in_one_scancel(box: Sandbox) -> None:  # n
     for name in names:
         box.cli("start", "forever.py", "--slurm", "--cpu", "--name", name, "--group", "grp",
                 check=True)  # fmt: skip
-    # Two run (the node has 2 CPUs), the others wait in Slurm's queue: both kinds are stopped.
+    # Four run (two nodes of 2 CPUs), the others wait in Slurm's queue: both kinds are stopped.
     wait_until(
-        lambda: sum(show(box, n)["state"] == "running" for n in names[:3]) >= 2,
+        lambda: sum(show(box, n)["state"] == "running" for n in names[:5]) >= 2,
         90,
         0.5,
         "two of the group to run",
@@ -164,3 +166,50 @@ def test_setup_lines_change_the_jobs_environment(box: Sandbox) -> None:  # noqa:
     path = next(line for line in log.splitlines() if line.startswith("PATH is ")).split()[-1]
     assert path.startswith("/opt/mod/bin:") and path.endswith(box.env["PATH"]), path
     assert "--setup='export FOO=bar'" in box.cli("show", "s", check=True).stdout
+
+
+@pytest.fixture
+def hung_controller(box: Sandbox) -> Iterator[Callable[[], None]]:  # noqa: F811
+    """The local controller stopped with SIGSTOP: it takes connections and answers none, as a
+    swamped or wedged one does. Yields the call that lets it go on (made again at the end)."""
+    pid = int((Path(box.env["SLURM_CONF"]).parent / "slurmctld.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+
+    def go_on() -> None:
+        os.kill(pid, signal.SIGCONT)
+
+    try:
+        yield go_on
+    finally:
+        go_on()
+
+
+def test_a_stop_the_controller_never_answers_fails_in_bounded_time_and_changes_nothing(
+    box: Sandbox,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> None:
+    box.write("forever.py", FOREVER)
+    names = ["h0", "h1", "h2"]
+    for name in names:
+        box.cli("start", "forever.py", "--slurm", "--cpu", "--name", name, "--group", "hung",
+                check=True)  # fmt: skip
+    for name in names:
+        wait_state(box, name, "running", timeout=90)
+    go_on = request.getfixturevalue("hung_controller")
+    # scancel left to itself waits 10 s for each cancel it sends (and squeue 9 s): a group of
+    # 3 took 43 s. Now: one bounded squeue, one bounded scancel for the group, then each
+    # job's stop says it was not taken.
+    began = time.monotonic()
+    proc = box.cli("stop", "--group", "hung")
+    took = time.monotonic() - began
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert took < 20.0, (took, proc.stderr)
+    failed = [x for x in proc.stderr.splitlines() if "scancel" in x and "failed" in x]
+    assert len(failed) == 3 and all("once Slurm answers" in x for x in failed), proc.stderr
+    go_on()
+    # Nothing was stopped, now or later: the jobs run on, and a later stop works.
+    time.sleep(3)
+    for name in names:
+        assert show(box, name)["state"] == "running", show(box, name)
+    box.cli("stop", "--group", "hung", check=True)
+    assert all(show(box, n)["state"] == "stopped" for n in names)

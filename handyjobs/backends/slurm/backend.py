@@ -54,6 +54,9 @@ COMMAND_TIMEOUT_S = 30.0
 #: Seconds one ``squeue`` may take: a silent controller made it wait 9 s (``scontrol``, 18 s),
 #: and ``list`` shows the last answer instead, saying so. An answering one takes milliseconds.
 ASK_TIMEOUT_S = 3.0
+#: Seconds one ``scancel`` may take: an answering controller takes a cancel at once; a silent
+#: one, left to scancel's own patience, held ``stop`` 30 s for each job.
+CANCEL_TIMEOUT_S = 6.0
 #: Seconds between two looks at a job that ``stop`` cancelled.
 STOP_POLL_S = 1.0
 
@@ -436,9 +439,12 @@ class SlurmBackend:
         ids = sorted(str(j) for j in mine)
         if len(ids) < 2:
             return []  # one job: terminate cancels it, and says why when Slurm refuses
-        code, _, err = _run(["scancel", *ids])
+        code, err = _scancel(ids)
         if code == -1:
-            return []  # not reached: each is tried (and refused) by itself, with why
+            # Not reached: none is tried again by itself (each would wait as long); each
+            # stop says so.
+            _unanswered.update(dict.fromkeys(ids, err))
+            return []
         # scancel goes on past a job it refuses ("... on job id 42: ..."): that one is
         # tried again by itself, and its refusal said then.
         refused = set(re.findall(r"job id (\d+)", err)) if code else set()
@@ -461,10 +467,13 @@ class SlurmBackend:
             )
         seen = _cancelled.pop(job_id, None)  # cancelled with others, in one scancel
         if seen is None:
-            code, _, err = _run(["scancel", job_id])
+            unanswered = _unanswered.pop(job_id, None)
+            code, err = (-1, unanswered) if unanswered is not None else _scancel([job_id])
             if code != 0:
+                why = err if code == -1 else (_last_line(err) or f"exit code {code}")
                 raise SlurmError(
-                    f"scancel {job_id} failed: {_last_line(err) or code}; try again, or "
+                    f"scancel {job_id} failed: {why}; the job is as it was, or cancelled "
+                    f"late: `handyjobs stop {run_name(run)}` again once Slurm answers, or "
                     f"`scancel {job_id}` yourself"
                 )
             seen = time.time()
@@ -541,6 +550,19 @@ class SlurmBackend:
 _ALIVE = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
 #: Job ids cancelled together by :meth:`SlurmBackend.cancel_many`, and when.
 _cancelled: dict[str, float] = {}
+#: Job ids whose cancel (with others, in one scancel) got no answer in time, and why.
+_unanswered: dict[str, str] = {}
+
+
+def _scancel(ids: Sequence[str]) -> tuple[int, str]:
+    """``scancel IDS`` within :data:`CANCEL_TIMEOUT_S`: (its exit code, its stderr), or (-1,
+    why) when the controller did not answer; that silence is kept, as squeue's is."""
+    code, _, err = _run(["scancel", *ids], timeout=CANCEL_TIMEOUT_S)
+    if code == -1:
+        why = f"scancel gave no answer in {CANCEL_TIMEOUT_S:g}s"
+        answers.no_answer(_cache_key(), cluster_name(), why)
+        return -1, why
+    return code, err
 
 
 def _control(run: Run, verb: str, sig: str = "") -> None:
