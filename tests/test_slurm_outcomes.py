@@ -192,3 +192,21 @@ def test_a_refused_submit_leaves_no_job_folder(box: Sandbox) -> None:  # noqa: F
     assert proc.returncode == 2 and "sbatch refused the job" in proc.stderr, proc.stderr
     assert not (box.home / "jobs" / "refused").exists()
     assert "refused" not in box.cli("list", "--all", check=True).stdout
+
+
+def test_a_job_whose_node_cannot_write_its_folder_fails_saying_where_to_look(box: Sandbox) -> None:  # noqa: F811
+    box.write("job.py", SLEEP_EXIT)
+    # As on a node that does not share the state folder: Slurm cannot open the job's output
+    # there, and the runner never starts. (The user's sbatch options come last and win.)
+    box.cli(
+        "start", "job.py", "0", "0", "--slurm", "--cpu", "--name", "unshared",
+        "--slurm-arg=--output=/nonexistent/handyjobs/slurm-%j.out", check=True,
+    )  # fmt: skip
+    rec = wait_state(box, "unshared", "failed", "lost", "succeeded", timeout=90)
+    assert rec["state"] == "failed", rec
+    assert rec["reason"]["kind"] == "no_job_side" and "FAILED" in rec["reason"]["detail"], rec
+    assert rec["exit_code"] is None and rec["runs"][-1]["started_at"] is None
+    out = box.cli("show", "unshared", check=True).stdout
+    assert "its runner never reported" in out and "every node shares" in out, out
+    proc = box.cli("wait", "unshared", "--timeout", "10")
+    assert proc.returncode == 1, proc.stdout

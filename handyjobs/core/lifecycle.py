@@ -492,6 +492,14 @@ def end_by_cluster(
             # it failed to start, as on this machine.
             run.reason = Reason(LostKind.DEPENDENCY_FAILED, "did not succeed", job=", ".join(after))
             return JobState.FAILED
+        ran = view.verdict in (JobState.FAILED, JobState.SUCCEEDED)
+        if ran and run.started_at is None and outcome is None:
+            # The scheduler ran it and it ended, but its runner never said it began: the node
+            # could not reach the job's folder (not shared), or the runner failed at once.
+            word = f"{view.state} ({view.reason})" if view.reason else view.state
+            run.exit_code, run.signal = None, None
+            run.reason = Reason(LostKind.NO_JOB_SIDE, detail=word)
+            return JobState.FAILED
         if view.verdict in (JobState.FAILED, JobState.STOPPED) or (
             view.verdict is JobState.SUCCEEDED and run.state is JobState.RUNNING
         ):

@@ -41,6 +41,10 @@ class LostKind(str, enum.Enum):
     #: A cluster scheduler ended it and the job side recorded nothing (node failure, or the
     #: scheduler no longer knows the job); ``detail`` holds the scheduler's state.
     CLUSTER_ENDED = "cluster_ended"
+    #: The cluster's scheduler ran it (and ended it) but its runner never reported from the
+    #: node: the node could not reach the job's folder, or the runner failed at once;
+    #: ``detail`` holds the scheduler's state.
+    NO_JOB_SIDE = "no_job_side"
     #: A job it was to start after (``--after``) failed, was stopped, lost or removed.
     DEPENDENCY_FAILED = "dependency_failed"
     #: Its runner ended it at its time limit (``--time``); ``detail`` holds the limit.

@@ -436,6 +436,7 @@ _LOST = {
     LostKind.RUNNER_ERROR: "its runner failed",
     LostKind.START_FAILED: "it could not start",
     LostKind.CLUSTER_ENDED: "the cluster ended it and the job recorded no outcome",
+    LostKind.NO_JOB_SIDE: "never started: the scheduler ran it, but its runner never reported",
     LostKind.DEPENDENCY_FAILED: "never started",
     LostKind.TIME_LIMIT: "time limit",
     LostKind.OUT_OF_MEMORY: "out of memory",
@@ -452,6 +453,12 @@ def reason_text(reason: Reason) -> str:
         text += f": {printable(reason.detail)}"
     if reason.detail and reason.kind is LostKind.CLUSTER_ENDED:
         text += f" (its state: {printable(reason.detail)})"
+    if reason.kind is LostKind.NO_JOB_SIDE:
+        text += (
+            f" (its state: {printable(reason.detail or '-')}): the scheduler's output file in "
+            "the job's folder says why; with none there, the node could not write that folder "
+            "(HANDYJOBS_HOME must be a folder every node shares)"
+        )
     if reason.detail and reason.detail.isdigit():  # the limit it hit: seconds, or bytes
         limit = int(reason.detail)
         if reason.kind is LostKind.TIME_LIMIT:

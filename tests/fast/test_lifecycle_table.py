@@ -40,6 +40,7 @@ from handyjobs.core.records import (
     utcnow,
 )
 from handyjobs.gpus.discovery import Discovery, GpuInfo
+from handyjobs.views import render
 
 Q, R, P = JobState.QUEUED, JobState.RUNNING, JobState.PAUSED
 OK, FAILED, STOPPED, LOST = JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST
@@ -763,11 +764,32 @@ def test_a_dependency_that_failed_fails_the_run_never_started(root: Path) -> Non
     assert (after.started_at, after.exit_code) == (None, None)
 
 
-def test_a_run_that_never_began_did_not_succeed(root: Path) -> None:
-    _, _, step = cluster(root, make_run(Q, boot_id=None), view(OK, "COMPLETED", exit_code=0))
+@pytest.mark.parametrize(
+    ("answer", "word"),
+    [
+        (view(OK, "COMPLETED", exit_code=0), "COMPLETED"),
+        (view(FAILED, "FAILED", "JobLaunchFailure"), "FAILED (JobLaunchFailure)"),
+    ],
+    ids=["completed", "launch-failed"],
+)
+def test_a_run_whose_runner_never_reported_failed_never_started(
+    root: Path, answer: object, word: str
+) -> None:
+    # The scheduler ran it, but nothing of the job side reached the job's folder.
+    _, _, step = cluster(root, make_run(Q, boot_id=None), answer)
+    after = step().current
+    assert after.state is FAILED
+    assert after.reason == Reason(LostKind.NO_JOB_SIDE, word)
+    assert (after.started_at, after.exit_code, after.signal) == (None, None, None)
+    text = render.reason_text(after.reason)
+    assert word in text and "HANDYJOBS_HOME must be a folder every node shares" in text
+
+
+def test_a_node_failure_before_the_runner_began_is_lost(root: Path) -> None:
+    _, _, step = cluster(root, make_run(Q, boot_id=None), view(LOST, "NODE_FAIL"))
     after = step().current
     assert after.state is LOST
-    assert after.reason == Reason(LostKind.CLUSTER_ENDED, "COMPLETED")
+    assert after.reason == Reason(LostKind.CLUSTER_ENDED, "NODE_FAIL")
 
 
 def test_a_stop_asked_reads_stopped_whatever_the_scheduler_says(root: Path) -> None:
