@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
-from handyjobs.backends.slurm import answers, sbatch
+from handyjobs.backends.slurm import answers, sbatch, shared
 from handyjobs.backends.slurm.describe import CONTROL_WORDS, refusal
 from handyjobs.backends.slurm.handle import SlurmHandle
 from handyjobs.core import paths
@@ -387,6 +387,7 @@ class SlurmBackend:
                 "partitions and nodes)"
             )
         forget_snapshot()
+        shared.say_if_unshared(paths.home(), slurm.partition, env, ASK_TIMEOUT_S)
         cluster = cluster_name(req.env or os.environ)
         return Launched(SlurmHandle(job_id, str(path), cluster).stored(), None)
 

@@ -10,7 +10,9 @@ machines; it cannot see an export, so it warns rather than refuses.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 #: File system kinds that live on one machine (as ``/proc/self/mountinfo`` names them).
@@ -61,3 +63,33 @@ def unshared_note(home: Path, kind: str | None, node_hosts: Iterable[str]) -> st
         "the job cannot write its log and outcome; set HANDYJOBS_HOME to a folder every node "
         "sees (your home or project directory)"
     )
+
+
+_said = False
+
+
+def say_if_unshared(
+    home: Path, partition: str | None, env: Mapping[str, str] | None, timeout_s: float
+) -> None:
+    """One line on stderr (once a command) when the state folder is on a file system of this
+    machine and the partition's nodes (``sinfo``'s NodeHostname) are other machines."""
+    global _said
+    kind = folder_kind(home)
+    if _said or kind not in LOCAL_KINDS:
+        return  # a network file system, or one that cannot be told: nothing to say
+    argv = ["sinfo", "-h", "-N", "-o", "%n", *(["-p", partition] if partition else [])]
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return  # Slurm cannot say now: the job's own end will tell
+    note = unshared_note(home, kind, proc.stdout.split()) if proc.returncode == 0 else None
+    if note:
+        _said = True
+        sys.stderr.write(f"handyjobs: note: {note}\n")
