@@ -81,6 +81,10 @@ class TimeoutExpired(HandyjobsError):
     exit_code = 124
 
 
+_NO_LOCKS = (
+    "that file system does not lock files (flock): mount it with locks (Lustre: -o flock; "
+    "NFS: with its lock service), or point HANDYJOBS_HOME at a folder that has them"
+)
 # What to do about each kind of storage failure, in the words a user acts on.
 _HINTS = {
     errno.ENOSPC: "free some space on that disk, then try again",
@@ -92,6 +96,11 @@ _HINTS = {
     errno.ENOENT: "the folder is missing; check HANDYJOBS_HOME",
     errno.ELOOP: "it is a symbolic link loop; fix HANDYJOBS_HOME",
     errno.EIO: "the disk reported an I/O error; check it",
+    # flock on a network file system mounted without locks (Lustre without -o flock, NFS
+    # without its lock service): every writer of the state folder depends on the lock.
+    errno.ENOSYS: _NO_LOCKS,
+    errno.ENOLCK: _NO_LOCKS,
+    errno.EOPNOTSUPP: _NO_LOCKS,
 }
 
 

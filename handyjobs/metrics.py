@@ -39,6 +39,7 @@ anything that is not a letter or a digit, a name whose part is ``acc``, ``accura
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -175,7 +176,10 @@ def append_line(target: Path, data: bytes) -> None:
         # O_APPEND alone keeps whole writes apart, but the torn-line check below reads the
         # end of the file, which may be another writer's line half copied: a lock among
         # writers makes check and write one step (measured: blank lines without it).
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            # A file system without locks (Lustre without -o flock): one O_APPEND write
+            # still lands whole; a metric is never worth failing the training step.
+            fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             # A writer died mid-line: keep its fragment on a line of its own.

@@ -204,7 +204,10 @@ def held(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise storage_error(exc, "open the lock") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise storage_error(exc, f"lock {path}") from exc
         yield
     finally:
         os.close(fd)

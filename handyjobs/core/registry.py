@@ -233,7 +233,11 @@ def _lock_file(root: Path, mode: int) -> Iterator[None]:
         except OSError as exc:
             raise storage_error(exc, "open the lock file") from exc
         try:
-            paths.flock_saying(fd, mode)
+            try:
+                paths.flock_saying(fd, mode)
+            except OSError as exc:
+                # Nothing to fall back on: writers without a lock would lose each other's jobs.
+                raise storage_error(exc, f"lock {path}") from exc
             if _same_file(fd, path):
                 yield
                 return

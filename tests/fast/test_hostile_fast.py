@@ -3,6 +3,8 @@ process on real files; each test fails on the code before its fix."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import gc
 import json
 import uuid
@@ -280,3 +282,34 @@ def test_a_history_lookup_reads_from_the_end_not_the_whole_file(home: Path) -> N
     assert oldest is not None and oldest.name == "first"
     assert registry.load_one("j29999", home) is not None
     assert registry.load_one("never", home) is None
+
+
+def test_a_state_folder_without_file_locks_is_one_line_and_loses_nothing(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lustre mounted without ``-o flock`` (or NFS without its lock service) fails flock with
+    ENOSYS: every command that locks says so in one line, exit 1, and the registry is kept."""
+    _save(home, make_record("keep", JobState.SUCCEEDED))
+    before = (home / "registry.json").read_bytes()
+    script = tmp_path / "job.py"
+    script.write_text("print('hi')\n")
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    for argv in (
+        ["start", "--hold", str(script)],
+        ["sweep", str(script), "--grid", "lr=1,2"],
+        ["rm", "keep"],
+    ):
+        code, _, err = run(argv, capsys)
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1, (argv, code, err)
+        assert "does not lock files" in lines[0] and "-o flock" in lines[0], lines
+    assert (home / "registry.json").read_bytes() == before
+    jobs = home / "jobs"
+    assert not jobs.exists() or [p.name for p in jobs.iterdir()] == ["keep"]
+    # Reading needs no lock: the jobs are still there to see.
+    code, out, _ = run(["list", "--all"], capsys)
+    assert code == 0 and "keep" in out
