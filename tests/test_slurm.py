@@ -49,6 +49,29 @@ def box(sandbox: Sandbox, slurm_conf: str) -> Iterator[Sandbox]:
             subprocess.run(["scancel", job_id], env={**os.environ, "SLURM_CONF": slurm_conf})
 
 
+@pytest.fixture
+def nodes_back(box: Sandbox) -> Iterator[None]:
+    """Every node of the local cluster back in service after the test (it may take one down)."""
+    yield
+    for node in ("n1", "n2"):
+        subprocess.run(
+            ["scontrol", "update", f"nodename={node}", "state=resume"],
+            env={**os.environ, **box.env},
+            capture_output=True,
+        )
+
+    def idle() -> bool:
+        states = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%t"],
+            env={**os.environ, **box.env},
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        return len(states) == 2 and all(s in ("idle", "mix", "alloc") for s in states)
+
+    wait_until(idle, 60, 0.5, "both nodes back in service")
+
+
 def _records(box: Sandbox) -> list[dict[str, Any]]:
     out = box.cli("list", "--all", "--json").stdout
     try:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from conftest import Sandbox, log_of, show, wait_state, wait_until
-from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+from test_slurm import box, nodes_back, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
 
@@ -28,6 +27,11 @@ dist.barrier()
 dist.destroy_process_group()
 """
 
+STARTS = """
+import os
+print("start", os.environ.get("SLURM_RESTART_COUNT", "0"), flush=True)
+"""
+
 FOREVER = """
 import time
 while True:
@@ -38,24 +42,6 @@ while True:
 def _slurm(sb: Sandbox, *argv: str) -> str:
     env = {**os.environ, **sb.env}
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
-
-
-@pytest.fixture
-def nodes_back(box: Sandbox) -> Iterator[None]:  # noqa: F811
-    """Every node of the local cluster back in service after the test (it may take one down)."""
-    yield
-    for node in ("n1", "n2"):
-        subprocess.run(
-            ["scontrol", "update", f"nodename={node}", "state=resume"],
-            env={**os.environ, **box.env},
-            capture_output=True,
-        )
-
-    def idle() -> bool:
-        states = _slurm(box, "sinfo", "-h", "-N", "-o", "%t").split()
-        return len(states) == 2 and all(s in ("idle", "mix", "alloc") for s in states)
-
-    wait_until(idle, 60, 0.5, "both nodes back in service")
 
 
 def test_a_job_on_two_nodes_logs_each_rank_with_its_node_and_counts_both(box: Sandbox) -> None:  # noqa: F811
@@ -88,11 +74,14 @@ def test_a_job_on_two_nodes_logs_each_rank_with_its_node_and_counts_both(box: Sa
     assert re.search(r"cpu time\s+\S+ on 2 nodes \(n1 \S+, n2 \S+\)", out), out
 
 
-def test_a_failure_of_the_second_node_ends_the_job_lost(box: Sandbox, nodes_back: None) -> None:  # noqa: F811
+def test_a_failure_of_the_second_node_ends_the_job_lost(
+    box: Sandbox,  # noqa: F811
+    nodes_back: None,  # noqa: F811
+) -> None:
     box.write("forever.py", FOREVER)
     box.cli(
         "start", "forever.py", "--slurm", "--nodes", "2", "--cpu", "--nproc", "1", "--name", "nf2",
-        check=True,
+        "--slurm-arg=--no-requeue", check=True,
     )  # fmt: skip
     wait_until(lambda: "runs on node" in log_of(box, "nf2"), 90, 0.5, "both ranks to start")
     job_id = show(box, "nf2")["runs"][-1]["handle"]["job_id"]
@@ -112,3 +101,31 @@ def test_a_failure_of_the_second_node_ends_the_job_lost(box: Sandbox, nodes_back
 
     # The first node's rank ends with the job; the failed node's, when its slurmd hears.
     wait_until(gone, 60, 0.5, "the job's processes on both nodes to end")
+
+
+def test_a_job_on_a_failed_node_comes_back_where_the_site_requeues(
+    box: Sandbox,  # noqa: F811
+    nodes_back: None,  # noqa: F811
+) -> None:
+    # The local cluster requeues batch jobs (JobRequeue=1, Slurm's default): handyjobs leaves
+    # that to the site unless asked (--requeue, or --slurm-arg=--no-requeue).
+    box.write("forever.py", STARTS + FOREVER)
+    box.cli("start", "forever.py", "--slurm", "--cpu", "--name", "back", check=True)
+    wait_until(lambda: "start 0" in log_of(box, "back"), 90, 0.5, "the job to start")
+    job_id = show(box, "back")["runs"][-1]["handle"]["job_id"]
+    node = _slurm(box, "squeue", "-h", "-j", job_id, "-o", "%N").strip()
+    _slurm(box, "scontrol", "update", f"nodename={node}", "state=down", "reason=handyjobs-test")
+    seen: set[str] = set()
+
+    def again() -> bool:
+        listed = box.cli("list", check=True).stdout
+        seen.update(w for w in ("requeued", "succeeded", "lost", "failed") if w in listed)
+        return "start 1" in log_of(box, "back")
+
+    wait_until(again, 120, 0.5, "the requeued job to start again")
+    rec = wait_state(box, "back", "running", timeout=30)
+    assert seen <= {"requeued"}, seen  # never an end while Slurm brought it back
+    assert rec["runs"][-1]["cluster"]["restarts"] == 1 and len(rec["runs"]) == 1, rec
+    assert "requeued 1x" in box.cli("show", "back", check=True).stdout
+    box.cli("stop", "back", check=True)
+    assert show(box, "back")["state"] == "stopped"

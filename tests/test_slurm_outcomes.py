@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Sandbox, log_of, show, wait_state, wait_until
-from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+from conftest import Sandbox, log_of, show, wait_state
+from test_slurm import box, nodes_back, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
 
@@ -46,29 +45,19 @@ def _slurm(sb: Sandbox, *argv: str) -> str:
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
 
 
-@pytest.fixture
-def node(box: Sandbox) -> Iterator[str]:  # noqa: F811
-    """The local cluster's node; set back to service after the test (it may take it down)."""
-    name = _slurm(box, "sinfo", "-h", "-N", "-o", "%N").split()[0]
-    yield name
-    subprocess.run(
-        ["scontrol", "update", f"nodename={name}", "state=resume"],
-        env={**os.environ, **box.env},
-        capture_output=True,
-    )
-
-    def idle() -> bool:
-        return "idle" in _slurm(box, "sinfo", "-h", "-N", "-o", "%t") or "mix" in _slurm(
-            box, "sinfo", "-h", "-N", "-o", "%t"
-        )
-
-    wait_until(idle, 60, 0.5, "the node back in service")
-
-
-def test_a_node_failure_is_lost_with_no_exit_code_and_wait_fails(box: Sandbox, node: str) -> None:  # noqa: F811
+def test_a_node_failure_is_lost_with_no_exit_code_and_wait_fails(
+    box: Sandbox,  # noqa: F811
+    nodes_back: None,  # noqa: F811
+) -> None:
     box.write("job.py", SLEEP_EXIT)
-    box.cli("start", "job.py", "300", "0", "--slurm", "--cpu", "--name", "nf", check=True)
+    # The user asks for no requeue (the local cluster, like most sites, requeues by default).
+    box.cli(
+        "start", "job.py", "300", "0", "--slurm", "--cpu", "--name", "nf",
+        "--slurm-arg=--no-requeue", check=True,
+    )  # fmt: skip
     wait_state(box, "nf", "running", timeout=90)
+    job_id = show(box, "nf")["runs"][-1]["handle"]["job_id"]
+    node = _slurm(box, "squeue", "-h", "-j", job_id, "-o", "%N").strip()
     _slurm(box, "scontrol", "update", f"nodename={node}", "state=down", "reason=handyjobs-test")
     rec = wait_state(box, "nf", "lost", "failed", "succeeded", "stopped", timeout=90)
     assert rec["state"] == "lost", rec

@@ -160,6 +160,9 @@ class JobSide(Protocol):
     def where(self, env: Mapping[str, str]) -> str:
         """Where the run runs, for the log's header ("" when there is nothing to add)."""
 
+    def attempt(self, env: Mapping[str, str]) -> int:
+        """Which start of the run this is: 0, or how often the scheduler requeued it."""
+
     def command(
         self,
         spec: JobSpec,

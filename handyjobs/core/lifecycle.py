@@ -504,8 +504,7 @@ def end_by_cluster(
             view.verdict is JobState.SUCCEEDED and run.state is JobState.RUNNING
         ):
             return view.verdict
-        # Ended with no outcome of the job side's, or "completed" without ever beginning.
-        # What the job side saw as its node went (srun's 0) is not how the run ended.
+        # Ended with no outcome of the job side's (what it saw as its node went is not it).
         run.exit_code, run.signal = None, None
         run.reason = Reason(LostKind.CLUSTER_ENDED, detail=view.state)
         return JobState.LOST
@@ -516,9 +515,17 @@ def end_by_cluster(
 # ---- the job side's status ---------------------------------------------------------------
 
 
+def _stale(run: Run | None, status: RunStatus | None) -> bool:
+    """The status is of a start before the scheduler requeued the run (it starts again)."""
+    view = run.cluster if run is not None else None
+    return status is not None and view is not None and status.attempt < view.restarts
+
+
 def fold_status(store: Store, record: JobRecord, status: RunStatus) -> bool:
     """Apply what the runner wrote (start, outcome, loss) to its run; True when it changed."""
     name, run_id = record.name, status.run_id
+    if _stale(record.run_by_id(run_id), status):
+        return False
     if status.requeued and status.outcome is None:
         return requeue(store, name, run_id)
     changed = begin(store, name, run_id, status)
@@ -579,6 +586,7 @@ def _reconcile_cluster(store: Store, name: str, run: Run, probe: Probe, root: Pa
     # It ended. The runner may have recorded the outcome just now (a shared file system can
     # show it late): take it if it is a plain one, else the scheduler's verdict with it.
     status = read_status(name, run.run_id, root)
+    status = None if _stale(run, status) else status
     outcome = None
     changed = False
     if status is not None and not status.requeued and status.outcome is not None:

@@ -540,6 +540,9 @@ class RunStatus(JsonRecord):
     requeued: bool = False
     #: How the run's processes are found: "cgroup v2", "cgroup v1" or "marker".
     containment: str | None = field(default=None, metadata=OMIT_DEFAULT)
+    #: Which start of the run wrote it: the scheduler's restart count when it started (a run
+    #: the cluster requeued starts again, same run; an earlier start's file is stale then).
+    attempt: int = field(default=0, metadata=OMIT_DEFAULT)
     schema_version: int = SCHEMA_VERSION
 
 

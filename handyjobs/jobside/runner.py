@@ -31,6 +31,7 @@ import signal
 import sys
 import termios
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -202,6 +203,7 @@ class Runner:
         # Under a scheduler of the backend's own, it grants, signals and requeues.
         side = self.side = backends.job_side(run.backend)
         side.take_signals(self)
+        self.status.status = replace(self.status.status, attempt=side.attempt(os.environ))
         self.log_fd, self.log_error = open_log(record.log_path)
         never = side.ended_before_start()
         if never:

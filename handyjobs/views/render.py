@@ -133,12 +133,15 @@ def nproc_text(record: JobRecord) -> str:
 
 def list_state(record: JobRecord) -> str:
     """The STATE cell: a queued run carries its place in the queue (``queued #2``); a held
-    one says ``held``."""
+    one says ``held``; one the cluster requeued, ``requeued``."""
     wait = record.current.wait
     if record.state is JobState.QUEUED and record.current.held:
         return "held"
     if record.state is JobState.QUEUED and wait is not None and wait.position is not None:
         return f"queued #{wait.position}"
+    view = record.current.cluster
+    if record.state is JobState.QUEUED and view is not None and view.restarts:
+        return "requeued"  # the scheduler requeued it (preempted, a node failed): it comes back
     return record.state.value
 
 

@@ -892,3 +892,25 @@ def test_schedule_fails_a_job_whose_dependency_failed_and_keeps_to_the_limit(roo
     assert failed.state is FAILED and failed.started_at is None
     assert failed.reason == Reason(LostKind.DEPENDENCY_FAILED, "failed", job="prep")
     assert store.run("b").wait == Wait(0, 0, position=1, limit=1, running=1)
+
+
+def test_a_start_before_the_scheduler_requeued_the_run_is_not_its_start(root: Path) -> None:
+    # A node failed and the site requeued the job: the first start's status file still says
+    # it began (and how its runner saw the end). Until the next start writes its own, the
+    # run stays queued, and list says requeued; that start (attempt 1) makes it run.
+    run = make_run(R, boot_id=None, started_at=utcnow(), cluster=view(R, "RUNNING"))
+    _, _, step = cluster(
+        root,
+        run,
+        view(Q, "PENDING", "BeginTime", restarts=1),
+        view(Q, "PENDING", "BeginTime", restarts=1),
+        view(R, "RUNNING", restarts=1),
+    )
+    seen = outcome(0, None, by_scheduler=True)
+    write_status(root, NAME, status_of(run, started_at=run.started_at, outcome=seen))
+    assert step().current.state is Q
+    record = step()  # the old start's file is read again: still queued
+    assert record.current.state is Q and render.list_state(record) == "requeued"
+    write_status(root, NAME, status_of(run, started_at=utcnow(), attempt=1))
+    after = step().current
+    assert after.state is R and after.cluster is not None and after.cluster.restarts == 1

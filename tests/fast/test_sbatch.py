@@ -294,7 +294,6 @@ GPU_SCRIPT = """\
 #SBATCH --open-mode=append
 #SBATCH --export=NONE
 #SBATCH --signal=B:USR1@60
-#SBATCH --no-requeue
 export HANDYJOBS_RUNNER_OF=abc123
 export HANDYJOBS_SCHEDULED=slurm
 exec python -m handyjobs.jobside.runner

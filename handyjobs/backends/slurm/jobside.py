@@ -255,6 +255,14 @@ class JobSide:
         again = f", restart {restarts}" if restarts != "0" else ""
         return f"Slurm job {env['SLURM_JOB_ID']} ({env.get('SLURM_JOB_NODELIST')}{again})"
 
+    def attempt(self, env: Mapping[str, str]) -> int:
+        """Slurm's restart count: a job Slurm requeued (preempted, node failure, ``--requeue``)
+        runs the same run again."""
+        try:
+            return int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+        except ValueError:
+            return 0
+
     def command(
         self,
         spec: JobSpec,

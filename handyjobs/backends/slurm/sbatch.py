@@ -304,8 +304,11 @@ def options(
         # through Slurm's record of the job.
         "--export=NONE",
         f"--signal=B:{WARNING_SIGNAL}@{slurm.signal_before_s}",
-        "--requeue" if slurm.requeue else "--no-requeue",
     ]
+    if slurm.requeue:
+        # Without it the site's policy stands (JobRequeue): a job preempted or on a node that
+        # failed comes back where the site requeues, and list says so.
+        opts.append("--requeue")
     if after:
         # A dependency that can no longer be met (it failed) cancels this job at once instead
         # of leaving it pending for ever; the run then reads "never started" with the reason.

@@ -32,6 +32,10 @@ class JobSide:
         """Nothing to add to the GPUs or CPU the header already names."""
         return ""
 
+    def attempt(self, env: Mapping[str, str]) -> int:
+        """Never requeued here: every run starts once."""
+        return 0
+
     def command(
         self,
         spec: JobSpec,
