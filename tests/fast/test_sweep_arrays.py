@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import Sandbox, run_in_process
 
-from handyjobs.backends.slurm import backend, sbatch
+from handyjobs.backends.slurm import backend, describe, sbatch
 from handyjobs.core.records import JobSpec, JobState
 
 RUNNER = ["/usr/bin/python3", "-m", "handyjobs.jobside.runner", "/h"]
@@ -124,6 +124,8 @@ def test_squeue_lines_of_an_array_give_each_task_its_own_state() -> None:
     assert jobs["9_7"].verdict is JobState.QUEUED and jobs["9_7"].reason == "JobArrayTaskLimit"
     assert jobs["9_7"].job_id == "9_7"
     assert jobs["12"].verdict is JobState.SUCCEEDED
+    # The throttle's reason in words, for `list` and `show`.
+    assert "--parallel" in (describe.Describe().reason_words("JobArrayTaskLimit") or "")
 
 
 def test_scontrol_names_an_array_task_as_its_handle_does() -> None:
