@@ -65,6 +65,23 @@ def test_a_sweep_of_four_with_parallel_two_runs_two_at_a_time_in_order(sandbox: 
     assert first["args"] == ["--lr=1e-3", "--bs=32", "--epochs", "10"] and first["lr"] == "1e-3"
 
 
+def test_sweep_parallel_k_runs_k_of_its_jobs_at_once_as_the_groups_limit(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.write("job.py", STAMPED)
+    stamps = sandbox.root / "stamps.jsonl"
+    env = {"STAMPS": str(stamps), "HOLD": "0.5"}
+    args = ("sweep", "job.py", "--grid", "lr=1,2,3,4", "--cpu", "--group", "k2")
+    sandbox.cli(*args, "--parallel", "2", env=env, check=True)
+    # The same limit as `handyjobs config parallel 2 --group k2`, kept for the group.
+    assert sandbox.cli("config", "parallel", "--group", "k2", check=True).stdout == "2\n"
+    proc = sandbox.cli("wait", "--group", "k2", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    runs = _stamps(stamps)
+    assert sorted(r["lr"] for r in runs) == ["1", "2", "3", "4"]
+    assert _max_overlap(runs) == 2
+
+
 def test_gpu_sweep_of_six_over_four_fake_gpus_runs_four_then_two(sandbox: Sandbox) -> None:
     fake = sandbox.root / "gpus.json"
     gpu = {"name": "NVIDIA A100-SXM4-80GB", "memory_used_mib": 4, "memory_total_mib": 81920}

@@ -232,15 +232,19 @@ print("lr is", os.environ["HANDYJOBS_PARAM_LR"], flush=True)
 """
 
 
-def test_sweep_submits_one_slurm_job_per_point(box: Sandbox) -> None:
+def test_sweep_submits_one_slurm_array_with_a_task_per_point(box: Sandbox) -> None:
     box.write("lr.py", PARAM)
     out = box.cli("sweep", "lr.py", "--grid", "lr=0.1,0.2", "--slurm", check=True).stdout
     assert "sweep lr-sweep: 2 jobs" in out
-    for name, value in (("lr-lr0p1", "0.1"), ("lr-lr0p2", "0.2")):
+    arrays = set()
+    for index, (name, value) in enumerate((("lr-lr0p1", "0.1"), ("lr-lr0p2", "0.2"))):
         rec = wait_state(box, name, "succeeded", "failed", "lost", timeout=90)
         assert rec["state"] == "succeeded", log_of(box, name)
-        assert rec["runs"][-1]["handle"]["job_id"]
+        array, _, task = rec["runs"][-1]["handle"]["job_id"].partition("_")
+        arrays.add(array)
+        assert task == str(index)  # point I is task I of the array
         assert f"lr is {value}" in log_of(box, name)
+    assert len(arrays) == 1  # one submission for the sweep
 
 
 def _counting_squeue(box: Sandbox) -> Path:

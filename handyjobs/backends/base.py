@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from handyjobs.backends import module
 from handyjobs.core.procs import Ended
@@ -223,6 +223,21 @@ class Describe(Protocol):
     def silence(self) -> str | None:
         """One line when the backend's scheduler did not answer this command (the states
         shown are its last answer), else None."""
+
+
+@runtime_checkable
+class GroupLauncher(Protocol):
+    """A backend that can start many runs as one submission (Slurm: a job array)."""
+
+    def launch_group(self, reqs: Sequence[LaunchRequest], parallel: int | None) -> list[Launched]:
+        """Start every runner in one submission, at most ``parallel`` running at once (None:
+        no limit): one :class:`Launched` per request, in order; raise, having left nothing
+        behind, when that fails."""
+
+
+def group_launcher(backend: Backend) -> GroupLauncher | None:
+    """The backend's way to start many runs as one, or None when it starts them one by one."""
+    return backend if isinstance(backend, GroupLauncher) else None
 
 
 def get(name: str) -> Backend:

@@ -1,4 +1,5 @@
-"""``handyjobs sweep``: a grid of values, one queued job per point, in one group."""
+"""``handyjobs sweep``: a grid of values, one queued job per point, in one group (on Slurm, one
+job array whose tasks are the points)."""
 
 from __future__ import annotations
 
@@ -125,6 +126,11 @@ def _run(p: Parsed) -> None:
 
     script, arg_format = p.text("script"), p.text("arg_format")
     assert script is not None and arg_format is not None
+    parallel = p.number("parallel")
+    if parallel is not None and parallel < 1:
+        raise UsageError(
+            f"--parallel {parallel}: give how many of the sweep's jobs may run at once (1 or more)"
+        )
     grid = parse_grid(p.items("grid"))
     check_arg_format(arg_format)
     stem = default_stem(script, p.flag("module"))
@@ -140,7 +146,7 @@ def _run(p: Parsed) -> None:
             lambda first: point_names(first, grid), stem, prefix or None, group
         )
         reqs = point_requests(p, script, grid, group, names)
-        records = starting.start_jobs(reqs)
+        records = starting.start_sweep(reqs, parallel)
     print(f"sweep {group}: {len(records)} jobs")
     for record, req in zip(records, reqs, strict=True):
         startmod.announce(record, req, brief=True)
@@ -156,7 +162,8 @@ COMMAND = Command(
 
     Each job gets its values as arguments (--lr=1e-3 --bs=32, then ARGS) and as
     HANDYJOBS_PARAM_LR, HANDYJOBS_PARAM_BS in its environment; jobs start as GPUs and slots
-    allow (see `handyjobs config parallel N --group G`), or as Slurm runs them (--slurm).
+    allow (see `handyjobs config parallel N --group G`), or as Slurm runs them (--slurm: one
+    job array, one task per point). --parallel K: at most K of them run at once.
     """,
     _run,
     args=(
@@ -174,6 +181,13 @@ COMMAND = Command(
         ),
         option("--group", "str", "GROUP", "Group name (default: from the script)."),
         option("--prefix", "str", "PREFIX", "Job names start with this."),
+        option(
+            "--parallel",
+            "int",
+            "K",
+            "At most K of the sweep's jobs at once (the group's limit; on Slurm the job "
+            "array's throttle, %K).",
+        ),
         *(opt for opt in startmod.OPTIONS if opt.sweep),
     ),
     passthrough=True,

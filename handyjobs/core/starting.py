@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from handyjobs.errors import (
 
 if TYPE_CHECKING:
     from handyjobs.backends.base import Backend
-    from handyjobs.core.spec import StartRequest
+    from handyjobs.core.spec import Checked, StartRequest
     from handyjobs.gpus.discovery import Discovery
 
 
@@ -61,10 +61,14 @@ def start_job(req: StartRequest) -> JobRecord:
     return start_jobs([req])[0]
 
 
-def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
+def start_jobs(
+    reqs: Sequence[StartRequest], together: bool = False, parallel: int | None = None
+) -> list[JobRecord]:
     """Start several jobs (a sweep) all together or not at all, under one registry lock.
 
-    GPU discovery happens once, before the lock, for all of them.
+    GPU discovery happens once, before the lock, for all of them. ``together``: one
+    submission for all where the backend can make one (a job array), at most ``parallel``
+    of them running at once (None: the group's limit in the config, if any).
     """
 
     # A sweep goes to one place: the backend its requests' options send it to.
@@ -79,40 +83,83 @@ def start_jobs(reqs: Sequence[StartRequest]) -> list[JobRecord]:
         discovery = discovery or one.discovery
         checked.append(one)
     root = paths.ensure_home(root)
+    group = backends.group_launcher(backend) if together else None
     launched: list[tuple[JobRecord, Path]] = []
     with registry.locked(root) as reg:
         sweep_pending(reg)
         scheduler.refresh_locked(reg)  # runs that ended free their GPUs
         try:
+            prepared = []
             for req, one in zip(reqs, checked, strict=True):
-                spec = one.spec
-                name = req.name or _unique_name(reg, default_stem(spec.script, spec.module))
-                existing = reg.get(name)
-                if existing is not None:
-                    raise UsageError(
-                        f"a job named {name} exists ({existing.state.value}); pick another "
-                        f"--name or remove it with `handyjobs rm {name}`"
-                    )
-                paths.set_aside(name, reg.root)  # no record owns it: an older job's files
-                run = new_run(
-                    None, spec.procs, backend.name, local=not backend.queues, held=req.hold
-                )
-                record = JobRecord(
-                    name=name,
-                    spec=spec,
-                    log_path=str(backend.log_path(name, root)),
-                    created_at=run.created_at,
-                    runs=[run],
-                    git=one.git,
-                )
-                pending = launch_run(reg, record, dict(req.caller_env), one.discovery, backend)
-                launched.append((record, pending))
+                record = _new_record(reg, req, one, backend)
+                env = dict(req.caller_env)
+                if group is None:
+                    pending = launch_run(reg, record, env, one.discovery, backend)
+                    launched.append((record, pending))
+                else:
+                    prepared.append(_prepare(reg, record, env, one.discovery, backend))
+            if group is not None:
+                limit = parallel or _group_limit(reg.root, reqs[0].group)
+                launched += _launch_together(reg, prepared, group, limit)
             reg.save()
         except BaseException:
             undo(launched, backend)
             raise
         place_envs(reg.root, launched)
     return [record for record, _ in launched]
+
+
+def _new_record(
+    reg: registry.Registry, req: StartRequest, one: Checked, backend: Backend
+) -> JobRecord:
+    """A new job's record with its first run, queued; its name must be free."""
+    spec = one.spec
+    name = req.name or _unique_name(reg, default_stem(spec.script, spec.module))
+    existing = reg.get(name)
+    if existing is not None:
+        raise UsageError(
+            f"a job named {name} exists ({existing.state.value}); pick another "
+            f"--name or remove it with `handyjobs rm {name}`"
+        )
+    paths.set_aside(name, reg.root)  # no record owns it: an older job's files
+    run = new_run(None, spec.procs, backend.name, local=not backend.queues, held=req.hold)
+    return JobRecord(
+        name=name,
+        spec=spec,
+        log_path=str(backend.log_path(name, reg.root)),
+        created_at=run.created_at,
+        runs=[run],
+        git=one.git,
+    )
+
+
+def _group_limit(root: Path, group: str | None) -> int | None:
+    """The group's parallel limit in the config (``config parallel K --group G``), if any."""
+    return (config.load(root).group_parallel.get(group) or None) if group else None
+
+
+def start_sweep(reqs: Sequence[StartRequest], parallel: int | None = None) -> list[JobRecord]:
+    """Start a sweep's jobs (one group) all together: one submission where the backend can
+    make one (a job array), with at most ``parallel`` of them running at once.
+
+    Where runs start one by one (this machine), ``parallel`` becomes the group's limit in the
+    config, as ``handyjobs config parallel K --group G`` sets it; a failed start puts the
+    limit back as it was.
+    """
+    group = reqs[0].group if reqs else None
+    backend = backends.get(backend_of(reqs))
+    if parallel is None or group is None or backends.group_launcher(backend) is not None:
+        return start_jobs(reqs, together=True, parallel=parallel)
+    root = paths.home()
+    paths.check_home(root)
+    root = paths.ensure_home(root)
+    before = config.load(root).group_parallel.get(group)
+    config.update(root, "parallel", str(parallel), group)
+    try:
+        return start_jobs(reqs, together=True)
+    except BaseException:
+        config.update(root, "parallel", None if before is None else str(before), group)
+        raise
 
 
 def _unique_name(reg: registry.Registry, stem: str) -> str:
@@ -130,11 +177,70 @@ def launch_run(
 ) -> Path:
     """Decide the current run's start (GPUs, queue), hand the runner its environment, start it.
 
-    Runs under the registry lock; the caller saves with :func:`_commit` (nothing is saved
-    unless every runner's session exists) or takes everything back with :func:`_undo`.
-    Returns the pending environment file.
+    Runs under the registry lock; the caller saves (nothing is saved unless every runner's
+    session exists) or takes everything back with :func:`undo`. Returns the pending
+    environment file.
     """
+    ready = _prepare(reg, record, env, discovery, backend)
+    try:
+        started = backend.launch(ready.request)
+    except BaseException:
+        ready.drop()
+        raise
+    return ready.started(reg, started)
 
+
+@dataclass(frozen=True)
+class _Ready:
+    """A run about to be launched: its record (put, not saved), launch request and files."""
+
+    record: JobRecord
+    request: backends.LaunchRequest
+    pending: Path
+    job_dir: Path
+    #: The job's folder was made for this start (a refused launch takes it away).
+    fresh: bool
+
+    def drop(self) -> None:
+        """The launch failed: no environment file, and no folder of a job never saved."""
+        _drop(self.pending, self.job_dir, self.fresh)
+
+    def started(self, reg: registry.Registry, started: backends.Launched) -> Path:
+        """The backend started the runner: keep its handle on the run; the pending file."""
+        run = self.record.current
+        run.handle, run.runner = started.handle, started.runner
+        reg.put(self.record)
+        return self.pending
+
+
+def _launch_together(
+    reg: registry.Registry,
+    ready: Sequence[_Ready],
+    group: backends.GroupLauncher,
+    parallel: int | None,
+) -> list[tuple[JobRecord, Path]]:
+    """Launch the prepared runs in one submission; refused, none of them leaves anything."""
+    try:
+        started = group.launch_group([r.request for r in ready], parallel)
+    except BaseException:
+        for one in ready:
+            one.drop()
+        raise
+    return [
+        (one.record, one.started(reg, launched))
+        for one, launched in zip(ready, started, strict=True)
+    ]
+
+
+def _prepare(
+    reg: registry.Registry,
+    record: JobRecord,
+    env: Mapping[str, str],
+    discovery: Discovery | None,
+    backend: Backend,
+) -> _Ready:
+    """Everything of a run's start but the launch: its dependencies, its place in this
+    machine's queue, its folder, log and pending environment, and the launch request."""
     name, spec, run = record.name, record.spec, record.current
     deps: dict[str, JobState | None] = {}
     after: dict[str, Run] = {}
@@ -165,20 +271,22 @@ def launch_run(
     try:
         _touch_log(Path(record.log_path))
         session = backend.session_name(name, run.run, run.run_id)
-        argv = [sys.executable, "-m", "handyjobs.jobside.runner", str(reg.root), name, run.run_id]
-        started = backend.launch(
-            backends.LaunchRequest(
-                name, run.run_id, session, argv, str(job_dir), spec, run.run, env, after, run.held
-            )
-        )
     except BaseException:
-        pending.unlink(missing_ok=True)
-        if fresh:  # a refused submit leaves no folder of a job that was never saved
-            shutil.rmtree(job_dir, ignore_errors=True)
+        _drop(pending, job_dir, fresh)
         raise
-    run.handle, run.runner = started.handle, started.runner
-    reg.put(record)
-    return pending
+    argv = [sys.executable, "-m", "handyjobs.jobside.runner", str(reg.root), name, run.run_id]
+    request = backends.LaunchRequest(
+        name, run.run_id, session, argv, str(job_dir), spec, run.run, env, after, run.held
+    )
+    return _Ready(record, request, pending, job_dir, fresh)
+
+
+def _drop(pending: Path, job_dir: Path, fresh: bool) -> None:
+    """A start that failed: its environment file goes, and so does the folder it made (a
+    refused submit leaves no folder of a job that was never saved)."""
+    pending.unlink(missing_ok=True)
+    if fresh:
+        shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def _renumber_queue(reg: registry.Registry) -> None:

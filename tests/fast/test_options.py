@@ -238,7 +238,7 @@ def sweep_requests(*argv: str) -> list[StartRequest]:
 
 
 def test_sweep_takes_the_options_the_table_marks() -> None:
-    own = {"grid", "arg_format", "group", "prefix"}
+    own = {"grid", "arg_format", "group", "prefix", "parallel"}
     marked = {o.name for o in startcli.OPTIONS if o.sweep}
     assert {o.name for o in SWEEP.options} == own | marked
     assert {"gpus", "env", "after", "on_exit", "slurm", "nodes"} <= marked

@@ -7,7 +7,9 @@ cancels:
 
 - ``launch`` writes ``jobs/NAME/slurm-RUNID.sbatch`` (:mod:`handyjobs.backends.slurm.sbatch`)
   and submits it
-  with ``sbatch --parsable``; the run's handle is the Slurm job id.
+  with ``sbatch --parsable``; the run's handle is the Slurm job id. ``launch_group`` submits
+  a sweep's runs as one job array (:mod:`handyjobs.backends.slurm.arrays`); a run's handle is
+  then its task's name, ``ARRAYID_INDEX``, which every Slurm command below takes.
 - ``observe`` gives Slurm's view of a run as data (:class:`ClusterState`): one ``squeue`` call
   lists every job of the user, kept for a moment in memory and in a small file, so ``list``,
   ``wait`` and ``logs -f`` never poll Slurm in a tight loop. A job squeue no longer lists (or
@@ -20,8 +22,8 @@ cancels:
 - When the controller does not answer, squeue is given :data:`ASK_TIMEOUT_S` once for all
   jobs, and the silence is kept (:mod:`handyjobs.backends.slurm.answers`) for ``list`` to say.
 
-Slurm's words are kept as they are (``show`` prints them); :func:`verdict` says what each
-means for the run.
+Slurm's words are kept as they are (``show`` prints them); :func:`verdict`
+(:mod:`handyjobs.backends.slurm.states`) says what each means for the run.
 """
 
 from __future__ import annotations
@@ -37,15 +39,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
-from handyjobs.backends.slurm import answers, sbatch, shared
+from handyjobs.backends.slurm import answers, arrays, sbatch, shared
 from handyjobs.backends.slurm.describe import CONTROL_WORDS, refusal
 from handyjobs.backends.slurm.handle import SlurmHandle
+from handyjobs.backends.slurm.states import SCHEDULER
+from handyjobs.backends.slurm.states import parse_sacct as parse_sacct
+from handyjobs.backends.slurm.states import parse_scontrol as parse_scontrol
+from handyjobs.backends.slurm.states import parse_squeue as parse_squeue
 from handyjobs.core import paths
 from handyjobs.core.procs import Ended
-from handyjobs.core.records import ClusterState, JobState, Run
-from handyjobs.errors import HandyjobsError, JobStateError, UsageError, storage_error
+from handyjobs.core.records import ClusterState, JobSpec, JobState, Run
+from handyjobs.errors import HandyjobsError, JobStateError, UsageError
 
-SCHEDULER = "slurm"
 #: Seconds one ``squeue`` answer is reused (in this process and, through a file, by others).
 CACHE_ENV = "HANDYJOBS_SLURM_CACHE_S"
 DEFAULT_CACHE_S = 2.0
@@ -60,35 +65,12 @@ CANCEL_TIMEOUT_S = 6.0
 #: Seconds between two looks at a job that ``stop`` cancelled.
 STOP_POLL_S = 1.0
 
-_QUEUED = {
-    "PENDING",
-    "CONFIGURING",  # nodes allocated, still booting: the runner has not started
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "RESV_DEL_HOLD",
-}
-# Suspended (``scontrol suspend``): every process of the job stopped, its nodes kept.
-_PAUSED = {"SUSPENDED"}
-# Pending reasons that say the job is held: it never starts until ``scontrol release``.
-_HELD = ("JobHeldUser", "JobHeldAdmin")
-_ENDED = {
-    "COMPLETED": JobState.SUCCEEDED,
-    "CANCELLED": JobState.STOPPED,
-    "FAILED": JobState.FAILED,
-    "TIMEOUT": JobState.FAILED,
-    "OUT_OF_MEMORY": JobState.FAILED,
-    "BOOT_FAIL": JobState.FAILED,
-    "DEADLINE": JobState.FAILED,
-    "PREEMPTED": JobState.FAILED,
-    "SPECIAL_EXIT": JobState.FAILED,
-    "REVOKED": JobState.FAILED,
-    "NODE_FAIL": JobState.LOST,
-}
 # Where Slurm's commands read their settings when SLURM_CONF is not set.
 _DEFAULT_CONF = "/etc/slurm/slurm.conf"
-# Slurm's answer when it has forgotten a job (or never had it).
+# Slurm's answer when it has forgotten a job (or never had it); for an array's task, on
+# standard output: "Job 123_4 not found" (a pending task cancelled is gone at once).
 _UNKNOWN_JOB = "Invalid job id"
+_UNKNOWN_TASK = re.compile(r"^Job \d+_\d+ not found$")
 # sbatch errors that say Slurm could not be reached, not that the request was wrong.
 _UNREACHABLE = ("Unable to contact", "Socket timed out", "Zero Bytes", "Connection refused")
 
@@ -123,103 +105,6 @@ class SlurmError(HandyjobsError):
 
 class SlurmRejected(UsageError):
     """sbatch refused the job as asked (partition, account, size): exit code 2."""
-
-
-def verdict(state: str) -> JobState:
-    """What a Slurm state means for the run: QUEUED, RUNNING, or how it ended.
-
-    A state word this handyjobs does not know counts as running: a run is never ended on a
-    word it cannot read (``show`` still prints it).
-    """
-    word = state.split()[0].rstrip("+") if state.split() else ""
-    if word in _QUEUED:
-        return JobState.QUEUED
-    if word in _PAUSED:
-        return JobState.PAUSED
-    return _ENDED.get(word, JobState.RUNNING)
-
-
-def _exit(text: str | None) -> tuple[int | None, int | None]:
-    """Slurm's ``ExitCode=N:S`` -> (exit code, signal); a signal means no exit code."""
-    if not text or ":" not in text:
-        return None, None
-    code, _, sig = text.partition(":")
-    if not (code.isdigit() and sig.isdigit()):
-        return None, None
-    if int(sig):
-        return None, int(sig)
-    return int(code), None
-
-
-def state_of(
-    job_id: str,
-    state: str,
-    reason: str | None = None,
-    nodes: str | None = None,
-    restarts: int = 0,
-    exit_code: str | None = None,
-) -> ClusterState:
-    """One job as data, Slurm's words kept and their meaning added."""
-    word = state.split()[0] if state.split() else "UNKNOWN"  # sacct: "CANCELLED by 1000"
-    code, sig = _exit(exit_code)
-    meaning = verdict(word)
-    return ClusterState(
-        scheduler=SCHEDULER,
-        job_id=job_id,
-        state=word,
-        verdict=meaning,
-        reason=None if reason in (None, "", "None", "(null)") else reason,
-        nodes=nodes or None,
-        exit_code=code,
-        signal=sig,
-        restarts=restarts,
-        # --kill-on-invalid-dep: Slurm cancels a job whose dependency did not succeed and
-        # leaves a reason that starts with "Dependency" (DependencyNeverSatisfied).
-        dependency_failed=not meaning.active and (reason or "").startswith("Dependency"),
-        held=meaning is JobState.QUEUED and reason in _HELD,
-    )
-
-
-def parse_squeue(text: str) -> dict[str, ClusterState]:
-    """``squeue -O JobID:|,State:|,Reason:|,NodeList:|,RestartCnt:|`` lines -> job id -> state."""
-    jobs = {}
-    for line in text.splitlines():
-        parts = line.split("|")
-        if len(parts) < 5 or not parts[0].strip():
-            continue
-        job_id, state, reason, nodes, restarts = (p.strip() for p in parts[:5])
-        jobs[job_id] = state_of(
-            job_id, state, reason, nodes, int(restarts) if restarts.isdigit() else 0
-        )
-    return jobs
-
-
-_FIELD = re.compile(r"(?:^|\s)([A-Za-z][\w/:]*)=(.*?)(?=\s[A-Za-z][\w/:]*=|$)")
-
-
-def parse_scontrol(text: str) -> ClusterState | None:
-    """``scontrol show job -o ID`` -> the job's state, exit code, reason and nodes."""
-    fields = dict(_FIELD.findall(text.strip()))
-    if "JobId" not in fields or "JobState" not in fields:
-        return None
-    restarts = fields.get("Restarts", "0")
-    return state_of(
-        fields["JobId"],
-        fields["JobState"],
-        fields.get("Reason"),
-        fields.get("NodeList"),
-        int(restarts) if restarts.isdigit() else 0,
-        fields.get("ExitCode"),
-    )
-
-
-def parse_sacct(text: str, job_id: str) -> ClusterState | None:
-    """``sacct -X -n -P -o JobID,State,ExitCode,NodeList,Reason`` -> the job's line, if any."""
-    for line in text.splitlines():
-        parts = line.split("|")
-        if len(parts) >= 5 and parts[0] == job_id:
-            return state_of(job_id, parts[1], parts[4], parts[3], 0, parts[2])
-    return None
 
 
 def _run(
@@ -282,7 +167,10 @@ def snapshot(fresh: bool = False, after: float | None = None) -> dict[str, Clust
             "--me",
             "--states=all",
             "--noheader",
-            "--Format=JobID:|,State:|,Reason:|,NodeList:|,RestartCnt:|",
+            # -r: one line per array task, pending ones too; JobArrayID names a task as its
+            # handle does (123_4; JobID would say the task's own number), a job as its id.
+            "-r",
+            "--Format=JobArrayID:|,State:|,Reason:|,NodeList:|,RestartCnt:|",
         ],
         timeout=ASK_TIMEOUT_S,
     )
@@ -307,7 +195,7 @@ def details(job_id: str) -> ClusterState | bool | None:
         found = parse_scontrol(out)
         if found is not None:
             return found
-    elif _UNKNOWN_JOB not in err:
+    elif _UNKNOWN_JOB not in err and not _UNKNOWN_TASK.match(out.strip()):
         return None  # the controller did not answer: we know nothing new
     code, out, err = _run(
         ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Reason"]
@@ -317,6 +205,46 @@ def details(job_id: str) -> ClusterState | bool | None:
         if found is not None:
             return found
     return False
+
+
+def batch_of(req: LaunchRequest) -> tuple[JobSpec, str | None, int | None]:
+    """The run's spec, its ``--dependency`` and the nodes' CPUs per GPU (for a GPU job that
+    did not say)."""
+    if req.spec is None or req.spec.slurm is None:
+        raise ValueError("a Slurm launch needs the job's Slurm spec")
+    after = sbatch.dependency(req.after, req.spec.after_any)
+    slurm, share = req.spec.slurm, None
+    if slurm.gpus_per_node and not slurm.cpus_per_gpu:
+        share = _cpu_share(slurm.partition, req.env)
+    return req.spec, after, share
+
+
+def submit(scripts: Sequence[Path], env: Mapping[str, str], held: bool) -> str:
+    """``sbatch`` the first script: its job id. On a refusal the scripts are removed and one
+    error says why (:class:`SlurmRejected` for the request, :class:`SlurmError` for Slurm)."""
+    # Held (start --hold) on the command line, not in the script: a restart is not held.
+    hold = ["--hold"] if held else []
+    code, out, err = _run(["sbatch", "--parsable", *hold, str(scripts[0])], dict(env) or None)
+    job_id = out.strip().split(";", 1)[0]
+    if code != 0 or not job_id.isdigit():
+        for path in scripts:
+            path.unlink(missing_ok=True)
+        why = _last_line(err) or _last_line(out) or f"exit code {code}"
+        why = why.removeprefix("sbatch: error: ")
+        if code == -1 or any(s in why for s in _UNREACHABLE):
+            raise SlurmError(f"sbatch could not submit the job: {why}; try again later")
+        raise SlurmRejected(
+            f"sbatch refused the job: {why}; change the Slurm options (see `sinfo` for "
+            "partitions and nodes)"
+        )
+    forget_snapshot()
+    return job_id
+
+
+def _say_if_unshared(spec: JobSpec | None, env: Mapping[str, str]) -> None:
+    """A note when the state folder is this machine's own and the nodes are not."""
+    partition = spec.slurm.partition if spec is not None and spec.slurm is not None else None
+    shared.say_if_unshared(paths.home(), partition, dict(env) or None, ASK_TIMEOUT_S)
 
 
 def _cpu_share(partition: str | None, env: Mapping[str, str] | None) -> int | None:
@@ -347,49 +275,30 @@ class SlurmBackend:
 
     def launch(self, req: LaunchRequest) -> Launched:
         """Write the batch script into the job's folder and submit it."""
-
-        if req.spec is None or req.spec.slurm is None:
-            raise ValueError("a Slurm launch needs the job's Slurm spec")
+        spec, after, share = batch_of(req)
         path = Path(req.cwd) / f"slurm-{req.run_id}.sbatch"
-        after = sbatch.dependency(req.after, req.spec.after_any)
-        slurm = req.spec.slurm
-        share = None
-        if slurm.gpus_per_node and not slurm.cpus_per_gpu:
-            share = _cpu_share(slurm.partition, req.env)
+        pythonpath = req.env.get("PYTHONPATH")
         text = sbatch.script(
-            req.spec,
-            req.name,
-            req.run,
-            req.run_id,
-            req.argv,
-            req.cwd,
-            req.env.get("PYTHONPATH"),
-            after,
-            share,
+            spec, req.name, req.run, req.run_id, req.argv, req.cwd, pythonpath, after, share
         )
-        try:
-            paths.write_atomic(path, text.encode())
-        except OSError as exc:
-            raise storage_error(exc, "write the batch script") from exc
-        env = dict(req.env) if req.env else None
-        # Held (start --hold) on the command line, not in the script: a restart is not held.
-        hold = ["--hold"] if req.held else []
-        code, out, err = _run(["sbatch", "--parsable", *hold, str(path)], env)
-        job_id = out.strip().split(";", 1)[0]
-        if code != 0 or not job_id.isdigit():
-            path.unlink(missing_ok=True)
-            why = _last_line(err) or _last_line(out) or f"exit code {code}"
-            why = why.removeprefix("sbatch: error: ")
-            if code == -1 or any(s in why for s in _UNREACHABLE):
-                raise SlurmError(f"sbatch could not submit the job: {why}; try again later")
-            raise SlurmRejected(
-                f"sbatch refused the job: {why}; change the Slurm options (see `sinfo` for "
-                "partitions and nodes)"
-            )
-        forget_snapshot()
-        shared.say_if_unshared(paths.home(), slurm.partition, env, ASK_TIMEOUT_S)
+        arrays.write([path], text)
+        job_id = submit([path], req.env, req.held)
+        _say_if_unshared(spec, req.env)
         cluster = cluster_name(req.env or os.environ)
         return Launched(SlurmHandle(job_id, str(path), cluster).stored(), None)
+
+    def launch_group(self, reqs: Sequence[LaunchRequest], parallel: int | None) -> list[Launched]:
+        """One job array for the runs (a sweep): task I runs request I, at most ``parallel``
+        at once; run I's handle is Slurm's name of task I, ``ARRAYID_I``."""
+        if not reqs:
+            return []
+        _, after, share = batch_of(reqs[0])
+        text = arrays.script(reqs, parallel, after, share)
+        scripts = [Path(r.cwd) / f"slurm-{r.run_id}.sbatch" for r in reqs]
+        arrays.write(scripts, text)
+        array_id = submit(scripts, reqs[0].env, reqs[0].held)
+        _say_if_unshared(reqs[0].spec, reqs[0].env)
+        return arrays.handles(array_id, scripts, cluster_name(reqs[0].env or os.environ))
 
     def observe(self, run: Run) -> ClusterState | None:
         """Slurm's view of the run; None when Slurm cannot be asked right now."""
@@ -448,7 +357,7 @@ class SlurmBackend:
             return []
         # scancel goes on past a job it refuses ("... on job id 42: ..."): that one is
         # tried again by itself, and its refusal said then.
-        refused = set(re.findall(r"job id (\d+)", err)) if code else set()
+        refused = set(re.findall(r"job id (\d+(?:_\d+)?)", err)) if code else set()
         ids = [j for j in ids if j not in refused]
         _cancelled.update(dict.fromkeys(ids, time.time()))
         forget_snapshot()

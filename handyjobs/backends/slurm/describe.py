@@ -27,6 +27,8 @@ _REASONS = {
     "DependencyNeverSatisfied": "a job it depends on failed; it will never start",
     "JobHeldUser": "held by its user; `scontrol release` with its job id lets it go",
     "JobHeldAdmin": "held by an administrator",
+    # A sweep's job array runs at most --parallel K of its tasks at once (sbatch --array=...%K).
+    "JobArrayTaskLimit": "as many of its sweep's jobs as --parallel allows are running",
     "BeginTime": "its start time has not come (a requeued job waits a little)",
     "ReqNodeNotAvail": "a node it needs is not available",
     "PartitionTimeLimit": "its --time is over the partition's limit",

@@ -253,7 +253,10 @@ class JobSide:
             return ""
         restarts = env.get("SLURM_RESTART_COUNT", "0")
         again = f", restart {restarts}" if restarts != "0" else ""
-        return f"Slurm job {env['SLURM_JOB_ID']} ({env.get('SLURM_JOB_NODELIST')}{again})"
+        job = env["SLURM_JOB_ID"]
+        if env.get("SLURM_ARRAY_TASK_ID"):  # a sweep's point: named as its handle names it
+            job = f"{env.get('SLURM_ARRAY_JOB_ID')}_{env['SLURM_ARRAY_TASK_ID']}"
+        return f"Slurm job {job} ({env.get('SLURM_JOB_NODELIST')}{again})"
 
     def attempt(self, env: Mapping[str, str]) -> int:
         """Slurm's restart count: a job Slurm requeued (preempted, node failure, ``--requeue``)

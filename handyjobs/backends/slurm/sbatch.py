@@ -161,6 +161,13 @@ def check(req: SlurmRequest) -> BatchSpec:
             f"--signal-before {before}: give seconds between 1 and {MAX_SIGNAL_BEFORE_S}"
         )
     extra = [_one_option("--slurm-arg", "sbatch", "--qos=high", arg) for arg in req.extra]
+    if any(arg.partition("=")[0] == "--array" or arg.startswith("-a") for arg in extra):
+        # Each run is one job, or one task of a sweep's array: another array would start
+        # the same run several times.
+        raise UsageError(
+            "--slurm-arg=--array: handyjobs makes the job array itself; run the values as "
+            "`handyjobs sweep --slurm --grid K=V1,V2`, and limit the tasks at once with --parallel"
+        )
     srun_opts = [
         _one_option("--srun-opt", "srun", "--container-image=IMG", arg) for arg in req.srun_opts
     ]
@@ -268,12 +275,17 @@ def dependency(after: Mapping[str, Run], after_any: bool) -> str | None:
 
 
 def options(
-    spec: JobSpec, job_dir: str, after: str | None = None, share: int | None = None
+    spec: JobSpec,
+    job_dir: str,
+    after: str | None = None,
+    share: int | None = None,
+    output: str | None = None,
 ) -> list[str]:
     """The sbatch options of a job, in the order the script lists them (extras last: they win).
 
     ``after``: the ``--dependency`` value (:func:`dependency`); ``share``: CPUs per GPU of the
-    nodes (:func:`cpu_share`), for a GPU job that did not say.
+    nodes (:func:`cpu_share`), for a GPU job that did not say; ``output``: the batch step's
+    output file (default: ``slurm-%j.out`` in the job's folder).
     """
     slurm = spec.slurm
     if slurm is None:
@@ -298,7 +310,7 @@ def options(
     opts += [
         # The runner tees the job's output into output.log; this file gets only what the
         # batch step itself prints (the runner's own lines, Slurm's messages).
-        f"--output={job_dir}/slurm-%j.out",
+        f"--output={output or f'{job_dir}/slurm-%j.out'}",
         "--open-mode=append",
         # The caller's environment reaches the job through the job's private env.json, never
         # through Slurm's record of the job.
@@ -319,6 +331,35 @@ def options(
     return opts
 
 
+def _runner_lines(spec: JobSpec, run_id: str, runner: Sequence[str], job_dir: str) -> list[str]:
+    """The lines that start one run's runner: ``--setup``, the run's marker, the runner exec'd
+    last (it gets Slurm's signals)."""
+    setup: list[str] = []
+    if spec.slurm is not None and spec.slurm.setup:
+        # What the lines change in the environment reaches the job: the runner compares its
+        # own environment with this one (taken before them) and carries the differences.
+        before = shlex.quote(f"{job_dir}/{SETUP_ENV_FILE.format(run_id=run_id)}")
+        setup = [
+            f"env -0 > {before}",
+            "# --setup",
+            *spec.slurm.setup,
+            f"export {SETUP_ENV}={before}",
+        ]
+    return [
+        *setup,
+        f"export HANDYJOBS_RUNNER_OF={run_id}",
+        # Slurm signals this script (scancel, the time-limit warning) from its first moment.
+        "export HANDYJOBS_SCHEDULED=slurm",
+        f"exec {shlex.join(runner)}",
+    ]
+
+
+def _pythonpath(pythonpath: str | None) -> list[str]:
+    """--export=NONE keeps the login shell's environment out, but the runner must import the
+    same handyjobs that submitted it: a PYTHONPATH the submitter had goes along."""
+    return [f"export PYTHONPATH={shlex.quote(pythonpath)}"] if pythonpath else []
+
+
 def script(
     spec: JobSpec,
     name: str,
@@ -331,20 +372,6 @@ def script(
     share: int | None = None,
 ) -> str:
     """The batch script: the job's sbatch options, then the runner, exec'd (it gets the signals)."""
-    # --export=NONE keeps the login shell's environment out, but the runner must import the
-    # same handyjobs that submitted it: a PYTHONPATH the submitter had goes along.
-    path = [f"export PYTHONPATH={shlex.quote(pythonpath)}"] if pythonpath else []
-    setup: list[str] = []
-    if spec.slurm is not None and spec.slurm.setup:
-        # What the lines change in the environment reaches the job: the runner compares its
-        # own environment with this one (taken before them) and carries the differences.
-        before = shlex.quote(f"{job_dir}/{SETUP_ENV_FILE.format(run_id=run_id)}")
-        setup = [
-            f"env -0 > {before}",
-            "# --setup",
-            *spec.slurm.setup,
-            f"export {SETUP_ENV}={before}",
-        ]
     lines = [
         "#!/bin/bash",
         f"# handyjobs job {name}, run {run} (run id {run_id}), submitted with sbatch.",
@@ -352,11 +379,69 @@ def script(
         "# to output.log and records the outcome in this folder, which every node must share.",
         f"#SBATCH --job-name={name}",
         *(_directive(opt) for opt in options(spec, job_dir, after, share)),
-        *path,
-        *setup,
-        f"export HANDYJOBS_RUNNER_OF={run_id}",
-        # Slurm signals this script (scancel, the time-limit warning) from its first moment.
-        "export HANDYJOBS_SCHEDULED=slurm",
-        f"exec {shlex.join(runner)}",
+        *_pythonpath(pythonpath),
+        *_runner_lines(spec, run_id, runner, job_dir),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ArrayPoint:
+    """One run of a job array (a sweep's point): array task I runs the I-th point."""
+
+    name: str
+    run: int
+    run_id: str
+    runner: Sequence[str]
+    job_dir: str
+
+
+def array_range(size: int, throttle: int | None) -> str:
+    """sbatch's ``--array`` for ``size`` tasks, at most ``throttle`` running at once."""
+    return f"0-{size - 1}" + (f"%{throttle}" if throttle else "")
+
+
+def array_script(
+    spec: JobSpec,
+    title: str,
+    points: Sequence[ArrayPoint],
+    throttle: int | None = None,
+    pythonpath: str | None = None,
+    after: str | None = None,
+    share: int | None = None,
+) -> str:
+    """One batch script for many runs of one spec's options (a sweep): a Slurm job array whose
+    task I execs the I-th point's runner, as :func:`script` does for one job."""
+    if not points:
+        raise ValueError("a job array needs at least one run")
+    # One output file would be every task's, in one job's folder (which `rm` may take while
+    # tasks still wait to start: Slurm then cannot start them). Each branch sends the batch
+    # step's output to its own job's folder instead; Slurm's own lines go nowhere.
+    opts = options(spec, points[0].job_dir, after, share, output="/dev/null")
+    lines = [
+        "#!/bin/bash",
+        f"# handyjobs sweep {title}: {len(points)} jobs as one Slurm job array, submitted with",
+        "# sbatch. Array task I runs branch I: that job's runner, which starts one torchrun per",
+        "# node through srun, copies every byte of output to the job's output.log and records",
+        "# its outcome in the job's folder, which every node must share.",
+        f"#SBATCH --job-name={title}",
+        f"#SBATCH --array={array_range(len(points), throttle)}",
+        *(_directive(opt) for opt in opts),
+        *_pythonpath(pythonpath),
+        'case "$SLURM_ARRAY_TASK_ID" in',
+    ]
+    for index, point in enumerate(points):
+        out = shlex.quote(f"{point.job_dir}/slurm-")
+        runner = _runner_lines(spec, point.run_id, point.runner, point.job_dir)
+        lines += [
+            f"{index})  # job {point.name}, run {point.run} (run id {point.run_id})",
+            f'    exec >>{out}"${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out" 2>&1',
+            *(f"    {line}" for line in runner),
+            "    ;;",
+        ]
+    lines += [
+        "esac",
+        'echo "handyjobs: array task $SLURM_ARRAY_TASK_ID has no job in this script" >&2',
+        "exit 1",
     ]
     return "\n".join(lines) + "\n"
