@@ -189,8 +189,18 @@ def forget_snapshot() -> None:
 
 
 def details(job_id: str) -> ClusterState | bool | None:
-    """A job's full state from scontrol (then sacct): None if unknown now, False if forgotten."""
-    code, out, err = _run(["scontrol", "show", "job", "-o", job_id])
+    """A job's full state from scontrol (then sacct): None if unknown now, False if forgotten.
+
+    Bounded as squeue is: a controller that takes connections and answers none held
+    ``scontrol`` 20 s; its silence is kept, so the other jobs of the command do not wait too.
+    """
+    key = _cache_key()
+    if answers.silent(key) is not None:
+        return None
+    code, out, err = _run(["scontrol", "show", "job", "-o", job_id], timeout=ASK_TIMEOUT_S)
+    if code == -1:
+        answers.no_answer(key, cluster_name(), f"scontrol gave no answer in {ASK_TIMEOUT_S:g}s")
+        return None
     if code == 0:
         found = parse_scontrol(out)
         if found is not None:
@@ -198,7 +208,8 @@ def details(job_id: str) -> ClusterState | bool | None:
     elif _UNKNOWN_JOB not in err and not _UNKNOWN_TASK.match(out.strip()):
         return None  # the controller did not answer: we know nothing new
     code, out, err = _run(
-        ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Reason"]
+        ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList,Reason"],
+        timeout=ASK_TIMEOUT_S,
     )
     if code == 0:
         found = parse_sacct(out, job_id)
