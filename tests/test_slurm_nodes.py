@@ -72,6 +72,10 @@ def test_a_job_on_two_nodes_logs_each_rank_with_its_node_and_counts_both(box: Sa
     assert cost["cpu_time_s"] >= 3.0, cost
     out = box.cli("show", "two", check=True).stdout
     assert re.search(r"cpu time\s+\S+ on 2 nodes \(n1 \S+, n2 \S+\)", out), out
+    # --like of a job on two nodes asks for two nodes again (held: it need not run).
+    box.cli("start", "--like", "two", "--name", "again", "--hold", check=True)
+    assert show(box, "again")["spec"]["slurm"]["nodes"] == 2
+    box.cli("stop", "again", check=True)
 
 
 def test_a_failure_of_the_second_node_ends_the_job_lost(

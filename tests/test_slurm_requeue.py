@@ -95,3 +95,8 @@ def test_a_job_done_after_the_warning_of_its_resumed_run_is_not_requeued(box: Sa
     assert "start 2" not in log, log  # it ran a third time after its work was done
     assert rec["state"] == "succeeded", (rec, log)  # type: ignore[index]
     assert log.count("asking Slurm to requeue") == 1, log
+    # Every view counts the one requeue alike: Slurm's restart count in the log's header of
+    # the second start, show's "requeued 1x" and the record's.
+    assert ", restart 1)" in log and ", restart 2)" not in log, log
+    assert "requeued 1x" in box.cli("show", "done", check=True).stdout
+    assert rec["runs"][-1]["cluster"]["restarts"] == 1, rec  # type: ignore[index]
