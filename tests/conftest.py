@@ -305,3 +305,13 @@ def run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple
     out = capsys.readouterr()
     code = exited.value.code
     return (code if isinstance(code, int) else 0), out.out, out.err
+
+
+def max_overlap(stamps: list[dict[str, Any]]) -> int:
+    """The most runs at once, from each run's ``start`` and ``end`` times."""
+    events = sorted([(s["start"], 1) for s in stamps] + [(s["end"], -1) for s in stamps])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak

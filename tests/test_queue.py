@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SLEEPER, Sandbox, log_of, show, wait_log, wait_state, wait_until
+from conftest import SLEEPER, Sandbox, log_of, max_overlap, show, wait_log, wait_state, wait_until
 
 # A job that notes when it started and ended (wall clock), so overlap and order can be checked.
 STAMPED = """
@@ -28,15 +28,6 @@ with open(out, "a") as f:
 
 def _stamps(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _max_overlap(stamps: list[dict[str, Any]]) -> int:
-    events = sorted([(s["start"], 1) for s in stamps] + [(s["end"], -1) for s in stamps])
-    now = peak = 0
-    for _, step in events:
-        now += step
-        peak = max(peak, now)
-    return peak
 
 
 def test_a_sweep_of_four_with_parallel_two_runs_two_at_a_time_in_order(sandbox: Sandbox) -> None:
@@ -57,7 +48,7 @@ def test_a_sweep_of_four_with_parallel_two_runs_two_at_a_time_in_order(sandbox: 
     assert proc.returncode == 0, proc.stderr
     runs = _stamps(stamps)
     assert sorted(r["job"] for r in runs) == names
-    assert _max_overlap(runs) == 2
+    assert max_overlap(runs) == 2
     order = [r["job"] for r in sorted(runs, key=lambda r: r["start"])]
     # FIFO: the first two start first, the last two after (in the grid's order within each).
     assert set(order[:2]) == set(names[:2]) and set(order[2:]) == set(names[2:])
@@ -79,7 +70,7 @@ def test_sweep_parallel_k_runs_k_of_its_jobs_at_once_as_the_groups_limit(
     assert proc.returncode == 0, proc.stderr
     runs = _stamps(stamps)
     assert sorted(r["lr"] for r in runs) == ["1", "2", "3", "4"]
-    assert _max_overlap(runs) == 2
+    assert max_overlap(runs) == 2
 
 
 def test_gpu_sweep_of_six_over_four_fake_gpus_runs_four_then_two(sandbox: Sandbox) -> None:
@@ -93,7 +84,7 @@ def test_gpu_sweep_of_six_over_four_fake_gpus_runs_four_then_two(sandbox: Sandbo
     sandbox.cli("sweep", "job.py", "--ngpus", "1", *grid, env=env, check=True)
     assert sandbox.cli("wait", "--group", "job-sweep", env=env, timeout=120).returncode == 0
     runs = _stamps(stamps)
-    assert len(runs) == 6 and _max_overlap(runs) == 4
+    assert len(runs) == 6 and max_overlap(runs) == 4
     for a in runs:  # never two jobs on one GPU at the same time
         for b in runs:
             if a is not b and a["gpus"] == b["gpus"]:

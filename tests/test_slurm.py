@@ -72,6 +72,12 @@ def nodes_back(box: Sandbox) -> Iterator[None]:
     wait_until(idle, 60, 0.5, "both nodes back in service")
 
 
+def slurm_out(sb: Sandbox, *argv: str) -> str:
+    """A Slurm command's output, run against the sandbox's cluster (it must succeed)."""
+    env = {**os.environ, **sb.env}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
+
+
 def _records(box: Sandbox) -> list[dict[str, Any]]:
     out = box.cli("list", "--all", "--json").stdout
     try:

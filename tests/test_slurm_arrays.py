@@ -4,16 +4,13 @@ job of its own (its log, its state, its stop), and a refused array leaves nothin
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import Sandbox, log_of, show, wait_state, wait_until
-from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+from conftest import Sandbox, log_of, max_overlap, show, wait_state, wait_until
+from test_slurm import FOREVER, box, slurm_conf, slurm_out  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
 
@@ -29,21 +26,9 @@ with open(os.environ["STAMPS"], "a") as f:
                         "end": time.time()}) + "\\n")
 """
 
-FOREVER = """
-import time
-while True:
-    time.sleep(0.2)
-"""
-
-
-def _slurm(sb: Sandbox, *argv: str) -> str:
-    env = {**os.environ, **sb.env}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
-
-
 def _tasks(sb: Sandbox, array: str) -> dict[str, str]:
     """Slurm's state of each task of the array still listed: ``{"0": "RUNNING", ...}``."""
-    out = _slurm(sb, "squeue", "-r", "-h", "-j", array, "-O", "JobArrayID:|,State:|")
+    out = slurm_out(sb, "squeue", "-r", "-h", "-j", array, "-O", "JobArrayID:|,State:|")
     return {
         line.split("|")[0].partition("_")[2]: line.split("|")[1]
         for line in out.splitlines()
@@ -53,15 +38,6 @@ def _tasks(sb: Sandbox, array: str) -> dict[str, str]:
 
 def _job_id(sb: Sandbox, name: str) -> str:
     return str(show(sb, name)["runs"][-1]["handle"]["job_id"])
-
-
-def _max_overlap(stamps: list[dict[str, Any]]) -> int:
-    events = sorted([(s["start"], 1) for s in stamps] + [(s["end"], -1) for s in stamps])
-    now = peak = 0
-    for _, step in events:
-        now += step
-        peak = max(peak, now)
-    return peak
 
 
 def test_a_sweep_is_one_throttled_array_whose_points_are_jobs(box: Sandbox) -> None:  # noqa: F811
@@ -76,7 +52,7 @@ def test_a_sweep_is_one_throttled_array_whose_points_are_jobs(box: Sandbox) -> N
     ids = [_job_id(box, name) for name in names]
     array = ids[0].partition("_")[0]
     assert ids == [f"{array}_{i}" for i in range(4)]
-    said = _slurm(box, "scontrol", "show", "job", "-o", array)
+    said = slurm_out(box, "scontrol", "show", "job", "-o", array)
     assert "ArrayTaskThrottle=2" in said and "JobName=lr-sweep" in said
     # While they run, Slurm never runs more than two of them.
     most = 0
@@ -97,7 +73,7 @@ def test_a_sweep_is_one_throttled_array_whose_points_are_jobs(box: Sandbox) -> N
         assert f"Slurm job {array}_{int(value) - 1} (" in log
     runs = [json.loads(line) for line in stamps.read_text().splitlines()]
     assert sorted(str(r["lr"]) for r in runs) == ["1", "2", "3", "4"]
-    assert _max_overlap(runs) <= 2
+    assert max_overlap(runs) <= 2
     listed = json.loads(box.cli("list", "--group", "lr-sweep", "--json", check=True).stdout)
     assert sorted(job["name"] for job in listed) == names
     # A point started again alone is a job of its own, not a task of an array.

@@ -14,19 +14,12 @@ from pathlib import Path
 
 import pytest
 from conftest import Sandbox, log_of, show, wait_state, wait_until
-from test_slurm import box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+from test_slurm import FOREVER, box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / "scripts" / "slurm-local.sh"
-
-FOREVER = """
-import time
-while True:
-    time.sleep(0.2)
-"""
-
 
 @pytest.fixture
 def silent_controller(box: Sandbox) -> Iterator[None]:  # noqa: F811

@@ -6,14 +6,12 @@ ends a held or paused job; a refusal of Slurm's is one line and changes nothing.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import Sandbox, show, wait_state, wait_until
 from test_controls import COUNTER, LISTENER, count, stays
-from test_slurm import FOREVER, box, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+from test_slurm import FOREVER, box, slurm_conf, slurm_out  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
 
@@ -28,18 +26,13 @@ with open(os.environ["NOTES"], "a") as f:
 FRESH = {"HANDYJOBS_SLURM_CACHE_S": "0"}
 
 
-def _slurm(sb: Sandbox, *argv: str) -> str:
-    env = {**os.environ, **sb.env}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
-
-
 def _job_id(sb: Sandbox, name: str) -> str:
     return str(show(sb, name)["runs"][-1]["handle"]["job_id"])
 
 
 def _squeue(sb: Sandbox, job_id: str) -> tuple[str, str]:
     """Slurm's state and reason of a job ("", "" once it is gone)."""
-    out = _slurm(sb, "squeue", "-h", "-j", job_id, "--states=all", "-O", "State:|,Reason:|")
+    out = slurm_out(sb, "squeue", "-h", "-j", job_id, "--states=all", "-O", "State:|,Reason:|")
     state, _, reason = out.strip().partition("|")
     return state.strip(), reason.strip().rstrip("|")
 
@@ -172,7 +165,7 @@ def test_a_pause_slurm_refuses_is_one_line_and_changes_nothing(box: Sandbox) -> 
     assert _listed(box)["f"] == "running"
     (box.home / "slurm-squeue.json").unlink(missing_ok=True)
     box.cli("list", check=True, env=kept)  # keeps squeue's answer of now for 600 s
-    _slurm(box, "scancel", "--full", "--signal=KILL", job_id)
+    slurm_out(box, "scancel", "--full", "--signal=KILL", job_id)
     wait_until(lambda: _squeue(box, job_id)[0] != "RUNNING", 30, 0.2, "Slurm to end it")
     before = show(box, "f", env=kept)
     assert before["state"] == "running"

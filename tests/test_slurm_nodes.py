@@ -4,13 +4,12 @@ its second node ends it ``lost`` on both."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 
 import pytest
 from conftest import Sandbox, log_of, show, wait_state, wait_until
-from test_slurm import box, nodes_back, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+from test_slurm import FOREVER, box, nodes_back, slurm_conf, slurm_out  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
 
@@ -31,18 +30,6 @@ STARTS = """
 import os
 print("start", os.environ.get("SLURM_RESTART_COUNT", "0"), flush=True)
 """
-
-FOREVER = """
-import time
-while True:
-    time.sleep(0.2)
-"""
-
-
-def _slurm(sb: Sandbox, *argv: str) -> str:
-    env = {**os.environ, **sb.env}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
-
 
 def test_a_job_on_two_nodes_logs_each_rank_with_its_node_and_counts_both(box: Sandbox) -> None:  # noqa: F811
     box.write("burn.py", BURN)
@@ -89,9 +76,9 @@ def test_a_failure_of_the_second_node_ends_the_job_lost(
     )  # fmt: skip
     wait_until(lambda: "runs on node" in log_of(box, "nf2"), 90, 0.5, "both ranks to start")
     job_id = show(box, "nf2")["runs"][-1]["handle"]["job_id"]
-    nodes = _slurm(box, "squeue", "-h", "-j", job_id, "-o", "%N").strip()
+    nodes = slurm_out(box, "squeue", "-h", "-j", job_id, "-o", "%N").strip()
     assert nodes == "n[1-2]", nodes
-    _slurm(box, "scontrol", "update", "nodename=n2", "state=down", "reason=handyjobs-test")
+    slurm_out(box, "scontrol", "update", "nodename=n2", "state=down", "reason=handyjobs-test")
     rec = wait_state(box, "nf2", "lost", "failed", "succeeded", "stopped", timeout=90)
     assert rec["state"] == "lost", (rec, log_of(box, "nf2"))
     assert rec["exit_code"] is None, rec
@@ -117,8 +104,8 @@ def test_a_job_on_a_failed_node_comes_back_where_the_site_requeues(
     box.cli("start", "forever.py", "--slurm", "--cpu", "--name", "back", check=True)
     wait_until(lambda: "start 0" in log_of(box, "back"), 90, 0.5, "the job to start")
     job_id = show(box, "back")["runs"][-1]["handle"]["job_id"]
-    node = _slurm(box, "squeue", "-h", "-j", job_id, "-o", "%N").strip()
-    _slurm(box, "scontrol", "update", f"nodename={node}", "state=down", "reason=handyjobs-test")
+    node = slurm_out(box, "squeue", "-h", "-j", job_id, "-o", "%N").strip()
+    slurm_out(box, "scontrol", "update", f"nodename={node}", "state=down", "reason=handyjobs-test")
     seen: set[str] = set()
 
     def again() -> bool:

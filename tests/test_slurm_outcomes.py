@@ -3,13 +3,11 @@ time-limit warning, a slow teardown after it, a stop Slurm could not take, an --
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import Sandbox, log_of, show, wait_state
-from test_slurm import box, nodes_back, slurm_conf  # noqa: F401  (fixtures shared with the Slurm tests)
+from test_slurm import box, nodes_back, slurm_conf, slurm_out  # noqa: F401  (fixtures shared with the Slurm tests)
 
 pytestmark = pytest.mark.slurm
 
@@ -40,11 +38,6 @@ if got and len(sys.argv) > 1:
 """
 
 
-def _slurm(sb: Sandbox, *argv: str) -> str:
-    env = {**os.environ, **sb.env}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
-
-
 def test_a_node_failure_is_lost_with_no_exit_code_and_wait_fails(
     box: Sandbox,  # noqa: F811
     nodes_back: None,  # noqa: F811
@@ -57,8 +50,8 @@ def test_a_node_failure_is_lost_with_no_exit_code_and_wait_fails(
     )  # fmt: skip
     wait_state(box, "nf", "running", timeout=90)
     job_id = show(box, "nf")["runs"][-1]["handle"]["job_id"]
-    node = _slurm(box, "squeue", "-h", "-j", job_id, "-o", "%N").strip()
-    _slurm(box, "scontrol", "update", f"nodename={node}", "state=down", "reason=handyjobs-test")
+    node = slurm_out(box, "squeue", "-h", "-j", job_id, "-o", "%N").strip()
+    slurm_out(box, "scontrol", "update", f"nodename={node}", "state=down", "reason=handyjobs-test")
     rec = wait_state(box, "nf", "lost", "failed", "succeeded", "stopped", timeout=90)
     assert rec["state"] == "lost", rec
     assert rec["exit_code"] is None, rec  # srun's 0 is not the outcome of a lost run
@@ -165,7 +158,7 @@ print("rank", os.environ["RANK"], "met at", os.environ["MASTER_ADDR"], flush=Tru
 
 
 def test_the_ranks_meet_at_the_head_nodes_address(box: Sandbox) -> None:  # noqa: F811
-    addr = _slurm(box, "scontrol", "show", "node", "-o").split("NodeAddr=")[1].split()[0]
+    addr = slurm_out(box, "scontrol", "show", "node", "-o").split("NodeAddr=")[1].split()[0]
     box.write("rank.py", RANK)
     box.cli("start", "rank.py", "--slurm", "--cpu", "--nproc", "2", "--name", "meet", check=True)
     rec = wait_state(box, "meet", "succeeded", "failed", "lost", timeout=90)
