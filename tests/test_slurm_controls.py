@@ -65,10 +65,10 @@ def test_a_held_slurm_job_never_starts_until_released(box: Sandbox) -> None:  # 
     assert out.returncode == 0, out.stderr
     later = _job_id(box, "later")
     assert _squeue(box, later) == ("PENDING", "JobHeldUser")  # sbatch --hold
-    # A job that takes the whole node, so that the next one waits in Slurm's queue.
+    # A job that takes both nodes whole, so that the next one waits in Slurm's queue.
     box.cli(
-        "start", "forever.py", "--slurm", "--cpu", "--slurm-arg=--exclusive", "--name", "blocker",
-        check=True,
+        "start", "forever.py", "--slurm", "--cpu", "--nodes", "2", "--slurm-arg=--exclusive",
+        "--name", "blocker", check=True,
     )  # fmt: skip
     wait_state(box, "blocker", "running", timeout=90)
     box.cli("start", "note.py", "--slurm", "--cpu", "--name", "next", env=env, check=True)
