@@ -251,11 +251,16 @@ class JobSpec(JsonRecord):
         return 1
 
     @property
+    def nnodes(self) -> int:
+        """Machines a run spans: the batch scheduler's nodes, or the nodes started by hand."""
+        if self.slurm is not None:
+            return self.slurm.nodes
+        return self.rdzv.nnodes if self.rdzv is not None else 1
+
+    @property
     def world_size(self) -> int:
         """Processes of a run on all its nodes: its ranks are 0 to this less one."""
-        if self.slurm is not None:
-            return self.procs * self.slurm.nodes
-        return self.procs * (self.rdzv.nnodes if self.rdzv is not None else 1)
+        return self.procs * self.nnodes
 
     @property
     def books_gpus(self) -> bool:

@@ -118,16 +118,9 @@ def job_rows(records: Sequence[JobRecord], params: bool = False) -> list[list[st
     return rows
 
 
-def nnodes(record: JobRecord) -> int:
-    """How many machines the job runs on (a scheduler's nodes, or nodes started by hand)."""
-    spec = record.spec
-    asked = backends.describe(record.current.backend).nnodes(spec)
-    return asked if asked is not None else spec.rdzv.nnodes if spec.rdzv else 1
-
-
 def nproc_text(record: JobRecord) -> str:
     """Processes: ``2``, or nodes x processes per node (``2x4``) for several machines."""
-    n = nnodes(record)
+    n = record.spec.nnodes
     return f"{n}x{record.current.nproc}" if n > 1 else str(record.current.nproc)
 
 
