@@ -7,12 +7,13 @@ Importing the package loads no torch: ``ParallelTrainer`` (and its seed alias
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 __version__ = "0.1.0"
 __all__ = ["ParallelTrainer", "Parallel_Trainer", "__version__", "log_metrics"]
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from typing import Any
+
     from handyjobs.metrics import log_metrics
     from handyjobs.trainer import Parallel_Trainer, ParallelTrainer
 

@@ -47,12 +47,15 @@ import operator
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from handyjobs.errors import HandyjobsError
+from handyjobs.structs import field, frozen
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from typing import Any
 
 METRICS_FILE_ENV = "HANDYJOBS_METRICS_FILE"
 DEFAULT_METRICS_FILE = "metrics.jsonl"
@@ -81,7 +84,7 @@ class MetricsError(HandyjobsError, ValueError):
     """A metric that cannot be written (a name that is not a string, a value that is no number)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class MetricRecord:
     """One line of a metrics file."""
 

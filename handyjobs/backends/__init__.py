@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 from handyjobs.errors import UsageError
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.backends.base import Describe
 

@@ -19,17 +19,16 @@ instead of judging the runner by a local pid.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from handyjobs.backends import module
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, Cost, JobRecord, JobSpec, ProcId, Reason, Run
 from handyjobs.jobside.launch import Launch, RunContext
+from handyjobs.structs import Protocol, field, frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class LaunchRequest:
     """Start a runner: its argv and folder, the run it serves, the session name wanted."""
 
@@ -50,7 +49,7 @@ class LaunchRequest:
     held: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class Launched:
     """What a backend gives back: its handle for the run, and the runner's identity."""
 
@@ -225,7 +224,6 @@ class Describe(Protocol):
         shown are its last answer), else None."""
 
 
-@runtime_checkable
 class GroupLauncher(Protocol):
     """A backend that can start many runs as one submission (Slurm: a job array)."""
 
@@ -237,7 +235,8 @@ class GroupLauncher(Protocol):
 
 def group_launcher(backend: Backend) -> GroupLauncher | None:
     """The backend's way to start many runs as one, or None when it starts them one by one."""
-    return backend if isinstance(backend, GroupLauncher) else None
+    # By its method, not isinstance: the interfaces are plain classes at run time (structs).
+    return backend if callable(getattr(backend, "launch_group", None)) else None  # type: ignore[return-value]
 
 
 def get(name: str) -> Backend:

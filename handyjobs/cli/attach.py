@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
 
 from handyjobs.cli.args import NAME
 from handyjobs.cli.parse import Command, Parsed
 from handyjobs.errors import JobStateError
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def exec_attach(name: str) -> NoReturn:

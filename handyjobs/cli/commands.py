@@ -4,10 +4,10 @@ it runs (or when shell completion needs them all)."""
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from handyjobs.errors import UsageError
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.cli.parse import Command
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from handyjobs.core.states import JobState
 from handyjobs.errors import HandyjobsError, UsageError
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
+    from typing import Any
+
     from handyjobs.core.records import JobRecord
 
 

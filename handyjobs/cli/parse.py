@@ -16,17 +16,20 @@ Why not Typer for every call: measured on Typer 0.29, ``import typer`` alone cos
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from handyjobs.core.options import Option
 from handyjobs.errors import UsageError
+from handyjobs.structs import field, frozen, mutable
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The help option every command has.
 HELP = Option("help", ("--help",), "flag", "Show this message and exit.", default=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class Arg:
     """One positional argument of a command."""
 
@@ -46,7 +49,7 @@ class Arg:
         return f"{shown}..." if self.many else shown
 
 
-@dataclass
+@mutable
 class Parsed:
     """A command line read by :func:`parse`: every value by name, and which options were typed."""
 
@@ -85,7 +88,7 @@ class Parsed:
         return list(self.values[name] or [])
 
 
-@dataclass(frozen=True)
+@frozen
 class Command:
     """A command as data: its name, help, arguments, options, and the function that runs it."""
 

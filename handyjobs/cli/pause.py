@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from handyjobs.cli.args import ALL, GROUP, NAMES
 from handyjobs.cli.common import each_name, pick_names
 from handyjobs.cli.parse import Command, Parsed
 from handyjobs.core.states import JobState
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.core.control import Signalled
 

@@ -11,8 +11,6 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from handyjobs.backends.slurm import options as slurm_options
 from handyjobs.cli.parse import Arg, Command, Parsed
@@ -20,7 +18,9 @@ from handyjobs.core import options as table
 from handyjobs.core.options import BackendOptions, Option
 from handyjobs.core.states import JobState
 from handyjobs.errors import UsageError
+from handyjobs.structs import replace
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.core.records import JobRecord
     from handyjobs.core.spec import BackendRequest, StartRequest

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from handyjobs.cli import start as startmod
 from handyjobs.cli.parse import Arg, Command, Parsed
@@ -14,7 +12,9 @@ from handyjobs.core import options as table
 from handyjobs.core import paths
 from handyjobs.core.options import option
 from handyjobs.errors import UsageError
+from handyjobs.structs import replace
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.core.spec import StartRequest
 

@@ -14,7 +14,6 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 
 from handyjobs.core.records import (
     Blocker,
@@ -31,6 +30,7 @@ from handyjobs.core.states import OWN_QUEUE as OWN_QUEUE
 from handyjobs.errors import GpuBusy, JobStateError, UsageError
 from handyjobs.gpus.model import Discovery, GpuInfo
 from handyjobs.gpus.select import parse_gpu_spec
+from handyjobs.structs import field, frozen, replace
 
 ALLOWED_ENV = "HANDYJOBS_GPUS"
 THRESHOLD_ENV = "HANDYJOBS_GPU_MEM_THRESHOLD_MIB"
@@ -142,7 +142,7 @@ def free_gpus(discovery: Discovery, held: Mapping[int, str], policy: GpuPolicy) 
 # ---- the queue --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Limits:
     """How many jobs may run at once: machine-wide, and per group (None: no limit)."""
 
@@ -156,7 +156,7 @@ class Limits:
         return self.groups.get(group) or None
 
 
-@dataclass(frozen=True)
+@frozen
 class Plan:
     """What one scheduling pass decided: who starts on which GPUs, why others wait, who fails."""
 

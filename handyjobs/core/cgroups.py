@@ -31,10 +31,10 @@ import errno
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from handyjobs.errors import UsageError
+from handyjobs.structs import field, frozen
 
 #: Overrides where cgroups are looked for (tests; a site with its own delegated subtree).
 ROOT_ENV = "HANDYJOBS_CGROUP_ROOT"
@@ -54,7 +54,7 @@ NO_MEMORY_LIMIT = (
 )
 
 
-@dataclass(frozen=True)
+@frozen
 class Hierarchy:
     """One mounted hierarchy: v2 (``controller`` is "") or one v1 controller."""
 
@@ -72,7 +72,7 @@ class Hierarchy:
         return self.mount.joinpath(*parts, BASE)
 
 
-@dataclass(frozen=True)
+@frozen
 class RunGroup:
     """The cgroup folders of one run (one per hierarchy), and what they can do."""
 

@@ -1,4 +1,4 @@
-"""One JSON codec for every record: dataclasses to JSON-ready dicts and back, by their type hints.
+"""One JSON codec for every record: structs to JSON-ready dicts and back, by their type hints.
 
 A record is written field by field under the field's name, in field order: nested records as
 objects, tuples and lists as arrays, ``str`` enums as their value, None as null. Reading runs the
@@ -14,18 +14,27 @@ own: field metadata (:data:`OMIT_DEFAULT`, :data:`AS_OBJECT`) and a class-level 
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import operator
 import sys
 import types
-import typing
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from collections.abc import Mapping
 
-T = TypeVar("T")
-R = TypeVar("R", bound="JsonRecord")
-_Fn = Callable[[Any], Any]
+from handyjobs import structs
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, ClassVar, TypeAlias, TypeVar
+
+    T = TypeVar("T")
+    R = TypeVar("R", bound="JsonRecord")
+    _Fn: TypeAlias = Callable[[Any], Any]
+
+#: ``Any`` as the codec reads a field's annotation: a record's module imports ``typing.Any``
+#: for type checkers only, so the annotation's text is evaluated with ``Any`` meaning this
+#: (any JSON value, kept as it is).
+_ANY = object
 
 #: Field metadata: the key is left out of the JSON while the value equals the field's default.
 OMIT_DEFAULT: Mapping[str, str] = types.MappingProxyType({"codec": "omit_default"})
@@ -39,8 +48,8 @@ _MISSING: Any = object()
 class Layout:
     """How one record's JSON departs from the plain rule (every field, in field order)."""
 
-    # A plain class, not a dataclass: each dataclass costs its module an exec at import, and
-    # the records' import is on the path of every command.
+    # A plain class, not a struct: the layouts are built as the records' module is imported,
+    # on the path of every command.
     __slots__ = ("derived", "order", "upgrade")
 
     def __init__(
@@ -75,45 +84,68 @@ class JsonRecord:
 
 
 def encode(record: object) -> dict[str, Any]:
-    """A dataclass as a JSON-ready dict, by the rules of its type hints and :class:`Layout`."""
+    """A struct as a JSON-ready dict, by the rules of its type hints and :class:`Layout`."""
     return _plan(type(record)).encode(record)
 
 
 def decode(cls: type[T], data: dict[str, Any]) -> T:
-    """The dataclass ``cls`` read back from what :func:`encode` wrote (or an older layout)."""
+    """The struct ``cls`` read back from what :func:`encode` wrote (or an older layout)."""
     return _plan(cls).decode(data)  # type: ignore[no-any-return]
 
 
-class _Field(NamedTuple):
+class _Field:
     """One field as the codec handles it."""
 
-    name: str
-    #: None where the value is its own JSON form (str, int, ...).
-    encode: _Fn | None
-    #: Reads a value that is not null.
-    decode: _Fn
-    #: The JSON type that is the value as it is (``str`` for a ``str | None`` field), if any.
-    exact: type[Any] | None
-    required: bool
-    nullable: bool
-    #: The default to leave out, for an OMIT_DEFAULT field; _MISSING otherwise.
-    omit: Any
+    __slots__ = ("decode", "encode", "exact", "name", "nullable", "omit", "required")
+
+    def __init__(
+        self,
+        name: str,
+        encode: _Fn | None,
+        decode: _Fn,
+        exact: type[Any] | None,
+        required: bool,
+        nullable: bool,
+        omit: Any,
+    ) -> None:
+        self.name = name
+        #: None where the value is its own JSON form (str, int, ...).
+        self.encode = encode
+        #: Reads a value that is not null.
+        self.decode = decode
+        #: The JSON type that is the value as it is (``str`` for a ``str | None`` field).
+        self.exact = exact
+        self.required = required
+        self.nullable = nullable
+        #: The default to leave out, for an OMIT_DEFAULT field; _MISSING otherwise.
+        self.omit = omit
 
 
 class _Plan:
-    """How one dataclass is written and read, worked out once from its type hints."""
+    """How one struct is written and read, worked out once from its type hints."""
 
     def __init__(self, cls: type[Any]) -> None:
-        if not dataclasses.is_dataclass(cls):
-            raise TypeError(f"{cls.__name__} is not a dataclass")
+        if not structs.is_struct(cls):
+            raise TypeError(f"{cls.__name__} is not a struct")
         self.cls = cls
         self.layout: Layout = getattr(cls, "json_layout", Layout())
         hints = _type_hints(cls)
-        self.fields = [_field(f, hints[f.name]) for f in dataclasses.fields(cls) if f.init]
+        self.fields = [_field(f, hints[f.name]) for f in structs.fields(cls)]
         self.writes = _writes(cls.__name__, self.fields, self.layout)
         # Plain tuples, unpacked in decode's loop: `list --all` reads every record of the
         # history through it.
         self.reads = [(f.name, f.decode, f.exact, f.required, f.nullable) for f in self.fields]
+        # A record is made as its __init__ would make it, without calling it: the values are
+        # all at hand, and a class's __init__ is compiled on its first call (structs).
+        self.defaults = {
+            f.name: f.default for f in structs.fields(cls) if f.default is not structs.MISSING
+        }
+        self.factories = [
+            (f.name, f.default_factory)
+            for f in structs.fields(cls)
+            if f.default_factory is not structs.MISSING
+        ]
+        self.post_init = getattr(cls, "__post_init__", None)
 
     def encode(self, record: Any) -> dict[str, Any]:
         """The record as a JSON-ready dict."""
@@ -147,7 +179,16 @@ class _Plan:
                     f"{self.cls.__name__}.{name} is {what}"
                 )
             # else: the field's default
-        return self.cls(**kwargs)
+        values = dict(self.defaults)
+        for name, factory in self.factories:
+            if name not in kwargs:
+                values[name] = factory()
+        values.update(kwargs)
+        record = object.__new__(self.cls)
+        vars(record).update(values)
+        if self.post_init is not None:
+            self.post_init(record)
+        return record
 
 
 _plans: dict[type[Any], _Plan] = {}
@@ -159,10 +200,10 @@ _hints: dict[tuple[str, str], Any] = {}
 
 
 def _type_hints(cls: type[Any]) -> dict[str, Any]:
-    """The fields' type hints, as :func:`typing.get_type_hints` gives them."""
+    """The fields' type hints, as :func:`typing.get_type_hints` gives them (``Any``: object)."""
     namespace = vars(sys.modules[cls.__module__])
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in structs.fields(cls):
         if not isinstance(f.type, str):
             out[f.name] = f.type
             continue
@@ -170,9 +211,9 @@ def _type_hints(cls: type[Any]) -> dict[str, Any]:
         if key not in _hints:
             try:
                 # What get_type_hints does for a class's own annotation, text by text.
-                _hints[key] = eval(f.type, namespace)
-            except NameError:  # a name only the class body knows: let typing find it
-                return typing.get_type_hints(cls)
+                _hints[key] = eval(f.type, namespace, {"Any": _ANY})
+            except NameError as e:
+                raise TypeError(f"{cls.__name__}.{f.name}: {e} (import it at run time)") from e
         out[f.name] = _hints[key]
     return out
 
@@ -184,7 +225,7 @@ def _plan(cls: type[Any]) -> _Plan:
     return plan
 
 
-def _field(f: dataclasses.Field[Any], hint: Any) -> _Field:
+def _field(f: structs.Field, hint: Any) -> _Field:
     """The codec's view of one field: its encoder, decoder, default and rules."""
     as_object = f.metadata.get("codec") == "as_object"
     # The plan reads null itself: a field's decoder only ever sees a value.
@@ -192,14 +233,14 @@ def _field(f: dataclasses.Field[Any], hint: Any) -> _Field:
     enc, dec = _pairs_as_object(hint) if as_object else (_encoder(hint), _decoder(inner))
     exact = inner if inner in (str, int, float, bool) and not as_object else None
     default: Any = f.default
-    if default is dataclasses.MISSING and callable(f.default_factory):
+    if default is structs.MISSING and callable(f.default_factory):
         default = f.default_factory()
     omit: Any = _MISSING
     if f.metadata.get("codec") == "omit_default":
-        if default is dataclasses.MISSING:
+        if default is structs.MISSING:
             raise TypeError(f"{f.name}: OMIT_DEFAULT needs a default")
         omit = default
-    required = default is dataclasses.MISSING
+    required = default is structs.MISSING
     encode = None if enc is _same else enc
     return _Field(f.name, encode, dec, exact, required, _nullable(hint), omit)
 
@@ -228,16 +269,25 @@ def _writes(
 # ---- type hints to encoders and decoders ----------------------------------------------------
 
 
+# What typing.get_args and get_origin give for the hints the records use (``tuple[int, ...]``,
+# ``X | None``), without importing typing.
 def _args(hint: Any) -> tuple[Any, ...]:
-    return typing.get_args(hint)
+    args: tuple[Any, ...] = getattr(hint, "__args__", ())
+    return args
+
+
+def _origin(hint: Any) -> Any:
+    return (
+        types.UnionType if isinstance(hint, types.UnionType) else getattr(hint, "__origin__", None)
+    )
 
 
 def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return isinstance(hint, types.UnionType)
 
 
 def _nullable(hint: Any) -> bool:
-    return hint is Any or hint is type(None) or (_is_union(hint) and type(None) in _args(hint))
+    return hint is _ANY or hint is type(None) or (_is_union(hint) and type(None) in _args(hint))
 
 
 def _optional_of(hint: Any) -> Any:
@@ -270,15 +320,15 @@ _decoders: dict[Any, _Fn] = {}
 
 
 def _new_encoder(hint: Any) -> _Fn:
-    origin = typing.get_origin(hint)
-    if hint is Any or hint in (str, int, float, bool, type(None)):
+    origin = _origin(hint)
+    if hint is _ANY or hint in (str, int, float, bool, type(None)):
         return _same
     if _is_union(hint):
         inner = _encoder(_optional_of(hint))
         return inner if inner is _same else (lambda v: None if v is None else inner(v))
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return operator.attrgetter("value")
-    if dataclasses.is_dataclass(hint):
+    if structs.is_struct(hint):
         return lambda v: _plan(type(v)).encode(v)
     if origin in (tuple, list):
         args = _args(hint)
@@ -295,8 +345,8 @@ def _new_encoder(hint: Any) -> _Fn:
 
 
 def _new_decoder(hint: Any) -> _Fn:
-    origin = typing.get_origin(hint)
-    if hint is Any:
+    origin = _origin(hint)
+    if hint is _ANY:
         return _same
     if hint in _SCALARS:
         return _SCALARS[hint]
@@ -305,8 +355,8 @@ def _new_decoder(hint: Any) -> _Fn:
         return lambda v: None if v is None else inner(v)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint
-    if dataclasses.is_dataclass(hint):
-        return _nested(hint)  # type: ignore[arg-type]
+    if structs.is_struct(hint):
+        return _nested(hint)
     if origin in (tuple, list):
         args = _args(hint)
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
@@ -321,8 +371,8 @@ def _new_decoder(hint: Any) -> _Fn:
 
 def _pairs_as_object(hint: Any) -> tuple[_Fn, _Fn]:
     """Encoder and decoder of ``tuple[tuple[str, V], ...]`` kept as a JSON object."""
-    pair = _args(hint)[0] if typing.get_origin(hint) is tuple else None
-    if pair is None or typing.get_origin(pair) is not tuple or _args(pair)[0] is not str:
+    pair = _args(hint)[0] if _origin(hint) is tuple else None
+    if pair is None or _origin(pair) is not tuple or _args(pair)[0] is not str:
         raise TypeError(f"AS_OBJECT needs tuple[tuple[str, V], ...], not {hint}")
     enc, dec = _encoder(_args(pair)[1]), _decoder(_args(pair)[1])
     return (
@@ -337,7 +387,7 @@ def _encode_any(value: Any) -> Any:
         return value.value
     if value is None or isinstance(value, (str, int, float)):
         return value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if structs.is_struct(value) and not isinstance(value, type):
         return encode(value)
     if isinstance(value, (tuple, list)):
         return [_encode_any(x) for x in value]

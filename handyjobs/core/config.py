@@ -23,14 +23,16 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from handyjobs.core import paths
 from handyjobs.errors import UsageError, storage_error
+from handyjobs.structs import field, frozen
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
+    from typing import Any
+
     from handyjobs.core.booking import Limits
 
 FILE = "config.toml"
@@ -49,7 +51,7 @@ KEYS = {
 _GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-@dataclass(frozen=True)
+@frozen
 class Config:
     """The settings in the file (None where unset)."""
 

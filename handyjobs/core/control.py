@@ -13,9 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from handyjobs.backends import base as backends
 from handyjobs.core import jobs, lifecycle, paths, procs, registry, scheduler, starting
@@ -30,7 +28,9 @@ from handyjobs.errors import (
     storage_error,
 )
 from handyjobs.gpus import discovery as gpumod
+from handyjobs.structs import frozen, replace
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     pass
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 RUNNER_EXIT_S = 10.0
 
 
-@dataclass(frozen=True)
+@frozen
 class StopResult:
     """What ``stop`` did: the record afterwards, the run it stopped and the pids it ended."""
 
@@ -215,7 +215,7 @@ def _end_run(
     return pids, killed, left
 
 
-@dataclass(frozen=True)
+@frozen
 class Signalled:
     """What pause, resume or kill did to a job's run: the record after, and how many of its
     processes got the signal (None: its backend's scheduler did it; for ``--main``, its main
@@ -365,7 +365,7 @@ def _check_gpus_released(name: str, run: Run, pids: set[int]) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@frozen
 class RestartResult:
     """The record after ``restart``, and whether the first start's environment was reused."""
 

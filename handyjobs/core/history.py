@@ -33,12 +33,15 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeAlias
 
 from handyjobs.core import paths
 from handyjobs.core.logs import lines_backwards
 from handyjobs.core.records import NAME_RE, SCHEMA_VERSION, JobRecord, ProcId
 from handyjobs.errors import printable, storage_error
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
 
 HEADER = json.dumps({"schema_version": SCHEMA_VERSION}).encode() + b"\n"
 # Reading the history backwards, a block at a time.

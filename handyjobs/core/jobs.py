@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from handyjobs.core import paths, registry, scheduler
 from handyjobs.core.records import JobRecord, JobState
@@ -27,7 +25,9 @@ from handyjobs.errors import (
     UsageError,
     printable,
 )
+from handyjobs.structs import replace
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.gpus.discovery import Discovery
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import fields, replace
 from pathlib import Path
 
 from handyjobs.core import paths
@@ -49,6 +48,7 @@ from handyjobs.core.status import read_status as read_status  # callers read it 
 from handyjobs.core.stores import Probe as Probe  # callers name them from here
 from handyjobs.core.stores import Scratch as Scratch
 from handyjobs.core.stores import Store as Store
+from handyjobs.structs import fields, replace
 
 
 class Event(str, enum.Enum):

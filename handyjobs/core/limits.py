@@ -12,12 +12,14 @@ before the job is queued.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
 
 from handyjobs.core import cgroups
 from handyjobs.errors import UsageError
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
+    from typing import Any
+
     from handyjobs.core.spec import StartRequest
 
 #: Seconds before the time limit at which the warning comes, unless ``--signal-before`` says.

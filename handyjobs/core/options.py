@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from handyjobs.errors import UsageError
+from handyjobs.structs import Protocol, frozen, replace
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
+    from typing import Any, Literal, TypeAlias
+
     from handyjobs.core.records import JobSpec
     from handyjobs.core.spec import BackendRequest, StartRequest
 
-#: How a value is typed: a flag (no value), a number, a word, or a word that may repeat.
-Kind = Literal["flag", "int", "float", "str", "list"]
-#: What ``--like`` does with the field: copies it from the other job's spec (a value typed now
-#: replaces it), copies it and adds the values typed now, or leaves it to what is typed now.
-Like = Literal["copy", "add", ""]
+    #: How a value is typed: a flag (no value), a number, a word, or a word that may repeat.
+    Kind: TypeAlias = Literal["flag", "int", "float", "str", "list"]
+    #: What ``--like`` does with the field: copies it from the other job's spec (a value typed
+    #: now replaces it), copies it and adds the values typed now, or leaves it to what is typed
+    #: now.
+    Like: TypeAlias = Literal["copy", "add", ""]
 
 
-@dataclass(frozen=True)
+@frozen
 class Option:
     """One command-line option, declared once: how it is typed and what it fills."""
 

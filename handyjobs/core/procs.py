@@ -19,12 +19,12 @@ import os
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from handyjobs import procfs
 from handyjobs.core import cgroups
 from handyjobs.core.records import ProcId
+from handyjobs.structs import frozen
 
 MARKER_ENV = "HANDYJOBS_RUN_ID"
 #: Put on the runner itself (through tmux's ``new-session -e``), so the runner is not among
@@ -161,7 +161,7 @@ def signal_verified(pid: int, start: int, run_id: str, sig: int) -> bool:
             os.close(pidfd)
 
 
-@dataclass(frozen=True)
+@frozen
 class Ended:
     """What :func:`terminate` did: every pid it signalled, and the ones still alive after."""
 

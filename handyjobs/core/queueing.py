@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 
 from handyjobs.backends import base as backends
 from handyjobs.core import booking, jobs, lifecycle, paths, registry, scheduler
 from handyjobs.core import options as table
 from handyjobs.core.records import JobRecord, JobSpec, JobState, Run
 from handyjobs.errors import GpuError, HandyjobsError, JobStateError, UsageError
+from handyjobs.structs import replace
 
 #: The spec fields an edit takes from the checked request; every other field stays as it was.
 _EDITED_FIELDS = ("args", "env", "gpus", "ngpus", "cpu", "force", "priority", "after", "after_any")

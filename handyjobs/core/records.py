@@ -1,8 +1,9 @@
 """Job states, specs, runs, outcomes and reasons as typed data, with their JSON form.
 
 Everything the registry, the runner's status file and the launch file hold is one of these
-dataclasses, written and read by the one codec of :mod:`handyjobs.core.codec` (each record
-declares there only where its JSON departs from the plain rule), with a schema version.
+structs (:mod:`handyjobs.structs`), written and read by the one codec of
+:mod:`handyjobs.core.codec` (each record declares there only where its JSON departs from the
+plain rule), with a schema version.
 Reasons (why a run waits, why it was lost) are data here; :mod:`handyjobs.views.render` turns
 them into words.
 """
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
 
 from handyjobs.core.codec import AS_OBJECT, OMIT_DEFAULT, JsonRecord, Layout
 
@@ -21,6 +20,11 @@ from handyjobs.core.codec import AS_OBJECT, OMIT_DEFAULT, JsonRecord, Layout
 from handyjobs.core.states import BlockKind as BlockKind
 from handyjobs.core.states import JobState as JobState
 from handyjobs.core.states import LostKind as LostKind
+from handyjobs.structs import field, frozen, mutable, replace
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Bumped whenever a JSON layout changes; older files are migrated on load (see registry.py).
 SCHEMA_VERSION = 2
@@ -30,7 +34,7 @@ SCHEMA_VERSION = 2
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-@dataclass(frozen=True)
+@frozen
 class Reason(JsonRecord):
     """Why a run was lost or failed to start: a kind, and data (never a sentence) about it."""
 
@@ -44,7 +48,7 @@ class Reason(JsonRecord):
     job: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class GpuUser(JsonRecord):
     """A process seen on a GPU, as discovery reported it (user only when /proc vouches)."""
 
@@ -53,7 +57,7 @@ class GpuUser(JsonRecord):
     name: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Blocker(JsonRecord):
     """Why one GPU is not free for a run."""
 
@@ -67,7 +71,7 @@ class Blocker(JsonRecord):
     detail: str | None = field(default=None, metadata=OMIT_DEFAULT)
 
 
-@dataclass(frozen=True)
+@frozen
 class Wait(JsonRecord):
     """Why a queued run cannot start yet: how many GPUs it needs, how many are free, blockers."""
 
@@ -113,7 +117,7 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-@dataclass(frozen=True)
+@frozen
 class GpuPolicy(JsonRecord):
     """The GPU settings a job was started under: the GPUs it may use, the busy threshold."""
 
@@ -121,7 +125,7 @@ class GpuPolicy(JsonRecord):
     threshold_mib: int = 1024
 
 
-@dataclass(frozen=True)
+@frozen
 class Rendezvous(JsonRecord):
     """One node's part of a job on several machines: torchrun's c10d rendezvous, as started."""
 
@@ -134,7 +138,7 @@ class Rendezvous(JsonRecord):
     rdzv_id: str
 
 
-@dataclass(frozen=True)
+@frozen
 class BatchSpec(JsonRecord):
     """What a job asks of a cluster's batch scheduler: its options, named as it names them."""
 
@@ -161,7 +165,7 @@ class BatchSpec(JsonRecord):
     srun_opts: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class ClusterState(JsonRecord):
     """A run as a cluster's scheduler sees it, in its own words, kept as data. ``verdict`` is
     what that means for the run (the backend maps its states): QUEUED, RUNNING or PAUSED
@@ -186,7 +190,7 @@ class ClusterState(JsonRecord):
     held: bool = field(default=False, metadata=OMIT_DEFAULT)
 
 
-@dataclass(frozen=True)
+@frozen
 class JobSpec(JsonRecord):
     """What the user asked for; ``restart`` starts the same spec again."""
 
@@ -282,7 +286,7 @@ class JobSpec(JsonRecord):
         return "exec" if self.executable else "module" if self.module else "python"
 
 
-@dataclass(frozen=True)
+@frozen
 class ProcId(JsonRecord):
     """A process as identity, not just a number: its pid and its start time since boot.
 
@@ -294,7 +298,7 @@ class ProcId(JsonRecord):
     start: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class GpuUse(JsonRecord):
     """What a run used of one GPU, sampled through the driver by the run's pids."""
 
@@ -307,7 +311,7 @@ class GpuUse(JsonRecord):
     samples: int = 0
 
 
-@dataclass(frozen=True)
+@frozen
 class NodeCost(JsonRecord):
     """One node's share of a run that spans several nodes, as that node measured it."""
 
@@ -319,7 +323,7 @@ class NodeCost(JsonRecord):
     gpus: tuple[GpuUse, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class Cost(JsonRecord):
     """What a run cost, as its runner measured it (what a scheduler's accounting reports)."""
 
@@ -340,7 +344,7 @@ class Cost(JsonRecord):
     nodes: tuple[NodeCost, ...] = field(default=(), metadata=OMIT_DEFAULT)
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome(JsonRecord):
     """How a run's command ended, as its runner saw it: exit code or signal, and the rest."""
 
@@ -360,7 +364,7 @@ class Outcome(JsonRecord):
     reason: Reason | None = field(default=None, metadata=OMIT_DEFAULT)
 
 
-@dataclass(frozen=True)
+@frozen
 class GpuBaseline(JsonRecord):
     """One booked GPU as it was when the run got it: what ``stop`` expects to return to."""
 
@@ -369,7 +373,7 @@ class GpuBaseline(JsonRecord):
     pids: tuple[int, ...] = ()
 
 
-@dataclass
+@mutable
 class Run(JsonRecord):
     """One run of a job: created by ``start`` or ``restart``; its transitions are in lifecycle."""
 
@@ -431,7 +435,7 @@ class Run(JsonRecord):
         return out
 
 
-@dataclass
+@mutable
 class JobRecord(JsonRecord):
     """Everything handyjobs knows about one job; the last of ``runs`` is the current run.
 
@@ -521,7 +525,7 @@ def _first_release_status(d: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclass
+@mutable
 class RunStatus(JsonRecord):
     """The file a run's runner writes (``jobs/NAME/run-RUNID.json``): the job side's truth.
 
@@ -551,7 +555,7 @@ class RunStatus(JsonRecord):
     schema_version: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True)
+@frozen
 class LaunchEnv(JsonRecord):
     """The caller's environment for a job (``jobs/NAME/env.json``, 0600), kept for restarts."""
 

@@ -32,13 +32,16 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from handyjobs.core import history, paths
 from handyjobs.core.records import SCHEMA_VERSION, JobRecord
 from handyjobs.errors import RegistryError, storage_error
+from handyjobs.structs import field, mutable
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _numbered(name: str, stem: str) -> bool:
@@ -48,7 +51,7 @@ def _numbered(name: str, stem: str) -> bool:
 # ---- the locked view -----------------------------------------------------------------------
 
 
-@dataclass
+@mutable
 class Registry:
     """What one locked read-modify-write sees: active records, counters, and changes to save."""
 
@@ -306,7 +309,7 @@ def _records(raw: Iterable[Any], version: int, path: Path) -> list[JobRecord]:
         raise _bad(path, exc) from exc
 
 
-@dataclass
+@mutable
 class _Snapshot:
     """``registry.json`` as read: active records (and, from a v1 file, the finished ones)."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from handyjobs.core import paths, registry
 from handyjobs.core.records import (
@@ -29,6 +28,7 @@ from handyjobs.core.records import (
 )
 from handyjobs.core.stores import Store
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.core.booking import Limits
     from handyjobs.gpus.discovery import Discovery, Watch

@@ -13,14 +13,16 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
 
 from handyjobs.core.records import NAME_RE, GpuPolicy, JobSpec, Rendezvous
 from handyjobs.errors import UsageError
+from handyjobs.structs import Protocol, field, frozen
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
+    from typing import Any
+
     from handyjobs.gpus.discovery import Discovery
 
 #: The backend of a job that names none: a tmux session on this machine.
@@ -46,7 +48,7 @@ class BackendRequest(Protocol):
         """Check this part against the whole request; the :class:`JobSpec` fields it fills."""
 
 
-@dataclass(frozen=True)
+@frozen
 class StartRequest:
     """What ``handyjobs start`` was asked, before any of it is checked."""
 
@@ -148,7 +150,7 @@ def check_nodes(req: StartRequest) -> Rendezvous | None:
     return Rendezvous(req.nnodes, rank, f"{m.group('host')}:{port}", rdzv_id)
 
 
-@dataclass(frozen=True)
+@frozen
 class Checked:
     """A checked start: the spec, the discovery it was resolved against, the git state."""
 

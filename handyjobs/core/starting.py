@@ -12,9 +12,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from handyjobs.backends import base as backends
 from handyjobs.core import booking, config, lifecycle, paths, registry, scheduler
@@ -24,7 +22,9 @@ from handyjobs.errors import (
     UsageError,
     storage_error,
 )
+from handyjobs.structs import frozen, replace
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.backends.base import Backend
     from handyjobs.core.spec import Checked, StartRequest
@@ -190,7 +190,7 @@ def launch_run(
     return ready.started(reg, started)
 
 
-@dataclass(frozen=True)
+@frozen
 class _Ready:
     """A run about to be launched: its record (put, not saved), launch request and files."""
 

@@ -7,9 +7,8 @@ backend that reconciling asks. Transitions themselves are in :mod:`handyjobs.cor
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from handyjobs.core.records import ClusterState, JobRecord, Run
+from handyjobs.structs import Protocol
 
 
 class Store(Protocol):

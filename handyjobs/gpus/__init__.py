@@ -9,9 +9,11 @@ imports :mod:`handyjobs.gpus.model` (through this package), and most never look 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
+    from typing import Any
+
     from handyjobs.gpus.discovery import (
         Discovery,
         GpuInfo,

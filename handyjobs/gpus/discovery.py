@@ -40,14 +40,14 @@ import os
 import shutil
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from handyjobs.errors import UsageError
 from handyjobs.gpus.fake import FAKE_ENV, read_fake
 from handyjobs.gpus.model import Discovery, GpuInfo, GpuProcess
 from handyjobs.gpus.pidinfo import comparable, described, host_pid_namespace, vouch
+from handyjobs.structs import frozen, replace
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.gpus import nvml
 
@@ -244,7 +244,7 @@ def query_nvidia_smi(path: str | None = None, timeout_s: float = SMI_TIMEOUT_S) 
 # --------------------------------------------------------------------------- after a job
 
 
-@dataclass(frozen=True)
+@frozen
 class Leftover:
     """What a GPU still holds of a job that ended, measured against a look from before it."""
 

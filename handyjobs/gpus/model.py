@@ -29,11 +29,14 @@ set ``"pids_comparable": false`` at the top to play a container whose driver rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from handyjobs.structs import field, frozen
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True)
+@frozen
 class GpuProcess:
     """A compute process running on a GPU."""
 
@@ -52,7 +55,7 @@ class GpuProcess:
         }
 
 
-@dataclass(frozen=True)
+@frozen
 class GpuInfo:
     """One physical GPU as seen at discovery time."""
 
@@ -83,7 +86,7 @@ class GpuInfo:
         }
 
 
-@dataclass(frozen=True)
+@frozen
 class Discovery:
     """What discovery found, where it looked, and (when nothing) why."""
 

@@ -24,7 +24,6 @@ it) and typed as ``Any``: the binding has no types, and tests substitute a stand
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import importlib
 import os
@@ -32,8 +31,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+
+from handyjobs.structs import field, mutable, replace
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from typing import Any
 
 _MIB = 1024 * 1024
 #: PID_MAX_LIMIT of 64-bit Linux: every process id is below it, in any pid namespace. A
@@ -47,10 +50,8 @@ PROCESS_FUNCS = (
     "nvmlDeviceGetComputeRunningProcesses",
 )
 
-T = TypeVar("T")
 
-
-@dataclass
+@mutable
 class RawProcess:
     """One compute process as the driver listed it (pid in the driver's numbering)."""
 
@@ -60,7 +61,7 @@ class RawProcess:
     nvml_name: str | None = None
 
 
-@dataclass
+@mutable
 class RawGpu:
     """What NVML said about one GPU; ``errors`` say which parts it could not say."""
 
@@ -85,7 +86,7 @@ class RawGpu:
     call: str = ""
 
 
-@dataclass
+@mutable
 class Reading:
     """One reading of every GPU: ``ok`` False means NVML itself failed (see ``note``)."""
 
@@ -99,10 +100,10 @@ class Reading:
 # ---- work on threads, against a deadline --------------------------------------------------------
 
 
-class _Task(Generic[T]):
+class _Task:
     """One piece of NVML work on a daemon thread; the caller waits for it until a deadline."""
 
-    def __init__(self, key: str, fn: Callable[[_Task[T]], T]) -> None:
+    def __init__(self, key: str, fn: Callable[[_Task], Any]) -> None:
         self.key = key
         self.call = "starting"
         self.started = time.monotonic()
@@ -135,15 +136,15 @@ class _Task(Generic[T]):
         """Wait until the work ends or the deadline (time.monotonic) passes; True if it ended."""
         return self._done.wait(max(0.0, deadline - time.monotonic()))
 
-    def value(self) -> T:
+    def value(self) -> Any:
         """The work's result, re-raising its exception here (call after :meth:`wait`)."""
         if self.error is not None:
             raise self.error
-        return cast(T, self.result)
+        return self.result
 
 
 _LOCK = threading.Lock()
-_PENDING: dict[str, _Task[Any]] = {}
+_PENDING: dict[str, _Task] = {}
 
 
 def pending() -> dict[str, str]:
@@ -152,7 +153,7 @@ def pending() -> dict[str, str]:
         return {key: task.call for key, task in _PENDING.items()}
 
 
-def _stuck(key: str) -> _Task[Any] | None:
+def _stuck(key: str) -> _Task | None:
     """The earlier work on ``key`` that still has not returned, if any."""
     with _LOCK:
         return _PENDING.get(key)
@@ -229,7 +230,7 @@ class Session:
         stuck = _stuck("init")
         if stuck is not None:
             return self._still_stuck("NVML", stuck)
-        task: _Task[str | None] = _Task("init", self._init)
+        task: _Task = _Task("init", self._init)
         task.start()
         if not task.wait(deadline):
             return Reading(
@@ -245,7 +246,7 @@ class Session:
         self._opened = True
         return None
 
-    def _init(self, task: _Task[str | None]) -> str | None:
+    def _init(self, task: _Task) -> str | None:
         """nvmlInit on the worker thread: None, or why NVML cannot be used."""
         nvml = self._nvml
         task.call = "nvmlInit"
@@ -280,7 +281,7 @@ class Session:
         stuck = _stuck("count")
         if stuck is not None:
             return self._still_stuck("NVML", stuck)
-        counting: _Task[int] = _Task("count", self._count)
+        counting: _Task = _Task("count", self._count)
         counting.start()
         if not counting.wait(deadline):
             return Reading(
@@ -296,7 +297,7 @@ class Session:
 
         gpus: dict[int, RawGpu] = {}
         hung: list[str] = []
-        tasks: list[tuple[int, _Task[RawGpu]]] = []
+        tasks: list[tuple[int, _Task]] = []
         for index in range(count):
             key = f"gpu {index}"
             earlier = _stuck(key)
@@ -307,7 +308,7 @@ class Session:
                 gpus[index] = gpu
                 hung.append(f"GPU {index} ({earlier.call}, waiting {age:.0f} s)")
                 continue
-            task: _Task[RawGpu] = _Task(key, functools.partial(self._read_gpu, index=index))
+            task: _Task = _Task(key, functools.partial(self._read_gpu, index=index))
             task.partial = RawGpu(index)
             task.start()
             tasks.append((index, task))
@@ -327,7 +328,7 @@ class Session:
             )
         return Reading(True, [gpus[i] for i in sorted(gpus)], note=note, hung=bool(hung))
 
-    def _still_stuck(self, what: str, task: _Task[Any]) -> Reading:
+    def _still_stuck(self, what: str, task: _Task) -> Reading:
         """A reading for NVML work that an earlier call started and that still has not ended."""
         age = time.monotonic() - task.started
         return Reading(
@@ -336,11 +337,11 @@ class Session:
             hung=True,
         )
 
-    def _count(self, task: _Task[int]) -> int:
+    def _count(self, task: _Task) -> int:
         task.call = "nvmlDeviceGetCount"
         return int(self._nvml.nvmlDeviceGetCount())
 
-    def _read_gpu(self, task: _Task[RawGpu], index: int) -> RawGpu:
+    def _read_gpu(self, task: _Task, index: int) -> RawGpu:
         """Read one GPU on its worker thread; each failed part becomes an error of that GPU."""
         nvml = self._nvml
         gpu: RawGpu = task.partial
@@ -479,7 +480,7 @@ def _copy(partial: Any, index: int) -> RawGpu:
     """A snapshot of what a still-running reader has found so far (it may go on writing)."""
     if not isinstance(partial, RawGpu):
         return RawGpu(index)
-    return dataclasses.replace(
+    return replace(
         partial,
         processes=[],  # a half-read process list would mislead; the GPU counts as busy anyway
         dropped_pids=[],

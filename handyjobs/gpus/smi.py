@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass
 
 from handyjobs.gpus.model import GpuInfo, GpuProcess
+from handyjobs.structs import frozen
 
 GPU_QUERY = "index,uuid,name,memory.used,memory.total,utilization.gpu"
 #: Asked after GPU_QUERY when nvidia-smi knows it (R450 and later).
@@ -21,7 +21,7 @@ MIG_FIELD = "mig.mode.current"
 APPS_QUERY = "gpu_uuid,pid,used_memory,process_name"
 
 
-@dataclass(frozen=True)
+@frozen
 class Reading:
     """One look through nvidia-smi: the GPUs, their processes by GPU UUID, and when it asked."""
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from handyjobs.core import procs
 from handyjobs.core.records import JobSpec
+from handyjobs.structs import frozen
 
 #: How the rendezvous of a multi-process run is recorded.
 STANDALONE = "standalone (c10d on a free localhost port)"
@@ -26,7 +26,7 @@ _PANE_VARS = ("TMUX", "TMUX_PANE")
 _RUNNER_VARS = ("HANDYJOBS_RUNNER_OF",)
 
 
-@dataclass(frozen=True)
+@frozen
 class RunContext:
     """What a run knows beyond its spec: its identity, the GPUs it got, and where it logs."""
 
@@ -46,7 +46,7 @@ class RunContext:
     nnodes: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Launch:
     """The command and environment of one run."""
 

@@ -31,7 +31,6 @@ import signal
 import sys
 import termios
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -62,6 +61,7 @@ from handyjobs.jobside.statusfile import (
 )
 from handyjobs.jobside.tee import Outcome as PtyResult
 from handyjobs.jobside.tee import drop_typed_ahead, quiet_pane, run_on_pty
+from handyjobs.structs import replace
 from handyjobs.views import render
 
 #: Seconds the job's leftover processes get after SIGTERM, once its main process has ended.

@@ -14,15 +14,15 @@ import os
 import resource
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from handyjobs import procfs
 from handyjobs.core import cgroups
 from handyjobs.core.procs import MARKER_ENV
 from handyjobs.core.records import Cost, GpuUse, NodeCost
+from handyjobs.structs import frozen, replace
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.gpus.discovery import Discovery, Watch
 
@@ -33,7 +33,7 @@ _MARKER = MARKER_ENV.encode() + b"="
 _RESTART = b"TORCHELASTIC_RESTART_COUNT="
 
 
-@dataclass(frozen=True)
+@frozen
 class ProcUsage:
     """One process, one look: resident memory now and at its peak, CPU time so far."""
 

@@ -13,10 +13,11 @@ import struct
 import termios
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING
 
+from handyjobs.structs import field, frozen
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.jobside.rotation import Rotator
 
@@ -42,7 +43,7 @@ _REAP_INTERVAL_S = 0.05
 _REAP_ON_ERROR_S = 1.0
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome:
     """How the job ended: an exit code, or the signal that killed it."""
 

@@ -24,14 +24,13 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import NamedTuple
 
 from handyjobs.core.logs import lines_backwards
 from handyjobs.metrics import higher_is_better as rule
+from handyjobs.structs import frozen
 
 #: Keys of a metrics line that are not metrics.
 RESERVED = frozenset(
@@ -54,13 +53,35 @@ _TIME_KEYS = ("time", "timestamp", "ts", "wall_time")
 Point = tuple[float, float]
 
 
-class Sample(NamedTuple):
+class Sample(tuple[float, float, "float | None", "int | None"]):
     """One logged value: its step (x), value (maybe NaN or inf), time (epoch s) and run."""
 
-    step: float
-    value: float
-    time: float | None
-    run: int | None
+    # A tuple as typing.NamedTuple makes one (sorted by step as a tuple), without typing's
+    # import on the path of `show`.
+    __slots__ = ()
+
+    def __new__(cls, step: float, value: float, time: float | None, run: int | None) -> Sample:
+        return tuple.__new__(cls, (step, value, time, run))
+
+    @property
+    def step(self) -> float:
+        """The x of the point: the step logged, or the line's number."""
+        return self[0]
+
+    @property
+    def value(self) -> float:
+        """The value logged (maybe NaN or inf)."""
+        return self[1]
+
+    @property
+    def time(self) -> float | None:
+        """When it was logged (epoch s), if known."""
+        return self[2]
+
+    @property
+    def run(self) -> int | None:
+        """The run of the job that logged it, if known."""
+        return self[3]
 
 
 def metrics_path(log_path: str) -> Path:
@@ -234,7 +255,7 @@ def higher_is_better(metric: str) -> bool:
     return rule(metric)
 
 
-@dataclass(frozen=True)
+@frozen
 class Summary:
     """The last and the best value of one metric, and where it first stopped being finite."""
 

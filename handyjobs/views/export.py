@@ -8,13 +8,16 @@ import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
 
 from handyjobs.errors import UsageError
+from handyjobs.structs import frozen
 from handyjobs.views import curves, jobcurves
+
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 #: The columns, in order: pandas reads them with ``pd.read_csv(f, parse_dates=["time"])``.
 COLUMNS = ("job", "run", "step", "time", "metric", "value", "params")
@@ -23,7 +26,7 @@ COLUMNS = ("job", "run", "step", "time", "metric", "value", "params")
 TENSORBOARD_HINT = "--tensorboard needs the tensorboard package: pip install tensorboard"
 
 
-@dataclass(frozen=True)
+@frozen
 class Row:
     """One logged value of one job."""
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from handyjobs.core import jobs, paths
 from handyjobs.core.records import JobRecord
 from handyjobs.errors import JobStateError, UsageError, storage_error
+from handyjobs.structs import frozen
 from handyjobs.views import curves, png, render
 from handyjobs.views.plot import Series, picture
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.views.plot import Series
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 X_AXES = ("step", "time", "epoch")
 
 
-@dataclass(frozen=True)
+@frozen
 class Curves:
     """What ``plot`` draws: one series per job and metric, the jobs that had no point of a
     metric, and what the x axis counts (``step``, ``epoch``, ``seconds``, ...)."""

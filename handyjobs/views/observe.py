@@ -13,9 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from handyjobs.core import jobs, logs
 from handyjobs.core.records import JobRecord, JobState, parse_time
@@ -23,8 +21,10 @@ from handyjobs.errors import HandyjobsError
 from handyjobs.gpus import discovery as gpus
 from handyjobs.jobside import rotation, sampler, terminal
 from handyjobs.jobside.sampler import ProcTable
+from handyjobs.structs import field, frozen, replace
 from handyjobs.views import curves
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from handyjobs.gpus.discovery import Discovery
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 # ---- the live view -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Progress:
     """What the job's trainer last said about its loop (``$HANDYJOBS_PROGRESS_FILE``), and the
     whole run's share and ETA when the loop is one pass of several (``epoch 3/10``)."""
@@ -94,7 +94,7 @@ def read_progress(path: Path, since: str | None = None) -> Progress | None:
     return whole_run(Progress(str(desc or ""), int(done), total_n, rate, eta))
 
 
-@dataclass(frozen=True)
+@frozen
 class LiveJob:
     """One row of the live view."""
 
@@ -107,7 +107,7 @@ class LiveJob:
     last_line: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class Snapshot:
     """Everything the live view shows at one moment."""
 

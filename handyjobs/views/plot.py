@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from handyjobs.structs import frozen
 from handyjobs.views import font
 from handyjobs.views.curves import Point
 
@@ -42,7 +42,7 @@ DASHES = ("1", "1" * 12 + "0" * 6, "11" + "0" * 4, "1" * 12 + "0" * 4 + "11" + "
 _DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 
 
-@dataclass(frozen=True)
+@frozen
 class Series:
     """One curve: its label, its points (x ascending) and the metric they are values of."""
 
@@ -51,7 +51,7 @@ class Series:
     metric: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class Frame:
     """The ranges the chart shows (y already on the log scale with ``log_y``)."""
 

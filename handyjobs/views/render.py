@@ -10,7 +10,6 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
 
 from handyjobs import backends
 from handyjobs.core.records import (
@@ -29,7 +28,10 @@ from handyjobs.errors import GpuBusy, HandyjobsError
 from handyjobs.errors import printable as printable  # where messages are made safe
 
 # Control characters (C0, DEL, C1) that a terminal would act on instead of showing.
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
+    from typing import Any
+
     from handyjobs.backends.base import Describe
     from handyjobs.gpus.discovery import Discovery
 

@@ -7,14 +7,14 @@ never writes the registry.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from handyjobs.core import jobs
 from handyjobs.core.records import JobRecord, JobState
+from handyjobs.structs import field, frozen
 from handyjobs.views import curves
 
 
-@dataclass(frozen=True)
+@frozen
 class JobView:
     """``show``: the record and the last and best value of each metric the job logged."""
 
@@ -28,7 +28,7 @@ def job_view(name: str) -> JobView:
     return JobView(record, curves.summarise(curves.read(curves.metrics_path(record.log_path))))
 
 
-@dataclass(frozen=True)
+@frozen
 class Listing:
     """``list``: the records, how many there are, and a metric's last value per job."""
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import sys
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from handyjobs import structs
 from handyjobs.core import codec
 from handyjobs.core.records import (
     SCHEMA_VERSION,
@@ -43,7 +44,16 @@ from handyjobs.core.records import (
 def record(cls: type[Any], **given: Any) -> st.SearchStrategy[Any]:
     """Records of ``cls``: the fields named here from these strategies, any other field (one
     added later) inferred from its type, so that a new field is round-tripped too."""
-    return st.builds(cls, **{f.name: given.get(f.name, ...) for f in dataclasses.fields(cls)})
+    # The class's own annotations: a struct's __init__ is compiled on first use, so hypothesis
+    # cannot read the types from its signature.
+    namespace = {**vars(sys.modules[cls.__module__]), "Any": Any}
+    return st.builds(
+        cls,
+        **{
+            f.name: given[f.name] if f.name in given else st.from_type(eval(f.type, namespace))
+            for f in structs.fields(cls)
+        },
+    )
 
 
 texts = st.text(max_size=6)
@@ -266,6 +276,9 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     RunStatus: run_statuses,
     LaunchEnv: launch_envs,
 }
+# A record inside a record (a field not named in its strategy) is drawn from these.
+for _cls, _strategy in STRATEGIES.items():
+    st.register_type_strategy(_cls, _strategy)
 
 # Sized so that the whole file runs in a few seconds; the big records get fewer examples.
 _EXAMPLES = {JobRecord: 40, Run: 60, RunStatus: 60, JobSpec: 80}
@@ -381,11 +394,11 @@ def test_reading_is_lenient_where_files_differ_and_strict_where_they_are_wrong()
 
 
 def test_the_codec_refuses_what_it_cannot_write_both_ways() -> None:
-    @dataclasses.dataclass
+    @structs.mutable
     class Either(codec.JsonRecord):
         value: int | str
 
-    @dataclasses.dataclass
+    @structs.mutable
     class Misnamed(codec.JsonRecord):
         json_layout = codec.Layout(order=("nothing",))
         value: int = 0

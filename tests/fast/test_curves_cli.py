@@ -9,7 +9,6 @@ import io
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from conftest import make_record, run_in_process
 from handyjobs.core import registry
 from handyjobs.core.records import JobRecord
 from handyjobs.metrics import log_metrics
+from handyjobs.structs import replace
 from handyjobs.views.plot import MARKS, NONFINITE_MARK
 
 

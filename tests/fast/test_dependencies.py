@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from conftest import make_record
 
 from handyjobs.core import booking
 from handyjobs.core.records import JobRecord, JobState
 from handyjobs.errors import UsageError
+from handyjobs.structs import replace
 
 
 def _queued(name: str, after: dict[str, JobRecord]) -> JobRecord:

@@ -9,7 +9,6 @@ import gc
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from conftest import Sandbox, make_record, reap, run_in_process
 from handyjobs.cli import main
 from handyjobs.core import registry
 from handyjobs.core.records import JobState
+from handyjobs.structs import replace
 
 
 @pytest.fixture

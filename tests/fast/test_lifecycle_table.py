@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import inspect
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,6 +39,7 @@ from handyjobs.core.records import (
     utcnow,
 )
 from handyjobs.gpus.discovery import Discovery, GpuInfo
+from handyjobs.structs import replace
 from handyjobs.views import render
 
 Q, R, P = JobState.QUEUED, JobState.RUNNING, JobState.PAUSED

@@ -5,14 +5,13 @@ Pure functions only: nothing here runs Slurm (tests/test_slurm.py does, on a loc
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from handyjobs.backends.slurm import backend, describe, jobside, node, sbatch, step
 from handyjobs.core.records import JobSpec, JobState, Run
 from handyjobs.errors import UsageError
 from handyjobs.jobside import launch
+from handyjobs.structs import replace
 
 # What Slurm puts in the batch script's environment on the first of two nodes.
 TWO_NODES = {

@@ -12,19 +12,19 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from handyjobs.core import paths
 from handyjobs.core.records import ClusterState
 from handyjobs.errors import HandyjobsError
+from handyjobs.structs import frozen
 
 #: Seconds a controller that did not answer is left alone before it is asked again.
 RETRY_S = 5.0
 FILE = "slurm-squeue.json"
 
 
-@dataclass(frozen=True)
+@frozen
 class Answer:
     """One squeue answer: whose (cluster and user), when, and every job it listed."""
 
@@ -33,7 +33,7 @@ class Answer:
     jobs: dict[str, ClusterState]
 
 
-@dataclass(frozen=True)
+@frozen
 class Silence:
     """The controller did not answer: when it was asked, why not, and its last answer's time."""
 

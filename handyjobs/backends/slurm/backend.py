@@ -35,7 +35,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
@@ -50,6 +49,7 @@ from handyjobs.core import paths
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, JobSpec, JobState, Run
 from handyjobs.errors import HandyjobsError, JobStateError, UsageError
+from handyjobs.structs import replace
 
 #: Seconds one ``squeue`` answer is reused (in this process and, through a file, by others).
 CACHE_ENV = "HANDYJOBS_SLURM_CACHE_S"

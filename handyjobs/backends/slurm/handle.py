@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from handyjobs.core.records import Run
+from handyjobs.structs import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class SlurmHandle:
     """What ``sbatch`` gave back for a run: the job id (None until submitted), the script."""
 

@@ -28,7 +28,6 @@ import os
 import signal
 import subprocess
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -37,6 +36,7 @@ from handyjobs.backends.slurm import backend, sbatch, step
 from handyjobs.core import procs
 from handyjobs.core.records import Cost, JobSpec, JobState, LostKind, NodeCost, Reason, utcnow
 from handyjobs.jobside import launch, limits, sampler
+from handyjobs.structs import replace
 
 #: Seconds between two looks for processes newly listening for Slurm's time-limit warning.
 WARNING_REPEAT_S = 5.0

@@ -9,13 +9,16 @@ part (:class:`~handyjobs.backends.slurm.sbatch.SlurmRequest`, checked by sbatch)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any
 
-from handyjobs.core.options import Kind, Option, option, request_fields
+from handyjobs.core.options import Option, option, request_fields
+from handyjobs.structs import fields, replace
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
+    from typing import Any
+
     from handyjobs.backends.slurm.sbatch import SlurmRequest
+    from handyjobs.core.options import Kind
     from handyjobs.core.records import JobSpec
     from handyjobs.core.spec import StartRequest
 

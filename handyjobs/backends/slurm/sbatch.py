@@ -16,14 +16,16 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from handyjobs.backends.slurm.handle import SlurmHandle
 from handyjobs.core.records import BatchSpec, JobSpec, JobState, Run
 from handyjobs.errors import UsageError
+from handyjobs.structs import field, frozen
 
+TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
+    from typing import Any
+
     from handyjobs.core.spec import StartRequest
 
 #: Signal and lead time of Slurm's warning before the time limit (``--signal=B:USR1@60``).
@@ -45,7 +47,7 @@ _MEM_RE = re.compile(r"^\d+[KMGTkmgt]?$")
 _WORD_RE = re.compile(r"^[A-Za-z0-9_.,:@&|!*\[\]()+-]+$")
 
 
-@dataclass(frozen=True)
+@frozen
 class SlurmRequest:
     """What ``handyjobs start --slurm`` was given, before it is checked."""
 
@@ -385,7 +387,7 @@ def script(
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
+@frozen
 class ArrayPoint:
     """One run of a job array (a sweep's point): array task I runs the I-th point."""
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from handyjobs.core.records import JobSpec
 from handyjobs.jobside import launch
+from handyjobs.structs import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Allocation:
     """The allocation the batch script runs in, as Slurm describes it in the environment."""
 

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
@@ -29,6 +28,7 @@ from handyjobs.core import cgroups, paths, procs
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, Run
 from handyjobs.errors import TmuxError, UsageError
+from handyjobs.structs import frozen
 
 SOCKET_ENV = "HANDYJOBS_TMUX_SOCKET"
 TAG = "@handyjobs-run"
@@ -72,7 +72,7 @@ def socket_args() -> list[str]:
     return ["-S", sock] if "/" in sock else ["-L", sock]
 
 
-@dataclass(frozen=True)
+@frozen
 class TmuxResult:
     """What one tmux command gave: its exit code, and its output and errors as lines."""
 

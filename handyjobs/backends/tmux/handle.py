@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from handyjobs.core.records import Run
+from handyjobs.structs import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class TmuxHandle:
     """This backend's handle on a run: the session it made, by name and by tmux's id."""
 
