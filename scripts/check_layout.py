@@ -13,7 +13,11 @@ The rules, as the README's design notes state them:
   own options as data (``core/records.py``);
 - no import cycle between modules, and no lower layer importing a higher one (below);
 - an import inside a function carries a comment that says why it is lazy (start-up time,
-  an optional dependency, a plugin looked up by name).
+  an optional dependency, a plugin looked up by name);
+- ``typing`` and ``dataclasses`` are imported for type checkers only (under
+  ``if TYPE_CHECKING:``): each costs every command several ms of start-up, as much as the
+  rest of ``list``; records are :mod:`handyjobs.structs`. The trainer (which imports torch)
+  and the Typer app (shell completion only) are exempt.
 
 Layers, lowest first. A module may import its own layer and the ones below it:
 
@@ -64,6 +68,9 @@ BACKEND_WORDS_ALLOWED = ("backends", "cli")
 #: Modules that store a backend's own options as data (the record format: ``JobSpec.slurm``
 #: holds what a job asked of Slurm, and the registry file has kept that key since it began).
 BACKEND_DATA = {"handyjobs.core.records"}
+#: Standard modules kept off the run-time path, and the modules that may import them.
+COSTLY = {"typing", "dataclasses"}
+COSTLY_ALLOWED = ("handyjobs.trainer", "handyjobs.cli.app")
 LAZY_WHY = re.compile(
     r"#.*\b(lazy|lazily|start-up|startup|only when|only if|optional|plugin|pay|"
     r"imported here|import here|cycle|by name|costs?|ms\b|fork|torch)",
@@ -266,12 +273,30 @@ def check_lazy(mods: dict[str, Module]) -> tuple[list[str], int]:
     return bad, count
 
 
+def check_costly(mods: dict[str, Module]) -> list[str]:
+    """No module imports typing or dataclasses at its top level outside ``TYPE_CHECKING``."""
+    bad = []
+    for mod in mods.values():
+        if mod.name.startswith(COSTLY_ALLOWED):
+            continue
+        skip = _type_only(mod.tree)
+        for node in mod.tree.body:
+            if id(node) in skip or not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            for name in names:
+                if name and name.split(".")[0] in COSTLY:
+                    bad.append(f"{mod.name}:{node.lineno}: imports {name} at run time")
+    return bad
+
+
 def main(argv: list[str]) -> int:
     """Run every check; print breaches (and with --report the measures)."""
     mods = modules()
     size_bad, measures = check_sizes(mods)
     lazy_bad, lazy_count = check_lazy(mods)
     bad = [*size_bad, *check_words(mods), *check_layers(mods), *check_cycles(mods), *lazy_bad]
+    bad += check_costly(mods)
     if "--report" in argv or bad:
         for key, value in measures.items():
             print(f"largest {key}: {value}" if key != "root modules" else f"{key}: {value}")
