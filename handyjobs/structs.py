@@ -8,8 +8,8 @@ assignment after ``__init__`` (``__post_init__`` runs last, as with dataclasses)
 Why not :mod:`dataclasses`: every command imports the records, and ``dataclasses`` costs its
 import (with ``inspect``, about 10 ms) plus one ``exec`` per generated method per class (about
 20 ms for the records alone), against 10 ms for the whole of ``python -c pass``. Here a class
-costs a few dict lookups when it is defined, and its ``__init__`` is compiled on its first
-instance, so only the classes a command uses pay for it.
+costs a few dict lookups when it is defined, and its ``__init__`` binds arguments generically
+until the class has made enough instances to pay for compiling its own.
 """
 
 from __future__ import annotations
@@ -188,16 +188,56 @@ def _own_fields(cls: type[Any]) -> tuple[Field, ...]:
     return tuple(found)
 
 
+#: Instances a class makes through the generic ``__init__`` before its own is compiled: a
+#: compile costs about as much as a hundred generic calls, and most classes make a few.
+COMPILE_AFTER = 32
+
+
 def _lazy_init(cls: type[Any]) -> Callable[..., None]:
-    """An ``__init__`` that compiles the class's own on its first call and hands over to it."""
+    """An ``__init__`` that binds arguments generically, and hands over to a compiled one
+    once the class has made :data:`COMPILE_AFTER` instances."""
+    made = 0
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal made
+        made += 1
+        if made < COMPILE_AFTER:
+            _bind(cls, self, args, kwargs)
+            return
         init = _compile_init(cls)
         cls.__init__ = init
         init(self, *args, **kwargs)
 
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
     return __init__
+
+
+def _bind(cls: type[Any], self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """What the compiled ``__init__`` does, field by field, with its errors."""
+    found: tuple[Field, ...] = cls.__dict__["__struct_fields__"]
+    if len(args) > len(found):
+        raise TypeError(f"{cls.__name__}() takes {len(found)} arguments, {len(args)} given")
+    given = {spec.name: value for spec, value in zip(found, args, strict=False)}
+    for name, value in kwargs.items():
+        if name in given:
+            raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
+        given[name] = value
+    values = vars(self)
+    for spec in found:
+        if spec.name in given:
+            values[spec.name] = given.pop(spec.name)
+        elif spec.default is not MISSING:
+            values[spec.name] = spec.default
+        elif spec.default_factory is not MISSING:
+            values[spec.name] = spec.default_factory()
+        else:
+            raise TypeError(f"{cls.__name__}() missing required argument: {spec.name!r}")
+    if given:
+        raise TypeError(
+            f"{cls.__name__}() got an unexpected keyword argument {next(iter(given))!r}"
+        )
+    if hasattr(cls, "__post_init__"):
+        self.__post_init__()
 
 
 def _compile_init(cls: type[Any]) -> Callable[..., None]:

@@ -136,7 +136,7 @@ class _Plan:
         # history through it.
         self.reads = [(f.name, f.decode, f.exact, f.required, f.nullable) for f in self.fields]
         # A record is made as its __init__ would make it, without calling it: the values are
-        # all at hand, and a class's __init__ is compiled on its first call (structs).
+        # all at hand, and an __init__ binds its arguments one by one before it is compiled.
         self.defaults = {
             f.name: f.default for f in structs.fields(cls) if f.default is not structs.MISSING
         }

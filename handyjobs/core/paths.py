@@ -384,9 +384,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     the old file or the new one. A failed write (disk full) removes its temp file and raises
     the OSError; the old file is untouched.
     """
-    import secrets  # writers only: `list` should not pay for its import
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    # os.urandom, as secrets.token_hex reads it, without secrets' import (hmac, random: 15 ms)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:

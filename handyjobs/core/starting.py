@@ -40,13 +40,12 @@ def new_run(
     cluster does not end when the machine that submitted it reboots). ``held``: it waits
     out of the queue until released (``start --hold``).
     """
-    import secrets  # only start and restart need it; list should not pay for the import
-
     if record is not None and record.current.state.active:
         raise ValueError(f"job {record.name} still has an active run")
     return Run(
         run=1 if record is None else record.current.run + 1,
-        run_id=secrets.token_hex(6),
+        # secrets.token_hex's bytes, without its import (hmac, random: 15 ms of every start)
+        run_id=os.urandom(6).hex(),
         state=JobState.QUEUED,
         created_at=utcnow(),
         nproc=nproc,

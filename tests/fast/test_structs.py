@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import pytest
 
+from handyjobs import structs
 from handyjobs.structs import (
     FrozenInstanceError,
     field,
@@ -122,3 +123,31 @@ def test_declaration_errors_are_caught_where_the_class_is_written() -> None:
             a: list[int] = []  # noqa: RUF012
 
     assert is_struct(Point) and is_struct(Point(1)) and not is_struct(object())
+
+
+def test_init_binds_the_same_before_and_after_it_is_compiled() -> None:
+    @frozen
+    class Pair:
+        a: int
+        b: list[int] = field(default_factory=list)
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("negative")
+
+    seen = []
+    for i in range(structs.COMPILE_AFTER + 3):  # the generic __init__, then the compiled one
+        assert Pair(i) == Pair(a=i, b=[])
+        assert Pair(i).b is not Pair(i).b
+        bad: tuple[object, ...]
+        for bad in ((), (1, [], 3)):
+            with pytest.raises(TypeError):
+                Pair(*bad)
+        with pytest.raises(TypeError):
+            Pair(1, a=2)  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            Pair(1, c=2)  # type: ignore[call-arg]
+        with pytest.raises(ValueError, match="negative"):
+            Pair(-1)
+        seen.append(Pair.__init__.__code__.co_filename)
+    assert seen[0] != seen[-1]  # it was compiled on the way
