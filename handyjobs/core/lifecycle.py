@@ -435,8 +435,8 @@ def observe(store: Store, name: str, run_id: str, view: ClusterState) -> bool:
                 return None
             # Held there or not is the scheduler's to say (a hold of its own, or a release).
             run.held, run.wait = view.held, _scheduler_wait(view)
-        else:
-            run.wait = None  # running, or suspended there (paused)
+        else:  # running, or suspended there (paused): a run that started is not held
+            run.held, run.wait = False, None
         run.cluster = view
         return view.verdict
 

@@ -104,6 +104,12 @@ def _hold(name: str, held: bool) -> JobRecord:
         if held and backend.queues:  # it started meanwhile: a hold must not outlive it there
             with contextlib.suppress(HandyjobsError):
                 backend.hold(run, False)
+        if not held and backend.queues:
+            # Released there, and its scheduler started it before this command looked again:
+            # the release did what was asked.
+            after = jobs.get_job(name).current
+            if after.run_id == run.run_id and after.state.active and not after.held:
+                return jobs.get_job(name)
         raise
 
 

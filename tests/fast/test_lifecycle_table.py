@@ -677,6 +677,14 @@ def test_held_by_the_scheduler_reads_held_until_it_is_released_there(root: Path)
     assert not run.held and run.wait == Wait(0, 0, scheduler="fake", reason="Priority")
 
 
+def test_a_held_run_its_scheduler_starts_is_held_no_more(root: Path) -> None:
+    held = view(Q, "PENDING", "JobHeldUser", held=True)
+    _, _, step = cluster(root, make_run(Q, boot_id=None), held, view(R, "RUNNING"))
+    assert step().current.held
+    run = step().current  # released there, and started before anyone looked
+    assert run.state is R and not run.held and run.wait is None
+
+
 def test_running_by_the_schedulers_word(root: Path) -> None:
     _, _, step = cluster(root, make_run(Q, boot_id=None), view(R, "RUNNING", nodes="n3"))
     run = step().current
