@@ -20,6 +20,7 @@ import sys
 from handyjobs.cli import parse
 from handyjobs.cli.commands import COMPLETE_VAR, command
 from handyjobs.cli.output import fail, quiet_stdout
+from handyjobs.core import shell
 from handyjobs.errors import HandyjobsError
 
 #: Typer's own options: it answers them (as it answers the shell's completion requests).
@@ -48,20 +49,16 @@ def run(args: list[str]) -> int | None:
     cmd = command(args[0])
     parsed = parse.parse(cmd, args[1:])
     if parsed.help:
-        import shutil  # lazy: only --help asks the terminal's width (start-up of the rest)
-
-        print(parse.help_text(cmd, min(shutil.get_terminal_size().columns, 100)), end="")
+        print(parse.help_text(cmd, min(shell.terminal_columns(), 100)), end="")
         return 0
     return cmd.run(parsed)
 
 
 def _overview() -> str:
     """``handyjobs --help`` from each command's own declaration (every module imported)."""
-    import shutil  # lazy: only --help asks the terminal's width (start-up of the rest)
-
     from handyjobs.cli.commands import COMMANDS  # lazy: only the overview lists them all
 
-    width = min(shutil.get_terminal_size().columns, 100)
+    width = min(shell.terminal_columns(), 100)
     return parse.overview_text([command(name) for name in COMMANDS], width)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from handyjobs.core import shell
 from handyjobs.core.records import NAME_RE, GpuPolicy, JobSpec, Rendezvous
 from handyjobs.errors import UsageError
 from handyjobs.structs import Protocol, field, frozen
@@ -184,12 +184,12 @@ def find_python(requested: str | None, env: Mapping[str, str], cwd: Path) -> str
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
         else:
-            found = shutil.which(requested, path=path)
+            found = shell.which(requested, path=path)
             if found:
                 return found
         raise UsageError(f"--python {requested}: no such executable; give a path or a name on PATH")
     for name in ("python", "python3"):
-        found = shutil.which(name, path=path)
+        found = shell.which(name, path=path)
         if found:
             return found
     return sys.executable
@@ -276,7 +276,7 @@ def _script(req: StartRequest, cwd: Path) -> str:
     path = Path(req.script).expanduser()
     if req.executable:
         if "/" not in req.script:
-            if shutil.which(req.script, path=req.caller_env.get("PATH", os.defpath)) is None:
+            if shell.which(req.script, path=req.caller_env.get("PATH", os.defpath)) is None:
                 raise UsageError(f"command {shown} not found on your PATH; give its path")
             return req.script  # looked up on the job's PATH when it starts, as a shell would
         path = path if path.is_absolute() else cwd / path

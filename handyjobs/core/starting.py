@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -285,6 +284,8 @@ def _drop(pending: Path, job_dir: Path, fresh: bool) -> None:
     refused submit leaves no folder of a job that was never saved)."""
     pending.unlink(missing_ok=True)
     if fresh:
+        import shutil  # lazy: only a start that failed cleans up (shutil costs every start 2 ms)
+
         shutil.rmtree(job_dir, ignore_errors=True)
 
 

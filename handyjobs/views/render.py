@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from handyjobs import backends
+from handyjobs.core import shell
 from handyjobs.core.records import (
     Blocker,
     BlockKind,
@@ -215,9 +216,7 @@ def print_jobs(
         return
     # A terminal: the same columns, coloured by state and cut to the window's width. Drawn by
     # hand rather than with rich, whose import alone would double `list`'s start-up time.
-    import shutil
-
-    width = shutil.get_terminal_size().columns
+    width = shell.terminal_columns()
     lines = plain_table(columns, rows).splitlines()
     colour = use_colour()
     out = [_style(lines[0][:width], "1", colour)]

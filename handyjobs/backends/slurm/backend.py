@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -45,7 +44,7 @@ from handyjobs.backends.slurm.states import SCHEDULER
 from handyjobs.backends.slurm.states import parse_sacct as parse_sacct
 from handyjobs.backends.slurm.states import parse_scontrol as parse_scontrol
 from handyjobs.backends.slurm.states import parse_squeue as parse_squeue
-from handyjobs.core import paths
+from handyjobs.core import paths, shell
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, JobSpec, JobState, Run
 from handyjobs.errors import HandyjobsError, JobStateError, UsageError
@@ -273,7 +272,7 @@ class SlurmBackend:
 
     def check(self) -> None:
         """Slurm's commands must be on PATH."""
-        missing = [c for c in ("sbatch", "squeue", "scancel", "scontrol") if not shutil.which(c)]
+        missing = [c for c in ("sbatch", "squeue", "scancel", "scontrol") if not shell.which(c)]
         if missing:
             raise UsageError(
                 f"--slurm needs Slurm's commands on PATH ({', '.join(missing)} not found); "

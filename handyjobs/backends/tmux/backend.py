@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from handyjobs.backends.base import Launched, LaunchRequest
 from handyjobs.backends.tmux.handle import TmuxHandle
-from handyjobs.core import cgroups, paths, procs
+from handyjobs.core import cgroups, paths, procs, shell
 from handyjobs.core.procs import Ended
 from handyjobs.core.records import ClusterState, Run
 from handyjobs.errors import TmuxError, UsageError
@@ -56,7 +55,7 @@ class TmuxMissing(UsageError):
 
 def tmux_binary() -> str:
     """The tmux executable, or a clear error saying how to install it."""
-    found = shutil.which("tmux")
+    found = shell.which("tmux")
     if not found:
         raise TmuxMissing(
             "tmux is not installed; install it (e.g. `sudo apt-get install tmux`) and try again"
