@@ -17,10 +17,6 @@ from handyjobs.structs import frozen
 from handyjobs.views import curves, png, render
 from handyjobs.views.plot import Series, picture
 
-TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
-if TYPE_CHECKING:
-    from handyjobs.views.plot import Series
-
 #: What ``plot --x`` may put along the x axis.
 X_AXES = ("step", "time", "epoch")
 
