@@ -29,7 +29,11 @@ def test_a_malformed_config_says_so_on_the_queued_job_and_the_queue_goes_on_once
     sandbox.cli("start", "--cpu", "--name", "second", "--wait", "sleeper.py", str(go), check=True)
     wait_state(sandbox, "first", "running")
     config = sandbox.home / "config.toml"
-    config.write_text("parallel = [\n")
+    # Replaced whole, as an editor saves it: written in place, the file is empty for a moment,
+    # and a pass that reads it then finds no limit and starts the job (seen under load).
+    broken = config.with_name("config.toml.new")
+    broken.write_text("parallel = [\n")
+    os.replace(broken, config)
     go.touch()
     wait_state(sandbox, "first", "succeeded")
 
