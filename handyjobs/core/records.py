@@ -569,14 +569,14 @@ class LaunchEnv(JsonRecord):
 def exit_summary(run: Run) -> str:
     """How a run ended, in words: ``0``, ``1``, ``SIGTERM``, ``TIMEOUT``, ``stopped`` (however
     its command took the stop); empty while it runs."""
-    import signal as _signal  # lazy: only an ended run needs it, and `list` imports records
-
     limit = run.reason.kind if run.reason is not None else None
     if limit in (LostKind.TIME_LIMIT, LostKind.OUT_OF_MEMORY):  # ended by a limit
         return "TIMEOUT" if limit is LostKind.TIME_LIMIT else "OOM"
     if run.state is JobState.STOPPED and run.stop_requested:
         return "stopped"  # died of the SIGTERM, torchrun's 1 or a shell's 143: one word for all
     if run.signal is not None:
+        import signal as _signal  # lazy: only a run killed by a signal needs it (start-up of list)
+
         names = {sig.value: sig.name for sig in _signal.Signals}
         return names.get(run.signal, f"signal {run.signal}")
     return str(run.exit_code) if run.exit_code is not None else ""
