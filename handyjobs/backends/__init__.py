@@ -8,7 +8,7 @@ A backend is found by name, as a plugin is: ``handyjobs/backends/NAME/`` holds `
 
 from __future__ import annotations
 
-import importlib
+import sys
 from types import ModuleType
 
 from handyjobs.errors import UsageError
@@ -27,7 +27,11 @@ def module(name: str, part: str) -> ModuleType:
         raise UsageError(f"unknown backend {name!r}; this handyjobs knows: {', '.join(KNOWN)}")
     # Looked up by name: the core names no backend, and a backend's module (which imports
     # the core) is loaded only by the commands that reach it.
-    return importlib.import_module(f"handyjobs.backends.{name}.{part}")
+    # __import__ rather than importlib.import_module: the importlib package (with warnings) is
+    # an import of its own on every command's path.
+    full = f"handyjobs.backends.{name}.{part}"
+    __import__(full)
+    return sys.modules[full]
 
 
 def describe(name: str) -> Describe:

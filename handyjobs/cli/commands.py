@@ -3,7 +3,7 @@ it runs (or when shell completion needs them all)."""
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 from handyjobs.errors import UsageError
 
@@ -49,5 +49,7 @@ def command(name: str) -> Command:
     module = COMMANDS.get(name)
     if module is None:
         raise UsageError(f"no such command {name!r} (see `handyjobs --help`)")
-    found: Command = importlib.import_module(f"handyjobs.cli.{module}").COMMAND
+    full = f"handyjobs.cli.{module}"
+    __import__(full)  # not importlib.import_module: importlib is an import of its own
+    found: Command = sys.modules[full].COMMAND
     return found
