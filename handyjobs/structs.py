@@ -166,7 +166,10 @@ def _own_fields(cls: type[Any]) -> tuple[Field, ...]:
         raise TypeError(f"{cls.__name__}: a struct does not derive from another struct")
     found: list[Field] = []
     # The class's own annotations (inspect.get_annotations reads the same, for a costly import).
-    for name, text in cls.__dict__.get("__annotations__", {}).items():  # noqa: RUF063
+    own = cls.__dict__.get("__annotations__")  # noqa: RUF063
+    if own is None:  # Python 3.14 makes a class's annotations when they are first asked for
+        own = cls.__annotations__
+    for name, text in own.items():
         if isinstance(text, str) and text.startswith(("ClassVar", "typing.ClassVar")):
             continue
         value = cls.__dict__.get(name, MISSING)
