@@ -107,9 +107,10 @@ def _hold(name: str, held: bool) -> JobRecord:
         if not held and backend.queues:
             # Released there, and its scheduler started it before this command looked again:
             # the release did what was asked.
-            after = jobs.get_job(name).current
-            if after.run_id == run.run_id and after.state.active and not after.held:
-                return jobs.get_job(name)
+            after = jobs.get_job(name)
+            now = after.current
+            if now.run_id == run.run_id and now.state.active and not now.held:
+                return after
         raise
 
 

@@ -28,7 +28,6 @@ from handyjobs.core.records import (
 from handyjobs.errors import GpuBusy, HandyjobsError
 from handyjobs.errors import printable as printable  # where messages are made safe
 
-# Control characters (C0, DEL, C1) that a terminal would act on instead of showing.
 TYPE_CHECKING = False  # typing's, without importing typing (see handyjobs.structs)
 if TYPE_CHECKING:
     from typing import Any
